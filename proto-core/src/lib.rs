@@ -1,0 +1,40 @@
+//! The GhostNodes protocol core: every rule of the relay network, with no I/O.
+//!
+//! `proto-core` is `#![no_std]`. It never touches sockets, files, clocks, threads or
+//! environment variables: time comes in as a [`Timestamp`] argument, randomness as a
+//! caller-owned [`rand_core::CryptoRng`], and buffers are caller-owned slices. Runtimes read
+//! bytes, hand them to the core, and carry out what it returns.
+//!
+//! Features: `alloc` enables the parts that need collections (ring, store, node state
+//! machine); `std` adds `std::error::Error` impls. The onion packet path (build, peel,
+//! replay filter, reply layers) needs neither and never allocates.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod keys;
+pub mod packet;
+pub mod replay;
+pub mod reply;
+pub mod types;
+
+pub use keys::{Address, Descriptor, DescriptorError, IdentityKey, OnionKey, OnionPublicKey};
+pub use packet::{
+    BuildError, MAX_HOPS, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys, PeelError, Peeled, build,
+    peel,
+};
+pub use replay::ReplayFilter;
+pub use reply::{HopFailure, Opened, ReplyError, ReplyKey, ReplyStatus};
+pub use types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp};
+
+#[cfg(feature = "alloc")]
+pub mod ratelimit;
+#[cfg(feature = "alloc")]
+pub mod ring;
+#[cfg(feature = "alloc")]
+pub mod store;
