@@ -23,7 +23,12 @@ struct Trip {
 
 /// Sends `payload` through `path` (indices into `net`), asserting each hop forwards to
 /// the next one and the last delivers.
-fn travel(net: &mut [Relay], path: &[usize], payload: &[u8], seed: u64) -> (Trip, packet::PathKeys) {
+fn travel(
+    net: &mut [Relay],
+    path: &[usize],
+    payload: &[u8],
+    seed: u64,
+) -> (Trip, packet::PathKeys) {
     let hops: Vec<_> = path.iter().map(|&i| net[i].hop()).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut buf = [0u8; PACKET_LEN];
@@ -34,17 +39,31 @@ fn travel(net: &mut [Relay], path: &[usize], payload: &[u8], seed: u64) -> (Trip
         arrivals.push(buf);
         let relay = &mut net[i];
         match relay.peel(NOW, &mut buf).expect("honest packet peels") {
-            Peeled::Forward { next_hop, packet, reply_key } => {
+            Peeled::Forward {
+                next_hop,
+                packet,
+                reply_key,
+            } => {
                 assert!(pos + 1 < path.len(), "hop {pos} forwarded past the end");
                 assert_eq!(next_hop, hops[pos + 1].node);
                 assert_eq!(packet.len(), PACKET_LEN);
                 hop_reply_keys.push(reply_key);
             }
-            Peeled::Deliver { payload: got, reply_key } => {
+            Peeled::Deliver {
+                payload: got,
+                reply_key,
+            } => {
                 assert_eq!(pos + 1, path.len(), "hop {pos} delivered early");
                 hop_reply_keys.push(reply_key);
                 let delivered = got.to_vec();
-                return (Trip { arrivals, hop_reply_keys, delivered }, keys);
+                return (
+                    Trip {
+                        arrivals,
+                        hop_reply_keys,
+                        delivered,
+                    },
+                    keys,
+                );
             }
         }
     }
@@ -161,7 +180,10 @@ fn expired_packet_is_refused() {
     let mut buf = [0u8; PACKET_LEN];
     packet::build(&hops, b"late", EXPIRY, &mut rng, &mut buf).unwrap();
     let after = proto_core::Timestamp(EXPIRY.0 + 1);
-    assert_eq!(net[0].peel(after, &mut buf).unwrap_err(), PeelError::Expired);
+    assert_eq!(
+        net[0].peel(after, &mut buf).unwrap_err(),
+        PeelError::Expired
+    );
 }
 
 #[test]
@@ -172,7 +194,10 @@ fn packet_valid_too_far_ahead_is_refused() {
     let mut buf = [0u8; PACKET_LEN];
     let far = NOW.plus_millis(proto_core::replay::MAX_PACKET_LIFETIME_MS + 1);
     packet::build(&hops, b"far", far, &mut rng, &mut buf).unwrap();
-    assert_eq!(net[0].peel(NOW, &mut buf).unwrap_err(), PeelError::ExpiryTooFar);
+    assert_eq!(
+        net[0].peel(NOW, &mut buf).unwrap_err(),
+        PeelError::ExpiryTooFar
+    );
 }
 
 #[test]
@@ -207,7 +232,11 @@ fn different_paths_for_the_same_payload_look_unrelated_at_the_first_hop() {
     let (a, _) = travel(&mut net, &[0, 1, 2], b"same", 100);
     let mut net = relays(3);
     let (b, _) = travel(&mut net, &[0, 1, 2], b"same", 101);
-    let equal = a.arrivals[0].iter().zip(b.arrivals[0].iter()).filter(|(x, y)| x == y).count();
+    let equal = a.arrivals[0]
+        .iter()
+        .zip(b.arrivals[0].iter())
+        .filter(|(x, y)| x == y)
+        .count();
     // About 1/256 of positions match by chance; anything near PACKET_LEN would be a leak.
     assert!(equal < PACKET_LEN / 64, "{equal} equal bytes");
 }
@@ -227,8 +256,17 @@ fn builder_refuses_bad_paths_and_payloads() {
         BuildError::BadPathLength { hops: MAX_HOPS + 1 }
     );
     assert_eq!(
-        packet::build(&hops[..3], &[0; MAX_PAYLOAD + 1], EXPIRY, &mut rng, &mut buf).unwrap_err(),
-        BuildError::PayloadTooLarge { len: MAX_PAYLOAD + 1 }
+        packet::build(
+            &hops[..3],
+            &[0; MAX_PAYLOAD + 1],
+            EXPIRY,
+            &mut rng,
+            &mut buf
+        )
+        .unwrap_err(),
+        BuildError::PayloadTooLarge {
+            len: MAX_PAYLOAD + 1
+        }
     );
     let mut bad = hops[0];
     bad.onion_key.0 = [0; 32];
@@ -255,21 +293,39 @@ fn reply_of_wrong_size_or_corrupted_is_refused() {
     let mut net = relays(3);
     let (trip, client) = travel(&mut net, &[0, 1, 2], b"q", 5);
     let mut out = vec![0u8; 1024];
-    reply::seal(&trip.hop_reply_keys[2], ReplyStatus::Response, b"answer", &mut out).unwrap();
+    reply::seal(
+        &trip.hop_reply_keys[2],
+        ReplyStatus::Response,
+        b"answer",
+        &mut out,
+    )
+    .unwrap();
     reply::add_layer(&trip.hop_reply_keys[1], &mut out).unwrap();
     reply::add_layer(&trip.hop_reply_keys[0], &mut out).unwrap();
     let mut corrupted = out.clone();
     corrupted[500] ^= 1;
-    assert_eq!(reply::open(client.reply_keys(), &mut corrupted), Err(reply::ReplyError::Unauthentic));
+    assert_eq!(
+        reply::open(client.reply_keys(), &mut corrupted),
+        Err(reply::ReplyError::Unauthentic)
+    );
     assert_eq!(
         reply::add_layer(&trip.hop_reply_keys[0], &mut out[..1000]),
         Err(reply::ReplyError::NotABucket { len: 1000 })
     );
     // A relay cannot pass itself off as the final responder.
     let mut forged = vec![0u8; 1024];
-    reply::seal(&trip.hop_reply_keys[1], ReplyStatus::Response, b"fake", &mut forged).unwrap();
+    reply::seal(
+        &trip.hop_reply_keys[1],
+        ReplyStatus::Response,
+        b"fake",
+        &mut forged,
+    )
+    .unwrap();
     reply::add_layer(&trip.hop_reply_keys[0], &mut forged).unwrap();
-    assert_eq!(reply::open(client.reply_keys(), &mut forged), Err(reply::ReplyError::Malformed { hop: 1 }));
+    assert_eq!(
+        reply::open(client.reply_keys(), &mut forged),
+        Err(reply::ReplyError::Malformed { hop: 1 })
+    );
 }
 
 #[test]

@@ -1,0 +1,171 @@
+//! Test vectors: fixed keys and a fixed RNG stream give exact bytes, stored in
+//! `tests/vectors/onion-v1.txt` and described in `docs/PROTOCOL.md`.
+//!
+//! Any change to the wire format or key schedule changes these bytes: that is a protocol
+//! version change, and the file is regenerated deliberately with
+//! `GHOST_UPDATE_VECTORS=1 cargo test -p proto-core --test vectors`.
+
+mod common;
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+
+use common::{EXPIRY, NOW, relays};
+use proto_core::packet::{self, PACKET_LEN, Peeled};
+use proto_core::reply::{self, Opened, ReplyStatus};
+use rand_core::{TryCryptoRng, TryRng};
+
+const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/onion-v1.txt");
+const PAYLOAD: &[u8] = b"ghostnodes test vector";
+const RESPONSE: &[u8] = b"pong";
+
+/// The vectors' "randomness": byte k of the stream is `k mod 256`. Predictable on
+/// purpose, so anyone can reproduce the vectors; never use it for real packets.
+struct CountingRngForTestVectorsOnly(u8);
+
+impl TryRng for CountingRngForTestVectorsOnly {
+    type Error = Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for b in dst {
+            *b = self.0;
+            self.0 = self.0.wrapping_add(1);
+        }
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for CountingRngForTestVectorsOnly {}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Renders every vector, running the real builder, peel and reply code.
+fn render() -> String {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "# GhostNodes onion packet test vectors, protocol v1. See docs/PROTOCOL.md."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "# Relay i (0-based): onion secret = 32 bytes of (i+1), node id = 32 bytes of (0xa0+i)."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "# RNG stream: byte k = k mod 256, restarted for each vector."
+    )
+    .unwrap();
+    writeln!(out, "now_ms = {}", NOW.0).unwrap();
+    writeln!(out, "expiry_ms = {}", EXPIRY.0).unwrap();
+    writeln!(out, "payload = {}", hex(PAYLOAD)).unwrap();
+    writeln!(out, "response = {}", hex(RESPONSE)).unwrap();
+    for hops in [1usize, 3, 5] {
+        let mut net = relays(hops as u8);
+        let path: Vec<_> = net.iter().map(|r| r.hop()).collect();
+        writeln!(out, "\n[hops = {hops}]").unwrap();
+        for (i, r) in net.iter().enumerate() {
+            writeln!(out, "onion_public_{i} = {}", hex(&r.key.public().0)).unwrap();
+        }
+        let mut rng = CountingRngForTestVectorsOnly(0);
+        let mut buf = [0u8; PACKET_LEN];
+        let client = packet::build(&path, PAYLOAD, EXPIRY, &mut rng, &mut buf).unwrap();
+        let mut hop_keys = Vec::new();
+        for (i, relay) in net.iter_mut().enumerate() {
+            writeln!(out, "packet_at_hop_{i} = {}", hex(&buf)).unwrap();
+            match relay.peel(NOW, &mut buf).unwrap() {
+                Peeled::Forward { reply_key, .. } => hop_keys.push(reply_key),
+                Peeled::Deliver { payload, reply_key } => {
+                    assert_eq!(payload, PAYLOAD);
+                    hop_keys.push(reply_key);
+                }
+            }
+        }
+        for (i, k) in hop_keys.iter().enumerate() {
+            assert_eq!(
+                k.bytes_for_test_vectors_only(),
+                client.reply_keys()[i].bytes_for_test_vectors_only()
+            );
+            writeln!(
+                out,
+                "reply_key_{i} = {}",
+                hex(&k.bytes_for_test_vectors_only())
+            )
+            .unwrap();
+        }
+        let mut wire = vec![0u8; 1024];
+        reply::seal(
+            &hop_keys[hops - 1],
+            ReplyStatus::Response,
+            RESPONSE,
+            &mut wire,
+        )
+        .unwrap();
+        for k in hop_keys[..hops - 1].iter().rev() {
+            reply::add_layer(k, &mut wire).unwrap();
+        }
+        writeln!(out, "reply_at_client = {}", hex(&wire)).unwrap();
+        assert_eq!(
+            reply::open(client.reply_keys(), &mut wire).unwrap(),
+            Opened::Response { body: RESPONSE }
+        );
+    }
+    out
+}
+
+#[test]
+fn vectors_match_the_committed_file() {
+    let rendered = render();
+    if std::env::var_os("GHOST_UPDATE_VECTORS").is_some() {
+        std::fs::write(VECTOR_FILE, &rendered).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(VECTOR_FILE)
+        .unwrap_or_else(|e| panic!("{VECTOR_FILE}: {e}; regenerate with GHOST_UPDATE_VECTORS=1"));
+    assert!(
+        committed == rendered,
+        "wire format or key schedule changed: the vectors in {VECTOR_FILE} no longer match"
+    );
+}
+
+#[test]
+fn committed_vectors_peel_from_the_file_alone() {
+    // Read the 3-hop packet from the file (not from the builder) and peel it: the file is
+    // usable by another implementation without our builder.
+    let committed = std::fs::read_to_string(VECTOR_FILE).expect("vector file present");
+    let section = committed.split("[hops = 3]").nth(1).expect("3-hop section");
+    let first = section
+        .lines()
+        .find_map(|l| l.strip_prefix("packet_at_hop_0 = "))
+        .expect("packet_at_hop_0");
+    let bytes: Vec<u8> = (0..first.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&first[i..i + 2], 16).unwrap())
+        .collect();
+    let mut buf: [u8; PACKET_LEN] = bytes.try_into().expect("PACKET_LEN bytes");
+    let mut net = relays(3);
+    for relay in &mut net {
+        if let Peeled::Deliver { payload, .. } = relay.peel(NOW, &mut buf).unwrap() {
+            assert_eq!(payload, PAYLOAD);
+            return;
+        }
+    }
+    panic!("the 3-hop vector never delivered");
+}
