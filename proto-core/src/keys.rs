@@ -315,10 +315,15 @@ impl fmt::Display for DescriptorError {
             Self::Truncated => f.write_str("descriptor truncated"),
             Self::TrailingBytes => f.write_str("trailing bytes after descriptor"),
             Self::UnknownVersion => f.write_str("unknown descriptor version"),
-            Self::BadAddress => f.write_str("descriptor address is empty, too long or not printable ASCII"),
+            Self::BadAddress => {
+                f.write_str("descriptor address is empty, too long or not printable ASCII")
+            }
             Self::BadSignature => f.write_str("descriptor signature does not verify"),
             Self::BufferTooSmall { required } => {
-                write!(f, "buffer too small for descriptor: {required} bytes required")
+                write!(
+                    f,
+                    "buffer too small for descriptor: {required} bytes required"
+                )
             }
         }
     }
@@ -460,8 +465,7 @@ impl Descriptor {
     /// later expiry).
     #[must_use]
     pub fn supersedes(&self, other: &Descriptor) -> bool {
-        self.node_id == other.node_id
-            && (self.epoch, self.expires) > (other.epoch, other.expires)
+        self.node_id == other.node_id && (self.epoch, self.expires) > (other.epoch, other.expires)
     }
 }
 
@@ -481,7 +485,12 @@ mod tests {
     fn signed(rng: &mut ChaCha20Rng) -> (IdentityKey, Descriptor, [u8; MAX_DESCRIPTOR_LEN], usize) {
         let id = IdentityKey::generate(rng);
         let onion = OnionKey::generate(Epoch(7), rng);
-        let d = Descriptor::sign(&id, &onion, Address::new("127.0.0.1:4000").unwrap(), Timestamp(99));
+        let d = Descriptor::sign(
+            &id,
+            &onion,
+            Address::new("127.0.0.1:4000").unwrap(),
+            Timestamp(99),
+        );
         let mut buf = [0u8; MAX_DESCRIPTOR_LEN];
         let n = d.encode(&mut buf).unwrap();
         (id, d, buf, n)
@@ -513,8 +522,14 @@ mod tests {
     fn truncated_and_padded_descriptors_are_refused() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let (_, _, buf, n) = signed(&mut rng);
-        assert_eq!(Descriptor::decode(&buf[..n - 1]), Err(DescriptorError::Truncated));
-        assert_eq!(Descriptor::decode(&buf[..n + 1]), Err(DescriptorError::TrailingBytes));
+        assert_eq!(
+            Descriptor::decode(&buf[..n - 1]),
+            Err(DescriptorError::Truncated)
+        );
+        assert_eq!(
+            Descriptor::decode(&buf[..n + 1]),
+            Err(DescriptorError::TrailingBytes)
+        );
         assert_eq!(Descriptor::decode(&[]), Err(DescriptorError::Truncated));
     }
 
@@ -523,7 +538,10 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let (_, d, _, n) = signed(&mut rng);
         let mut small = [0u8; 10];
-        assert_eq!(d.encode(&mut small), Err(DescriptorError::BufferTooSmall { required: n }));
+        assert_eq!(
+            d.encode(&mut small),
+            Err(DescriptorError::BufferTooSmall { required: n })
+        );
     }
 
     #[test]
@@ -542,8 +560,18 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(6);
         let id = IdentityKey::generate(&mut rng);
         let addr = Address::new("n:1").unwrap();
-        let old = Descriptor::sign(&id, &OnionKey::generate(Epoch(1), &mut rng), addr, Timestamp(10));
-        let new = Descriptor::sign(&id, &OnionKey::generate(Epoch(2), &mut rng), addr, Timestamp(5));
+        let old = Descriptor::sign(
+            &id,
+            &OnionKey::generate(Epoch(1), &mut rng),
+            addr,
+            Timestamp(10),
+        );
+        let new = Descriptor::sign(
+            &id,
+            &OnionKey::generate(Epoch(2), &mut rng),
+            addr,
+            Timestamp(5),
+        );
         assert!(new.supersedes(&old));
         assert!(!old.supersedes(&new));
     }
@@ -563,6 +591,9 @@ mod tests {
         assert_eq!(Address::new(""), Err(DescriptorError::BadAddress));
         assert_eq!(Address::new("a b"), Err(DescriptorError::BadAddress));
         assert!(Address::new(&"x".repeat(MAX_ADDRESS_LEN)).is_ok());
-        assert_eq!(Address::new(&"x".repeat(MAX_ADDRESS_LEN + 1)), Err(DescriptorError::BadAddress));
+        assert_eq!(
+            Address::new(&"x".repeat(MAX_ADDRESS_LEN + 1)),
+            Err(DescriptorError::BadAddress)
+        );
     }
 }

@@ -446,7 +446,9 @@ pub fn build<R: CryptoRng + ?Sized>(
     routing[SLOT_KIND] = KIND_DELIVER;
     routing[SLOT_EXPIRY].copy_from_slice(&expiry.0.to_be_bytes());
     rng.fill_bytes(&mut routing[SLOT_LEN..open_len]);
-    key(last).header_cipher().apply_keystream(&mut routing[..open_len]);
+    key(last)
+        .header_cipher()
+        .apply_keystream(&mut routing[..open_len]);
     routing[open_len..].copy_from_slice(&filler[..filler_len]);
 
     // From the last hop back to the first, wrap each hop's view around the next one's.
@@ -466,7 +468,9 @@ pub fn build<R: CryptoRng + ?Sized>(
                 .header_cipher()
                 .apply_keystream(&mut out[ROUTING_AT..PAYLOAD_AT]);
         }
-        key(i).payload_cipher().apply_keystream(&mut out[PAYLOAD_AT..]);
+        key(i)
+            .payload_cipher()
+            .apply_keystream(&mut out[PAYLOAD_AT..]);
         out[EPH_AT..ROUTING_AT].copy_from_slice(&eph_pks[i]);
         let mac = key(i).mac(&out[MAC_LEN..]);
         out[..MAC_LEN].copy_from_slice(&mac);

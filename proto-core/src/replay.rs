@@ -202,19 +202,28 @@ mod tests {
         let now = Timestamp(1_000_000);
         let exp = now.plus_millis(30_000);
         assert_eq!(f.check_and_insert(&tag(1), exp, now), Ok(()));
-        assert_eq!(f.check_and_insert(&tag(1), exp, now.plus_millis(29_000)), Err(ReplayError::Replayed));
+        assert_eq!(
+            f.check_and_insert(&tag(1), exp, now.plus_millis(29_000)),
+            Err(ReplayError::Replayed)
+        );
     }
 
     #[test]
     fn expired_and_far_future_packets_are_refused() {
         let mut f = ReplayFilter::new([0u64; SMALL]).unwrap();
         let now = Timestamp(10_000_000);
-        assert_eq!(f.check_and_insert(&tag(1), Timestamp(9_999_999), now), Err(ReplayError::Expired));
+        assert_eq!(
+            f.check_and_insert(&tag(1), Timestamp(9_999_999), now),
+            Err(ReplayError::Expired)
+        );
         assert_eq!(
             f.check_and_insert(&tag(2), now.plus_millis(MAX_PACKET_LIFETIME_MS + 1), now),
             Err(ReplayError::TooFarAhead)
         );
-        assert_eq!(f.check_and_insert(&tag(3), now.plus_millis(MAX_PACKET_LIFETIME_MS), now), Ok(()));
+        assert_eq!(
+            f.check_and_insert(&tag(3), now.plus_millis(MAX_PACKET_LIFETIME_MS), now),
+            Ok(())
+        );
     }
 
     #[test]
@@ -229,7 +238,10 @@ mod tests {
             let t = now.plus_millis(i % 100_000);
             let _ = f.check_and_insert(&tag(i), t.plus_millis(i % MAX_PACKET_LIFETIME_MS), t);
         }
-        assert_eq!(f.check_and_insert(&tag(0), exp, now.plus_millis(110_000)), Err(ReplayError::Replayed));
+        assert_eq!(
+            f.check_and_insert(&tag(0), exp, now.plus_millis(110_000)),
+            Err(ReplayError::Replayed)
+        );
     }
 
     #[test]
@@ -240,11 +252,15 @@ mod tests {
         f.check_and_insert(&tag(7), exp, now).unwrap();
         // Once the packet's bucket has been recycled for a later slice, its bits are gone.
         let later = now.plus_millis(BUCKETS as u64 * BUCKET_MS);
-        f.check_and_insert(&tag(8), exp.plus_millis(BUCKETS as u64 * BUCKET_MS), later).unwrap();
+        f.check_and_insert(&tag(8), exp.plus_millis(BUCKETS as u64 * BUCKET_MS), later)
+            .unwrap();
         let bucket = ((exp.0 / BUCKET_MS) % BUCKETS as u64) as usize;
         assert_eq!(f.inserted_in_bucket[bucket], 1, "bucket was recycled");
         // And the old packet, were it replayed now, is refused as expired, not as a replay.
-        assert_eq!(f.check_and_insert(&tag(7), exp, later), Err(ReplayError::Expired));
+        assert_eq!(
+            f.check_and_insert(&tag(7), exp, later),
+            Err(ReplayError::Expired)
+        );
     }
 
     #[test]
