@@ -41,7 +41,8 @@ const DESCRIPTOR_FIXED_LEN: usize = 1 + 32 + 32 + 4 + 8 + 1;
 /// Longest encoded descriptor, in bytes.
 pub const MAX_DESCRIPTOR_LEN: usize = DESCRIPTOR_FIXED_LEN + MAX_ADDRESS_LEN + 64;
 
-/// A node's Ed25519 identity key pair. Its public half is the node's [`NodeId`].
+/// An Ed25519 identity key pair: a node's (its public half is the [`NodeId`]) or a
+/// message recipient's (its public half is the [`crate::RecipientId`]).
 pub struct IdentityKey {
     signing: SigningKey,
 }
@@ -70,10 +71,22 @@ impl IdentityKey {
         zeroize::Zeroizing::new(self.signing.to_bytes())
     }
 
-    /// This node's identity.
+    /// The public key as a node identity.
     #[must_use]
     pub fn node_id(&self) -> NodeId {
-        NodeId(self.signing.verifying_key().to_bytes())
+        NodeId(self.public_key())
+    }
+
+    /// The public key as a recipient identity.
+    #[must_use]
+    pub fn recipient_id(&self) -> crate::RecipientId {
+        crate::RecipientId(self.public_key())
+    }
+
+    /// The 32-byte Ed25519 public key.
+    #[must_use]
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
     }
 
     /// Signs `message` under `context`, so a signature made for one purpose can never be
@@ -94,10 +107,11 @@ impl fmt::Debug for IdentityKey {
     }
 }
 
-/// Verifies a signature made by [`IdentityKey::sign`] with the same `context`.
+/// Verifies a signature made by [`IdentityKey::sign`] with the same `context`; `signer` is
+/// the Ed25519 public key (a [`NodeId`] or a recipient ID).
 #[must_use]
-pub fn verify_signature(signer: &NodeId, context: &[u8], message: &[u8], sig: &[u8; 64]) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(signer.as_bytes()) else {
+pub fn verify_signature(signer: &[u8; 32], context: &[u8], message: &[u8], sig: &[u8; 64]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(signer) else {
         return false;
     };
     let mut prehashed = Sha256Writer::new(context);
@@ -408,7 +422,7 @@ impl Descriptor {
         let node_id = NodeId(fixed(&bytes[1..33]));
         let signature: [u8; 64] = fixed(&bytes[body_len..total]);
         if !verify_signature(
-            &node_id,
+            node_id.as_bytes(),
             DESCRIPTOR_SIGNING_CONTEXT,
             &bytes[..body_len],
             &signature,
@@ -581,9 +595,24 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let id = IdentityKey::generate(&mut rng);
         let sig = id.sign(b"a", b"msg");
-        assert!(verify_signature(&id.node_id(), b"a", b"msg", &sig));
-        assert!(!verify_signature(&id.node_id(), b"b", b"msg", &sig));
-        assert!(!verify_signature(&id.node_id(), b"a", b"msh", &sig));
+        assert!(verify_signature(
+            id.node_id().as_bytes(),
+            b"a",
+            b"msg",
+            &sig
+        ));
+        assert!(!verify_signature(
+            id.node_id().as_bytes(),
+            b"b",
+            b"msg",
+            &sig
+        ));
+        assert!(!verify_signature(
+            id.node_id().as_bytes(),
+            b"a",
+            b"msh",
+            &sig
+        ));
     }
 
     #[test]

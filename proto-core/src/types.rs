@@ -98,3 +98,22 @@ byte_id!(
     MessageHash,
     32
 );
+
+/// A recipient's message namespace. Namespaces below [`Namespace::FIRST_OWNER_ONLY`] accept
+/// deposits from anyone (direct messages live in [`Namespace::DIRECT`]); from it upwards
+/// every operation, stores included, must be signed by the recipient's key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Namespace(pub u16);
+
+impl Namespace {
+    /// Where senders deposit direct messages, unsigned.
+    pub const DIRECT: Namespace = Namespace(0);
+    /// The first namespace whose every operation needs the owner's signature.
+    pub const FIRST_OWNER_ONLY: u16 = 0x8000;
+
+    /// Whether storing into this namespace needs the recipient's signature.
+    #[must_use]
+    pub const fn requires_owner_signature(self) -> bool {
+        self.0 >= Self::FIRST_OWNER_ONLY
+    }
+}
