@@ -403,40 +403,7 @@ impl Descriptor {
 
     /// Decodes `bytes` (exactly one descriptor) and verifies its signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, DescriptorError> {
-        if bytes.len() < DESCRIPTOR_FIXED_LEN {
-            return Err(DescriptorError::Truncated);
-        }
-        if bytes[0] != DESCRIPTOR_VERSION {
-            return Err(DescriptorError::UnknownVersion);
-        }
-        let addr_len = usize::from(bytes[77]);
-        let body_len = DESCRIPTOR_FIXED_LEN + addr_len;
-        let total = body_len + 64;
-        if bytes.len() < total {
-            return Err(DescriptorError::Truncated);
-        }
-        if bytes.len() > total {
-            return Err(DescriptorError::TrailingBytes);
-        }
-        let address = Address::from_bytes(&bytes[DESCRIPTOR_FIXED_LEN..body_len])?;
-        let node_id = NodeId(fixed(&bytes[1..33]));
-        let signature: [u8; 64] = fixed(&bytes[body_len..total]);
-        if !verify_signature(
-            node_id.as_bytes(),
-            DESCRIPTOR_SIGNING_CONTEXT,
-            &bytes[..body_len],
-            &signature,
-        ) {
-            return Err(DescriptorError::BadSignature);
-        }
-        Ok(Self {
-            node_id,
-            onion_key: OnionPublicKey(fixed(&bytes[33..65])),
-            epoch: Epoch(u32::from_be_bytes(fixed(&bytes[65..69]))),
-            expires: Timestamp(u64::from_be_bytes(fixed(&bytes[69..77]))),
-            address,
-            signature,
-        })
+        UnverifiedDescriptor::decode(bytes)?.verify()
     }
 
     /// The node's identity.
@@ -480,6 +447,93 @@ impl Descriptor {
     #[must_use]
     pub fn supersedes(&self, other: &Descriptor) -> bool {
         self.node_id == other.node_id && (self.epoch, self.expires) > (other.epoch, other.expires)
+    }
+}
+
+/// A descriptor as received: well-formed, signature not yet checked. The only way to a
+/// [`Descriptor`] is [`UnverifiedDescriptor::verify`], or recognising it as identical to
+/// a descriptor already verified ([`UnverifiedDescriptor::is`]), which lets a node skip
+/// re-verifying the same gossip over and over.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UnverifiedDescriptor(Descriptor);
+
+impl UnverifiedDescriptor {
+    /// Decodes `bytes` (exactly one descriptor) without checking the signature.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DescriptorError> {
+        if bytes.len() < DESCRIPTOR_FIXED_LEN {
+            return Err(DescriptorError::Truncated);
+        }
+        if bytes[0] != DESCRIPTOR_VERSION {
+            return Err(DescriptorError::UnknownVersion);
+        }
+        let addr_len = usize::from(bytes[77]);
+        let body_len = DESCRIPTOR_FIXED_LEN + addr_len;
+        let total = body_len + 64;
+        if bytes.len() < total {
+            return Err(DescriptorError::Truncated);
+        }
+        if bytes.len() > total {
+            return Err(DescriptorError::TrailingBytes);
+        }
+        Ok(Self(Descriptor {
+            node_id: NodeId(fixed(&bytes[1..33])),
+            onion_key: OnionPublicKey(fixed(&bytes[33..65])),
+            epoch: Epoch(u32::from_be_bytes(fixed(&bytes[65..69]))),
+            expires: Timestamp(u64::from_be_bytes(fixed(&bytes[69..77]))),
+            address: Address::from_bytes(&bytes[DESCRIPTOR_FIXED_LEN..body_len])?,
+            signature: fixed(&bytes[body_len..total]),
+        }))
+    }
+
+    /// Length of the encoded descriptor at the start of `bytes`, from its address length
+    /// byte, for decoding a sequence of descriptors.
+    #[must_use]
+    pub fn encoded_len_at(bytes: &[u8]) -> Option<usize> {
+        bytes
+            .get(77)
+            .map(|&a| DESCRIPTOR_FIXED_LEN + usize::from(a) + 64)
+    }
+
+    /// Checks the identity key's signature.
+    pub fn verify(self) -> Result<Descriptor, DescriptorError> {
+        let d = self.0;
+        let mut body = [0u8; MAX_DESCRIPTOR_LEN];
+        // Decoding is canonical, so re-encoding reproduces the signed bytes.
+        let n = d.encode_body(&mut body);
+        if verify_signature(
+            d.node_id.as_bytes(),
+            DESCRIPTOR_SIGNING_CONTEXT,
+            &body[..n],
+            &d.signature,
+        ) {
+            Ok(d)
+        } else {
+            Err(DescriptorError::BadSignature)
+        }
+    }
+
+    /// Whether this is exactly `known` (same fields, same signature): then it needs no
+    /// second verification.
+    #[must_use]
+    pub fn is(&self, known: &Descriptor) -> bool {
+        self.0 == *known
+    }
+
+    /// The node the descriptor claims to describe (unverified).
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        self.0.node_id
+    }
+
+    /// Encodes into `out`, returning the number of bytes written.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, DescriptorError> {
+        self.0.encode(out)
+    }
+}
+
+impl From<Descriptor> for UnverifiedDescriptor {
+    fn from(d: Descriptor) -> Self {
+        Self(d)
     }
 }
 

@@ -23,18 +23,33 @@ pub mod replay;
 pub mod reply;
 pub mod types;
 
-pub use keys::{Address, Descriptor, DescriptorError, IdentityKey, OnionKey, OnionPublicKey};
+pub use keys::{
+    Address, Descriptor, DescriptorError, IdentityKey, OnionKey, OnionPublicKey,
+    UnverifiedDescriptor,
+};
 pub use packet::{
     BuildError, MAX_HOPS, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys, PeelError, Peeled, build,
     peel,
 };
 pub use replay::ReplayFilter;
 pub use reply::{HopFailure, Opened, ReplyError, ReplyKey, ReplyStatus};
-pub use types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp};
+pub use types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 
+#[cfg(feature = "alloc")]
+pub mod directory;
+#[cfg(feature = "alloc")]
+pub mod node;
+#[cfg(feature = "alloc")]
+pub mod peer;
 #[cfg(feature = "alloc")]
 pub mod ratelimit;
 #[cfg(feature = "alloc")]
+pub mod request;
+#[cfg(feature = "alloc")]
 pub mod ring;
 #[cfg(feature = "alloc")]
+pub mod sim;
+#[cfg(feature = "alloc")]
 pub mod store;
+#[cfg(feature = "alloc")]
+pub mod wire;

@@ -982,8 +982,8 @@ impl Response {
 mod tests {
     use super::*;
     use crate::keys::{Address, OnionKey};
-    use alloc::vec;
     use crate::types::Epoch;
+    use alloc::vec;
     use proptest::prelude::*;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;

@@ -1,0 +1,425 @@
+//! The directory: which nodes exist, how to reach them, and whether they are alive.
+//!
+//! The directory owns a bounded map of verified descriptors with each node's contact
+//! history, and decides when to probe a node and when to evict it. It never sends a probe
+//! itself and never reads a clock: the node asks it what is due at `now` and reports
+//! contacts and failures back. Invariants: only verified descriptors are held (a
+//! [`Descriptor`] value always carries a valid signature); the node's own ID is never
+//! listed; at most `max_nodes` entries; iteration order is deterministic (a `BTreeMap`).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use rand_core::Rng;
+
+use crate::keys::Descriptor;
+use crate::types::{NodeId, Timestamp};
+
+/// Most probes one call to [`Directory::due_probes`] returns, so a large directory spreads
+/// its probes over several ticks.
+pub const MAX_PROBES_PER_TICK: usize = 64;
+
+/// Directory timers and bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryConfig {
+    /// Probe a node not heard from for this long, ms (default 10,000).
+    pub probe_interval_ms: u64,
+    /// Evict a node not heard from for this long, ms (default 60,000).
+    pub evict_after_ms: u64,
+    /// Most nodes held (default 10,000).
+    pub max_nodes: usize,
+    /// Nodes gossiped with per round (default 3).
+    pub gossip_fanout: usize,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 10_000,
+            evict_after_ms: 60_000,
+            max_nodes: 10_000,
+            gossip_fanout: 3,
+        }
+    }
+}
+
+/// What [`Directory::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// A node not known before.
+    Added,
+    /// A newer descriptor of a known node.
+    Updated,
+    /// The same descriptor again.
+    Unchanged,
+    /// Older than the one held.
+    Stale,
+    /// Already expired.
+    Expired,
+    /// The directory is full.
+    Full,
+    /// This node's own descriptor.
+    Own,
+}
+
+impl InsertOutcome {
+    /// Whether the directory changed.
+    #[must_use]
+    pub fn is_changed(self) -> bool {
+        matches!(self, Self::Added | Self::Updated)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    descriptor: Descriptor,
+    last_contact: Timestamp,
+    last_probe: Option<Timestamp>,
+    failures: u32,
+}
+
+/// Known nodes with their liveness.
+#[derive(Clone, Debug)]
+pub struct Directory {
+    own: NodeId,
+    config: DirectoryConfig,
+    nodes: BTreeMap<NodeId, Entry>,
+}
+
+impl Directory {
+    /// An empty directory for node `own`.
+    #[must_use]
+    pub fn new(own: NodeId, config: DirectoryConfig) -> Self {
+        Self {
+            own,
+            config,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// Adds or refreshes a node's descriptor. A new node counts as contacted now, so it
+    /// is probed before it can be evicted.
+    pub fn insert(&mut self, d: Descriptor, now: Timestamp) -> InsertOutcome {
+        let id = d.node_id();
+        if id == self.own {
+            return InsertOutcome::Own;
+        }
+        if !d.is_valid_at(now) {
+            return InsertOutcome::Expired;
+        }
+        let full = self.nodes.len() >= self.config.max_nodes;
+        match self.nodes.get_mut(&id) {
+            Some(e) if e.descriptor == d => InsertOutcome::Unchanged,
+            Some(e) if d.supersedes(&e.descriptor) => {
+                e.descriptor = d;
+                InsertOutcome::Updated
+            }
+            Some(_) => InsertOutcome::Stale,
+            None if full => InsertOutcome::Full,
+            None => {
+                self.nodes.insert(
+                    id,
+                    Entry {
+                        descriptor: d,
+                        last_contact: now,
+                        last_probe: None,
+                        failures: 0,
+                    },
+                );
+                InsertOutcome::Added
+            }
+        }
+    }
+
+    /// Merges gossiped descriptors; returns how many added or updated a node.
+    pub fn merge(&mut self, ds: impl IntoIterator<Item = Descriptor>, now: Timestamp) -> usize {
+        ds.into_iter()
+            .filter(|d| self.insert(*d, now).is_changed())
+            .count()
+    }
+
+    /// A successful exchange with `id`.
+    pub fn record_contact(&mut self, id: &NodeId, now: Timestamp) {
+        if let Some(e) = self.nodes.get_mut(id) {
+            e.last_contact = e.last_contact.max(now);
+            e.failures = 0;
+        }
+    }
+
+    /// A failed exchange with `id` (eviction still waits for the timeout: one lost
+    /// packet must not remove a node).
+    pub fn record_failure(&mut self, id: &NodeId, _now: Timestamp) {
+        if let Some(e) = self.nodes.get_mut(id) {
+            e.failures = e.failures.saturating_add(1);
+        }
+    }
+
+    /// Removes nodes whose descriptor expired or that have not been heard from for
+    /// `evict_after_ms`; returns them.
+    pub fn evict(&mut self, now: Timestamp) -> Vec<NodeId> {
+        let limit = self.config.evict_after_ms;
+        let gone: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| {
+                !e.descriptor.is_valid_at(now) || now.millis_since(e.last_contact) > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.nodes.remove(id);
+        }
+        gone
+    }
+
+    /// Nodes to probe now (not heard from, and not probed, for `probe_interval_ms`), at
+    /// most [`MAX_PROBES_PER_TICK`]; each is marked probed.
+    pub fn due_probes(&mut self, now: Timestamp) -> Vec<NodeId> {
+        let interval = self.config.probe_interval_ms;
+        let mut due = Vec::new();
+        for (id, e) in &mut self.nodes {
+            if due.len() == MAX_PROBES_PER_TICK {
+                break;
+            }
+            let quiet = now.millis_since(e.last_contact) >= interval;
+            let not_probed = e.last_probe.is_none_or(|p| now.millis_since(p) >= interval);
+            if quiet && not_probed {
+                e.last_probe = Some(now);
+                due.push(*id);
+            }
+        }
+        due
+    }
+
+    /// The earliest time a probe or an eviction becomes due.
+    #[must_use]
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        self.nodes
+            .values()
+            .map(|e| {
+                let probe_from = e
+                    .last_probe
+                    .map_or(e.last_contact, |p| p.max(e.last_contact));
+                let probe = probe_from.plus_millis(self.config.probe_interval_ms);
+                let evict = e.last_contact.plus_millis(self.config.evict_after_ms + 1);
+                probe.min(evict).min(e.descriptor.expires().plus_millis(1))
+            })
+            .min()
+    }
+
+    /// Up to `n` distinct known nodes chosen at random (gossip partners).
+    pub fn gossip_targets<R: Rng + ?Sized>(&self, rng: &mut R, n: usize) -> Vec<NodeId> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        sample(&ids, n, rng)
+    }
+
+    /// Up to `n` distinct valid descriptors chosen at random: a client's first view.
+    pub fn bootstrap_set<R: Rng + ?Sized>(
+        &self,
+        now: Timestamp,
+        n: usize,
+        rng: &mut R,
+    ) -> Vec<Descriptor> {
+        let valid: Vec<Descriptor> = self
+            .nodes
+            .values()
+            .map(|e| e.descriptor)
+            .filter(|d| d.is_valid_at(now))
+            .collect();
+        sample(&valid, n, rng)
+    }
+
+    /// The descriptor of `id`.
+    #[must_use]
+    pub fn get(&self, id: &NodeId) -> Option<&Descriptor> {
+        self.nodes.get(id).map(|e| &e.descriptor)
+    }
+
+    /// Whether `id` is known.
+    #[must_use]
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.nodes.contains_key(id)
+    }
+
+    /// Number of known nodes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node is known.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every known descriptor, by node ID.
+    pub fn descriptors(&self) -> impl Iterator<Item = &Descriptor> {
+        self.nodes.values().map(|e| &e.descriptor)
+    }
+
+    /// Every known node ID.
+    pub fn live_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.keys().copied()
+    }
+}
+
+/// A uniform random sample of up to `n` distinct items (partial Fisher–Yates).
+fn sample<T: Copy, R: Rng + ?Sized>(items: &[T], n: usize, rng: &mut R) -> Vec<T> {
+    let mut pool: Vec<T> = items.to_vec();
+    let n = n.min(pool.len());
+    for i in 0..n {
+        let span = (pool.len() - i) as u64;
+        // Modulo bias is irrelevant for picking gossip partners.
+        let j = i + (rng.next_u64() % span) as usize;
+        pool.swap(i, j);
+    }
+    pool.truncate(n);
+    pool
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Address, IdentityKey, OnionKey};
+    use crate::types::Epoch;
+    use alloc::collections::BTreeSet;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    const T0: Timestamp = Timestamp(1_000_000);
+
+    fn descriptor(seed: u8, epoch: u32, expires: Timestamp) -> Descriptor {
+        let mut rng = ChaCha20Rng::seed_from_u64(u64::from(seed) << 32 | u64::from(epoch));
+        let onion = OnionKey::generate(Epoch(epoch), &mut rng);
+        Descriptor::sign(
+            &IdentityKey::from_seed(&[seed; 32]),
+            &onion,
+            Address::new("n:1").unwrap(),
+            expires,
+        )
+    }
+
+    fn dir() -> Directory {
+        Directory::new(
+            IdentityKey::from_seed(&[0; 32]).node_id(),
+            DirectoryConfig::default(),
+        )
+    }
+
+    #[test]
+    fn newer_epoch_supersedes_and_stale_is_ignored() {
+        let mut d = dir();
+        let far = T0.plus_millis(1_000_000);
+        assert_eq!(d.insert(descriptor(1, 1, far), T0), InsertOutcome::Added);
+        assert_eq!(d.insert(descriptor(1, 2, far), T0), InsertOutcome::Updated);
+        assert_eq!(d.insert(descriptor(1, 1, far), T0), InsertOutcome::Stale);
+        assert_eq!(
+            d.insert(descriptor(1, 2, far), T0),
+            InsertOutcome::Unchanged
+        );
+        assert_eq!(
+            d.get(&descriptor(1, 2, far).node_id()).unwrap().epoch(),
+            Epoch(2)
+        );
+    }
+
+    #[test]
+    fn own_and_expired_descriptors_are_refused() {
+        let mut d = dir();
+        assert_eq!(
+            d.insert(descriptor(0, 1, T0.plus_millis(5)), T0),
+            InsertOutcome::Own
+        );
+        assert_eq!(
+            d.insert(descriptor(2, 1, Timestamp(T0.0 - 1)), T0),
+            InsertOutcome::Expired
+        );
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn expired_descriptor_is_evicted_when_it_expires() {
+        let mut d = dir();
+        let desc = descriptor(3, 1, T0.plus_millis(100));
+        d.insert(desc, T0);
+        assert!(d.evict(T0.plus_millis(100)).is_empty());
+        assert_eq!(d.evict(T0.plus_millis(101)), alloc::vec![desc.node_id()]);
+    }
+
+    #[test]
+    fn silent_node_is_evicted_after_the_timeout_but_not_before() {
+        let mut d = dir();
+        let desc = descriptor(4, 1, T0.plus_millis(10_000_000));
+        d.insert(desc, T0);
+        assert!(d.evict(T0.plus_millis(60_000)).is_empty());
+        d.record_contact(&desc.node_id(), T0.plus_millis(50_000));
+        assert!(
+            d.evict(T0.plus_millis(100_000)).is_empty(),
+            "contact reset the timer"
+        );
+        d.record_failure(&desc.node_id(), T0.plus_millis(100_000));
+        assert!(d.contains(&desc.node_id()), "one failure does not evict");
+        assert_eq!(d.evict(T0.plus_millis(110_001)).len(), 1);
+    }
+
+    #[test]
+    fn probes_are_due_at_the_interval_and_not_repeated_at_once() {
+        let mut d = dir();
+        let desc = descriptor(5, 1, T0.plus_millis(10_000_000));
+        d.insert(desc, T0);
+        assert!(d.due_probes(T0.plus_millis(9_999)).is_empty());
+        assert_eq!(d.next_wakeup(), Some(T0.plus_millis(10_000)));
+        assert_eq!(
+            d.due_probes(T0.plus_millis(10_000)),
+            alloc::vec![desc.node_id()]
+        );
+        assert!(d.due_probes(T0.plus_millis(10_000)).is_empty());
+        assert_eq!(d.due_probes(T0.plus_millis(20_000)).len(), 1);
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let mut d = Directory::new(
+            NodeId([0; 32]),
+            DirectoryConfig {
+                max_nodes: 3,
+                ..DirectoryConfig::default()
+            },
+        );
+        let far = T0.plus_millis(1_000_000);
+        let outcomes: Vec<_> = (1..=5)
+            .map(|i| d.insert(descriptor(i, 1, far), T0))
+            .collect();
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == InsertOutcome::Added)
+                .count(),
+            3
+        );
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == InsertOutcome::Full)
+                .count(),
+            2
+        );
+        assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn bootstrap_set_is_distinct_and_valid() {
+        let mut d = dir();
+        for i in 1..=10 {
+            d.insert(descriptor(i, 1, T0.plus_millis(u64::from(i) * 1000)), T0);
+        }
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let later = T0.plus_millis(5_500);
+        let set = d.bootstrap_set(later, 8, &mut rng);
+        let ids: BTreeSet<_> = set.iter().map(Descriptor::node_id).collect();
+        assert_eq!(ids.len(), set.len());
+        assert!(set.iter().all(|x| x.is_valid_at(later)));
+        assert_eq!(set.len(), 5, "only 5 descriptors are still valid");
+    }
+}

@@ -1,0 +1,1378 @@
+//! The node state machine: onion relaying, the final hop's swarm store, replication,
+//! anti-entropy and the directory, driven by inputs and drained through polled outputs.
+//!
+//! # Run loop
+//!
+//! ```text
+//! loop {
+//!     match next_event() {
+//!         onion packet on /v1/onion     => node.handle_onion(now, req, source, &mut packet),
+//!         peer request on /v1/peer      => node.handle_peer(now, req, &body),
+//!         answer to an outgoing request => node.handle_transmit_result(now, id, result),
+//!         storage committed             => node.handle_durable(now),
+//!         timer fired                   => node.handle_timeout(now),
+//!     }
+//!     while let Some(out) = node.poll_output() { carry_out(out) }   // Transmit / Respond
+//!     sleep_until(node.poll_timeout());
+//! }
+//! ```
+//!
+//! **Drain rule: after every `handle_*` call, drain [`Node::poll_output`] until `None`
+//! before the next input.**
+//!
+//! The node owns every protocol decision — what to forward where, when to answer, which
+//! swarm serves a recipient, when a store is acknowledged, what to replicate and when to
+//! retry, which peers to probe and evict. It never reads a clock, opens a socket or
+//! touches a file: the runtime hands it the time, carries out [`Output`]s, and reports
+//! back. Invariants: every inbound request gets exactly one [`Output::Respond`]; a store
+//! is acknowledged only with receipts from at least W swarm members whose copies are
+//! durable; state is bounded (pending operations expire at their deadlines).
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use chacha20::ChaCha20Rng;
+use rand_core::{CryptoRng, SeedableRng};
+
+use crate::directory::{Directory, DirectoryConfig};
+use crate::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
+use crate::packet::{self, PACKET_LEN, PeelError, Peeled};
+use crate::peer::{
+    self, Digest, MAX_BATCH, MAX_HASH_LIST, PeerError, PeerRequest, PeerResponse, WireMessage,
+};
+use crate::ratelimit::{RateLimitConfig, RateLimiter};
+use crate::replay::{BUCKETS, DEFAULT_WORDS_PER_BUCKET, ReplayFilter};
+use crate::reply::{self, HopFailure, ReplyKey, ReplyStatus};
+use crate::request::{
+    DeleteSelector, MessageView, Receipt, Request, RequestError, Response, SignedRequest, StoreAck,
+    pow_satisfied,
+};
+use crate::ring::Ring;
+use crate::store::{MessageBackend, MessageStore, StoreConfig, StoreError, StoredMessage};
+use crate::types::{MessageHash, NodeId, RecipientId, Timestamp};
+
+/// Protocol version reported by `info`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Everything a node operator can tune. Defaults are documented per field and in
+/// `docs/OPERATING.md`.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// K: members per swarm (default 3).
+    pub swarm_size: usize,
+    /// W: members, the accepting node included, that must hold a message durably before
+    /// a store is acknowledged (default 2).
+    pub write_quorum: usize,
+    /// Virtual nodes per node on the ring (default 64).
+    pub vnodes: usize,
+    /// Accepted distance between a request's timestamp and the node's clock, in ms
+    /// (default 60,000).
+    pub auth_window_ms: u64,
+    /// Leading zero bits a store's proof of work must have (default 0: none).
+    pub pow_difficulty: u8,
+    /// How long a hop waits for the next hop's answer, in ms (default 15,000).
+    pub forward_timeout_ms: u64,
+    /// How long the final hop waits for the write quorum, in ms (default 5,000).
+    pub store_timeout_ms: u64,
+    /// Pause before re-sending a failed replication, in ms (default 500).
+    pub replication_retry_ms: u64,
+    /// Period of anti-entropy rounds, in ms (default 30,000).
+    pub anti_entropy_interval_ms: u64,
+    /// Period of descriptor gossip, in ms (default 15,000).
+    pub gossip_interval_ms: u64,
+    /// Period of expiry sweeps, in ms (default 10,000).
+    pub expiry_sweep_interval_ms: u64,
+    /// Most messages one expiry sweep removes (default 10,000), so a sweep never stalls
+    /// the node; the rest go in the next sweep.
+    pub max_expired_per_sweep: usize,
+    /// Lifetime of the node's own signed descriptor, in ms (default 1 hour); it is
+    /// re-signed at half-life.
+    pub descriptor_lifetime_ms: u64,
+    /// Words of the replay filter (default `BUCKETS × 2^15`, 3 MiB).
+    pub replay_filter_words: usize,
+    /// Message store limits.
+    pub store: StoreConfig,
+    /// Directory timers and bounds.
+    pub directory: DirectoryConfig,
+    /// Token bucket per request source (an address hash chosen by the runtime).
+    pub source_rate: RateLimitConfig,
+    /// Token bucket per recipient, for stores.
+    pub recipient_rate: RateLimitConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            swarm_size: 3,
+            write_quorum: 2,
+            vnodes: crate::ring::DEFAULT_VNODES,
+            auth_window_ms: crate::request::DEFAULT_AUTH_WINDOW_MS,
+            pow_difficulty: 0,
+            forward_timeout_ms: 15_000,
+            store_timeout_ms: 5_000,
+            replication_retry_ms: 500,
+            anti_entropy_interval_ms: 30_000,
+            gossip_interval_ms: 15_000,
+            expiry_sweep_interval_ms: 10_000,
+            max_expired_per_sweep: 10_000,
+            descriptor_lifetime_ms: 3_600_000,
+            replay_filter_words: BUCKETS * DEFAULT_WORDS_PER_BUCKET,
+            store: StoreConfig::default(),
+            directory: DirectoryConfig::default(),
+            source_rate: RateLimitConfig::default(),
+            recipient_rate: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// A node's keys and where it listens.
+#[derive(Debug)]
+pub struct NodeKeys {
+    /// The long-lived identity key.
+    pub identity: IdentityKey,
+    /// The current onion key (a runtime persists it; a node restarted without its replay
+    /// filter must use a fresh one).
+    pub onion: OnionKey,
+    /// The address published in the descriptor.
+    pub address: Address,
+}
+
+/// Handle of an inbound request, chosen by the runtime; echoed in [`Output::Respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// Handle of an outbound exchange, chosen by the node; echoed to
+/// [`Node::handle_transmit_result`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransmitId(pub u64);
+
+/// Which endpoint of the peer an outbound exchange goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/onion` with a raw packet.
+    Onion,
+    /// `POST /v1/peer` with a signed peer envelope.
+    Peer,
+}
+
+/// Why an outbound exchange produced no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransmitFailure {
+    /// Could not connect, or the connection broke.
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+}
+
+/// What the node wants the runtime to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send `body` to `address` at `endpoint` and report the answer with `id`.
+    Transmit {
+        /// Echo this to [`Node::handle_transmit_result`].
+        id: TransmitId,
+        /// The peer, when known (seeds are known only by address).
+        to: Option<NodeId>,
+        /// Where to send it.
+        address: Address,
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// The request body.
+        body: Vec<u8>,
+    },
+    /// Answer inbound request `req`.
+    Respond {
+        /// The request being answered.
+        req: RequestId,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// An answer to an inbound request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A reply bucket for an onion request (sealed or layered).
+    Onion(Vec<u8>),
+    /// The onion packet was dropped; answer with no content and no reason.
+    Dropped,
+    /// Too many requests from this source; answer 429.
+    RateLimited,
+    /// An answer to a peer request.
+    Peer(Vec<u8>),
+}
+
+/// Counters a runtime exports as metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Packets that passed every check.
+    pub packets_peeled: u64,
+    /// Packets forwarded to a next hop.
+    pub packets_forwarded: u64,
+    /// Packets delivered here as final hop.
+    pub packets_delivered: u64,
+    /// Dropped packets, by [`PeelError::ALL`] index.
+    pub packets_dropped: [u64; 6],
+    /// Requests refused by a rate limit.
+    pub rate_limited: u64,
+    /// Stores acknowledged to clients.
+    pub stores_acked: u64,
+    /// Stores that missed the write quorum.
+    pub stores_failed: u64,
+    /// Retrieve requests served.
+    pub retrieves: u64,
+    /// Requests answered with a redirect.
+    pub redirects: u64,
+    /// Requests refused, by reason.
+    pub requests_refused: u64,
+    /// Messages received by replication or anti-entropy that were new here.
+    pub messages_replicated_in: u64,
+    /// Replication exchanges sent.
+    pub replications_sent: u64,
+    /// Anti-entropy rounds started.
+    pub anti_entropy_rounds: u64,
+    /// Sum of store quorum latencies in ms (with `stores_acked`, the mean).
+    pub quorum_latency_ms_total: u64,
+    /// Nodes evicted from the directory.
+    pub nodes_evicted: u64,
+    /// Expired messages removed.
+    pub messages_expired: u64,
+}
+
+/// What a pending outbound exchange was for.
+#[derive(Debug)]
+enum Pending {
+    Forward { req: RequestId, reply_key: ReplyKey },
+    Replicate { op: u64, peer: NodeId },
+    Handoff,
+    Digest { peer: NodeId },
+    Fetch,
+    Gossip,
+    Probe { peer: NodeId },
+    Relay,
+}
+
+/// A store waiting for its write quorum.
+#[derive(Debug)]
+struct PendingStore {
+    req: RequestId,
+    reply_key: ReplyKey,
+    message: WireMessage,
+    hash: MessageHash,
+    started: Timestamp,
+    deadline: Timestamp,
+    /// Whether this node's own copy is durable and its receipt counted.
+    local_durable: bool,
+    /// Sequence of the local write; durable once the store reports it.
+    local_seq: u64,
+    receipts: Vec<Receipt>,
+    /// Members still to confirm, with the time of the next attempt (None: in flight).
+    peers: BTreeMap<NodeId, Option<Timestamp>>,
+}
+
+/// A replication request answered once the copies are durable.
+#[derive(Debug)]
+struct PendingReplicaAck {
+    req: RequestId,
+    max_seq: u64,
+    items: Vec<(MessageHash, RecipientId, Timestamp)>,
+}
+
+/// Periodic duties, each with its own deadline in a fixed table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    Probe = 0,
+    Gossip = 1,
+    AntiEntropy = 2,
+    Expire = 3,
+    Descriptor = 4,
+}
+const TIMERS: usize = 5;
+
+/// The node state machine. See the module documentation for the run loop.
+pub struct Node<B: MessageBackend> {
+    config: NodeConfig,
+    identity: IdentityKey,
+    onion: OnionKey,
+    address: Address,
+    descriptor: Descriptor,
+    replay: ReplayFilter<Box<[u64]>>,
+    ring: Ring,
+    directory: Directory,
+    store: MessageStore<B>,
+    sources: RateLimiter<u64>,
+    recipients: RateLimiter<RecipientId>,
+    seeds: Vec<Address>,
+    pending: BTreeMap<TransmitId, Pending>,
+    transmit_deadlines: BTreeSet<(Timestamp, TransmitId)>,
+    stores: BTreeMap<u64, PendingStore>,
+    replica_acks: Vec<PendingReplicaAck>,
+    timers: [Timestamp; TIMERS],
+    outputs: VecDeque<Output>,
+    next_id: u64,
+    /// Seeded from the caller's RNG at start: samples gossip peers, so the simulation
+    /// replays exactly.
+    rng: ChaCha20Rng,
+    stats: NodeStats,
+}
+
+impl<B: MessageBackend> Node<B> {
+    /// Creates a node. `seeds` are addresses of nodes to register with at start; the node
+    /// announces itself to them on the first [`Node::handle_timeout`]. `rng` seeds the
+    /// node's own generator for sampling gossip peers.
+    pub fn new<R: CryptoRng + ?Sized>(
+        config: NodeConfig,
+        keys: NodeKeys,
+        seeds: Vec<Address>,
+        backend: B,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Self, StoreError> {
+        let NodeKeys {
+            identity,
+            onion,
+            address,
+        } = keys;
+        let descriptor = Descriptor::sign(
+            &identity,
+            &onion,
+            address,
+            now.plus_millis(config.descriptor_lifetime_ms),
+        );
+        let words = config.replay_filter_words;
+        let replay = ReplayFilter::new(vec![0u64; words].into_boxed_slice())
+            .or_else(|_| {
+                ReplayFilter::new(vec![0u64; BUCKETS * DEFAULT_WORDS_PER_BUCKET].into_boxed_slice())
+            })
+            .expect("the default replay filter shape is valid");
+        let mut ring = Ring::new(config.vnodes);
+        ring.insert(identity.node_id());
+        let store = MessageStore::open(backend, config.store.clone())?;
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        Ok(Self {
+            directory: Directory::new(identity.node_id(), config.directory.clone()),
+            sources: RateLimiter::new(config.source_rate.clone()),
+            recipients: RateLimiter::new(config.recipient_rate.clone()),
+            identity,
+            onion,
+            address,
+            descriptor,
+            replay,
+            ring,
+            store,
+            seeds,
+            pending: BTreeMap::new(),
+            transmit_deadlines: BTreeSet::new(),
+            stores: BTreeMap::new(),
+            replica_acks: Vec::new(),
+            // Everything is due at once: the first tick announces and starts timers.
+            timers: [now; TIMERS],
+            outputs: VecDeque::new(),
+            next_id: 1,
+            rng: ChaCha20Rng::from_seed(seed),
+            stats: NodeStats::default(),
+            config,
+        })
+    }
+
+    /// This node's identity.
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    /// This node's current signed descriptor.
+    #[must_use]
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    /// Counters for metrics.
+    #[must_use]
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The message store (for metrics and read-only inspection).
+    #[must_use]
+    pub fn store(&self) -> &MessageStore<B> {
+        &self.store
+    }
+
+    /// Mutable access to the store's backend, for runtimes that commit in batches.
+    pub fn backend_mut(&mut self) -> &mut B {
+        self.store.backend_mut()
+    }
+
+    /// The directory (known nodes).
+    #[must_use]
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Fill ratio of the replay filter (gauge).
+    #[must_use]
+    pub fn replay_fill_ratio(&self) -> f32 {
+        self.replay.fill_ratio()
+    }
+
+    /// Signed descriptors of the swarm of `recipient` as this node sees it.
+    #[must_use]
+    pub fn swarm_of(&self, recipient: &RecipientId) -> Vec<Descriptor> {
+        self.swarm_ids(recipient)
+            .into_iter()
+            .filter_map(|id| self.descriptor_of(&id))
+            .collect()
+    }
+
+    /// Up to `n` descriptors for a client's first view of the network, this node's own
+    /// included.
+    pub fn bootstrap<R: CryptoRng + ?Sized>(
+        &self,
+        now: Timestamp,
+        n: usize,
+        rng: &mut R,
+    ) -> Vec<Descriptor> {
+        let mut out = vec![self.descriptor];
+        out.extend(self.directory.bootstrap_set(now, n.saturating_sub(1), rng));
+        out
+    }
+
+    fn descriptor_of(&self, id: &NodeId) -> Option<Descriptor> {
+        if *id == self.node_id() {
+            Some(self.descriptor)
+        } else {
+            self.directory.get(id).copied()
+        }
+    }
+
+    fn swarm_ids(&self, recipient: &RecipientId) -> Vec<NodeId> {
+        let mut out = vec![NodeId::default(); self.config.swarm_size];
+        let n = self.ring.swarm(recipient, &mut out);
+        out.truncate(n);
+        out
+    }
+
+    fn in_swarm(&self, recipient: &RecipientId) -> bool {
+        self.swarm_ids(recipient).contains(&self.node_id())
+    }
+
+    fn next_transmit_id(&mut self) -> TransmitId {
+        self.next_id += 1;
+        TransmitId(self.next_id)
+    }
+
+    fn respond(&mut self, req: RequestId, reply: Reply) {
+        self.outputs.push_back(Output::Respond { req, reply });
+    }
+
+    fn transmit(
+        &mut self,
+        now: Timestamp,
+        to: Option<NodeId>,
+        address: Address,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        pending: Pending,
+    ) -> TransmitId {
+        let id = self.next_transmit_id();
+        let timeout = match pending {
+            Pending::Forward { .. } => self.config.forward_timeout_ms,
+            _ => self.config.store_timeout_ms,
+        };
+        self.pending.insert(id, pending);
+        self.transmit_deadlines
+            .insert((now.plus_millis(timeout), id));
+        self.outputs.push_back(Output::Transmit {
+            id,
+            to,
+            address,
+            endpoint,
+            body,
+        });
+        id
+    }
+
+    fn transmit_peer(
+        &mut self,
+        now: Timestamp,
+        to: NodeId,
+        request: &PeerRequest,
+        pending: Pending,
+    ) -> bool {
+        let Some(d) = self.directory.get(&to).copied() else {
+            return false;
+        };
+        let body = request.encode_signed(&self.identity, now);
+        self.transmit(now, Some(to), *d.address(), Endpoint::Peer, body, pending);
+        true
+    }
+
+    /// The next output to carry out, or `None` when drained.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut t = self.timers.iter().copied().min();
+        let mut consider = |x: Timestamp| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some((d, _)) = self.transmit_deadlines.first() {
+            consider(*d);
+        }
+        for s in self.stores.values() {
+            consider(s.deadline);
+            for at in s.peers.values().flatten() {
+                consider(*at);
+            }
+        }
+        if let Some(d) = self.directory.next_wakeup() {
+            consider(d);
+        }
+        t
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Onion requests
+    // ----------------------------------------------------------------------------------
+
+    /// An onion packet arrived from `source` (an opaque key the runtime derives from the
+    /// peer address, for rate limiting).
+    pub fn handle_onion(
+        &mut self,
+        now: Timestamp,
+        req: RequestId,
+        source: u64,
+        packet: &mut [u8; PACKET_LEN],
+    ) {
+        if self.sources.check(source, now).is_err() {
+            self.stats.rate_limited += 1;
+            self.respond(req, Reply::RateLimited);
+            return;
+        }
+        match packet::peel(&self.onion, &mut self.replay, now, packet) {
+            Err(e) => {
+                let i = PeelError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+                self.stats.packets_dropped[i] += 1;
+                self.respond(req, Reply::Dropped);
+            }
+            Ok(Peeled::Forward {
+                next_hop,
+                packet,
+                reply_key,
+            }) => {
+                self.stats.packets_peeled += 1;
+                let target = self.descriptor_of(&next_hop);
+                match target {
+                    Some(d) if next_hop != self.node_id() => {
+                        self.stats.packets_forwarded += 1;
+                        let body = packet.to_vec();
+                        self.transmit(
+                            now,
+                            Some(next_hop),
+                            *d.address(),
+                            Endpoint::Onion,
+                            body,
+                            Pending::Forward { req, reply_key },
+                        );
+                    }
+                    _ => self.respond_failure(req, &reply_key, HopFailure::NextHopUnreachable),
+                }
+            }
+            Ok(Peeled::Deliver { payload, reply_key }) => {
+                self.stats.packets_peeled += 1;
+                self.stats.packets_delivered += 1;
+                let payload = payload.to_vec();
+                self.execute(now, req, &payload, reply_key);
+            }
+        }
+    }
+
+    fn respond_failure(&mut self, req: RequestId, key: &ReplyKey, failure: HopFailure) {
+        let mut out = vec![0u8; reply::REPLY_BUCKETS[0]];
+        let n = reply::seal(key, ReplyStatus::Failed(failure), &[], &mut out)
+            .expect("an empty failure fits the smallest bucket");
+        out.truncate(n);
+        self.respond(req, Reply::Onion(out));
+    }
+
+    fn respond_sealed(&mut self, req: RequestId, key: &ReplyKey, response: &Response) {
+        let mut body = Vec::new();
+        response.encode(&mut body);
+        if body.len() > reply::MAX_REPLY_BODY {
+            // Retrieves size themselves below the limit; anything else is a bug, and the
+            // client still gets a well-formed answer.
+            body.clear();
+            Response::Refused(RequestError::Unavailable).encode(&mut body);
+        }
+        let len = reply::bucket_for(body.len()).expect("body checked against MAX_REPLY_BODY");
+        let mut out = vec![0u8; len];
+        reply::seal(key, ReplyStatus::Response, &body, &mut out).expect("bucket sized for body");
+        self.respond(req, Reply::Onion(out));
+    }
+
+    fn refuse(&mut self, req: RequestId, key: &ReplyKey, e: RequestError) {
+        self.stats.requests_refused += 1;
+        if e == RequestError::RateLimited {
+            self.stats.rate_limited += 1;
+        }
+        self.respond_sealed(req, key, &Response::Refused(e));
+    }
+
+    /// Executes a request delivered to this node as the final hop.
+    fn execute(&mut self, now: Timestamp, req: RequestId, payload: &[u8], key: ReplyKey) {
+        let signed = match SignedRequest::decode(payload) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(req, &key, e),
+        };
+        if let Err(e) = signed.authenticate(now, self.config.auth_window_ms) {
+            return self.refuse(req, &key, e);
+        }
+        let request = signed.request;
+        if let Some(recipient) = request.recipient() {
+            if !self.in_swarm(&recipient) {
+                self.stats.redirects += 1;
+                let swarm = self.swarm_of(&recipient);
+                return self.respond_sealed(req, &key, &Response::Redirect { swarm });
+            }
+        }
+        match request {
+            Request::Info => {
+                let r = Response::Info {
+                    version: PROTOCOL_VERSION,
+                    node_time: now,
+                    node: self.node_id(),
+                };
+                self.respond_sealed(req, &key, &r);
+            }
+            Request::SwarmLookup { recipient } => {
+                let members = self.swarm_of(&recipient);
+                self.respond_sealed(req, &key, &Response::Swarm { members });
+            }
+            Request::Store(s) => {
+                if !pow_satisfied(&s, self.config.pow_difficulty) {
+                    return self.refuse(req, &key, RequestError::InsufficientPow);
+                }
+                if self.recipients.check(s.recipient, now).is_err() {
+                    return self.refuse(req, &key, RequestError::RateLimited);
+                }
+                let message = WireMessage {
+                    recipient: s.recipient,
+                    namespace: s.namespace,
+                    stored_at: now,
+                    expiry: now.plus_millis(s.ttl_ms),
+                    body: s.body.to_vec(),
+                };
+                if s.ttl_ms > self.config.store.max_ttl_ms {
+                    return self.refuse(req, &key, RequestError::TtlTooLong);
+                }
+                self.start_store(now, req, key, message);
+            }
+            Request::Retrieve(r) => {
+                self.stats.retrieves += 1;
+                let budget = reply::MAX_REPLY_BODY - Response::MESSAGES_FIXED;
+                let (messages, more) = match self.store.retrieve(
+                    &r.recipient,
+                    r.namespace,
+                    r.after,
+                    usize::from(r.limit),
+                    now,
+                ) {
+                    Ok(page) => fit_page(page.messages, page.more, budget),
+                    Err(e) => return self.refuse(req, &key, store_error(e)),
+                };
+                self.respond_sealed(req, &key, &Response::Messages { messages, more });
+            }
+            Request::Delete(_) | Request::UpdateExpiry(_) => {
+                let count = match self.apply_change(now, &request) {
+                    Ok(n) => n,
+                    Err(e) => return self.refuse(req, &key, e),
+                };
+                // The other members apply the same signed request themselves.
+                let relay = PeerRequest::Relay(payload.to_vec());
+                for peer in self.swarm_ids(&request.recipient().expect("changes name a recipient"))
+                {
+                    if peer != self.node_id() {
+                        self.transmit_peer(now, peer, &relay, Pending::Relay);
+                    }
+                }
+                let r = match request {
+                    Request::Delete(_) => Response::Deleted { count },
+                    _ => Response::ExpiryUpdated { count },
+                };
+                self.respond_sealed(req, &key, &r);
+            }
+        }
+    }
+
+    /// Applies an authenticated delete or expiry update to the local store.
+    fn apply_change(&mut self, now: Timestamp, request: &Request<'_>) -> Result<u32, RequestError> {
+        let n = match request {
+            Request::Delete(d) => match d.selector {
+                DeleteSelector::Hashes(h) => {
+                    self.store
+                        .delete_hashes(&d.recipient, d.namespace, h.iter(), now)
+                }
+                DeleteSelector::All => self.store.delete_all(&d.recipient, d.namespace, now),
+                DeleteSelector::Before(t) => {
+                    self.store.delete_before(&d.recipient, d.namespace, t, now)
+                }
+            },
+            Request::UpdateExpiry(u) => {
+                let latest = now.plus_millis(self.config.store.max_ttl_ms);
+                if u.expiry > latest {
+                    return Err(RequestError::TtlTooLong);
+                }
+                self.store
+                    .update_expiry(&u.recipient, u.namespace, u.hashes.iter(), u.expiry, now)
+            }
+            _ => return Err(RequestError::Malformed),
+        };
+        n.map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(store_error)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Stores and replication
+    // ----------------------------------------------------------------------------------
+
+    fn start_store(&mut self, now: Timestamp, req: RequestId, key: ReplyKey, message: WireMessage) {
+        let inserted = match self.store.insert(
+            message.recipient,
+            message.namespace,
+            &message.body,
+            message.stored_at,
+            message.expiry,
+            now,
+        ) {
+            Ok(i) => i,
+            Err(e) => return self.refuse(req, &key, store_error(e)),
+        };
+        let mut message = message;
+        // A duplicate keeps its original timestamps, so every member signs the same expiry.
+        message.stored_at = inserted.stored_at;
+        message.expiry = inserted.expiry;
+        let op = self.next_id;
+        self.next_id += 1;
+        let members = self.swarm_ids(&message.recipient);
+        let peers = members
+            .into_iter()
+            .filter(|m| *m != self.node_id())
+            .map(|m| (m, Some(now)))
+            .collect();
+        self.stores.insert(
+            op,
+            PendingStore {
+                req,
+                reply_key: key,
+                hash: inserted.hash,
+                message,
+                started: now,
+                deadline: now.plus_millis(self.config.store_timeout_ms),
+                local_durable: false,
+                local_seq: inserted.seq,
+                receipts: Vec::new(),
+                peers,
+            },
+        );
+        self.advance_store(now, op);
+    }
+
+    /// Sends due replications, counts the local receipt once durable, and answers the
+    /// client when the quorum is met or the deadline passed.
+    fn advance_store(&mut self, now: Timestamp, op: u64) {
+        let durable_seq = self.store.durable_seq();
+        let Some(s) = self.stores.get_mut(&op) else {
+            return;
+        };
+        if !s.local_durable && s.local_seq <= durable_seq {
+            s.local_durable = true;
+            let r = Receipt::sign(
+                &self.identity,
+                &s.hash,
+                &s.message.recipient,
+                s.message.expiry,
+            );
+            s.receipts.push(r);
+        }
+        if s.receipts.len() >= self.config.write_quorum {
+            let s = self.stores.remove(&op).expect("present above");
+            self.stats.stores_acked += 1;
+            self.stats.quorum_latency_ms_total += now.millis_since(s.started);
+            let ack = StoreAck {
+                hash: s.hash,
+                expiry: s.message.expiry,
+                receipts: s.receipts,
+            };
+            // Members that have not confirmed yet keep getting the message through
+            // anti-entropy; nothing else waits on them.
+            return self.respond_sealed(s.req, &s.reply_key, &Response::Stored(ack));
+        }
+        if now >= s.deadline {
+            let s = self.stores.remove(&op).expect("present above");
+            self.stats.stores_failed += 1;
+            return self.refuse(s.req, &s.reply_key, RequestError::QuorumNotReached);
+        }
+        let due: Vec<NodeId> = s
+            .peers
+            .iter()
+            .filter(|(_, at)| at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        let message = s.message.clone();
+        for peer in due {
+            let request = PeerRequest::Replicate(vec![message.clone()]);
+            let sent = self.transmit_peer(now, peer, &request, Pending::Replicate { op, peer });
+            let retry = now.plus_millis(self.config.replication_retry_ms);
+            if let Some(s) = self.stores.get_mut(&op) {
+                s.peers.insert(peer, if sent { None } else { Some(retry) });
+            }
+            if sent {
+                self.stats.replications_sent += 1;
+            }
+        }
+    }
+
+    /// The store backend made writes durable (group commit): release what waited on it.
+    pub fn handle_durable(&mut self, now: Timestamp) {
+        let ops: Vec<u64> = self.stores.keys().copied().collect();
+        for op in ops {
+            self.advance_store(now, op);
+        }
+        self.release_replica_acks();
+    }
+
+    fn release_replica_acks(&mut self) {
+        let durable = self.store.durable_seq();
+        let (ready, waiting): (Vec<_>, Vec<_>) = core::mem::take(&mut self.replica_acks)
+            .into_iter()
+            .partition(|a| a.max_seq <= durable);
+        self.replica_acks = waiting;
+        for a in ready {
+            let receipts = a
+                .items
+                .iter()
+                .map(|(h, r, e)| (*h, Receipt::sign(&self.identity, h, r, *e)))
+                .collect();
+            self.respond(a.req, Reply::Peer(PeerResponse::Stored(receipts).encode()));
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Peer requests
+    // ----------------------------------------------------------------------------------
+
+    /// A peer request arrived on `/v1/peer`.
+    pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, bytes: &[u8]) {
+        let auth = match peer::decode_request(bytes, now, self.config.auth_window_ms) {
+            Ok(a) => a,
+            Err(e) => return self.respond(req, Reply::Peer(PeerResponse::Refused(e).encode())),
+        };
+        let known = self.directory.contains(&auth.sender);
+        let response = match auth.request {
+            PeerRequest::Gossip(ds) => {
+                // A node's own descriptor first is how it registers.
+                self.merge_descriptors(now, ds);
+                if self.directory.contains(&auth.sender) {
+                    self.directory.record_contact(&auth.sender, now);
+                }
+                let mut sample = vec![self.descriptor];
+                let targets = self
+                    .directory
+                    .gossip_targets(&mut self.rng, peer::MAX_GOSSIP - 1);
+                sample.extend(
+                    targets
+                        .iter()
+                        .filter_map(|id| self.directory.get(id).copied()),
+                );
+                PeerResponse::Descriptors(sample.into_iter().map(Into::into).collect())
+            }
+            _ if !known => PeerResponse::Refused(PeerError::UnknownSender),
+            PeerRequest::Probe => {
+                self.directory.record_contact(&auth.sender, now);
+                PeerResponse::Descriptors(vec![self.descriptor.into()])
+            }
+            PeerRequest::Replicate(ms) => return self.accept_replicas(now, req, auth.sender, ms),
+            PeerRequest::Digest(d) => {
+                self.directory.record_contact(&auth.sender, now);
+                self.digest_diff(now, &auth.sender, &d)
+            }
+            PeerRequest::Fetch(hashes) => {
+                let ms = hashes
+                    .iter()
+                    .take(MAX_BATCH)
+                    .filter_map(|h| self.store.get(h, now).ok().flatten())
+                    .map(to_wire)
+                    .collect();
+                PeerResponse::Messages(ms)
+            }
+            PeerRequest::Relay(bytes) => self.apply_relay(now, &bytes),
+        };
+        self.respond(req, Reply::Peer(response.encode()));
+    }
+
+    fn apply_relay(&mut self, now: Timestamp, bytes: &[u8]) -> PeerResponse {
+        let Ok(signed) = SignedRequest::decode(bytes) else {
+            return PeerResponse::Refused(PeerError::Malformed);
+        };
+        if signed
+            .authenticate(now, self.config.auth_window_ms)
+            .is_err()
+        {
+            return PeerResponse::Refused(PeerError::BadSignature);
+        }
+        match self.apply_change(now, &signed.request) {
+            Ok(n) => PeerResponse::Applied(n),
+            Err(_) => PeerResponse::Refused(PeerError::Malformed),
+        }
+    }
+
+    fn accept_replicas(
+        &mut self,
+        now: Timestamp,
+        req: RequestId,
+        sender: NodeId,
+        ms: Vec<WireMessage>,
+    ) {
+        self.directory.record_contact(&sender, now);
+        let mut items = Vec::new();
+        let mut max_seq = 0;
+        for m in ms {
+            if !self.in_swarm(&m.recipient) {
+                continue;
+            }
+            match self.store.insert(
+                m.recipient,
+                m.namespace,
+                &m.body,
+                m.stored_at,
+                m.expiry,
+                now,
+            ) {
+                Ok(ins) => {
+                    if ins.new {
+                        self.stats.messages_replicated_in += 1;
+                    }
+                    max_seq = max_seq.max(ins.seq);
+                    items.push((ins.hash, m.recipient, ins.expiry));
+                }
+                // Full, over quota, expired: no receipt for this one.
+                Err(_) => continue,
+            }
+        }
+        self.replica_acks.push(PendingReplicaAck {
+            req,
+            max_seq,
+            items,
+        });
+        self.release_replica_acks();
+    }
+
+    /// Admits gossiped descriptors: ones identical to what the directory holds need no
+    /// second signature check; the rest are verified, and new nodes join the ring.
+    fn merge_descriptors(&mut self, now: Timestamp, ds: Vec<UnverifiedDescriptor>) -> usize {
+        let mut changed = 0;
+        for u in ds {
+            let id = u.node_id();
+            if id == self.node_id() || self.directory.get(&id).is_some_and(|known| u.is(known)) {
+                continue;
+            }
+            let Ok(d) = u.verify() else {
+                continue;
+            };
+            let was_known = self.directory.contains(&id);
+            if self.directory.insert(d, now).is_changed() {
+                changed += 1;
+                if !was_known {
+                    self.ring.insert(id);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Messages this node holds whose swarm also contains `peer`.
+    fn shared_messages(&self, peer: &NodeId, now: Timestamp) -> Vec<(MessageHash, RecipientId)> {
+        let mut swarm_cache: BTreeMap<RecipientId, bool> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (hash, recipient) in self.store.all_hashes(now) {
+            let shared = *swarm_cache.entry(recipient).or_insert_with(|| {
+                let ids = self.swarm_ids(&recipient);
+                ids.contains(peer) && ids.contains(&self.node_id())
+            });
+            if shared {
+                out.push((hash, recipient));
+            }
+        }
+        out
+    }
+
+    fn digest_with(&self, peer: &NodeId, now: Timestamp) -> (Digest, Vec<MessageHash>) {
+        let mut d = Digest::default();
+        let shared = self.shared_messages(peer, now);
+        let mut hashes = Vec::with_capacity(shared.len());
+        for (h, _) in shared {
+            d.add(&h);
+            hashes.push(h);
+        }
+        (d, hashes)
+    }
+
+    fn digest_diff(&mut self, now: Timestamp, sender: &NodeId, theirs: &Digest) -> PeerResponse {
+        let (mine, hashes) = self.digest_with(sender, now);
+        let differing = mine.differing(theirs);
+        let mut out = Vec::new();
+        let mut truncated = false;
+        for h in hashes {
+            if differing.binary_search(&h.0[0]).is_ok() {
+                if out.len() == MAX_HASH_LIST {
+                    truncated = true;
+                    break;
+                }
+                out.push(h);
+            }
+        }
+        PeerResponse::DigestDiff {
+            digest: mine,
+            hashes: out,
+            truncated,
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Answers to our own requests
+    // ----------------------------------------------------------------------------------
+
+    /// An outbound exchange finished: `Ok(body)` with the peer's answer, or a failure.
+    pub fn handle_transmit_result(
+        &mut self,
+        now: Timestamp,
+        id: TransmitId,
+        result: Result<Vec<u8>, TransmitFailure>,
+    ) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return; // Already timed out.
+        };
+        self.transmit_deadlines.retain(|(_, t)| *t != id);
+        match pending {
+            Pending::Forward { req, reply_key } => self.finish_forward(req, &reply_key, result),
+            Pending::Replicate { op, peer } => {
+                let receipt = result.ok().and_then(|b| match PeerResponse::decode(&b) {
+                    Ok(PeerResponse::Stored(rs)) => Some(rs),
+                    _ => None,
+                });
+                if receipt.is_some() {
+                    self.directory.record_contact(&peer, now);
+                }
+                let retry = now.plus_millis(self.config.replication_retry_ms);
+                if let Some(s) = self.stores.get_mut(&op) {
+                    let valid = receipt.into_iter().flatten().find(|(h, r)| {
+                        *h == s.hash
+                            && r.node == peer
+                            && r.verify(&s.hash, &s.message.recipient, s.message.expiry)
+                    });
+                    match valid {
+                        Some((_, r)) => {
+                            s.peers.remove(&peer);
+                            if !s.receipts.iter().any(|x| x.node == r.node) {
+                                s.receipts.push(r);
+                            }
+                        }
+                        None => {
+                            s.peers.insert(peer, Some(retry));
+                        }
+                    }
+                }
+                self.advance_store(now, op);
+            }
+            Pending::Digest { peer } => {
+                if let Ok(Ok(PeerResponse::DigestDiff { digest, hashes, .. })) =
+                    result.map(|b| PeerResponse::decode(&b))
+                {
+                    self.directory.record_contact(&peer, now);
+                    self.reconcile(now, peer, &digest, &hashes);
+                } else {
+                    self.directory.record_failure(&peer, now);
+                }
+            }
+            Pending::Fetch => {
+                if let Ok(Ok(PeerResponse::Messages(ms))) = result.map(|b| PeerResponse::decode(&b))
+                {
+                    for m in ms {
+                        if self.in_swarm(&m.recipient)
+                            && let Ok(ins) = self.store.insert(
+                                m.recipient,
+                                m.namespace,
+                                &m.body,
+                                m.stored_at,
+                                m.expiry,
+                                now,
+                            )
+                            && ins.new
+                        {
+                            self.stats.messages_replicated_in += 1;
+                        }
+                    }
+                }
+            }
+            Pending::Gossip => {
+                if let Ok(Ok(PeerResponse::Descriptors(ds))) =
+                    result.map(|b| PeerResponse::decode(&b))
+                {
+                    if let Some(first) = ds.first() {
+                        let sender = first.node_id();
+                        self.merge_descriptors(now, ds);
+                        self.directory.record_contact(&sender, now);
+                    }
+                }
+            }
+            Pending::Probe { peer } => match result.map(|b| PeerResponse::decode(&b)) {
+                Ok(Ok(PeerResponse::Descriptors(ds))) => {
+                    self.merge_descriptors(now, ds);
+                    self.directory.record_contact(&peer, now);
+                }
+                _ => self.directory.record_failure(&peer, now),
+            },
+            Pending::Handoff | Pending::Relay => {}
+        }
+    }
+
+    fn finish_forward(
+        &mut self,
+        req: RequestId,
+        key: &ReplyKey,
+        result: Result<Vec<u8>, TransmitFailure>,
+    ) {
+        match result {
+            Ok(mut body) => {
+                if reply::add_layer(key, &mut body).is_ok() {
+                    self.respond(req, Reply::Onion(body));
+                } else {
+                    self.respond_failure(req, key, HopFailure::NextHopBadReply);
+                }
+            }
+            Err(TransmitFailure::Timeout) => {
+                self.respond_failure(req, key, HopFailure::NextHopTimeout)
+            }
+            Err(TransmitFailure::Unreachable) => {
+                self.respond_failure(req, key, HopFailure::NextHopUnreachable);
+            }
+        }
+    }
+
+    /// Second half of anti-entropy: fetch what the peer has and we lack, push what we
+    /// have in the differing buckets and it lacks.
+    fn reconcile(&mut self, now: Timestamp, peer: NodeId, digest: &Digest, theirs: &[MessageHash]) {
+        let (my_digest, mine) = self.digest_with(&peer, now);
+        let mine_set: BTreeSet<MessageHash> = mine.iter().copied().collect();
+        let theirs_set: BTreeSet<MessageHash> = theirs.iter().copied().collect();
+        let missing: Vec<MessageHash> = theirs_set.difference(&mine_set).copied().collect();
+        for chunk in missing.chunks(MAX_BATCH) {
+            self.transmit_peer(
+                now,
+                peer,
+                &PeerRequest::Fetch(chunk.to_vec()),
+                Pending::Fetch,
+            );
+        }
+        // What we hold that the peer lacks. `theirs` lists everything the peer holds in the
+        // buckets where the digests differ; in the other buckets both sides agree, so a
+        // message of ours missing from `theirs` is only pushed when its bucket differs.
+        let differing: BTreeSet<u8> = my_digest.differing(digest).into_iter().collect();
+        let extra: Vec<WireMessage> = mine
+            .iter()
+            .filter(|h| differing.contains(&h.0[0]) && !theirs_set.contains(h))
+            .filter_map(|h| self.store.get(h, now).ok().flatten())
+            .map(to_wire)
+            .collect();
+        for chunk in extra.chunks(MAX_BATCH) {
+            self.transmit_peer(
+                now,
+                peer,
+                &PeerRequest::Replicate(chunk.to_vec()),
+                Pending::Handoff,
+            );
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Timers
+    // ----------------------------------------------------------------------------------
+
+    /// Time passed: expire exchanges, retry replications, run periodic duties. Calling it
+    /// early or twice does nothing extra.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(&(deadline, id)) = self.transmit_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.transmit_deadlines.pop_first();
+            if self.pending.contains_key(&id) {
+                self.handle_transmit_result(now, id, Err(TransmitFailure::Timeout));
+            }
+        }
+        let ops: Vec<u64> = self.stores.keys().copied().collect();
+        for op in ops {
+            self.advance_store(now, op);
+        }
+        if self.timers[Timer::Descriptor as usize] <= now {
+            self.timers[Timer::Descriptor as usize] =
+                now.plus_millis(self.config.descriptor_lifetime_ms / 2);
+            if self.descriptor.expires().millis_since(now) < self.config.descriptor_lifetime_ms / 2
+            {
+                self.descriptor = Descriptor::sign(
+                    &self.identity,
+                    &self.onion,
+                    self.address,
+                    now.plus_millis(self.config.descriptor_lifetime_ms),
+                );
+            }
+        }
+        if self.timers[Timer::Gossip as usize] <= now {
+            self.timers[Timer::Gossip as usize] = now.plus_millis(self.config.gossip_interval_ms);
+            self.gossip(now);
+        }
+        if self.timers[Timer::Probe as usize] <= now {
+            self.timers[Timer::Probe as usize] =
+                now.plus_millis(self.config.directory.probe_interval_ms);
+        }
+        for peer in self.directory.due_probes(now) {
+            self.transmit_peer(now, peer, &PeerRequest::Probe, Pending::Probe { peer });
+        }
+        for gone in self.directory.evict(now) {
+            self.ring.remove(&gone);
+            self.stats.nodes_evicted += 1;
+        }
+        if self.timers[Timer::AntiEntropy as usize] <= now {
+            self.timers[Timer::AntiEntropy as usize] =
+                now.plus_millis(self.config.anti_entropy_interval_ms);
+            self.anti_entropy(now);
+        }
+        if self.timers[Timer::Expire as usize] <= now {
+            self.timers[Timer::Expire as usize] =
+                now.plus_millis(self.config.expiry_sweep_interval_ms);
+            if let Ok(n) = self.store.expire(now, self.config.max_expired_per_sweep) {
+                self.stats.messages_expired += n as u64;
+            }
+        }
+    }
+
+    fn gossip(&mut self, now: Timestamp) {
+        let mine = PeerRequest::Gossip(self.gossip_sample());
+        if self.directory.is_empty() {
+            // Nobody known yet: announce to the seeds (known only by address).
+            let body = mine.encode_signed(&self.identity, now);
+            for seed in self.seeds.clone() {
+                if seed != self.address {
+                    self.transmit(
+                        now,
+                        None,
+                        seed,
+                        Endpoint::Peer,
+                        body.clone(),
+                        Pending::Gossip,
+                    );
+                }
+            }
+            return;
+        }
+        let fanout = self.config.directory.gossip_fanout;
+        let targets = self.directory.gossip_targets(&mut self.rng, fanout);
+        for t in targets {
+            self.transmit_peer(now, t, &mine, Pending::Gossip);
+        }
+    }
+
+    fn gossip_sample(&mut self) -> Vec<UnverifiedDescriptor> {
+        let mut out = vec![self.descriptor.into()];
+        let others = self
+            .directory
+            .gossip_targets(&mut self.rng, peer::MAX_GOSSIP - 1);
+        out.extend(others.iter().filter_map(|id| {
+            self.directory
+                .get(id)
+                .map(|d| UnverifiedDescriptor::from(*d))
+        }));
+        out
+    }
+
+    /// Starts a round with every node that shares a swarm with this one.
+    fn anti_entropy(&mut self, now: Timestamp) {
+        self.stats.anti_entropy_rounds += 1;
+        let neighbours: Vec<NodeId> = self.directory.live_ids().collect();
+        for peer in neighbours {
+            let (digest, hashes) = self.digest_with(&peer, now);
+            if hashes.is_empty() && !self.ring_neighbour(&peer) {
+                continue;
+            }
+            self.transmit_peer(
+                now,
+                peer,
+                &PeerRequest::Digest(digest),
+                Pending::Digest { peer },
+            );
+        }
+    }
+
+    /// Whether `peer` is close enough on the ring to share swarms with this node.
+    fn ring_neighbour(&self, peer: &NodeId) -> bool {
+        self.ring
+            .shares_swarm(&self.node_id(), peer, self.config.swarm_size)
+    }
+}
+
+/// Drops trailing messages so the encoded page fits `budget` bytes.
+fn fit_page(
+    mut messages: Vec<StoredMessage>,
+    mut more: bool,
+    budget: usize,
+) -> (Vec<MessageView>, bool) {
+    let mut used = 0;
+    let mut keep = 0;
+    for m in &messages {
+        let size = Response::MESSAGE_OVERHEAD + m.body.len();
+        if used + size > budget {
+            more = true;
+            break;
+        }
+        used += size;
+        keep += 1;
+    }
+    messages.truncate(keep);
+    let views = messages
+        .into_iter()
+        .map(|m| MessageView {
+            seq: m.seq,
+            hash: m.hash,
+            stored_at: m.stored_at,
+            expiry: m.expiry,
+            body: m.body,
+        })
+        .collect();
+    (views, more)
+}
+
+fn to_wire(m: StoredMessage) -> WireMessage {
+    WireMessage {
+        recipient: m.recipient,
+        namespace: m.namespace,
+        stored_at: m.stored_at,
+        expiry: m.expiry,
+        body: m.body,
+    }
+}
+
+fn store_error(e: StoreError) -> RequestError {
+    match e {
+        StoreError::TtlTooLong => RequestError::TtlTooLong,
+        StoreError::BodyTooLarge => RequestError::BodyTooLarge,
+        StoreError::QuotaExceeded => RequestError::QuotaExceeded,
+        StoreError::NodeFull => RequestError::NodeFull,
+        _ => RequestError::Unavailable,
+    }
+}

@@ -1,0 +1,647 @@
+//! Node-to-node messages: replication, anti-entropy, directory gossip and probes.
+//!
+//! This module owns the peer codec and the envelope that authenticates a request by its
+//! sender's identity key. It never decides what to do with a message (the node does) and
+//! never touches the network. Invariants: decoding never panics; a [`PeerRequest`] is only
+//! handed out after its envelope signature verified; message integrity never depends on
+//! trusting the sender, because a [`WireMessage`] is content-addressed (the receiver
+//! recomputes its hash). Layouts: `docs/PROTOCOL.md`, section 7.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::keys::{IdentityKey, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor, verify_signature};
+use crate::request::{Receipt, SIGNATURE_LEN};
+use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp};
+use crate::wire::{Reader, WireError};
+
+/// Version byte opening every peer request.
+pub const PEER_VERSION: u8 = 1;
+/// Signing context of peer envelopes.
+pub const PEER_SIGNING_CONTEXT: &[u8] = b"ghostnodes/v1/peer";
+/// Anti-entropy digest buckets (by the first byte of a message hash).
+pub const DIGEST_BUCKETS: usize = 256;
+/// Most messages in one replicate or fetch exchange.
+pub const MAX_BATCH: usize = 256;
+/// Most hashes in one digest reply or fetch request.
+pub const MAX_HASH_LIST: usize = 4096;
+/// Most descriptors in one gossip exchange.
+pub const MAX_GOSSIP: usize = 64;
+
+/// A stored message as it travels between swarm members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Whose message.
+    pub recipient: RecipientId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// When the swarm first stored it.
+    pub stored_at: Timestamp,
+    /// When it expires.
+    pub expiry: Timestamp,
+    /// The message.
+    pub body: Vec<u8>,
+}
+
+impl WireMessage {
+    /// The message's content address: `SHA-256(recipient ‖ namespace ‖ body)`.
+    #[must_use]
+    pub fn hash(&self) -> MessageHash {
+        crate::store::message_hash(&self.recipient, self.namespace, &self.body)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.recipient.as_bytes());
+        out.extend_from_slice(&self.namespace.0.to_be_bytes());
+        out.extend_from_slice(&self.stored_at.0.to_be_bytes());
+        out.extend_from_slice(&self.expiry.0.to_be_bytes());
+        let len = u16::try_from(self.body.len()).expect("message bodies are below 64 KiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.body);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
+            recipient: RecipientId(r.array()?),
+            namespace: Namespace(r.u16()?),
+            stored_at: Timestamp(r.u64()?),
+            expiry: Timestamp(r.u64()?),
+            body: r.bytes16()?.to_vec(),
+        })
+    }
+}
+
+/// One anti-entropy bucket: how many messages, and the XOR of their hashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DigestBucket {
+    /// Messages in the bucket.
+    pub count: u32,
+    /// XOR of their hashes: order-independent, updated in O(1) per message.
+    pub xor: [u8; 32],
+}
+
+impl DigestBucket {
+    /// Adds (or, applied twice, removes) a hash.
+    pub fn toggle(&mut self, hash: &MessageHash, add: bool) {
+        for (x, h) in self.xor.iter_mut().zip(hash.as_bytes()) {
+            *x ^= h;
+        }
+        self.count = if add {
+            self.count.saturating_add(1)
+        } else {
+            self.count.saturating_sub(1)
+        };
+    }
+}
+
+/// A summary of the messages two swarm members should both hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// One bucket per value of a hash's first byte.
+    pub buckets: Vec<DigestBucket>,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self {
+            buckets: alloc::vec![DigestBucket::default(); DIGEST_BUCKETS],
+        }
+    }
+}
+
+impl Digest {
+    /// Adds a message hash to its bucket.
+    pub fn add(&mut self, hash: &MessageHash) {
+        self.buckets[usize::from(hash.0[0])].toggle(hash, true);
+    }
+
+    /// Bucket indexes where `self` and `other` differ.
+    #[must_use]
+    pub fn differing(&self, other: &Digest) -> Vec<u8> {
+        (0..=u8::MAX)
+            .filter(|&i| self.buckets.get(usize::from(i)) != other.buckets.get(usize::from(i)))
+            .collect()
+    }
+}
+
+/// What one node asks of another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Store these messages (the sender is a swarm member); answer with receipts once durable.
+    Replicate(Vec<WireMessage>),
+    /// Compare this digest of the messages we should both hold.
+    Digest(Digest),
+    /// Send me these messages.
+    Fetch(Vec<MessageHash>),
+    /// Here are descriptors I know (my own first); send me some of yours. The receiver
+    /// verifies each one it does not already hold.
+    Gossip(Vec<UnverifiedDescriptor>),
+    /// Are you alive? Answer with your current descriptor.
+    Probe,
+    /// A recipient-signed delete or expiry update, relayed as the client sent it, so the
+    /// receiver verifies the recipient's signature itself.
+    Relay(Vec<u8>),
+}
+
+impl PeerRequest {
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Replicate(_) => 1,
+            Self::Digest(_) => 2,
+            Self::Fetch(_) => 3,
+            Self::Gossip(_) => 4,
+            Self::Probe => 5,
+            Self::Relay(_) => 6,
+        }
+    }
+
+    /// A stable name, for metrics.
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Replicate(_) => "replicate",
+            Self::Digest(_) => "digest",
+            Self::Fetch(_) => "fetch",
+            Self::Gossip(_) => "gossip",
+            Self::Probe => "probe",
+            Self::Relay(_) => "relay",
+        }
+    }
+
+    /// Encodes and signs the request as `sender` at `now`.
+    #[must_use]
+    pub fn encode_signed(&self, sender: &IdentityKey, now: Timestamp) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.push(PEER_VERSION);
+        out.push(self.kind());
+        out.extend_from_slice(sender.node_id().as_bytes());
+        out.extend_from_slice(&now.0.to_be_bytes());
+        match self {
+            Self::Replicate(ms) => {
+                put_count(&mut out, ms.len());
+                for m in ms {
+                    m.encode(&mut out);
+                }
+            }
+            Self::Digest(d) => {
+                for b in &d.buckets {
+                    out.extend_from_slice(&b.count.to_be_bytes());
+                    out.extend_from_slice(&b.xor);
+                }
+            }
+            Self::Fetch(hashes) => put_hashes(&mut out, hashes),
+            Self::Gossip(ds) => put_descriptors(&mut out, ds),
+            Self::Probe => {}
+            Self::Relay(bytes) => {
+                put_count(&mut out, bytes.len());
+                out.extend_from_slice(bytes);
+            }
+        }
+        let sig = sender.sign(PEER_SIGNING_CONTEXT, &out);
+        out.extend_from_slice(&sig);
+        out
+    }
+}
+
+/// A peer request whose envelope signature verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Who sent it.
+    pub sender: NodeId,
+    /// When the sender says it sent it.
+    pub sent_at: Timestamp,
+    /// What it asks.
+    pub request: PeerRequest,
+}
+
+/// Why a peer request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Not a peer request of this version.
+    Malformed,
+    /// The sender's signature does not verify.
+    BadSignature,
+    /// The envelope's time is outside the accepted window.
+    StaleTimestamp,
+    /// The sender is not a node this node knows.
+    UnknownSender,
+    /// The sender is not a swarm member for what it asks.
+    NotInSwarm,
+    /// This node cannot serve now.
+    Unavailable,
+}
+
+impl PeerError {
+    /// A stable name, for metrics and JSON errors.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::UnknownSender => "unknown_sender",
+            Self::NotInSwarm => "not_in_swarm",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "malformed peer request",
+            Self::BadSignature => "peer signature does not verify",
+            Self::StaleTimestamp => "peer request timestamp outside the accepted window",
+            Self::UnknownSender => "peer is not a known node",
+            Self::NotInSwarm => "peer is not a swarm member for this request",
+            Self::Unavailable => "node unavailable",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for PeerError {}
+
+impl From<WireError> for PeerError {
+    fn from(_: WireError) -> Self {
+        Self::Malformed
+    }
+}
+
+/// Decodes a peer request and verifies its envelope: signature by the claimed sender and
+/// a timestamp within `window_ms` of `now`. Whether the sender is known is the caller's
+/// decision (a gossip from a new node is how it becomes known).
+pub fn decode_request(
+    bytes: &[u8],
+    now: Timestamp,
+    window_ms: u64,
+) -> Result<Authenticated, PeerError> {
+    let signed_len = bytes
+        .len()
+        .checked_sub(SIGNATURE_LEN)
+        .ok_or(PeerError::Malformed)?;
+    let (signed, sig) = bytes.split_at(signed_len);
+    let mut r = Reader::new(signed);
+    if r.u8()? != PEER_VERSION {
+        return Err(PeerError::Malformed);
+    }
+    let kind = r.u8()?;
+    let sender = NodeId(r.array()?);
+    let sent_at = Timestamp(r.u64()?);
+    let request = match kind {
+        1 => {
+            let n = read_count(&mut r, MAX_BATCH)?;
+            let mut ms = Vec::with_capacity(n);
+            for _ in 0..n {
+                ms.push(WireMessage::decode(&mut r)?);
+            }
+            PeerRequest::Replicate(ms)
+        }
+        2 => {
+            let mut d = Digest::default();
+            for b in &mut d.buckets {
+                b.count = r.u32()?;
+                b.xor = r.array()?;
+            }
+            PeerRequest::Digest(d)
+        }
+        3 => PeerRequest::Fetch(read_hashes(&mut r)?),
+        4 => PeerRequest::Gossip(read_descriptors(&mut r)?),
+        5 => PeerRequest::Probe,
+        6 => {
+            let n = read_count(&mut r, usize::from(u16::MAX))?;
+            PeerRequest::Relay(r.take(n)?.to_vec())
+        }
+        _ => return Err(PeerError::Malformed),
+    };
+    r.finish()?;
+    let sig: [u8; SIGNATURE_LEN] = crate::keys::fixed(sig);
+    if !verify_signature(sender.as_bytes(), PEER_SIGNING_CONTEXT, signed, &sig) {
+        return Err(PeerError::BadSignature);
+    }
+    if sent_at.0.abs_diff(now.0) > window_ms {
+        return Err(PeerError::StaleTimestamp);
+    }
+    Ok(Authenticated {
+        sender,
+        sent_at,
+        request,
+    })
+}
+
+/// What a node answers to a peer request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerResponse {
+    /// Receipts for the replicated messages now durable here (hash, receipt).
+    Stored(Vec<(MessageHash, Receipt)>),
+    /// The hashes this node holds in the buckets where the digests differ, plus its own
+    /// digest; `truncated` when more hashes exist than one reply carries.
+    DigestDiff {
+        /// The responder's digest of the shared set.
+        digest: Digest,
+        /// Hashes held in differing buckets.
+        hashes: Vec<MessageHash>,
+        /// Whether the list was cut at [`MAX_HASH_LIST`].
+        truncated: bool,
+    },
+    /// The requested messages this node has.
+    Messages(Vec<WireMessage>),
+    /// Descriptors this node knows (unverified until the receiver checks them).
+    Descriptors(Vec<UnverifiedDescriptor>),
+    /// The relayed request was applied to this many messages.
+    Applied(u32),
+    /// Refused.
+    Refused(PeerError),
+}
+
+impl PeerResponse {
+    /// Encodes the response.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::Stored(receipts) => {
+                out.push(1);
+                put_count(&mut out, receipts.len());
+                for (h, r) in receipts {
+                    out.extend_from_slice(h.as_bytes());
+                    out.extend_from_slice(r.node.as_bytes());
+                    out.extend_from_slice(&r.signature);
+                }
+            }
+            Self::DigestDiff {
+                digest,
+                hashes,
+                truncated,
+            } => {
+                out.push(2);
+                for b in &digest.buckets {
+                    out.extend_from_slice(&b.count.to_be_bytes());
+                    out.extend_from_slice(&b.xor);
+                }
+                put_hashes(&mut out, hashes);
+                out.push(u8::from(*truncated));
+            }
+            Self::Messages(ms) => {
+                out.push(3);
+                put_count(&mut out, ms.len());
+                for m in ms {
+                    m.encode(&mut out);
+                }
+            }
+            Self::Descriptors(ds) => {
+                out.push(4);
+                put_descriptors(&mut out, ds);
+            }
+            Self::Applied(n) => {
+                out.push(5);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            Self::Refused(e) => {
+                out.push(0);
+                out.push(match e {
+                    PeerError::Malformed => 1,
+                    PeerError::BadSignature => 2,
+                    PeerError::StaleTimestamp => 3,
+                    PeerError::UnknownSender => 4,
+                    PeerError::NotInSwarm => 5,
+                    PeerError::Unavailable => 6,
+                });
+            }
+        }
+        out
+    }
+
+    /// Decodes a response.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PeerError> {
+        let mut r = Reader::new(bytes);
+        let out = match r.u8()? {
+            0 => Self::Refused(match r.u8()? {
+                1 => PeerError::Malformed,
+                2 => PeerError::BadSignature,
+                3 => PeerError::StaleTimestamp,
+                4 => PeerError::UnknownSender,
+                5 => PeerError::NotInSwarm,
+                6 => PeerError::Unavailable,
+                _ => return Err(PeerError::Malformed),
+            }),
+            1 => {
+                let n = read_count(&mut r, MAX_BATCH)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let h = MessageHash(r.array()?);
+                    let node = NodeId(r.array()?);
+                    let signature = r.array()?;
+                    v.push((h, Receipt { node, signature }));
+                }
+                Self::Stored(v)
+            }
+            2 => {
+                let mut digest = Digest::default();
+                for b in &mut digest.buckets {
+                    b.count = r.u32()?;
+                    b.xor = r.array()?;
+                }
+                let hashes = read_hashes(&mut r)?;
+                let truncated = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(PeerError::Malformed),
+                };
+                Self::DigestDiff {
+                    digest,
+                    hashes,
+                    truncated,
+                }
+            }
+            3 => {
+                let n = read_count(&mut r, MAX_BATCH)?;
+                let mut ms = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ms.push(WireMessage::decode(&mut r)?);
+                }
+                Self::Messages(ms)
+            }
+            4 => Self::Descriptors(read_descriptors(&mut r)?),
+            5 => Self::Applied(r.u32()?),
+            _ => return Err(PeerError::Malformed),
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+fn put_count(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+}
+
+fn read_count(r: &mut Reader<'_>, max: usize) -> Result<usize, PeerError> {
+    let n = usize::try_from(r.u32()?).map_err(|_| PeerError::Malformed)?;
+    if n > max {
+        return Err(PeerError::Malformed);
+    }
+    Ok(n)
+}
+
+fn put_hashes(out: &mut Vec<u8>, hashes: &[MessageHash]) {
+    put_count(out, hashes.len());
+    for h in hashes {
+        out.extend_from_slice(h.as_bytes());
+    }
+}
+
+fn read_hashes(r: &mut Reader<'_>) -> Result<Vec<MessageHash>, PeerError> {
+    let n = read_count(r, MAX_HASH_LIST)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(MessageHash(r.array()?));
+    }
+    Ok(v)
+}
+
+fn put_descriptors(out: &mut Vec<u8>, ds: &[UnverifiedDescriptor]) {
+    put_count(out, ds.len().min(MAX_GOSSIP));
+    for d in ds.iter().take(MAX_GOSSIP) {
+        let mut buf = [0u8; MAX_DESCRIPTOR_LEN];
+        let n = d
+            .encode(&mut buf)
+            .expect("MAX_DESCRIPTOR_LEN fits every descriptor");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn read_descriptors(r: &mut Reader<'_>) -> Result<Vec<UnverifiedDescriptor>, PeerError> {
+    let n = read_count(r, MAX_GOSSIP)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rest = r.rest();
+        let len = UnverifiedDescriptor::encoded_len_at(rest).ok_or(PeerError::Malformed)?;
+        let d = UnverifiedDescriptor::decode(rest.get(..len).ok_or(PeerError::Malformed)?)
+            .map_err(|_| PeerError::Malformed)?;
+        v.push(d);
+        *r = Reader::new(&rest[len..]);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Address, Descriptor, OnionKey};
+    use crate::types::Epoch;
+    use alloc::vec;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    fn msg(i: u8) -> WireMessage {
+        WireMessage {
+            recipient: RecipientId([i; 32]),
+            namespace: Namespace(u16::from(i)),
+            stored_at: NOW,
+            expiry: NOW.plus_millis(1000),
+            body: vec![i; usize::from(i) * 3],
+        }
+    }
+
+    fn descriptor(seed: u8) -> UnverifiedDescriptor {
+        let mut rng = ChaCha20Rng::seed_from_u64(u64::from(seed));
+        let onion = OnionKey::generate(Epoch(1), &mut rng);
+        Descriptor::sign(
+            &IdentityKey::from_seed(&[seed; 32]),
+            &onion,
+            Address::new("10.0.0.1:1").unwrap(),
+            NOW,
+        )
+        .into()
+    }
+
+    fn every_request() -> Vec<PeerRequest> {
+        let mut d = Digest::default();
+        d.add(&msg(1).hash());
+        vec![
+            PeerRequest::Replicate(vec![msg(1), msg(2)]),
+            PeerRequest::Digest(d),
+            PeerRequest::Fetch(vec![msg(3).hash()]),
+            PeerRequest::Gossip(vec![descriptor(1), descriptor(2)]),
+            PeerRequest::Probe,
+            PeerRequest::Relay(vec![1, 2, 3]),
+        ]
+    }
+
+    #[test]
+    fn signed_requests_round_trip_and_name_their_sender() {
+        let key = IdentityKey::from_seed(&[9; 32]);
+        for req in every_request() {
+            let bytes = req.encode_signed(&key, NOW);
+            let got = decode_request(&bytes, NOW, 60_000).unwrap();
+            assert_eq!(got.sender, key.node_id());
+            assert_eq!(got.request, req);
+        }
+    }
+
+    #[test]
+    fn tampered_or_stale_envelopes_are_refused() {
+        let key = IdentityKey::from_seed(&[9; 32]);
+        let bytes = PeerRequest::Fetch(vec![msg(3).hash()]).encode_signed(&key, NOW);
+        for i in 0..bytes.len() {
+            let mut t = bytes.clone();
+            t[i] ^= 1;
+            assert!(
+                decode_request(&t, NOW, 60_000).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        assert_eq!(
+            decode_request(&bytes, NOW.plus_millis(60_001), 60_000),
+            Err(PeerError::StaleTimestamp)
+        );
+        assert_eq!(
+            decode_request(&bytes[..10], NOW, 60_000),
+            Err(PeerError::Malformed)
+        );
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let key = IdentityKey::from_seed(&[4; 32]);
+        let m = msg(5);
+        let receipt = Receipt::sign(&key, &m.hash(), &m.recipient, m.expiry);
+        let responses = [
+            PeerResponse::Stored(vec![(m.hash(), receipt)]),
+            PeerResponse::DigestDiff {
+                digest: Digest::default(),
+                hashes: vec![m.hash()],
+                truncated: true,
+            },
+            PeerResponse::Messages(vec![m.clone(), msg(7)]),
+            PeerResponse::Descriptors(vec![descriptor(3)]),
+            PeerResponse::Applied(3),
+            PeerResponse::Refused(PeerError::NotInSwarm),
+        ];
+        for r in responses {
+            assert_eq!(PeerResponse::decode(&r.encode()), Ok(r.clone()));
+            let mut long = r.encode();
+            long.push(0);
+            assert!(PeerResponse::decode(&long).is_err());
+        }
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_finds_differences() {
+        let (a, b) = (msg(1).hash(), msg(2).hash());
+        let mut x = Digest::default();
+        x.add(&a);
+        x.add(&b);
+        let mut y = Digest::default();
+        y.add(&b);
+        y.add(&a);
+        assert_eq!(x, y);
+        assert!(x.differing(&y).is_empty());
+        let mut z = Digest::default();
+        z.add(&a);
+        assert_eq!(x.differing(&z), vec![b.0[0]]);
+    }
+}

@@ -1,0 +1,954 @@
+//! The swarm store's rules over a small ordered key-value backend.
+//!
+//! [`MessageStore`] owns the rules — TTL bound, body size bound, deduplication by message
+//! hash, per-recipient quotas, the node's capacity, cursor retrieval, deletion, expiry —
+//! and delegates keeping records to a [`MessageBackend`]. The core ships
+//! [`MemoryBackend`] (for the simulation and embedded users); runtimes plug in a disk
+//! backend. The store never reads a clock: `now` is an argument.
+//!
+//! Durability: every insert gets a per-node sequence number. A backend may make writes
+//! durable later (group commit) and reports the highest durable sequence; a store
+//! acknowledgement waits for it. A crash loses exactly the writes above that sequence.
+//!
+//! Invariants: a record is keyed by its hash, indexed by `(recipient, namespace, seq)` for
+//! cursor retrieval in O(log n + k) and by `(expiry, hash)` for sweeps that never scan the
+//! whole store; sequence numbers only grow, also across restarts.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::types::{MessageHash, Namespace, RecipientId, Timestamp};
+
+/// Longest TTL a store accepts: 14 days.
+pub const MAX_TTL_MS: u64 = 14 * 24 * 60 * 60 * 1000;
+/// Largest message body by default: what fits an onion payload with a signed store
+/// request around it (1,518 − 62 − 64 bytes).
+pub const DEFAULT_MAX_BODY: usize = 1392;
+/// Slack on expiries of replicated messages: the origin computed them with its clock.
+const EXPIRY_SLACK_MS: u64 = 60_000;
+
+/// The message hash: `SHA-256(recipient ‖ namespace ‖ body)`, the key that deduplicates
+/// stores, replication and anti-entropy.
+#[must_use]
+pub fn message_hash(recipient: &RecipientId, namespace: Namespace, body: &[u8]) -> MessageHash {
+    let mut h = Sha256::new();
+    h.update(recipient.as_bytes());
+    h.update(namespace.0.to_be_bytes());
+    h.update(body);
+    MessageHash(h.finalize().into())
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Per-node insertion sequence: the retrieval cursor.
+    pub seq: u64,
+    /// Content hash.
+    pub hash: MessageHash,
+    /// Whose message.
+    pub recipient: RecipientId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// When the swarm first stored it.
+    pub stored_at: Timestamp,
+    /// When it is dropped.
+    pub expiry: Timestamp,
+    /// The message.
+    pub body: Vec<u8>,
+}
+
+/// The ordered key-value operations the store's rules need from a backend.
+pub trait MessageBackend {
+    /// The record with this hash.
+    fn get(&self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError>;
+    /// Inserts `m` (whose hash is absent).
+    fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError>;
+    /// Removes the record with this hash, returning it.
+    fn remove(&mut self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError>;
+    /// Changes a record's expiry (and its place in the expiry index).
+    fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> Result<bool, StoreError>;
+    /// Up to `limit` records of `(recipient, namespace)` with `seq > after`, in `seq` order.
+    fn range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Up to `limit` hashes of records with `expiry <= before`, earliest first.
+    fn expiring(&self, before: Timestamp, limit: usize) -> Result<Vec<MessageHash>, StoreError>;
+    /// Every `(hash, recipient)` (anti-entropy; a full scan).
+    fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError>;
+    /// `(messages, body bytes)` stored for a recipient (all namespaces).
+    fn usage(&self, recipient: &RecipientId) -> (u64, u64);
+    /// `(messages, body bytes)` stored in total.
+    fn totals(&self) -> (u64, u64);
+    /// The highest sequence number ever assigned (0 when none).
+    fn last_seq(&self) -> u64;
+    /// Every write with a sequence at or below this is durable.
+    fn durable_seq(&self) -> u64;
+    /// Whether writes wait for a commit.
+    fn has_pending_writes(&self) -> bool;
+}
+
+/// Limits a store enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Longest TTL, ms (default and maximum: 14 days).
+    pub max_ttl_ms: u64,
+    /// Largest body, bytes (default [`DEFAULT_MAX_BODY`]).
+    pub max_body: usize,
+    /// Messages per recipient (default 10,000).
+    pub recipient_max_messages: u64,
+    /// Body bytes per recipient (default 16 MiB).
+    pub recipient_max_bytes: u64,
+    /// Messages per node (default 100 million).
+    pub node_max_messages: u64,
+    /// Body bytes per node (default 100 GB).
+    pub node_max_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_ttl_ms: MAX_TTL_MS,
+            max_body: DEFAULT_MAX_BODY,
+            recipient_max_messages: 10_000,
+            recipient_max_bytes: 16 << 20,
+            node_max_messages: 100_000_000,
+            node_max_bytes: 100_000_000_000,
+        }
+    }
+}
+
+/// Why the store refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Expiry beyond the maximum TTL.
+    TtlTooLong,
+    /// Already expired.
+    Expired,
+    /// Body above the maximum size.
+    BodyTooLarge,
+    /// The recipient's quota is used up.
+    QuotaExceeded,
+    /// The node's capacity is used up; retrieves still work.
+    NodeFull,
+    /// The backend failed (I/O); nothing was changed.
+    Backend,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TtlTooLong => "TTL exceeds the maximum",
+            Self::Expired => "message already expired",
+            Self::BodyTooLarge => "message body exceeds the maximum size",
+            Self::QuotaExceeded => "recipient quota exceeded",
+            Self::NodeFull => "node storage is full",
+            Self::Backend => "storage backend error",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for StoreError {}
+
+/// Result of an insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    /// The message's hash.
+    pub hash: MessageHash,
+    /// Its sequence here (the existing one for a duplicate).
+    pub seq: u64,
+    /// False when the message was already stored.
+    pub new: bool,
+    /// The stored timestamps (the original ones for a duplicate).
+    pub stored_at: Timestamp,
+    /// The stored expiry.
+    pub expiry: Timestamp,
+}
+
+/// A page of a retrieval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Messages after the cursor, in sequence order.
+    pub messages: Vec<StoredMessage>,
+    /// Whether more follow.
+    pub more: bool,
+}
+
+/// The store: rules over a backend.
+#[derive(Debug)]
+pub struct MessageStore<B> {
+    backend: B,
+    config: StoreConfig,
+    next_seq: u64,
+}
+
+impl<B: MessageBackend> MessageStore<B> {
+    /// Opens a store over `backend`, continuing its sequence numbers.
+    pub fn open(backend: B, config: StoreConfig) -> Result<Self, StoreError> {
+        let next_seq = backend.last_seq() + 1;
+        Ok(Self {
+            backend,
+            config,
+            next_seq,
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably (commits, crash simulation).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The limits in force.
+    #[must_use]
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Stores a message, or returns the existing copy's details for a duplicate.
+    pub fn insert(
+        &mut self,
+        recipient: RecipientId,
+        namespace: Namespace,
+        body: &[u8],
+        stored_at: Timestamp,
+        expiry: Timestamp,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        if body.len() > self.config.max_body {
+            return Err(StoreError::BodyTooLarge);
+        }
+        if expiry <= now {
+            return Err(StoreError::Expired);
+        }
+        if expiry.millis_since(now) > self.config.max_ttl_ms + EXPIRY_SLACK_MS {
+            return Err(StoreError::TtlTooLong);
+        }
+        let hash = message_hash(&recipient, namespace, body);
+        if let Some(existing) = self.backend.get(&hash)? {
+            return Ok(Inserted {
+                hash,
+                seq: existing.seq,
+                new: false,
+                stored_at: existing.stored_at,
+                expiry: existing.expiry,
+            });
+        }
+        let len = body.len() as u64;
+        let (count, bytes) = self.backend.usage(&recipient);
+        if count >= self.config.recipient_max_messages
+            || bytes + len > self.config.recipient_max_bytes
+        {
+            return Err(StoreError::QuotaExceeded);
+        }
+        let (total, total_bytes) = self.backend.totals();
+        if total >= self.config.node_max_messages || total_bytes + len > self.config.node_max_bytes
+        {
+            return Err(StoreError::NodeFull);
+        }
+        let seq = self.next_seq;
+        self.backend.insert(StoredMessage {
+            seq,
+            hash,
+            recipient,
+            namespace,
+            stored_at,
+            expiry,
+            body: body.to_vec(),
+        })?;
+        self.next_seq += 1;
+        Ok(Inserted {
+            hash,
+            seq,
+            new: true,
+            stored_at,
+            expiry,
+        })
+    }
+
+    /// Up to `limit` live, durable messages of `(recipient, namespace)` after cursor `after`.
+    pub fn retrieve(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        after: u64,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Page, StoreError> {
+        // Readers see durable messages only: a write lost in a crash was never visible,
+        // so its sequence number can be reused without a cursor skipping a message.
+        let durable = self.backend.durable_seq();
+        // Expired-but-unswept records are skipped; fetch in rounds so they cannot starve a page.
+        let mut messages = Vec::new();
+        let mut cursor = after;
+        loop {
+            let batch = self
+                .backend
+                .range(recipient, namespace, cursor, limit + 1)?;
+            let exhausted = batch.len() <= limit;
+            for m in batch {
+                if m.seq > durable {
+                    return Ok(Page {
+                        messages,
+                        more: false,
+                    });
+                }
+                cursor = m.seq;
+                if m.expiry > now {
+                    if messages.len() == limit {
+                        return Ok(Page {
+                            messages,
+                            more: true,
+                        });
+                    }
+                    messages.push(m);
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    messages,
+                    more: false,
+                });
+            }
+        }
+    }
+
+    /// The live message with this hash.
+    pub fn get(
+        &self,
+        hash: &MessageHash,
+        now: Timestamp,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self.backend.get(hash)?.filter(|m| m.expiry > now))
+    }
+
+    /// Deletes the listed messages of `(recipient, namespace)`; returns how many existed.
+    pub fn delete_hashes(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        hashes: impl Iterator<Item = MessageHash>,
+        _now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for h in hashes {
+            if let Some(m) = self.backend.get(&h)? {
+                if m.recipient == *recipient && m.namespace == namespace {
+                    self.backend.remove(&h)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes every message of `(recipient, namespace)`.
+    pub fn delete_all(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.delete_matching(recipient, namespace, now, |_| true)
+    }
+
+    /// Deletes the messages of `(recipient, namespace)` stored before `before`.
+    pub fn delete_before(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        before: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.delete_matching(recipient, namespace, now, |m| m.stored_at < before)
+    }
+
+    fn delete_matching(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        _now: Timestamp,
+        matches: impl Fn(&StoredMessage) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let mut cursor = 0;
+        loop {
+            let batch = self.backend.range(recipient, namespace, cursor, 256)?;
+            let Some(last) = batch.last() else {
+                return Ok(n);
+            };
+            cursor = last.seq;
+            for m in batch.iter().filter(|m| matches(m)) {
+                self.backend.remove(&m.hash)?;
+                n += 1;
+            }
+        }
+    }
+
+    /// Sets the expiry of the listed messages of `(recipient, namespace)`.
+    pub fn update_expiry(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        hashes: impl Iterator<Item = MessageHash>,
+        expiry: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        if expiry.millis_since(now) > self.config.max_ttl_ms {
+            return Err(StoreError::TtlTooLong);
+        }
+        let mut n = 0;
+        for h in hashes {
+            if let Some(m) = self.backend.get(&h)? {
+                if m.recipient == *recipient
+                    && m.namespace == namespace
+                    && self.backend.set_expiry(&h, expiry)?
+                {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes up to `max` messages expired at `now`, earliest first; returns how many.
+    pub fn expire(&mut self, now: Timestamp, max: usize) -> Result<usize, StoreError> {
+        let due = self.backend.expiring(now, max)?;
+        for h in &due {
+            self.backend.remove(h)?;
+        }
+        Ok(due.len())
+    }
+
+    /// Every live `(hash, recipient)` (a full scan, for anti-entropy).
+    pub fn all_hashes(&self, _now: Timestamp) -> Vec<(MessageHash, RecipientId)> {
+        self.backend.all().unwrap_or_default()
+    }
+
+    /// `(messages, body bytes)` stored.
+    #[must_use]
+    pub fn totals(&self) -> (u64, u64) {
+        self.backend.totals()
+    }
+
+    /// Highest durable sequence.
+    #[must_use]
+    pub fn durable_seq(&self) -> u64 {
+        self.backend.durable_seq()
+    }
+
+    /// Whether writes wait for a commit.
+    #[must_use]
+    pub fn has_pending_writes(&self) -> bool {
+        self.backend.has_pending_writes()
+    }
+}
+
+/// The records and indexes of a memory backend.
+#[derive(Clone, Debug, Default)]
+struct Tables {
+    by_hash: BTreeMap<MessageHash, StoredMessage>,
+    by_recipient: BTreeMap<(RecipientId, Namespace, u64), MessageHash>,
+    by_expiry: BTreeSet<(Timestamp, MessageHash)>,
+    usage: BTreeMap<RecipientId, (u64, u64)>,
+    totals: (u64, u64),
+    last_seq: u64,
+}
+
+impl Tables {
+    fn insert(&mut self, m: StoredMessage) {
+        let len = m.body.len() as u64;
+        self.by_recipient
+            .insert((m.recipient, m.namespace, m.seq), m.hash);
+        self.by_expiry.insert((m.expiry, m.hash));
+        let u = self.usage.entry(m.recipient).or_default();
+        u.0 += 1;
+        u.1 += len;
+        self.totals.0 += 1;
+        self.totals.1 += len;
+        self.last_seq = self.last_seq.max(m.seq);
+        self.by_hash.insert(m.hash, m);
+    }
+
+    fn remove(&mut self, hash: &MessageHash) -> Option<StoredMessage> {
+        let m = self.by_hash.remove(hash)?;
+        let len = m.body.len() as u64;
+        self.by_recipient.remove(&(m.recipient, m.namespace, m.seq));
+        self.by_expiry.remove(&(m.expiry, m.hash));
+        if let Some(u) = self.usage.get_mut(&m.recipient) {
+            u.0 -= 1;
+            u.1 -= len;
+            if u.0 == 0 {
+                self.usage.remove(&m.recipient);
+            }
+        }
+        self.totals.0 -= 1;
+        self.totals.1 -= len;
+        Some(m)
+    }
+
+    fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> bool {
+        let Some(m) = self.by_hash.get_mut(hash) else {
+            return false;
+        };
+        self.by_expiry.remove(&(m.expiry, m.hash));
+        m.expiry = expiry;
+        self.by_expiry.insert((expiry, *hash));
+        true
+    }
+}
+
+/// A write not yet committed.
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(StoredMessage),
+    Remove(MessageHash),
+    SetExpiry(MessageHash, Timestamp),
+}
+
+/// An in-memory backend with an explicit commit, modelling a disk with group commit:
+/// reads see every write; [`MemoryBackend::commit`] makes them durable;
+/// [`MemoryBackend::crash`] loses the uncommitted ones.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBackend {
+    live: Tables,
+    durable: Tables,
+    pending: Vec<Op>,
+    /// Commit every write at once (no group commit), for embedded users.
+    immediate: bool,
+}
+
+impl MemoryBackend {
+    /// A backend whose writes are durable as soon as they are made.
+    #[must_use]
+    pub fn immediate() -> Self {
+        Self {
+            immediate: true,
+            ..Self::default()
+        }
+    }
+
+    /// Makes every write so far durable.
+    pub fn commit(&mut self) {
+        for op in self.pending.drain(..) {
+            match op {
+                Op::Insert(m) => self.durable.insert(m),
+                Op::Remove(h) => {
+                    self.durable.remove(&h);
+                }
+                Op::SetExpiry(h, e) => {
+                    self.durable.set_expiry(&h, e);
+                }
+            }
+        }
+    }
+
+    /// Loses every uncommitted write, as a power cut would.
+    pub fn crash(&mut self) {
+        self.pending.clear();
+        self.live = self.durable.clone();
+    }
+
+    fn log(&mut self, op: Op) {
+        self.pending.push(op);
+        if self.immediate {
+            self.commit();
+        }
+    }
+}
+
+impl MessageBackend for MemoryBackend {
+    fn get(&self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self.live.by_hash.get(hash).cloned())
+    }
+
+    fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError> {
+        self.live.insert(m.clone());
+        self.log(Op::Insert(m));
+        Ok(())
+    }
+
+    fn remove(&mut self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
+        let m = self.live.remove(hash);
+        if m.is_some() {
+            self.log(Op::Remove(*hash));
+        }
+        Ok(m)
+    }
+
+    fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> Result<bool, StoreError> {
+        let changed = self.live.set_expiry(hash, expiry);
+        if changed {
+            self.log(Op::SetExpiry(*hash, expiry));
+        }
+        Ok(changed)
+    }
+
+    fn range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let from = (*recipient, namespace, after.saturating_add(1));
+        let to = (*recipient, namespace, u64::MAX);
+        Ok(self
+            .live
+            .by_recipient
+            .range(from..=to)
+            .take(limit)
+            .filter_map(|(_, h)| self.live.by_hash.get(h).cloned())
+            .collect())
+    }
+
+    fn expiring(&self, before: Timestamp, limit: usize) -> Result<Vec<MessageHash>, StoreError> {
+        Ok(self
+            .live
+            .by_expiry
+            .iter()
+            .take_while(|(e, _)| *e <= before)
+            .take(limit)
+            .map(|(_, h)| *h)
+            .collect())
+    }
+
+    fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError> {
+        Ok(self
+            .live
+            .by_hash
+            .values()
+            .map(|m| (m.hash, m.recipient))
+            .collect())
+    }
+
+    fn usage(&self, recipient: &RecipientId) -> (u64, u64) {
+        self.live.usage.get(recipient).copied().unwrap_or((0, 0))
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        self.live.totals
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.live.last_seq
+    }
+
+    fn durable_seq(&self) -> u64 {
+        if self.pending.is_empty() {
+            return u64::MAX;
+        }
+        // Everything before the first uncommitted insert is durable.
+        self.pending
+            .iter()
+            .find_map(|op| match op {
+                Op::Insert(m) => Some(m.seq - 1),
+                _ => None,
+            })
+            .unwrap_or(u64::MAX)
+    }
+
+    fn has_pending_writes(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: Timestamp = Timestamp(1_000_000_000);
+
+    fn store() -> MessageStore<MemoryBackend> {
+        MessageStore::open(MemoryBackend::immediate(), StoreConfig::default()).unwrap()
+    }
+
+    fn r(i: u8) -> RecipientId {
+        RecipientId([i; 32])
+    }
+
+    fn put(
+        s: &mut MessageStore<MemoryBackend>,
+        who: u8,
+        body: &[u8],
+    ) -> Result<Inserted, StoreError> {
+        s.insert(
+            r(who),
+            Namespace::DIRECT,
+            body,
+            NOW,
+            NOW.plus_millis(1000),
+            NOW,
+        )
+    }
+
+    #[test]
+    fn ttl_above_14_days_is_refused() {
+        let mut s = store();
+        let too_far = NOW.plus_millis(MAX_TTL_MS + EXPIRY_SLACK_MS + 1);
+        assert_eq!(
+            s.insert(r(1), Namespace::DIRECT, b"x", NOW, too_far, NOW),
+            Err(StoreError::TtlTooLong)
+        );
+        assert_eq!(
+            s.insert(r(1), Namespace::DIRECT, b"x", NOW, NOW, NOW),
+            Err(StoreError::Expired)
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_refused() {
+        let mut s = store();
+        assert_eq!(
+            put(&mut s, 1, &[0; DEFAULT_MAX_BODY + 1]),
+            Err(StoreError::BodyTooLarge)
+        );
+        assert!(put(&mut s, 1, &[0; DEFAULT_MAX_BODY]).is_ok());
+    }
+
+    #[test]
+    fn duplicate_store_returns_the_original() {
+        let mut s = store();
+        let a = put(&mut s, 1, b"same").unwrap();
+        let b = s
+            .insert(
+                r(1),
+                Namespace::DIRECT,
+                b"same",
+                NOW.plus_millis(5),
+                NOW.plus_millis(900),
+                NOW,
+            )
+            .unwrap();
+        assert!(a.new && !b.new);
+        assert_eq!((a.seq, a.expiry), (b.seq, b.expiry));
+        assert_eq!(s.totals().0, 1);
+    }
+
+    #[test]
+    fn recipient_quota_is_enforced() {
+        let config = StoreConfig {
+            recipient_max_messages: 2,
+            ..StoreConfig::default()
+        };
+        let mut s = MessageStore::open(MemoryBackend::immediate(), config).unwrap();
+        put(&mut s, 1, b"a").unwrap();
+        put(&mut s, 1, b"b").unwrap();
+        assert_eq!(put(&mut s, 1, b"c"), Err(StoreError::QuotaExceeded));
+        assert!(put(&mut s, 2, b"c").is_ok());
+    }
+
+    #[test]
+    fn full_node_refuses_stores_and_keeps_serving_retrieves() {
+        let config = StoreConfig {
+            node_max_messages: 3,
+            ..StoreConfig::default()
+        };
+        let mut s = MessageStore::open(MemoryBackend::immediate(), config).unwrap();
+        for b in [b"1", b"2", b"3"] {
+            put(&mut s, 1, b).unwrap();
+        }
+        assert_eq!(put(&mut s, 2, b"4"), Err(StoreError::NodeFull));
+        let page = s.retrieve(&r(1), Namespace::DIRECT, 0, 10, NOW).unwrap();
+        assert_eq!(page.messages.len(), 3);
+    }
+
+    #[test]
+    fn cursor_pagination_visits_every_message_once_in_order() {
+        let mut s = store();
+        for i in 0..1000u32 {
+            put(&mut s, 1, &i.to_be_bytes()).unwrap();
+            put(&mut s, 2, &i.to_be_bytes()).unwrap();
+        }
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = s
+                .retrieve(&r(1), Namespace::DIRECT, after, 64, NOW)
+                .unwrap();
+            seen.extend(page.messages.iter().map(|m| m.body.clone()));
+            after = page.messages.last().map_or(after, |m| m.seq);
+            if !page.more {
+                break;
+            }
+        }
+        let expected: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn expiry_sweep_is_bounded_and_earliest_first() {
+        let mut s = store();
+        for i in 0..10u64 {
+            s.insert(
+                r(1),
+                Namespace::DIRECT,
+                &i.to_be_bytes(),
+                NOW,
+                NOW.plus_millis(10 + i),
+                NOW,
+            )
+            .unwrap();
+        }
+        let later = NOW.plus_millis(100);
+        assert_eq!(s.expire(later, 4), Ok(4));
+        assert_eq!(s.totals().0, 6);
+        assert_eq!(s.expire(later, 100), Ok(6));
+        assert_eq!(s.totals(), (0, 0));
+    }
+
+    #[test]
+    fn deletes_touch_only_the_named_recipient_and_namespace() {
+        let mut s = store();
+        let a = put(&mut s, 1, b"a").unwrap();
+        put(&mut s, 2, b"a").unwrap();
+        assert_eq!(
+            s.delete_hashes(&r(2), Namespace::DIRECT, [a.hash].into_iter(), NOW),
+            Ok(0)
+        );
+        assert_eq!(
+            s.delete_hashes(&r(1), Namespace(5), [a.hash].into_iter(), NOW),
+            Ok(0)
+        );
+        assert_eq!(
+            s.delete_hashes(&r(1), Namespace::DIRECT, [a.hash].into_iter(), NOW),
+            Ok(1)
+        );
+        assert_eq!(s.delete_all(&r(2), Namespace::DIRECT, NOW), Ok(1));
+        assert_eq!(s.totals().0, 0);
+    }
+
+    #[test]
+    fn crash_loses_exactly_the_uncommitted_writes_and_keeps_sequence_growing() {
+        let mut s = MessageStore::open(MemoryBackend::default(), StoreConfig::default()).unwrap();
+        let a = put(&mut s, 1, b"a").unwrap();
+        assert!(s.durable_seq() < a.seq);
+        s.backend_mut().commit();
+        assert!(s.durable_seq() >= a.seq);
+        let b = put(&mut s, 1, b"b").unwrap();
+        assert!(s.durable_seq() < b.seq && s.durable_seq() >= a.seq);
+        let mut backend = core::mem::take(s.backend_mut());
+        backend.crash();
+        let mut s = MessageStore::open(backend, StoreConfig::default()).unwrap();
+        assert!(s.get(&a.hash, NOW).unwrap().is_some());
+        assert!(s.get(&b.hash, NOW).unwrap().is_none());
+        let c = put(&mut s, 1, b"c").unwrap();
+        assert!(c.seq > a.seq);
+    }
+
+    /// Operations of the model test.
+    #[derive(Clone, Debug)]
+    enum ModelOp {
+        Store(u8, u8),
+        Retrieve(u8, u8),
+        Delete(u8, u8),
+        Expire(u16),
+        Commit,
+        Crash,
+    }
+
+    fn op() -> impl Strategy<Value = ModelOp> {
+        prop_oneof![
+            4 => (0u8..4, 0u8..16).prop_map(|(w, b)| ModelOp::Store(w, b)),
+            2 => (0u8..4, 1u8..5).prop_map(|(w, l)| ModelOp::Retrieve(w, l)),
+            1 => (0u8..4, 0u8..16).prop_map(|(w, b)| ModelOp::Delete(w, b)),
+            1 => (0u16..200).prop_map(ModelOp::Expire),
+            2 => Just(ModelOp::Commit),
+            1 => Just(ModelOp::Crash),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn store_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..80)) {
+            // Model: (recipient, body, expiry, committed) in insertion order, plus the
+            // durable copy a crash returns to. Readers see committed messages only.
+            let mut s = MessageStore::open(MemoryBackend::default(), StoreConfig::default()).unwrap();
+            let mut live: Vec<(u8, u8, Timestamp, bool)> = Vec::new();
+            let mut durable = live.clone();
+            let mut now = NOW;
+            for op in ops {
+                now = now.plus_millis(1);
+                match op {
+                    ModelOp::Store(w, b) => {
+                        let expiry = now.plus_millis(50 + u64::from(b) * 7);
+                        let got = s.insert(r(w), Namespace::DIRECT, &[b], now, expiry, now).unwrap();
+                        let existing = live.iter().any(|(x, y, _, _)| (*x, *y) == (w, b));
+                        prop_assert_eq!(got.new, !existing);
+                        if !existing {
+                            live.push((w, b, expiry, false));
+                        }
+                    }
+                    ModelOp::Retrieve(w, limit) => {
+                        let mut after = 0;
+                        let mut got = Vec::new();
+                        loop {
+                            let page = s.retrieve(&r(w), Namespace::DIRECT, after, usize::from(limit), now).unwrap();
+                            prop_assert!(page.messages.len() <= usize::from(limit));
+                            got.extend(page.messages.iter().map(|m| m.body[0]));
+                            after = page.messages.last().map_or(after, |m| m.seq);
+                            if !page.more { break; }
+                        }
+                        let expected: Vec<u8> = live.iter().filter(|(x, _, e, c)| *x == w && *e > now && *c).map(|(_, b, _, _)| *b).collect();
+                        prop_assert_eq!(got, expected);
+                    }
+                    ModelOp::Delete(w, b) => {
+                        let h = message_hash(&r(w), Namespace::DIRECT, &[b]);
+                        let n = s.delete_hashes(&r(w), Namespace::DIRECT, [h].into_iter(), now).unwrap();
+                        let before = live.len();
+                        live.retain(|(x, y, _, _)| (*x, *y) != (w, b));
+                        prop_assert_eq!(n, before - live.len());
+                    }
+                    ModelOp::Expire(max) => {
+                        let n = s.expire(now, usize::from(max)).unwrap();
+                        let due = live.iter().filter(|(_, _, e, _)| *e <= now).count();
+                        prop_assert_eq!(n, due.min(usize::from(max)));
+                        // Ties in expiry may be broken either way: follow the store.
+                        live.retain(|(w, b, _, _)| {
+                            let h = message_hash(&r(*w), Namespace::DIRECT, &[*b]);
+                            s.backend().get(&h).ok().flatten().is_some()
+                        });
+                        prop_assert!(live.iter().filter(|(_, _, e, _)| *e <= now).count() == due - n);
+                    }
+                    ModelOp::Commit => {
+                        s.backend_mut().commit();
+                        for entry in &mut live {
+                            entry.3 = true;
+                        }
+                        durable = live.clone();
+                    }
+                    ModelOp::Crash => {
+                        let mut backend = core::mem::take(s.backend_mut());
+                        backend.crash();
+                        s = MessageStore::open(backend, StoreConfig::default()).unwrap();
+                        live = durable.clone();
+                    }
+                }
+                prop_assert_eq!(s.totals().0, live.len() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn hash_binds_recipient_namespace_and_body() {
+        let h = message_hash(&r(1), Namespace(0), b"x");
+        assert_ne!(h, message_hash(&r(2), Namespace(0), b"x"));
+        assert_ne!(h, message_hash(&r(1), Namespace(1), b"x"));
+        assert_ne!(h, message_hash(&r(1), Namespace(0), b"y"));
+    }
+}
