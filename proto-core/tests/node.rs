@@ -1,0 +1,259 @@
+//! A single node state machine driven by hand: drops, limits, forwarding failures.
+#![cfg(feature = "alloc")]
+
+use proto_core::keys::{Address, IdentityKey, OnionKey};
+use proto_core::node::{
+    Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure,
+};
+use proto_core::packet::{self, PACKET_LEN, PathHop};
+use proto_core::peer::{PeerRequest, PeerResponse};
+use proto_core::ratelimit::RateLimitConfig;
+use proto_core::reply::{self, HopFailure, Opened};
+use proto_core::store::MemoryBackend;
+use proto_core::{Epoch, NodeId, PeelError, Timestamp};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+fn node(config: NodeConfig) -> (Node<MemoryBackend>, OnionKey) {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let onion_secret = [9u8; 32];
+    let keys = NodeKeys {
+        identity: IdentityKey::from_seed(&[1; 32]),
+        onion: OnionKey::from_secret_bytes(onion_secret, Epoch(1)),
+        address: Address::new("127.0.0.1:1").unwrap(),
+    };
+    let config = NodeConfig {
+        replay_filter_words: proto_core::replay::BUCKETS * 64,
+        ..config
+    };
+    let n = Node::new(
+        config,
+        keys,
+        vec![],
+        MemoryBackend::immediate(),
+        NOW,
+        &mut rng,
+    )
+    .unwrap();
+    (n, OnionKey::from_secret_bytes(onion_secret, Epoch(1)))
+}
+
+fn drain(n: &mut Node<MemoryBackend>) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+fn only_reply(outputs: Vec<Output>, req: RequestId) -> Reply {
+    let mut replies: Vec<Reply> = outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Respond { req: r, reply } if r == req => Some(reply),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "exactly one answer per request");
+    replies.remove(0)
+}
+
+#[test]
+fn garbage_packet_is_dropped_silently_and_counted() {
+    let (mut n, _) = node(NodeConfig::default());
+    let mut junk = [0x5au8; PACKET_LEN];
+    n.handle_onion(NOW, RequestId(1), 1, &mut junk);
+    assert_eq!(only_reply(drain(&mut n), RequestId(1)), Reply::Dropped);
+    let bad_mac = PeelError::ALL
+        .iter()
+        .position(|e| *e == PeelError::BadMac)
+        .unwrap();
+    assert_eq!(n.stats().packets_dropped[bad_mac], 1);
+}
+
+#[test]
+fn source_over_its_rate_is_refused_before_any_crypto() {
+    let config = NodeConfig {
+        source_rate: RateLimitConfig {
+            burst: 2,
+            per_second: 1,
+            max_keys: 10,
+        },
+        ..NodeConfig::default()
+    };
+    let (mut n, _) = node(config);
+    let mut replies = Vec::new();
+    for i in 0..3 {
+        let mut junk = [0u8; PACKET_LEN];
+        n.handle_onion(NOW, RequestId(i), 42, &mut junk);
+        replies.push(only_reply(drain(&mut n), RequestId(i)));
+    }
+    assert_eq!(replies[2], Reply::RateLimited);
+    assert_eq!(n.stats().rate_limited, 1);
+    // Another source is unaffected.
+    let mut junk = [0u8; PACKET_LEN];
+    n.handle_onion(NOW, RequestId(9), 43, &mut junk);
+    assert_eq!(only_reply(drain(&mut n), RequestId(9)), Reply::Dropped);
+}
+
+fn packet_through(n_onion: &OnionKey, next: NodeId) -> ([u8; PACKET_LEN], packet::PathKeys) {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let first = PathHop {
+        node: IdentityKey::from_seed(&[1; 32]).node_id(),
+        onion_key: n_onion.public(),
+    };
+    let second = PathHop {
+        node: next,
+        onion_key: OnionKey::from_secret_bytes([8; 32], Epoch(1)).public(),
+    };
+    let mut buf = [0u8; PACKET_LEN];
+    let keys = packet::build(
+        &[first, second],
+        b"x",
+        NOW.plus_millis(30_000),
+        &mut rng,
+        &mut buf,
+    )
+    .unwrap();
+    (buf, keys)
+}
+
+#[test]
+fn unknown_next_hop_is_reported_as_unreachable_by_this_hop() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let (mut buf, keys) = packet_through(&onion, NodeId([77; 32]));
+    n.handle_onion(NOW, RequestId(1), 1, &mut buf);
+    let Reply::Onion(mut body) = only_reply(drain(&mut n), RequestId(1)) else {
+        panic!("expected an onion reply");
+    };
+    let opened = reply::open(keys.reply_keys(), &mut body).unwrap();
+    assert!(matches!(
+        opened,
+        Opened::Failed {
+            hop: 0,
+            failure: HopFailure::NextHopUnreachable,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn silent_next_hop_is_reported_as_a_timeout_after_the_forward_timeout() {
+    let (mut n, onion) = node(NodeConfig::default());
+    // Make the next hop known through a gossip exchange from it.
+    let peer_id = IdentityKey::from_seed(&[2; 32]);
+    let peer_onion = OnionKey::from_secret_bytes([8; 32], Epoch(1));
+    let d = proto_core::Descriptor::sign(
+        &peer_id,
+        &peer_onion,
+        Address::new("127.0.0.2:1").unwrap(),
+        NOW.plus_millis(3_600_000),
+    );
+    let gossip = PeerRequest::Gossip(vec![d.into()]).encode_signed(&peer_id, NOW);
+    n.handle_peer(NOW, RequestId(1), &gossip);
+    drain(&mut n);
+    let (mut buf, keys) = packet_through(&onion, peer_id.node_id());
+    n.handle_onion(NOW, RequestId(2), 1, &mut buf);
+    let out = drain(&mut n);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Transmit {
+            endpoint: Endpoint::Onion,
+            ..
+        }
+    )));
+    assert!(!out.iter().any(|o| matches!(
+        o,
+        Output::Respond {
+            req: RequestId(2),
+            ..
+        }
+    )));
+    let deadline = n.poll_timeout().expect("a pending forward sets a deadline");
+    assert!(deadline <= NOW.plus_millis(NodeConfig::default().forward_timeout_ms));
+    n.handle_timeout(NOW.plus_millis(NodeConfig::default().forward_timeout_ms));
+    let Reply::Onion(mut body) = only_reply(drain(&mut n), RequestId(2)) else {
+        panic!("expected an onion reply");
+    };
+    let opened = reply::open(keys.reply_keys(), &mut body).unwrap();
+    assert!(matches!(
+        opened,
+        Opened::Failed {
+            hop: 0,
+            failure: HopFailure::NextHopTimeout,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn next_hop_answering_garbage_is_reported_as_a_bad_reply() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let peer_id = IdentityKey::from_seed(&[2; 32]);
+    let peer_onion = OnionKey::from_secret_bytes([8; 32], Epoch(1));
+    let d = proto_core::Descriptor::sign(
+        &peer_id,
+        &peer_onion,
+        Address::new("127.0.0.2:1").unwrap(),
+        NOW.plus_millis(3_600_000),
+    );
+    n.handle_peer(
+        NOW,
+        RequestId(1),
+        &PeerRequest::Gossip(vec![d.into()]).encode_signed(&peer_id, NOW),
+    );
+    drain(&mut n);
+    let (mut buf, keys) = packet_through(&onion, peer_id.node_id());
+    n.handle_onion(NOW, RequestId(2), 1, &mut buf);
+    let id = drain(&mut n)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Transmit { id, .. } => Some(id),
+            _ => None,
+        })
+        .unwrap();
+    n.handle_transmit_result(NOW, id, Ok(b"not a bucket".to_vec()));
+    let Reply::Onion(mut body) = only_reply(drain(&mut n), RequestId(2)) else {
+        panic!("expected an onion reply");
+    };
+    let opened = reply::open(keys.reply_keys(), &mut body).unwrap();
+    assert!(matches!(
+        opened,
+        Opened::Failed {
+            hop: 0,
+            failure: HopFailure::NextHopBadReply,
+            ..
+        }
+    ));
+    // A late answer to an exchange already closed is ignored.
+    n.handle_transmit_result(NOW, id, Err(TransmitFailure::Unreachable));
+    assert!(drain(&mut n).is_empty());
+}
+
+#[test]
+fn peer_requests_from_strangers_or_garbage_are_refused() {
+    let (mut n, _) = node(NodeConfig::default());
+    let stranger = IdentityKey::from_seed(&[3; 32]);
+    n.handle_peer(
+        NOW,
+        RequestId(1),
+        &PeerRequest::Probe.encode_signed(&stranger, NOW),
+    );
+    n.handle_peer(NOW, RequestId(2), b"garbage");
+    let out = drain(&mut n);
+    let answers: Vec<PeerResponse> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Respond {
+                reply: Reply::Peer(b),
+                ..
+            } => PeerResponse::decode(&b).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            PeerResponse::Refused(proto_core::peer::PeerError::UnknownSender),
+            PeerResponse::Refused(proto_core::peer::PeerError::Malformed)
+        ]
+    );
+}
