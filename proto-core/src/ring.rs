@@ -115,9 +115,8 @@ impl Ring {
         if want == 0 {
             return 0;
         }
-        let start = self
-            .points
-            .partition_point(|(p, _)| *p < key_point(recipient));
+        let key = key_point(recipient);
+        let start = self.points.partition_point(|(p, _)| *p < key);
         let mut found = 0;
         for k in 0..self.points.len() {
             let (_, node) = self.points[(start + k) % self.points.len()];
