@@ -456,11 +456,12 @@ impl<B: MessageBackend> MessageStore<B> {
     }
 }
 
-/// The records and indexes of a memory backend.
+/// The records and indexes of a memory backend. Records live in the recipient index, so
+/// a cursor retrieval reads them in one range scan.
 #[derive(Clone, Debug, Default)]
 struct Tables {
-    by_hash: BTreeMap<MessageHash, StoredMessage>,
-    by_recipient: BTreeMap<(RecipientId, Namespace, u64), MessageHash>,
+    by_key: BTreeMap<(RecipientId, Namespace, u64), StoredMessage>,
+    key_of: BTreeMap<MessageHash, (RecipientId, Namespace, u64)>,
     by_expiry: BTreeSet<(Timestamp, MessageHash)>,
     usage: BTreeMap<RecipientId, (u64, u64)>,
     totals: (u64, u64),
@@ -468,10 +469,14 @@ struct Tables {
 }
 
 impl Tables {
+    fn get(&self, hash: &MessageHash) -> Option<&StoredMessage> {
+        self.key_of.get(hash).and_then(|k| self.by_key.get(k))
+    }
+
     fn insert(&mut self, m: StoredMessage) {
         let len = m.body.len() as u64;
-        self.by_recipient
-            .insert((m.recipient, m.namespace, m.seq), m.hash);
+        let key = (m.recipient, m.namespace, m.seq);
+        self.key_of.insert(m.hash, key);
         self.by_expiry.insert((m.expiry, m.hash));
         let u = self.usage.entry(m.recipient).or_default();
         u.0 += 1;
@@ -479,13 +484,13 @@ impl Tables {
         self.totals.0 += 1;
         self.totals.1 += len;
         self.last_seq = self.last_seq.max(m.seq);
-        self.by_hash.insert(m.hash, m);
+        self.by_key.insert(key, m);
     }
 
     fn remove(&mut self, hash: &MessageHash) -> Option<StoredMessage> {
-        let m = self.by_hash.remove(hash)?;
+        let key = self.key_of.remove(hash)?;
+        let m = self.by_key.remove(&key)?;
         let len = m.body.len() as u64;
-        self.by_recipient.remove(&(m.recipient, m.namespace, m.seq));
         self.by_expiry.remove(&(m.expiry, m.hash));
         if let Some(u) = self.usage.get_mut(&m.recipient) {
             u.0 -= 1;
@@ -500,7 +505,7 @@ impl Tables {
     }
 
     fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> bool {
-        let Some(m) = self.by_hash.get_mut(hash) else {
+        let Some(m) = self.key_of.get(hash).and_then(|k| self.by_key.get_mut(k)) else {
             return false;
         };
         self.by_expiry.remove(&(m.expiry, m.hash));
@@ -557,26 +562,33 @@ impl MemoryBackend {
 
     /// Loses every uncommitted write, as a power cut would.
     pub fn crash(&mut self) {
+        if self.immediate {
+            return; // Every write was durable when made.
+        }
         self.pending.clear();
         self.live = self.durable.clone();
     }
 
     fn log(&mut self, op: Op) {
-        self.pending.push(op);
-        if self.immediate {
-            self.commit();
+        // An immediate backend's live tables are its durable state: no second copy.
+        if !self.immediate {
+            self.pending.push(op);
         }
     }
 }
 
 impl MessageBackend for MemoryBackend {
     fn get(&self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self.live.by_hash.get(hash).cloned())
+        Ok(self.live.get(hash).cloned())
     }
 
     fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError> {
-        self.live.insert(m.clone());
-        self.log(Op::Insert(m));
+        if self.immediate {
+            self.live.insert(m);
+        } else {
+            self.live.insert(m.clone());
+            self.log(Op::Insert(m));
+        }
         Ok(())
     }
 
@@ -607,10 +619,10 @@ impl MessageBackend for MemoryBackend {
         let to = (*recipient, namespace, u64::MAX);
         Ok(self
             .live
-            .by_recipient
+            .by_key
             .range(from..=to)
             .take(limit)
-            .filter_map(|(_, h)| self.live.by_hash.get(h).cloned())
+            .map(|(_, m)| m.clone())
             .collect())
     }
 
@@ -628,7 +640,7 @@ impl MessageBackend for MemoryBackend {
     fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError> {
         Ok(self
             .live
-            .by_hash
+            .by_key
             .values()
             .map(|m| (m.hash, m.recipient))
             .collect())

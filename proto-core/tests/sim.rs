@@ -12,6 +12,8 @@ use proto_core::{MessageHash, Namespace};
 
 /// Virtual time for the network to discover itself through the seed.
 const SETTLE_MS: u64 = 40_000;
+/// The same for the mixed workload, whose nodes all announce to the seed at once.
+const MIXED_SETTLE_MS: u64 = 20_000;
 
 fn owner(i: u8) -> IdentityKey {
     IdentityKey::from_seed(&[i.wrapping_add(100); 32])
@@ -166,17 +168,35 @@ fn joined_node_receives_its_share() {
 }
 
 /// One random mixed workload; returns a description of the first violated property.
+/// With `GHOST_SIM_TRACE` set, a failing run prints its last events.
 fn mixed_workload(seed: u64) -> Result<(), String> {
-    let loss = (seed % 3) as u32 * 10;
-    let mut sim = Sim::new(
-        SimConfig {
-            nodes: 5,
-            loss_per_mille: loss,
-            ..SimConfig::default()
-        },
-        seed,
-    );
-    sim.run_for(SETTLE_MS);
+    let mut sim = Sim::new(mixed_config(seed), seed);
+    if std::env::var_os("GHOST_SIM_TRACE").is_some() {
+        sim.enable_trace();
+    }
+    let result = run_mixed(&mut sim, seed);
+    if result.is_err() && !sim.trace().is_empty() {
+        let t = sim.trace();
+        eprintln!("{}", t[t.len().saturating_sub(400)..].join("\n"));
+    }
+    result
+}
+
+fn mixed_config(seed: u64) -> SimConfig {
+    let mut config = SimConfig {
+        nodes: 5,
+        loss_per_mille: (seed % 3) as u32 * 10,
+        ..SimConfig::default()
+    };
+    // Background chatter (probes, gossip) is slowed to keep 10,000 runs affordable; the
+    // store, replication and anti-entropy timers keep their defaults.
+    config.node.directory.probe_interval_ms = 20_000;
+    config.node.gossip_interval_ms = 30_000;
+    config
+}
+
+fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
+    sim.run_for(MIXED_SETTLE_MS);
     let owners: Vec<IdentityKey> = (0..3).map(|i| owner(i + (seed % 50) as u8)).collect();
     let mut acked: Vec<(usize, MessageHash)> = Vec::new();
     let mut crashed: Option<usize> = None;
@@ -212,7 +232,8 @@ fn mixed_workload(seed: u64) -> Result<(), String> {
     if let Some(v) = crashed.take() {
         sim.restart(v);
     }
-    sim.run_for(SETTLE_MS + 2 * 30_000);
+    // Long enough for a restarted node to rejoin and for two anti-entropy rounds.
+    sim.run_for(MIXED_SETTLE_MS + 2 * 30_000 + 5_000);
     for (who, o) in owners.iter().enumerate() {
         let expected: BTreeSet<MessageHash> = acked
             .iter()
