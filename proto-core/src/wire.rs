@@ -1,7 +1,7 @@
 //! Byte-level reading and writing for the protocol's binary codecs.
 //!
-//! Owns bounds checking and nothing else: a [`Reader`] never panics on short input (it
-//! returns [`WireError::Truncated`]), a [`Writer`] never panics on a short buffer (it
+//! Owns bounds checking and nothing else: a `Reader` never panics on short input (it
+//! returns [`WireError::Truncated`]), a `Writer` never panics on a short buffer (it
 //! returns [`WireError::BufferTooSmall`] with the size needed so far). Integers are
 //! big-endian. No allocation.
 
