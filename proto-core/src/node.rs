@@ -634,12 +634,12 @@ impl<B: MessageBackend> Node<B> {
             return self.refuse(req, &key, e);
         }
         let request = signed.request;
-        if let Some(recipient) = request.recipient() {
-            if !self.in_swarm(&recipient) {
-                self.stats.redirects += 1;
-                let swarm = self.swarm_of(&recipient);
-                return self.respond_sealed(req, &key, &Response::Redirect { swarm });
-            }
+        if let Some(recipient) = request.recipient()
+            && !self.in_swarm(&recipient)
+        {
+            self.stats.redirects += 1;
+            let swarm = self.swarm_of(&recipient);
+            return self.respond_sealed(req, &key, &Response::Redirect { swarm });
         }
         match request {
             Request::Info => {
@@ -1123,12 +1123,11 @@ impl<B: MessageBackend> Node<B> {
             Pending::Gossip => {
                 if let Ok(Ok(PeerResponse::Descriptors(ds))) =
                     result.map(|b| PeerResponse::decode(&b))
+                    && let Some(first) = ds.first()
                 {
-                    if let Some(first) = ds.first() {
-                        let sender = first.node_id();
-                        self.merge_descriptors(now, ds);
-                        self.directory.record_contact(&sender, now);
-                    }
+                    let sender = first.node_id();
+                    self.merge_descriptors(now, ds);
+                    self.directory.record_contact(&sender, now);
                 }
             }
             Pending::Probe { peer } => match result.map(|b| PeerResponse::decode(&b)) {

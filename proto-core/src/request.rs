@@ -79,7 +79,7 @@ impl<'a> HashList<'a> {
     /// or there are more than [`MAX_HASHES`].
     #[must_use]
     pub fn from_bytes(bytes: &'a [u8]) -> Option<Self> {
-        (bytes.len() % 32 == 0 && bytes.len() / 32 <= MAX_HASHES).then_some(Self(bytes))
+        (bytes.len().is_multiple_of(32) && bytes.len() / 32 <= MAX_HASHES).then_some(Self(bytes))
     }
 
     /// Number of hashes.

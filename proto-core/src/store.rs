@@ -344,11 +344,12 @@ impl<B: MessageBackend> MessageStore<B> {
     ) -> Result<usize, StoreError> {
         let mut n = 0;
         for h in hashes {
-            if let Some(m) = self.backend.get(&h)? {
-                if m.recipient == *recipient && m.namespace == namespace {
-                    self.backend.remove(&h)?;
-                    n += 1;
-                }
+            if let Some(m) = self.backend.get(&h)?
+                && m.recipient == *recipient
+                && m.namespace == namespace
+            {
+                self.backend.remove(&h)?;
+                n += 1;
             }
         }
         Ok(n)
@@ -411,13 +412,12 @@ impl<B: MessageBackend> MessageStore<B> {
         }
         let mut n = 0;
         for h in hashes {
-            if let Some(m) = self.backend.get(&h)? {
-                if m.recipient == *recipient
-                    && m.namespace == namespace
-                    && self.backend.set_expiry(&h, expiry)?
-                {
-                    n += 1;
-                }
+            if let Some(m) = self.backend.get(&h)?
+                && m.recipient == *recipient
+                && m.namespace == namespace
+                && self.backend.set_expiry(&h, expiry)?
+            {
+                n += 1;
             }
         }
         Ok(n)

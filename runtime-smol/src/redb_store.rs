@@ -1,0 +1,550 @@
+//! The disk-backed message store: `proto-core`'s [`MessageBackend`] on redb.
+//!
+//! Writes go into one open write transaction and become durable together when the runtime
+//! calls [`RedbBackend::commit`] (group commit: one fsync for every store that arrived
+//! since the last one). Reads see the open transaction, so the store's rules (dedup,
+//! quotas) see their own writes; the core only shows readers what is durable. Nothing
+//! is cached in memory beyond the open transaction: node memory does not grow with the
+//! number of stored messages. Totals and per-recipient usage live in the database.
+//!
+//! Tables (all keys big-endian so byte order is numeric order):
+//! `messages` `recipient ‖ namespace ‖ seq → hash ‖ stored_at ‖ expiry ‖ body`,
+//! `by_hash` `hash → messages key`, `by_expiry` `expiry ‖ hash → ∅`,
+//! `usage` `recipient → count ‖ bytes`, `meta` `name → u64`.
+
+use std::path::Path;
+
+use proto_core::store::{MessageBackend, StoreError, StoredMessage};
+use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+const BY_HASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("by_hash");
+const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
+const USAGE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("usage");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const LAST_SEQ: &str = "last_seq";
+const TOTAL_COUNT: &str = "total_count";
+const TOTAL_BYTES: &str = "total_bytes";
+
+type MessageKey = [u8; 42];
+
+fn message_key(recipient: &RecipientId, namespace: Namespace, seq: u64) -> MessageKey {
+    let mut k = [0u8; 42];
+    k[..32].copy_from_slice(recipient.as_bytes());
+    k[32..34].copy_from_slice(&namespace.0.to_be_bytes());
+    k[34..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn expiry_key(expiry: Timestamp, hash: &MessageHash) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&expiry.0.to_be_bytes());
+    k[8..].copy_from_slice(hash.as_bytes());
+    k
+}
+
+fn encode_value(m: &StoredMessage) -> Vec<u8> {
+    let mut v = Vec::with_capacity(48 + m.body.len());
+    v.extend_from_slice(m.hash.as_bytes());
+    v.extend_from_slice(&m.stored_at.0.to_be_bytes());
+    v.extend_from_slice(&m.expiry.0.to_be_bytes());
+    v.extend_from_slice(&m.body);
+    v
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Option<StoredMessage> {
+    let arr = |b: &[u8]| -> Option<[u8; 8]> { b.try_into().ok() };
+    if key.len() != 42 || value.len() < 48 {
+        return None;
+    }
+    Some(StoredMessage {
+        recipient: RecipientId(key[..32].try_into().ok()?),
+        namespace: Namespace(u16::from_be_bytes(key[32..34].try_into().ok()?)),
+        seq: u64::from_be_bytes(arr(&key[34..42])?),
+        hash: MessageHash(value[..32].try_into().ok()?),
+        stored_at: Timestamp(u64::from_be_bytes(arr(&value[32..40])?)),
+        expiry: Timestamp(u64::from_be_bytes(arr(&value[40..48])?)),
+        body: value[48..].to_vec(),
+    })
+}
+
+fn backend_error<E: std::fmt::Display>(e: E) -> StoreError {
+    tracing::error!(error = %e, "message database error");
+    StoreError::Backend
+}
+
+/// The message store's records in a redb database file.
+pub struct RedbBackend {
+    db: Database,
+    /// The open write transaction holding writes not yet committed.
+    txn: Option<WriteTransaction>,
+    /// Highest sequence number in the last committed transaction.
+    durable_seq: u64,
+}
+
+impl std::fmt::Debug for RedbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbBackend")
+            .field("pending", &self.txn.is_some())
+            .field("durable_seq", &self.durable_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads go through the open write transaction when there is one.
+macro_rules! with_table {
+    ($self:ident, $def:expr, |$t:ident| $body:expr) => {{
+        match &$self.txn {
+            Some(txn) => {
+                let $t = txn.open_table($def).map_err(backend_error)?;
+                $body
+            }
+            None => {
+                let read = $self.db.begin_read().map_err(backend_error)?;
+                let $t = read.open_table($def).map_err(backend_error)?;
+                $body
+            }
+        }
+    }};
+}
+
+impl RedbBackend {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, redb::Error> {
+        let db = Database::create(path)?;
+        // Create every table so readers never meet a missing one.
+        let mut w = db.begin_write()?;
+        w.set_durability(Durability::Immediate)?;
+        {
+            w.open_table(MESSAGES)?;
+            w.open_table(BY_HASH)?;
+            w.open_table(BY_EXPIRY)?;
+            w.open_table(USAGE)?;
+            w.open_table(META)?;
+        }
+        w.commit()?;
+        let durable_seq = {
+            let r = db.begin_read()?;
+            let meta = r.open_table(META)?;
+            meta.get(LAST_SEQ)?.map_or(0, |v| v.value())
+        };
+        Ok(Self {
+            db,
+            txn: None,
+            durable_seq,
+        })
+    }
+
+    fn write(&mut self) -> Result<&WriteTransaction, StoreError> {
+        if self.txn.is_none() {
+            let mut w = self.db.begin_write().map_err(backend_error)?;
+            w.set_durability(Durability::Immediate)
+                .map_err(backend_error)?;
+            self.txn = Some(w);
+        }
+        Ok(self.txn.as_ref().expect("just opened"))
+    }
+
+    /// Commits every pending write with one fsync. After it returns `Ok`, the writes
+    /// survive a crash; call the node's `handle_durable` then.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if let Some(txn) = self.txn.take() {
+            let last = {
+                let meta = txn.open_table(META).map_err(backend_error)?;
+                meta.get(LAST_SEQ)
+                    .map_err(backend_error)?
+                    .map_or(0, |v| v.value())
+            };
+            txn.commit().map_err(backend_error)?;
+            self.durable_seq = last;
+        }
+        Ok(())
+    }
+
+    fn add_meta(txn: &WriteTransaction, name: &str, delta: i64) -> Result<(), StoreError> {
+        let mut meta = txn.open_table(META).map_err(backend_error)?;
+        let current = meta
+            .get(name)
+            .map_err(backend_error)?
+            .map_or(0, |v| v.value());
+        let next = current.saturating_add_signed(delta);
+        meta.insert(name, next).map_err(backend_error)?;
+        Ok(())
+    }
+
+    fn add_usage(
+        txn: &WriteTransaction,
+        recipient: &RecipientId,
+        count: i64,
+        bytes: i64,
+    ) -> Result<(), StoreError> {
+        let mut usage = txn.open_table(USAGE).map_err(backend_error)?;
+        let (c, b) = usage
+            .get(recipient.as_bytes().as_slice())
+            .map_err(backend_error)?
+            .map_or((0, 0), |v| v.value());
+        let (c, b) = (
+            c.saturating_add_signed(count),
+            b.saturating_add_signed(bytes),
+        );
+        if c == 0 {
+            usage
+                .remove(recipient.as_bytes().as_slice())
+                .map_err(backend_error)?;
+        } else {
+            usage
+                .insert(recipient.as_bytes().as_slice(), (c, b))
+                .map_err(backend_error)?;
+        }
+        Ok(())
+    }
+
+    fn meta(&self, name: &str) -> Result<u64, StoreError> {
+        with_table!(self, META, |t| Ok(t
+            .get(name)
+            .map_err(backend_error)?
+            .map_or(0, |v| v.value())))
+    }
+}
+
+impl MessageBackend for RedbBackend {
+    fn get(&self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
+        let key = with_table!(self, BY_HASH, |t| t
+            .get(hash.as_bytes().as_slice())
+            .map_err(backend_error)?
+            .map(|v| v.value().to_vec()));
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        with_table!(self, MESSAGES, |t| Ok(t
+            .get(key.as_slice())
+            .map_err(backend_error)?
+            .and_then(|v| decode(&key, v.value()))))
+    }
+
+    fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        let key = message_key(&m.recipient, m.namespace, m.seq);
+        txn.open_table(MESSAGES)
+            .map_err(backend_error)?
+            .insert(key.as_slice(), encode_value(&m).as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(BY_HASH)
+            .map_err(backend_error)?
+            .insert(m.hash.as_bytes().as_slice(), key.as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(BY_EXPIRY)
+            .map_err(backend_error)?
+            .insert(expiry_key(m.expiry, &m.hash).as_slice(), ())
+            .map_err(backend_error)?;
+        let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
+        Self::add_usage(txn, &m.recipient, 1, len)?;
+        Self::add_meta(txn, TOTAL_COUNT, 1)?;
+        Self::add_meta(txn, TOTAL_BYTES, len)?;
+        let mut meta = txn.open_table(META).map_err(backend_error)?;
+        let last = meta
+            .get(LAST_SEQ)
+            .map_err(backend_error)?
+            .map_or(0, |v| v.value());
+        meta.insert(LAST_SEQ, last.max(m.seq))
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    fn remove(&mut self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
+        let Some(m) = self.get(hash)? else {
+            return Ok(None);
+        };
+        let txn = self.write()?;
+        let key = message_key(&m.recipient, m.namespace, m.seq);
+        txn.open_table(MESSAGES)
+            .map_err(backend_error)?
+            .remove(key.as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(BY_HASH)
+            .map_err(backend_error)?
+            .remove(hash.as_bytes().as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(BY_EXPIRY)
+            .map_err(backend_error)?
+            .remove(expiry_key(m.expiry, hash).as_slice())
+            .map_err(backend_error)?;
+        let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
+        Self::add_usage(txn, &m.recipient, -1, -len)?;
+        Self::add_meta(txn, TOTAL_COUNT, -1)?;
+        Self::add_meta(txn, TOTAL_BYTES, -len)?;
+        Ok(Some(m))
+    }
+
+    fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> Result<bool, StoreError> {
+        let Some(mut m) = self.get(hash)? else {
+            return Ok(false);
+        };
+        let txn = self.write()?;
+        let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(backend_error)?;
+        by_expiry
+            .remove(expiry_key(m.expiry, hash).as_slice())
+            .map_err(backend_error)?;
+        by_expiry
+            .insert(expiry_key(expiry, hash).as_slice(), ())
+            .map_err(backend_error)?;
+        m.expiry = expiry;
+        let key = message_key(&m.recipient, m.namespace, m.seq);
+        txn.open_table(MESSAGES)
+            .map_err(backend_error)?
+            .insert(key.as_slice(), encode_value(&m).as_slice())
+            .map_err(backend_error)?;
+        Ok(true)
+    }
+
+    fn range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let from = message_key(recipient, namespace, first);
+        let to = message_key(recipient, namespace, u64::MAX);
+        with_table!(self, MESSAGES, |t| {
+            let mut out = Vec::new();
+            for entry in t
+                .range(from.as_slice()..=to.as_slice())
+                .map_err(backend_error)?
+                .take(limit)
+            {
+                let (k, v) = entry.map_err(backend_error)?;
+                out.extend(decode(k.value(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn expiring(&self, before: Timestamp, limit: usize) -> Result<Vec<MessageHash>, StoreError> {
+        let to = expiry_key(before, &MessageHash([0xff; 32]));
+        with_table!(self, BY_EXPIRY, |t| {
+            let mut out = Vec::new();
+            for entry in t
+                .range(..=to.as_slice())
+                .map_err(backend_error)?
+                .take(limit)
+            {
+                let (k, _) = entry.map_err(backend_error)?;
+                if let Ok(h) = <[u8; 32]>::try_from(&k.value()[8..]) {
+                    out.push(MessageHash(h));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError> {
+        with_table!(self, MESSAGES, |t| {
+            let mut out = Vec::new();
+            for entry in t.iter().map_err(backend_error)? {
+                let (k, v) = entry.map_err(backend_error)?;
+                let (k, v) = (k.value(), v.value());
+                if let (Ok(r), Ok(h)) = (
+                    <[u8; 32]>::try_from(&k[..32]),
+                    <[u8; 32]>::try_from(&v[..32]),
+                ) {
+                    out.push((MessageHash(h), RecipientId(r)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn usage(&self, recipient: &RecipientId) -> (u64, u64) {
+        let read = || -> Result<(u64, u64), StoreError> {
+            with_table!(self, USAGE, |t| Ok(t
+                .get(recipient.as_bytes().as_slice())
+                .map_err(backend_error)?
+                .map_or((0, 0), |v| v.value())))
+        };
+        // A failed read reports the quota as used up: refuse rather than overfill.
+        read().unwrap_or((u64::MAX, u64::MAX))
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        match (self.meta(TOTAL_COUNT), self.meta(TOTAL_BYTES)) {
+            (Ok(c), Ok(b)) => (c, b),
+            _ => (u64::MAX, u64::MAX),
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.meta(LAST_SEQ).unwrap_or(self.durable_seq)
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    fn has_pending_writes(&self) -> bool {
+        self.txn.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto_core::store::{MessageStore, StoreConfig};
+
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    fn r(i: u8) -> RecipientId {
+        RecipientId([i; 32])
+    }
+
+    fn open(dir: &Path) -> MessageStore<RedbBackend> {
+        MessageStore::open(
+            RedbBackend::open(&dir.join("messages.redb")).unwrap(),
+            StoreConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn committed_messages_survive_reopening_and_uncommitted_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, lost) = {
+            let mut s = open(dir.path());
+            let kept = s
+                .insert(
+                    r(1),
+                    Namespace::DIRECT,
+                    b"kept",
+                    NOW,
+                    NOW.plus_millis(60_000),
+                    NOW,
+                )
+                .unwrap();
+            assert!(s.durable_seq() < kept.seq, "not durable before the commit");
+            s.backend_mut().commit().unwrap();
+            assert!(s.durable_seq() >= kept.seq);
+            let lost = s
+                .insert(
+                    r(1),
+                    Namespace::DIRECT,
+                    b"lost",
+                    NOW,
+                    NOW.plus_millis(60_000),
+                    NOW,
+                )
+                .unwrap();
+            (kept, lost)
+            // Dropped without a commit: the open transaction is aborted, as a crash would.
+        };
+        let s = open(dir.path());
+        assert!(s.get(&kept.hash, NOW).unwrap().is_some());
+        assert!(s.get(&lost.hash, NOW).unwrap().is_none());
+        assert_eq!(s.totals().0, 1);
+        let page = s.retrieve(&r(1), Namespace::DIRECT, 0, 10, NOW).unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].body, b"kept");
+    }
+
+    #[test]
+    fn readers_see_only_durable_messages_and_writers_see_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let a = s
+            .insert(
+                r(2),
+                Namespace::DIRECT,
+                b"a",
+                NOW,
+                NOW.plus_millis(60_000),
+                NOW,
+            )
+            .unwrap();
+        // Dedup sees the uncommitted write.
+        let again = s
+            .insert(
+                r(2),
+                Namespace::DIRECT,
+                b"a",
+                NOW,
+                NOW.plus_millis(60_000),
+                NOW,
+            )
+            .unwrap();
+        assert!(!again.new);
+        assert_eq!(again.seq, a.seq);
+        assert!(
+            s.retrieve(&r(2), Namespace::DIRECT, 0, 10, NOW)
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        s.backend_mut().commit().unwrap();
+        assert_eq!(
+            s.retrieve(&r(2), Namespace::DIRECT, 0, 10, NOW)
+                .unwrap()
+                .messages
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn cursor_expiry_delete_and_quota_work_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            recipient_max_messages: 50,
+            ..StoreConfig::default()
+        };
+        let mut s = MessageStore::open(
+            RedbBackend::open(&dir.path().join("m.redb")).unwrap(),
+            config,
+        )
+        .unwrap();
+        for i in 0..50u64 {
+            s.insert(
+                r(3),
+                Namespace::DIRECT,
+                &i.to_be_bytes(),
+                NOW,
+                NOW.plus_millis(1000 + i),
+                NOW,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            s.insert(
+                r(3),
+                Namespace::DIRECT,
+                b"over",
+                NOW,
+                NOW.plus_millis(1000),
+                NOW
+            ),
+            Err(StoreError::QuotaExceeded)
+        );
+        s.backend_mut().commit().unwrap();
+        let mut after = 0;
+        let mut seen = 0;
+        loop {
+            let page = s.retrieve(&r(3), Namespace::DIRECT, after, 7, NOW).unwrap();
+            seen += page.messages.len();
+            after = page.messages.last().map_or(after, |m| m.seq);
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, 50);
+        assert_eq!(s.expire(NOW.plus_millis(1009), 100).unwrap(), 10);
+        assert_eq!(s.delete_all(&r(3), Namespace::DIRECT, NOW).unwrap(), 40);
+        s.backend_mut().commit().unwrap();
+        assert_eq!(s.totals(), (0, 0));
+        assert_eq!(s.backend().usage(&r(3)), (0, 0));
+    }
+}
