@@ -1,9 +1,13 @@
-//! The async GhostNodes node (`ghostnode`) on smol + async-io: sockets, HTTP, timers, disk
-//! and config around the `proto-core` state machine.
+//! The async GhostNodes node on smol + async-io: sockets, HTTP, timers and disk around the
+//! `proto-core` state machine.
 //!
-//! Built so far: the disk-backed message store ([`redb_store::RedbBackend`]). The HTTP
-//! server, the run loop and the `ghostnode` binary are not written yet.
+//! Built so far: the disk-backed message store ([`redb_store::RedbBackend`]) and the host
+//! ([`host::Host`]) that serves `POST /v1/onion`, `POST /v1/peer` and `GET /health` over
+//! HTTP/1.1 (hyper on smol), carries out the node's outgoing exchanges, drives its timers
+//! and group-commits the store. Not yet: config file and flags, metrics, graceful
+//! shutdown, the `ghostnode` binary and the `ghost` CLI.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod host;
 pub mod redb_store;
