@@ -50,7 +50,9 @@ use crate::request::{
     pow_satisfied,
 };
 use crate::ring::Ring;
-use crate::store::{MessageBackend, MessageStore, StoreConfig, StoreError, StoredMessage};
+use crate::store::{
+    Inserted, MessageBackend, MessageStore, StoreConfig, StoreError, StoredMessage,
+};
 use crate::types::{MessageHash, NodeId, RecipientId, Timestamp};
 
 /// Protocol version reported by `info`.
@@ -942,27 +944,11 @@ impl<B: MessageBackend> Node<B> {
         self.directory.record_contact(&sender, now);
         let mut items = Vec::new();
         let mut max_seq = 0;
-        for m in ms {
-            if !self.in_swarm(&m.recipient) {
-                continue;
-            }
-            match self.store.insert(
-                m.recipient,
-                m.namespace,
-                &m.body,
-                m.stored_at,
-                m.expiry,
-                now,
-            ) {
-                Ok(ins) => {
-                    if ins.new {
-                        self.stats.messages_replicated_in += 1;
-                    }
-                    max_seq = max_seq.max(ins.seq);
-                    items.push((ins.hash, m.recipient, ins.expiry));
-                }
-                // Full, over quota, expired: no receipt for this one.
-                Err(_) => continue,
+        for m in &ms {
+            // Not a member, full, over quota, expired: no receipt for this one.
+            if let Some(ins) = self.accept_copy(m, now) {
+                max_seq = max_seq.max(ins.seq);
+                items.push((ins.hash, m.recipient, ins.expiry));
             }
         }
         self.replica_acks.push(PendingReplicaAck {
@@ -971,6 +957,29 @@ impl<B: MessageBackend> Node<B> {
             items,
         });
         self.release_replica_acks();
+    }
+
+    /// Stores a copy received from a peer (replication or anti-entropy) if this node is in
+    /// the message's swarm; counts it when it was new here.
+    fn accept_copy(&mut self, m: &WireMessage, now: Timestamp) -> Option<Inserted> {
+        if !self.in_swarm(&m.recipient) {
+            return None;
+        }
+        let ins = self
+            .store
+            .insert(
+                m.recipient,
+                m.namespace,
+                &m.body,
+                m.stored_at,
+                m.expiry,
+                now,
+            )
+            .ok()?;
+        if ins.new {
+            self.stats.messages_replicated_in += 1;
+        }
+        Some(ins)
     }
 
     /// Admits gossiped descriptors: ones identical to what the directory holds need no
@@ -1103,20 +1112,8 @@ impl<B: MessageBackend> Node<B> {
             Pending::Fetch => {
                 if let Ok(Ok(PeerResponse::Messages(ms))) = result.map(|b| PeerResponse::decode(&b))
                 {
-                    for m in ms {
-                        if self.in_swarm(&m.recipient)
-                            && let Ok(ins) = self.store.insert(
-                                m.recipient,
-                                m.namespace,
-                                &m.body,
-                                m.stored_at,
-                                m.expiry,
-                                now,
-                            )
-                            && ins.new
-                        {
-                            self.stats.messages_replicated_in += 1;
-                        }
+                    for m in &ms {
+                        self.accept_copy(m, now);
                     }
                 }
             }

@@ -118,6 +118,27 @@ struct SimNode {
     wake_at: Option<Timestamp>,
 }
 
+impl SimNode {
+    /// Node `i` with fresh keys from `rng`, not yet started.
+    fn fresh(i: usize, rng: &mut ChaCha20Rng) -> Self {
+        let mut identity_seed = [0u8; 32];
+        let mut onion_secret = [0u8; 32];
+        rng.fill_bytes(&mut identity_seed);
+        rng.fill_bytes(&mut onion_secret);
+        Self {
+            identity_seed,
+            onion_secret,
+            address: sim_address(i),
+            node: None,
+            crashed_backend: Some(MemoryBackend::default()),
+            generation: 0,
+            inbound: BTreeMap::new(),
+            next_req: 0,
+            wake_at: None,
+        }
+    }
+}
+
 /// What a client operation ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOutcome {
@@ -158,22 +179,7 @@ impl Sim {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut nodes = Vec::new();
         for i in 0..config.nodes {
-            let mut identity_seed = [0u8; 32];
-            let mut onion_secret = [0u8; 32];
-            rng.fill_bytes(&mut identity_seed);
-            rng.fill_bytes(&mut onion_secret);
-            let address = sim_address(i);
-            nodes.push(SimNode {
-                identity_seed,
-                onion_secret,
-                address,
-                node: None,
-                crashed_backend: Some(MemoryBackend::default()),
-                generation: 0,
-                inbound: BTreeMap::new(),
-                next_req: 0,
-                wake_at: None,
-            });
+            nodes.push(SimNode::fresh(i, &mut rng));
         }
         let mut sim = Self {
             config,
@@ -263,21 +269,7 @@ impl Sim {
     /// Adds a node to the running network (it announces itself to node 0).
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let mut identity_seed = [0u8; 32];
-        let mut onion_secret = [0u8; 32];
-        self.rng.fill_bytes(&mut identity_seed);
-        self.rng.fill_bytes(&mut onion_secret);
-        self.nodes.push(SimNode {
-            identity_seed,
-            onion_secret,
-            address: sim_address(i),
-            node: None,
-            crashed_backend: Some(MemoryBackend::default()),
-            generation: 0,
-            inbound: BTreeMap::new(),
-            next_req: 0,
-            wake_at: None,
-        });
+        self.nodes.push(SimNode::fresh(i, &mut self.rng));
         self.start(i);
         i
     }

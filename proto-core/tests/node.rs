@@ -116,29 +116,8 @@ fn packet_through(n_onion: &OnionKey, next: NodeId) -> ([u8; PACKET_LEN], packet
     (buf, keys)
 }
 
-#[test]
-fn unknown_next_hop_is_reported_as_unreachable_by_this_hop() {
-    let (mut n, onion) = node(NodeConfig::default());
-    let (mut buf, keys) = packet_through(&onion, NodeId([77; 32]));
-    n.handle_onion(NOW, RequestId(1), 1, &mut buf);
-    let Reply::Onion(mut body) = only_reply(drain(&mut n), RequestId(1)) else {
-        panic!("expected an onion reply");
-    };
-    let opened = reply::open(keys.reply_keys(), &mut body).unwrap();
-    assert!(matches!(
-        opened,
-        Opened::Failed {
-            hop: 0,
-            failure: HopFailure::NextHopUnreachable,
-            ..
-        }
-    ));
-}
-
-#[test]
-fn silent_next_hop_is_reported_as_a_timeout_after_the_forward_timeout() {
-    let (mut n, onion) = node(NodeConfig::default());
-    // Make the next hop known through a gossip exchange from it.
+/// Makes the node know a next hop (through a gossip exchange from it); returns its ID.
+fn learn_next_hop(n: &mut Node<MemoryBackend>) -> NodeId {
     let peer_id = IdentityKey::from_seed(&[2; 32]);
     let peer_onion = OnionKey::from_secret_bytes([8; 32], Epoch(1));
     let d = proto_core::Descriptor::sign(
@@ -149,8 +128,38 @@ fn silent_next_hop_is_reported_as_a_timeout_after_the_forward_timeout() {
     );
     let gossip = PeerRequest::Gossip(vec![d.into()]).encode_signed(&peer_id, NOW);
     n.handle_peer(NOW, RequestId(1), &gossip);
-    drain(&mut n);
-    let (mut buf, keys) = packet_through(&onion, peer_id.node_id());
+    drain(n);
+    peer_id.node_id()
+}
+
+/// Which failure the client reads from the node's onion reply.
+fn failure_seen_by_client(reply: Reply, keys: &packet::PathKeys) -> (usize, HopFailure) {
+    let Reply::Onion(mut body) = reply else {
+        panic!("expected an onion reply, got {reply:?}");
+    };
+    match reply::open(keys.reply_keys(), &mut body).unwrap() {
+        Opened::Failed { hop, failure, .. } => (hop, failure),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_next_hop_is_reported_as_unreachable_by_this_hop() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let (mut buf, keys) = packet_through(&onion, NodeId([77; 32]));
+    n.handle_onion(NOW, RequestId(1), 1, &mut buf);
+    let reply = only_reply(drain(&mut n), RequestId(1));
+    assert_eq!(
+        failure_seen_by_client(reply, &keys),
+        (0, HopFailure::NextHopUnreachable)
+    );
+}
+
+#[test]
+fn silent_next_hop_is_reported_as_a_timeout_after_the_forward_timeout() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let next = learn_next_hop(&mut n);
+    let (mut buf, keys) = packet_through(&onion, next);
     n.handle_onion(NOW, RequestId(2), 1, &mut buf);
     let out = drain(&mut n);
     assert!(out.iter().any(|o| matches!(
@@ -170,38 +179,18 @@ fn silent_next_hop_is_reported_as_a_timeout_after_the_forward_timeout() {
     let deadline = n.poll_timeout().expect("a pending forward sets a deadline");
     assert!(deadline <= NOW.plus_millis(NodeConfig::default().forward_timeout_ms));
     n.handle_timeout(NOW.plus_millis(NodeConfig::default().forward_timeout_ms));
-    let Reply::Onion(mut body) = only_reply(drain(&mut n), RequestId(2)) else {
-        panic!("expected an onion reply");
-    };
-    let opened = reply::open(keys.reply_keys(), &mut body).unwrap();
-    assert!(matches!(
-        opened,
-        Opened::Failed {
-            hop: 0,
-            failure: HopFailure::NextHopTimeout,
-            ..
-        }
-    ));
+    let reply = only_reply(drain(&mut n), RequestId(2));
+    assert_eq!(
+        failure_seen_by_client(reply, &keys),
+        (0, HopFailure::NextHopTimeout)
+    );
 }
 
 #[test]
 fn next_hop_answering_garbage_is_reported_as_a_bad_reply() {
     let (mut n, onion) = node(NodeConfig::default());
-    let peer_id = IdentityKey::from_seed(&[2; 32]);
-    let peer_onion = OnionKey::from_secret_bytes([8; 32], Epoch(1));
-    let d = proto_core::Descriptor::sign(
-        &peer_id,
-        &peer_onion,
-        Address::new("127.0.0.2:1").unwrap(),
-        NOW.plus_millis(3_600_000),
-    );
-    n.handle_peer(
-        NOW,
-        RequestId(1),
-        &PeerRequest::Gossip(vec![d.into()]).encode_signed(&peer_id, NOW),
-    );
-    drain(&mut n);
-    let (mut buf, keys) = packet_through(&onion, peer_id.node_id());
+    let next = learn_next_hop(&mut n);
+    let (mut buf, keys) = packet_through(&onion, next);
     n.handle_onion(NOW, RequestId(2), 1, &mut buf);
     let id = drain(&mut n)
         .into_iter()
@@ -211,18 +200,11 @@ fn next_hop_answering_garbage_is_reported_as_a_bad_reply() {
         })
         .unwrap();
     n.handle_transmit_result(NOW, id, Ok(b"not a bucket".to_vec()));
-    let Reply::Onion(mut body) = only_reply(drain(&mut n), RequestId(2)) else {
-        panic!("expected an onion reply");
-    };
-    let opened = reply::open(keys.reply_keys(), &mut body).unwrap();
-    assert!(matches!(
-        opened,
-        Opened::Failed {
-            hop: 0,
-            failure: HopFailure::NextHopBadReply,
-            ..
-        }
-    ));
+    let reply = only_reply(drain(&mut n), RequestId(2));
+    assert_eq!(
+        failure_seen_by_client(reply, &keys),
+        (0, HopFailure::NextHopBadReply)
+    );
     // A late answer to an exchange already closed is ignored.
     n.handle_transmit_result(NOW, id, Err(TransmitFailure::Unreachable));
     assert!(drain(&mut n).is_empty());
