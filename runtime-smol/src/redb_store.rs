@@ -26,6 +26,9 @@ const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
 const USAGE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("usage");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Page cache of the message database unless configured otherwise: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 const LAST_SEQ: &str = "last_seq";
 const TOTAL_COUNT: &str = "total_count";
 const TOTAL_BYTES: &str = "total_bytes";
@@ -113,9 +116,18 @@ macro_rules! with_table {
 }
 
 impl RedbBackend {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path` with the default page cache
+    /// ([`DEFAULT_CACHE_BYTES`]).
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database at `path`, caching at most `cache_bytes` of pages in
+    /// memory: the bound on the store's resident memory, whatever the number of messages.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, redb::Error> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         // Create every table so readers never meet a missing one.
         let mut w = db.begin_write()?;
         w.set_durability(Durability::Immediate)?;
