@@ -21,6 +21,7 @@ pub mod keys;
 pub mod packet;
 pub mod replay;
 pub mod reply;
+pub mod sealed;
 pub mod types;
 
 pub use keys::{
@@ -33,6 +34,7 @@ pub use packet::{
 };
 pub use replay::ReplayFilter;
 pub use reply::{HopFailure, Opened, ReplyError, ReplyKey, ReplyStatus};
+pub use sealed::{Contact, EncryptionKey, EncryptionPublicKey, SEAL_OVERHEAD, SealError};
 pub use types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 
 #[cfg(feature = "alloc")]

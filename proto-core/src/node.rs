@@ -36,7 +36,7 @@ use alloc::vec::Vec;
 use chacha20::ChaCha20Rng;
 use rand_core::{CryptoRng, SeedableRng};
 
-use crate::directory::{Directory, DirectoryConfig};
+use crate::directory::{Directory, DirectoryConfig, InsertOutcome};
 use crate::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
 use crate::packet::{self, PACKET_LEN, PeelError, Peeled};
 use crate::peer::{
@@ -206,6 +206,9 @@ pub enum Reply {
     Peer(Vec<u8>),
 }
 
+/// Upper bounds (ms) of the quorum-latency histogram in [`NodeStats`].
+pub const QUORUM_LATENCY_BOUNDS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
 /// Counters a runtime exports as metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -237,11 +240,60 @@ pub struct NodeStats {
     pub anti_entropy_rounds: u64,
     /// Sum of store quorum latencies in ms (with `stores_acked`, the mean).
     pub quorum_latency_ms_total: u64,
+    /// Acknowledged stores by quorum latency: entry `i` counts those that took at most
+    /// [`QUORUM_LATENCY_BOUNDS_MS`]`[i]` ms (non-cumulative; the last entry counts the
+    /// rest).
+    pub quorum_latency_buckets: [u64; QUORUM_LATENCY_BOUNDS_MS.len() + 1],
     /// Nodes evicted from the directory.
     pub nodes_evicted: u64,
     /// Expired messages removed.
     pub messages_expired: u64,
 }
+
+/// Why [`Node::handle_register`] refused a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// The descriptor does not decode or its signature does not verify.
+    Invalid(crate::keys::DescriptorError),
+    /// The descriptor has expired.
+    Expired,
+    /// An older descriptor than the one held for that node.
+    Stale,
+    /// The descriptor is this node's own identity.
+    OwnIdentity,
+    /// The directory holds its maximum number of nodes.
+    DirectoryFull,
+}
+
+impl RegisterError {
+    /// A stable machine-readable name (used as the HTTP error code).
+    #[must_use]
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_descriptor",
+            Self::Expired => "expired_descriptor",
+            Self::Stale => "stale_descriptor",
+            Self::OwnIdentity => "own_identity",
+            Self::DirectoryFull => "directory_full",
+        }
+    }
+}
+
+impl core::fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "invalid descriptor: {e}"),
+            Self::Expired => f.write_str("the descriptor has expired"),
+            Self::Stale => f.write_str("a newer descriptor of that node is already known"),
+            Self::OwnIdentity => f.write_str("the descriptor carries this node's own identity"),
+            Self::DirectoryFull => f.write_str("the directory is full"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for RegisterError {}
 
 /// What a pending outbound exchange was for.
 #[derive(Debug)]
@@ -413,6 +465,18 @@ impl<B: MessageBackend> Node<B> {
     #[must_use]
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// Stores waiting for their write quorum (a gauge of replication lag).
+    #[must_use]
+    pub fn pending_stores(&self) -> usize {
+        self.stores.len()
+    }
+
+    /// Outbound exchanges awaiting an answer (a gauge).
+    #[must_use]
+    pub fn pending_exchanges(&self) -> usize {
+        self.pending.len()
     }
 
     /// Fill ratio of the replay filter (gauge).
@@ -805,7 +869,13 @@ impl<B: MessageBackend> Node<B> {
         if s.receipts.len() >= self.config.write_quorum {
             let s = self.stores.remove(&op).expect("present above");
             self.stats.stores_acked += 1;
-            self.stats.quorum_latency_ms_total += now.millis_since(s.started);
+            let latency = now.millis_since(s.started);
+            self.stats.quorum_latency_ms_total += latency;
+            let bucket = QUORUM_LATENCY_BOUNDS_MS
+                .iter()
+                .position(|&bound| latency <= bound)
+                .unwrap_or(QUORUM_LATENCY_BOUNDS_MS.len());
+            self.stats.quorum_latency_buckets[bucket] += 1;
             let ack = StoreAck {
                 hash: s.hash,
                 expiry: s.message.expiry,
@@ -984,6 +1054,33 @@ impl<B: MessageBackend> Node<B> {
 
     /// Admits gossiped descriptors: ones identical to what the directory holds need no
     /// second signature check; the rest are verified, and new nodes join the ring.
+    /// A node announces itself with its signed descriptor (`POST /v1/nodes/register`).
+    /// The descriptor is verified here; a registered node joins the ring at once and is
+    /// probed like any other, so a registration for a dead address is evicted in time.
+    pub fn handle_register(
+        &mut self,
+        now: Timestamp,
+        descriptor: UnverifiedDescriptor,
+    ) -> Result<InsertOutcome, RegisterError> {
+        let d = descriptor.verify().map_err(RegisterError::Invalid)?;
+        let id = d.node_id();
+        let was_known = self.directory.contains(&id);
+        let outcome = self.directory.insert(d, now);
+        match outcome {
+            InsertOutcome::Added | InsertOutcome::Updated | InsertOutcome::Unchanged => {
+                if !was_known {
+                    self.ring.insert(id);
+                }
+                self.directory.record_contact(&id, now);
+                Ok(outcome)
+            }
+            InsertOutcome::Own => Err(RegisterError::OwnIdentity),
+            InsertOutcome::Expired => Err(RegisterError::Expired),
+            InsertOutcome::Stale => Err(RegisterError::Stale),
+            InsertOutcome::Full => Err(RegisterError::DirectoryFull),
+        }
+    }
+
     fn merge_descriptors(&mut self, now: Timestamp, ds: Vec<UnverifiedDescriptor>) -> usize {
         let mut changed = 0;
         for u in ds {

@@ -1,30 +1,42 @@
 //! Drives a `proto-core` [`Node`] with real sockets: an HTTP/1.1 server (hyper on smol),
-//! an HTTP client for the node's outgoing exchanges, a timer, and group commit of the
-//! disk store. Every protocol decision stays in the core; this module only carries out
-//! [`Output`]s and feeds inputs back, draining the node after every input.
+//! a keep-alive HTTP client for the node's outgoing exchanges, a timer, group commit of
+//! the disk store, `/metrics`, `/health` and graceful shutdown.
+//!
+//! Every protocol decision stays in the core; this module only carries out [`Output`]s
+//! and feeds inputs back, **draining the node after every input**. Routes, error names
+//! and JSON bodies come from [`crate::api`]. Invariants: a request body is never read
+//! beyond [`HttpSection::max_body_bytes`] nor for longer than its timeout; every answer
+//! to a bad request is a 4xx with a JSON body; on shutdown no new connection is accepted,
+//! in-flight requests get [`HttpSection::shutdown_grace_ms`] to finish, and the database
+//! is committed and closed before [`Host::serve_until`] returns.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode};
 use proto_core::node::{Endpoint, Node, Output, Reply, RequestId, TransmitFailure};
 use proto_core::{PACKET_LEN, Timestamp};
+use rand_core::UnwrapErr;
 use smol::channel::{Sender, bounded};
+use smol::lock::Semaphore;
 use smol::{Async, Executor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
+use crate::api::{self, ApiError, Route};
+use crate::config::HttpSection;
+use crate::metrics::{self, Snapshot};
 use crate::redb_store::RedbBackend;
 
-/// Largest request body a node reads: a peer exchange (replication of 256 messages).
-pub const MAX_BODY: usize = 1 << 20;
-/// How long a node waits for a peer's HTTP answer before reporting a timeout.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest pause between group commits while writes are pending.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+/// How many nodes `GET /v1/nodes/bootstrap` lists at most.
+pub const BOOTSTRAP_NODES: usize = 64;
 
 /// The node's wall clock as the core's [`Timestamp`].
 #[must_use]
@@ -37,49 +49,108 @@ pub fn now() -> Timestamp {
 
 struct State {
     node: Node<RedbBackend>,
-    waiting: std::collections::HashMap<RequestId, Sender<Reply>>,
+    waiting: HashMap<RequestId, Sender<Reply>>,
     next_req: u64,
+    http_responses: BTreeMap<u16, u64>,
+}
+
+/// Idle keep-alive connections to other nodes, by address.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+}
+
+/// Settings and shared parts that never change while the node runs.
+struct Shared {
+    http: HttpSection,
+    commit_interval: Duration,
+    pool: Pool,
+    connections: Arc<Semaphore>,
+    in_flight: AtomicUsize,
 }
 
 /// A running node: shared state plus the executor its tasks run on.
 #[derive(Clone)]
 pub struct Host {
     state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     ex: Arc<Executor<'static>>,
 }
 
 type Body = Full<Bytes>;
 
-fn json(status: StatusCode, body: &str) -> Response<Body> {
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("static response parts are valid")
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("status and header are valid")
 }
 
-fn error(status: StatusCode, problem: &str) -> Response<Body> {
-    json(status, &format!("{{\"error\":\"{problem}\"}}"))
+fn json_ok(body: String) -> Response<Body> {
+    respond(StatusCode::OK, "application/json", body)
+}
+
+fn problem(e: &ApiError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    respond(status, "application/json", e.body())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would be a bug; keep serving with the state.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Host {
-    /// Wraps `node`; tasks are spawned on `ex`.
+    /// Wraps `node` with default HTTP settings; tasks are spawned on `ex`.
     pub fn new(node: Node<RedbBackend>, ex: Arc<Executor<'static>>) -> Self {
+        Self::with_settings(node, ex, HttpSection::default(), Duration::from_millis(5))
+    }
+
+    /// Wraps `node` with these HTTP limits, group-committing at most every
+    /// `commit_interval`.
+    pub fn with_settings(
+        node: Node<RedbBackend>,
+        ex: Arc<Executor<'static>>,
+        http: HttpSection,
+        commit_interval: Duration,
+    ) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
                 node,
-                waiting: std::collections::HashMap::new(),
+                waiting: HashMap::new(),
                 next_req: 0,
+                http_responses: BTreeMap::new(),
             })),
+            shared: Arc::new(Shared {
+                connections: Arc::new(Semaphore::new(http.max_connections)),
+                http,
+                commit_interval,
+                pool: Pool::default(),
+                in_flight: AtomicUsize::new(0),
+            }),
             ex,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would be a bug; keep serving with the state.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Runs `f` on the node, then carries out everything it asked for.
@@ -110,7 +181,7 @@ impl Host {
                     let target = address.as_str().to_owned();
                     self.ex
                         .spawn(async move {
-                            let result = exchange(&target, endpoint, body).await;
+                            let result = host.exchange(&target, endpoint, body).await;
                             host.with_node(|n, t| n.handle_transmit_result(t, id, result));
                         })
                         .detach();
@@ -119,28 +190,87 @@ impl Host {
         }
     }
 
-    /// Serves HTTP on `listener` until the executor stops.
+    /// Serves HTTP on `listener` forever.
     pub async fn serve(self, listener: Async<TcpListener>) {
+        self.serve_until(listener, smol::future::pending::<()>())
+            .await;
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish (up to the grace period) and commits and closes the
+    /// database.
+    pub async fn serve_until(
+        self,
+        listener: Async<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         self.spawn_background();
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let host = self.clone();
-            self.ex
-                .spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let host = host.clone();
-                        async move { Ok::<_, Infallible>(host.handle(req, peer).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(SmolTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(FuturesIo::new(stream), service)
-                        .await;
-                })
-                .detach();
+        let accept_loop = async {
+            loop {
+                let permit = self.shared.connections.acquire_arc().await;
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let host = self.clone();
+                self.ex
+                    .spawn(async move {
+                        let _permit = permit;
+                        host.serve_connection(stream, peer).await;
+                    })
+                    .detach();
+            }
+        };
+        smol::future::or(accept_loop, shutdown).await;
+        drop(listener);
+        tracing::info!("shutting down: no new connections");
+        let deadline = Instant::now() + Duration::from_millis(self.shared.http.shutdown_grace_ms);
+        while self.shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(10)).await;
         }
+        let unfinished = self.shared.in_flight.load(Ordering::SeqCst);
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "grace period over with requests still in flight"
+            );
+        }
+        self.close_database();
+    }
+
+    /// Commits pending writes and closes the database: later stores are refused and
+    /// `/health` reports the node unavailable.
+    pub fn close_database(&self) {
+        let mut st = self.lock();
+        match st.node.backend_mut().close() {
+            Ok(()) => {
+                st.node.handle_durable(now());
+                tracing::info!("database committed and closed");
+            }
+            Err(e) => tracing::error!(error = %e, "final commit failed"),
+        }
+        self.drain(&mut st);
+    }
+
+    async fn serve_connection(&self, stream: Async<TcpStream>, peer: SocketAddr) {
+        let host = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let host = host.clone();
+            async move {
+                let _in_flight = InFlight::new(&host.shared.in_flight);
+                let response = host.handle(req, peer).await;
+                *lock(&host.state)
+                    .http_responses
+                    .entry(response.status().as_u16())
+                    .or_default() += 1;
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(SmolTimer::new())
+            .header_read_timeout(self.shared.http.header_timeout())
+            .max_buf_size(64 * 1024)
+            .serve_connection(FuturesIo::new(stream), service)
+            .await;
     }
 
     fn spawn_background(&self) {
@@ -161,24 +291,24 @@ impl Host {
         self.ex
             .spawn(async move {
                 loop {
-                    Timer::after(COMMIT_INTERVAL).await;
+                    Timer::after(host.shared.commit_interval).await;
+                    if !host.lock().node.store().has_pending_writes() {
+                        continue;
+                    }
                     let host2 = host.clone();
-                    let pending = host.lock().node.store().has_pending_writes();
-                    if pending {
-                        // One fsync for every write since the last commit.
-                        let committed = smol::unblock(move || {
-                            let mut st = host2.lock();
-                            let ok = st.node.backend_mut().commit().is_ok();
-                            if ok {
-                                st.node.handle_durable(now());
-                                host2.drain(&mut st);
-                            }
-                            ok
-                        })
-                        .await;
-                        if !committed {
-                            tracing::error!("group commit failed; writes stay pending");
+                    // One fsync for every write since the last commit, off the executor.
+                    let committed = smol::unblock(move || {
+                        let mut st = host2.lock();
+                        let ok = st.node.backend_mut().commit().is_ok();
+                        if ok {
+                            st.node.handle_durable(now());
+                            host2.drain(&mut st);
                         }
+                        ok
+                    })
+                    .await;
+                    if !committed {
+                        tracing::error!("group commit failed; writes stay pending");
                     }
                 }
             })
@@ -186,30 +316,51 @@ impl Host {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let path = req.uri().path().to_owned();
-        match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/health") => {
-                let (id, peers) = {
-                    let st = self.lock();
-                    (st.node.node_id(), st.node.directory().len())
-                };
-                json(
-                    StatusCode::OK,
-                    &format!("{{\"status\":\"ok\",\"node\":\"{id}\",\"peers\":{peers}}}"),
-                )
+        let route = match api::route(req.method().as_str(), req.uri().path()) {
+            Ok(r) => r,
+            Err(e) => return problem(&e),
+        };
+        match route {
+            Route::Health => self.health(),
+            Route::Metrics => respond(
+                StatusCode::OK,
+                metrics::CONTENT_TYPE,
+                self.snapshot().encode(),
+            ),
+            Route::Bootstrap => {
+                let nodes = self.with_node(|n, t| {
+                    n.bootstrap(t, BOOTSTRAP_NODES, &mut UnwrapErr(getrandom::SysRng))
+                });
+                json_ok(api::nodes_body(&nodes))
             }
-            (Method::POST, "/v1/onion") => {
-                let Some(body) = read_body(req).await else {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body too large or unreadable",
-                    );
+            Route::Swarm(recipient) => {
+                let nodes = self.lock().node.swarm_of(&recipient);
+                json_ok(api::nodes_body(&nodes))
+            }
+            Route::Register => {
+                let body = match self.read_body(req).await {
+                    Ok(b) => b,
+                    Err(e) => return problem(&e),
+                };
+                let result = api::parse_register(&body).and_then(|d| {
+                    self.with_node(|n, t| n.handle_register(t, d))
+                        .map_err(Into::into)
+                });
+                match result {
+                    Ok(_) => json_ok(format!(
+                        "{{\"registered\":true,\"peers\":{}}}",
+                        self.lock().node.directory().len()
+                    )),
+                    Err(e) => problem(&e),
+                }
+            }
+            Route::Onion => {
+                let body = match self.read_body(req).await {
+                    Ok(b) => b,
+                    Err(e) => return problem(&e),
                 };
                 let Ok(mut packet) = <[u8; PACKET_LEN]>::try_from(body.as_ref()) else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "onion packet must be exactly 2048 bytes",
-                    );
+                    return problem(&ApiError::wrong_packet_size(body.len()));
                 };
                 let source = source_key(&peer);
                 let reply = self
@@ -217,21 +368,79 @@ impl Host {
                     .await;
                 reply_response(reply)
             }
-            (Method::POST, "/v1/peer") => {
-                let Some(body) = read_body(req).await else {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body too large or unreadable",
-                    );
+            Route::Peer => {
+                let body = match self.read_body(req).await {
+                    Ok(b) => b,
+                    Err(e) => return problem(&e),
                 };
                 let reply = self.call(|n, t, r| n.handle_peer(t, r, &body)).await;
                 reply_response(reply)
             }
-            (_, "/health" | "/v1/onion" | "/v1/peer") => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
-            _ => error(StatusCode::NOT_FOUND, "unknown route"),
         }
+    }
+
+    fn health(&self) -> Response<Body> {
+        let st = self.lock();
+        let id = st.node.node_id();
+        let peers = st.node.directory().len();
+        if st.node.store().backend().is_healthy() {
+            json_ok(format!(
+                "{{\"status\":\"ok\",\"node\":\"{id}\",\"peers\":{peers},\"database\":\"open\"}}"
+            ))
+        } else {
+            respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                format!(
+                    "{{\"status\":\"unavailable\",\"node\":\"{id}\",\"peers\":{peers},\"database\":\"closed\"}}"
+                ),
+            )
+        }
+    }
+
+    /// What `/metrics` reports now.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        let node = &st.node;
+        let (messages, message_bytes) = node.store().totals();
+        let backend = node.store().backend();
+        Snapshot {
+            stats: node.stats().clone(),
+            peers: node.directory().len(),
+            messages,
+            message_bytes,
+            db_file_bytes: backend.file_bytes(),
+            db_up: backend.is_healthy(),
+            pending_stores: node.pending_stores(),
+            pending_exchanges: node.pending_exchanges(),
+            replay_fill: f64::from(node.replay_fill_ratio()),
+            http_responses: st.http_responses.clone(),
+        }
+    }
+
+    /// Reads the body: refused before reading when its announced length is too large,
+    /// and when it does not arrive in time.
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        let limit = self.shared.http.max_body_bytes;
+        let read = async {
+            Limited::new(req.into_body(), limit)
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ApiError::body_too_large(limit)
+                    } else {
+                        ApiError::new(400, "body_unreadable", "the request body broke off")
+                    }
+                })
+        };
+        let timeout = async {
+            Timer::after(self.shared.http.body_timeout()).await;
+            Err(ApiError::body_timeout())
+        };
+        smol::future::or(read, timeout).await
     }
 
     /// Hands an inbound request to the node and waits for its one answer.
@@ -250,20 +459,50 @@ impl Host {
         }
         rx.recv().await.ok()
     }
+
+    /// One exchange with another node over a pooled keep-alive connection.
+    async fn exchange(
+        &self,
+        address: &str,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, TransmitFailure> {
+        let pool = &self.shared.pool;
+        let attempt = async {
+            let reused = lock(&pool.idle)
+                .get_mut(address)
+                .and_then(|idle| std::iter::from_fn(|| idle.pop()).find(SendRequest::is_ready));
+            let mut sender = match reused {
+                Some(s) => s,
+                None => connect(address).await?,
+            };
+            let bytes = post(&mut sender, address, endpoint, body).await?;
+            let mut idle = lock(&pool.idle);
+            let list = idle.entry(address.to_owned()).or_default();
+            if list.len() < self.shared.http.peer_idle_connections {
+                list.push(sender);
+            }
+            Ok(bytes)
+        };
+        let timeout = async {
+            Timer::after(self.shared.http.peer_timeout()).await;
+            Err(TransmitFailure::Timeout)
+        };
+        smol::future::or(attempt, timeout).await
+    }
 }
 
 fn reply_response(reply: Option<Reply>) -> Response<Body> {
     match reply {
-        Some(Reply::Onion(b) | Reply::Peer(b)) => Response::builder()
-            .header("content-type", "application/octet-stream")
-            .body(Full::new(Bytes::from(b)))
-            .expect("static response parts are valid"),
+        Some(Reply::Onion(b) | Reply::Peer(b)) => {
+            respond(StatusCode::OK, "application/octet-stream", b)
+        }
         Some(Reply::Dropped) => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(Full::new(Bytes::new()))
             .expect("static response parts are valid"),
-        Some(Reply::RateLimited) => error(StatusCode::TOO_MANY_REQUESTS, "rate limited"),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "node stopped"),
+        Some(Reply::RateLimited) => problem(&ApiError::rate_limited()),
+        None => problem(&ApiError::unavailable("the node is stopping")),
     }
 }
 
@@ -275,54 +514,91 @@ fn source_key(peer: &SocketAddr) -> u64 {
     h.finish()
 }
 
-async fn read_body(req: Request<Incoming>) -> Option<Bytes> {
-    Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .ok()
-        .map(http_body_util::Collected::to_bytes)
+fn endpoint_path(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Onion => "/v1/onion",
+        Endpoint::Peer => "/v1/peer",
+    }
 }
 
-/// One HTTP exchange with a peer: POST `body` to `endpoint` at `address`.
-pub async fn exchange(
+async fn connect(address: &str) -> Result<SendRequest<Full<Bytes>>, TransmitFailure> {
+    let addr: SocketAddr = address.parse().map_err(|_| TransmitFailure::Unreachable)?;
+    let stream = Async::<TcpStream>::connect(addr)
+        .await
+        .map_err(|_| TransmitFailure::Unreachable)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
+        .await
+        .map_err(|_| TransmitFailure::Unreachable)?;
+    smol::spawn(async move {
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(sender)
+}
+
+async fn post(
+    sender: &mut SendRequest<Full<Bytes>>,
     address: &str,
     endpoint: Endpoint,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, TransmitFailure> {
-    let path = match endpoint {
-        Endpoint::Onion => "/v1/onion",
-        Endpoint::Peer => "/v1/peer",
-    };
+    let req = Request::post(endpoint_path(endpoint))
+        .header("host", address)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|_| TransmitFailure::Unreachable)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|_| TransmitFailure::Unreachable)?;
+    if !resp.status().is_success() {
+        // A refusal (429, 4xx) carries no reply layer: to the core it is a failed hop.
+        return Err(TransmitFailure::Unreachable);
+    }
+    let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|_| TransmitFailure::Unreachable)?
+        .to_bytes();
+    Ok(bytes.to_vec())
+}
+
+/// Largest answer read from another node: the biggest reply bucket or peer answer.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// One HTTP exchange on a fresh connection: POST `body` to `endpoint` at `address`,
+/// giving up after `timeout`. What clients use (the node itself pools connections).
+pub async fn exchange(
+    address: &str,
+    endpoint: Endpoint,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, TransmitFailure> {
     let attempt = async {
-        let addr: SocketAddr = address.parse().map_err(|_| TransmitFailure::Unreachable)?;
-        let stream = Async::<TcpStream>::connect(addr)
-            .await
-            .map_err(|_| TransmitFailure::Unreachable)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
-            .await
-            .map_err(|_| TransmitFailure::Unreachable)?;
-        smol::spawn(async move {
-            let _ = conn.await;
-        })
-        .detach();
-        let req = Request::post(path)
-            .header("host", address)
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| TransmitFailure::Unreachable)?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|_| TransmitFailure::Unreachable)?;
-        let bytes = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|_| TransmitFailure::Unreachable)?
-            .to_bytes();
-        Ok(bytes.to_vec())
+        let mut sender = connect(address).await?;
+        post(&mut sender, address, endpoint, body).await
     };
-    let timeout = async {
-        Timer::after(EXCHANGE_TIMEOUT).await;
+    let give_up = async {
+        Timer::after(timeout).await;
         Err(TransmitFailure::Timeout)
     };
-    smol::future::or(attempt, timeout).await
+    smol::future::or(attempt, give_up).await
+}
+
+/// A channel that yields once SIGINT or SIGTERM arrives (a thread waits for the signal,
+/// so the handler itself does nothing but record it).
+pub fn shutdown_signal() -> Result<smol::channel::Receiver<()>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (tx, rx) = bounded(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "shutdown requested");
+                let _ = tx.send_blocking(());
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(rx)
 }

@@ -12,7 +12,7 @@
 //! `by_hash` `hash → messages key`, `by_expiry` `expiry ‖ hash → ∅`,
 //! `usage` `recipient → count ‖ bytes`, `meta` `name → u64`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use proto_core::store::{MessageBackend, StoreError, StoredMessage};
 use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
@@ -87,6 +87,10 @@ pub struct RedbBackend {
     txn: Option<WriteTransaction>,
     /// Highest sequence number in the last committed transaction.
     durable_seq: u64,
+    /// Set by [`RedbBackend::close`]: every operation is refused from then on.
+    closed: bool,
+    /// The database file, for its size.
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -101,6 +105,9 @@ impl std::fmt::Debug for RedbBackend {
 /// Reads go through the open write transaction when there is one.
 macro_rules! with_table {
     ($self:ident, $def:expr, |$t:ident| $body:expr) => {{
+        if $self.closed {
+            return Err(StoreError::Backend);
+        }
         match &$self.txn {
             Some(txn) => {
                 let $t = txn.open_table($def).map_err(backend_error)?;
@@ -148,10 +155,40 @@ impl RedbBackend {
             db,
             txn: None,
             durable_seq,
+            closed: false,
+            path: path.to_owned(),
         })
     }
 
+    /// Commits what is pending and refuses every later operation (graceful shutdown).
+    /// The file stays consistent whether or not the commit succeeds.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        let committed = self.commit();
+        self.closed = true;
+        committed
+    }
+
+    /// Whether the database answers a read: `false` once closed or when the file cannot
+    /// be read. What `/health` reports.
+    #[must_use]
+    pub fn is_healthy(&self) -> bool {
+        !self.closed
+            && self
+                .db
+                .begin_read()
+                .is_ok_and(|r| r.open_table(META).is_ok())
+    }
+
+    /// Size of the database file in bytes (a gauge for `/metrics`).
+    #[must_use]
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
     fn write(&mut self) -> Result<&WriteTransaction, StoreError> {
+        if self.closed {
+            return Err(StoreError::Backend);
+        }
         if self.txn.is_none() {
             let mut w = self.db.begin_write().map_err(backend_error)?;
             w.set_durability(Durability::Immediate)

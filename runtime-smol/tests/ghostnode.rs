@@ -105,7 +105,7 @@ fn unknown_route_and_wrong_packet_size_get_json_errors() {
         "GET /nope HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     ));
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
-    assert!(missing.contains("\"error\":\"unknown route\""));
+    assert!(missing.contains("\"error\":\"unknown_route\""), "{missing}");
     let short = ask(format!(
         "POST /v1/onion HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
     ));

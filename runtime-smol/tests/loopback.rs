@@ -136,8 +136,13 @@ fn send(
     )
     .unwrap();
     let first = net.descriptors[path[0]].address().as_str().to_owned();
-    let mut answer =
-        smol::block_on(exchange(&first, Endpoint::Onion, buf.to_vec())).expect("first hop answers");
+    let mut answer = smol::block_on(exchange(
+        &first,
+        Endpoint::Onion,
+        buf.to_vec(),
+        Duration::from_secs(30),
+    ))
+    .expect("first hop answers");
     match reply::open(keys.reply_keys(), &mut answer).expect("reply authenticates") {
         Opened::Response { body } => Response::decode(body).expect("well-formed response"),
         other => panic!("path failed: {other:?}"),

@@ -1,8 +1,11 @@
 //! `ghostnode`: one GhostNodes relay and swarm-store node on smol.
 //!
-//! Keeps its identity key in `<data-dir>/identity.key` (created on first start, mode
-//! 0600) and its messages in `<data-dir>/messages.redb`. A fresh onion key is generated at
-//! every start (a new epoch), because the replay filter does not survive a restart.
+//! Settings come from an optional TOML file (`--config`), overridden by environment
+//! variables and flags. Keeps its identity key in `<data-dir>/identity.key` (created on
+//! first start, mode 0600) and its messages in `<data-dir>/messages.redb`. A fresh onion
+//! key is generated at every start (a new epoch), because the replay filter does not
+//! survive a restart. SIGINT or SIGTERM stop it gracefully: no new connections, in-flight
+//! requests finish, the database is committed and closed, exit code 0.
 
 use std::fs;
 use std::io::Write;
@@ -10,13 +13,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use proto_core::Epoch;
 use proto_core::keys::{Address, IdentityKey, OnionKey};
-use proto_core::node::{Node, NodeConfig, NodeKeys};
+use proto_core::node::{Node, NodeKeys};
 use rand_core::UnwrapErr;
-use runtime_smol::host::{Host, now};
+use runtime_smol::config::{Config, LogFormat};
+use runtime_smol::host::{Host, now, shutdown_signal};
 use runtime_smol::redb_store::RedbBackend;
 use smol::{Async, Executor};
 
@@ -25,34 +30,40 @@ use smol::{Async, Executor};
 #[command(
     version,
     about,
-    after_help = "Example:\n  ghostnode --listen 127.0.0.1:7100 --data-dir ./node1\n  ghostnode --listen 127.0.0.1:7101 --data-dir ./node2 --seed 127.0.0.1:7100"
+    after_help = "Settings: defaults < --config file < environment < flags. Every setting is listed in docs/OPERATING.md.\n\nExamples:\n  ghostnode --listen 127.0.0.1:7100 --data-dir ./node1\n  ghostnode --listen 127.0.0.1:7101 --data-dir ./node2 --seed 127.0.0.1:7100\n  ghostnode --config /etc/ghostnode.toml --log-format json"
 )]
 struct Args {
-    /// Address to listen on (host:port; port 0 picks a free one).
-    #[arg(long, env = "GHOST_LISTEN", default_value = "127.0.0.1:7100")]
-    listen: SocketAddr,
-    /// Address published to other nodes (defaults to the listening address).
+    /// TOML configuration file.
+    #[arg(long, env = "GHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (host:port; port 0 picks a free one) [default: 127.0.0.1:7100].
+    #[arg(long, env = "GHOST_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address published to other nodes [default: the listening address].
     #[arg(long, env = "GHOST_ADVERTISE")]
     advertise: Option<String>,
-    /// Directory for the identity key and the message database.
-    #[arg(long, env = "GHOST_DATA_DIR", default_value = "ghost-data")]
-    data_dir: PathBuf,
-    /// Address of a node to join through (repeatable).
+    /// Directory for the identity key and the message database [default: ghost-data].
+    #[arg(long, env = "GHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of a node to join through (repeatable; replaces the file's seeds).
     #[arg(long = "seed", env = "GHOST_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
+    /// Log format [default: human].
+    #[arg(long, env = "GHOST_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // Logs go to stderr; stdout carries the one "listening on" line scripts read.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(args) {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(problem) => {
+            eprintln!("ghostnode: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(&config);
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
             eprintln!("ghostnode: {problem}");
@@ -61,30 +72,75 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
-    fs::create_dir_all(&args.data_dir).map_err(|e| {
-        format!(
-            "cannot create data directory {}: {e}",
-            args.data_dir.display()
-        )
-    })?;
-    let identity = load_or_create_identity(&args.data_dir.join("identity.key"))?;
-    let listener = TcpListener::bind(args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+fn load_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(advertise) = &args.advertise {
+        config.advertise = Some(advertise.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if !args.seeds.is_empty() {
+        config.seeds.clone_from(&args.seeds);
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logs(config: &Config) {
+    // Logs go to stderr; stdout carries the one "listening on" line scripts read.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let data_dir = &config.data_dir;
+    fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let identity = load_or_create_identity(&data_dir.join("identity.key"))?;
+    let listener = TcpListener::bind(config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
     let address = Address::new(&advertise).map_err(|_| {
-        format!("--advertise {advertise:?} is not a host:port of at most 64 printable characters")
+        format!(
+            "advertise address {advertise:?} is not a host:port of at most 64 printable characters"
+        )
     })?;
-    let seeds = args
+    let seeds = config
         .seeds
         .iter()
-        .map(|s| Address::new(s).map_err(|_| format!("--seed {s:?} is not a valid host:port")))
+        .map(|s| Address::new(s).map_err(|_| format!("seed {s:?} is not a valid host:port")))
         .collect::<Result<Vec<_>, _>>()?;
-    let backend = RedbBackend::open(&args.data_dir.join("messages.redb"))
-        .map_err(|e| format!("cannot open the message database: {e}"))?;
+    let started = std::time::Instant::now();
+    let backend = RedbBackend::open_with_cache(
+        &data_dir.join("messages.redb"),
+        config.store.cache_mib << 20,
+    )
+    .map_err(|e| format!("cannot open the message database: {e}"))?;
     let mut rng = UnwrapErr(getrandom::SysRng);
     let epoch = Epoch(u32::try_from(now().0 / 1000).unwrap_or(u32::MAX));
     let keys = NodeKeys {
@@ -92,17 +148,33 @@ fn run(args: Args) -> Result<(), String> {
         identity,
         address,
     };
-    let node = Node::new(NodeConfig::default(), keys, seeds, backend, now(), &mut rng)
+    let node = Node::new(config.node_config(), keys, seeds, backend, now(), &mut rng)
         .map_err(|e| format!("cannot open the store: {e}"))?;
     let node_id = node.node_id();
+    let (messages, _) = node.store().totals();
     let ex = Arc::new(Executor::new());
-    let host = Host::new(node, ex.clone());
+    let host = Host::with_settings(
+        node,
+        ex.clone(),
+        config.http.clone(),
+        Duration::from_millis(config.store.commit_interval_ms),
+    );
     let listener =
         Async::new(listener).map_err(|e| format!("cannot use the listening socket: {e}"))?;
-    tracing::info!(%node_id, %advertise, "node started");
+    let shutdown = shutdown_signal()?;
+    tracing::info!(
+        %node_id,
+        %advertise,
+        messages,
+        startup_ms = started.elapsed().as_millis(),
+        "node started"
+    );
     println!("listening on {bound} as node {node_id}");
     let _ = std::io::stdout().flush();
-    smol::block_on(ex.run(host.serve(listener)));
+    smol::block_on(ex.run(host.serve_until(listener, async move {
+        let _ = shutdown.recv().await;
+    })));
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -118,19 +190,7 @@ fn load_or_create_identity(path: &Path) -> Result<IdentityKey, String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = IdentityKey::generate(&mut UnwrapErr(getrandom::SysRng));
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options
-                .open(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            file.write_all(&key.to_seed()[..])
-                .and_then(|()| file.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            runtime_smol::client::write_private(path, &key.to_seed()[..])?;
             Ok(key)
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),

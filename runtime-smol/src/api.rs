@@ -1,0 +1,342 @@
+//! The HTTP API in one place: the route table, the JSON bodies of the directory endpoints,
+//! and the one mapping from a problem to an HTTP status and a JSON error body.
+//!
+//! Runtimes call [`route`] with the method and path they read and [`ApiError::body`] to
+//! answer a problem; nothing here touches a socket, so a second runtime uses the same
+//! table and the same error names. Invariants: every error answer is a 4xx or 5xx with a
+//! JSON body `{"error": code, "message": text}` whose `code` is a stable snake_case name;
+//! descriptors travel as their signed encoding in hex, so a client verifies every node it
+//! learns about and never trusts the JSON fields beside it.
+
+use proto_core::keys::{Descriptor, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor};
+use proto_core::node::RegisterError;
+use proto_core::{PACKET_LEN, RecipientId};
+use serde::{Deserialize, Serialize};
+
+/// What a request asks for, once its method and path are known to be valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/onion`: a raw onion packet of exactly [`PACKET_LEN`] bytes.
+    Onion,
+    /// `POST /v1/peer`: a signed node-to-node envelope.
+    Peer,
+    /// `GET /health`: readiness.
+    Health,
+    /// `GET /metrics`: Prometheus text format.
+    Metrics,
+    /// `GET /v1/nodes/bootstrap`: signed descriptors for a client's first view.
+    Bootstrap,
+    /// `GET /v1/nodes/swarm/{recipient}`: the recipient's swarm.
+    Swarm(RecipientId),
+    /// `POST /v1/nodes/register`: a node announces its signed descriptor.
+    Register,
+}
+
+/// Every path the node serves, with the one method it accepts.
+const ROUTES: [(&str, &str); 6] = [
+    ("/v1/onion", "POST"),
+    ("/v1/peer", "POST"),
+    ("/health", "GET"),
+    ("/metrics", "GET"),
+    ("/v1/nodes/bootstrap", "GET"),
+    ("/v1/nodes/register", "POST"),
+];
+
+const SWARM_PREFIX: &str = "/v1/nodes/swarm/";
+
+/// Finds the route for `method` and `path` (the path without its query string).
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    if let Some(id) = path.strip_prefix(SWARM_PREFIX) {
+        if method != "GET" {
+            return Err(ApiError::method_not_allowed("GET"));
+        }
+        return parse_recipient(id).map(Route::Swarm);
+    }
+    let Some(&(_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+        return Err(ApiError::new(
+            404,
+            "unknown_route",
+            format!("no such endpoint: {path}"),
+        ));
+    };
+    if method != allowed {
+        return Err(ApiError::method_not_allowed(allowed));
+    }
+    Ok(match path {
+        "/v1/onion" => Route::Onion,
+        "/v1/peer" => Route::Peer,
+        "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
+        "/v1/nodes/bootstrap" => Route::Bootstrap,
+        _ => Route::Register,
+    })
+}
+
+/// A recipient ID from its 64 hex digits.
+pub fn parse_recipient(text: &str) -> Result<RecipientId, ApiError> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(text, &mut id).map_err(|_| {
+        ApiError::new(
+            400,
+            "bad_recipient_id",
+            "a recipient ID is 64 hex digits (an Ed25519 public key)",
+        )
+    })?;
+    Ok(RecipientId(id))
+}
+
+/// A problem answered over HTTP: status, stable code, human message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status (4xx for the client's mistakes, 5xx for the node's).
+    pub status: u16,
+    /// Stable snake_case name of the problem.
+    pub code: &'static str,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// A problem with this status, code and message.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn method_not_allowed(allowed: &str) -> Self {
+        Self::new(
+            405,
+            "method_not_allowed",
+            format!("this endpoint only accepts {allowed}"),
+        )
+    }
+
+    /// The request body was larger than the node reads.
+    #[must_use]
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "body_too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    }
+
+    /// The client stopped sending the body, or sent it too slowly.
+    #[must_use]
+    pub fn body_timeout() -> Self {
+        Self::new(
+            408,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )
+    }
+
+    /// An onion request whose body is not one packet.
+    #[must_use]
+    pub fn wrong_packet_size(got: usize) -> Self {
+        Self::new(
+            400,
+            "wrong_packet_size",
+            format!("an onion packet is exactly {PACKET_LEN} bytes, got {got}"),
+        )
+    }
+
+    /// The source sent too many requests.
+    #[must_use]
+    pub fn rate_limited() -> Self {
+        Self::new(429, "rate_limited", "too many requests; slow down")
+    }
+
+    /// The node is shutting down or its database is closed.
+    #[must_use]
+    pub fn unavailable(why: &str) -> Self {
+        Self::new(503, "unavailable", why)
+    }
+
+    /// The JSON error body.
+    #[must_use]
+    pub fn body(&self) -> String {
+        serde_json::to_string(&ErrorBody {
+            error: self.code,
+            message: &self.message,
+        })
+        .expect("a struct of two strings always serializes")
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        let status = if matches!(e, RegisterError::DirectoryFull) {
+            503
+        } else {
+            400
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+/// One node as the directory endpoints list it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeJson {
+    /// Identity (hex), for humans; the signed descriptor is authoritative.
+    pub id: String,
+    /// Address, for humans.
+    pub address: String,
+    /// Onion key epoch, for humans.
+    pub epoch: u32,
+    /// The signed descriptor, hex.
+    pub descriptor: String,
+}
+
+/// Body of `GET /v1/nodes/bootstrap` and `GET /v1/nodes/swarm/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodesJson {
+    /// The nodes.
+    pub nodes: Vec<NodeJson>,
+}
+
+/// Body of `POST /v1/nodes/register`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterJson {
+    /// The node's signed descriptor, hex.
+    pub descriptor: String,
+}
+
+fn descriptor_hex(d: &Descriptor) -> String {
+    let mut buf = [0u8; MAX_DESCRIPTOR_LEN];
+    let n = d
+        .encode(&mut buf)
+        .expect("every descriptor fits MAX_DESCRIPTOR_LEN");
+    hex::encode(&buf[..n])
+}
+
+/// The JSON listing of `nodes`.
+#[must_use]
+pub fn nodes_body(nodes: &[Descriptor]) -> String {
+    let body = NodesJson {
+        nodes: nodes
+            .iter()
+            .map(|d| NodeJson {
+                id: d.node_id().to_string(),
+                address: d.address().as_str().to_owned(),
+                epoch: d.epoch().0,
+                descriptor: descriptor_hex(d),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&body).expect("strings and integers always serialize")
+}
+
+/// Reads a node listing, verifying every descriptor's signature (client side).
+pub fn parse_nodes(body: &[u8]) -> Result<Vec<Descriptor>, String> {
+    let list: NodesJson =
+        serde_json::from_slice(body).map_err(|e| format!("not a node listing: {e}"))?;
+    list.nodes
+        .iter()
+        .map(|n| {
+            let bytes = hex::decode(&n.descriptor)
+                .map_err(|_| format!("descriptor of {} is not hex", n.id))?;
+            UnverifiedDescriptor::decode(&bytes)
+                .and_then(UnverifiedDescriptor::verify)
+                .map_err(|e| format!("descriptor of {}: {e}", n.id))
+        })
+        .collect()
+}
+
+/// The registration body for `d`.
+#[must_use]
+pub fn register_body(d: &Descriptor) -> String {
+    serde_json::to_string(&RegisterJson {
+        descriptor: descriptor_hex(d),
+    })
+    .expect("one string always serializes")
+}
+
+/// Reads a registration body; the signature is checked by the node.
+pub fn parse_register(body: &[u8]) -> Result<UnverifiedDescriptor, ApiError> {
+    let json: RegisterJson = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "malformed_json",
+            format!("expected {{\"descriptor\": \"<hex>\"}}: {e}"),
+        )
+    })?;
+    let bytes = hex::decode(&json.descriptor)
+        .map_err(|_| ApiError::new(400, "invalid_descriptor", "the descriptor is not valid hex"))?;
+    UnverifiedDescriptor::decode(&bytes).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_descriptor",
+            format!("invalid descriptor: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_answers_its_method_and_refuses_the_others() {
+        for (path, method) in ROUTES {
+            assert!(route(method, path).is_ok(), "{method} {path}");
+            let other = if method == "GET" { "POST" } else { "GET" };
+            assert_eq!(route(other, path).unwrap_err().status, 405);
+        }
+        assert_eq!(route("GET", "/nope").unwrap_err().status, 404);
+        assert_eq!(route("DELETE", "/v1/onion").unwrap_err().status, 405);
+    }
+
+    #[test]
+    fn swarm_route_needs_a_valid_recipient() {
+        let id = "ab".repeat(32);
+        assert_eq!(
+            route("GET", &format!("{SWARM_PREFIX}{id}")).unwrap(),
+            Route::Swarm(RecipientId([0xab; 32]))
+        );
+        for bad in ["", "zz", &"ab".repeat(31), &"ab".repeat(33)] {
+            let e = route("GET", &format!("{SWARM_PREFIX}{bad}")).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "bad_recipient_id"));
+        }
+    }
+
+    #[test]
+    fn error_body_is_json_naming_the_problem() {
+        let e = ApiError::wrong_packet_size(3);
+        let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(v["error"], "wrong_packet_size");
+        assert!(v["message"].as_str().unwrap().contains("2048"));
+    }
+
+    #[test]
+    fn register_body_round_trips_and_garbage_is_refused() {
+        use proto_core::keys::{Address, IdentityKey, OnionKey};
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let d = Descriptor::sign(
+            &IdentityKey::from_seed(&[3; 32]),
+            &OnionKey::generate(proto_core::Epoch(1), &mut rng),
+            Address::new("127.0.0.1:1").unwrap(),
+            proto_core::Timestamp(1_000_000),
+        );
+        let parsed = parse_register(register_body(&d).as_bytes()).unwrap();
+        assert_eq!(parsed.verify().unwrap(), d);
+        assert_eq!(parse_register(b"{").unwrap_err().code, "malformed_json");
+        assert_eq!(
+            parse_register(b"{\"descriptor\":\"00\"}").unwrap_err().code,
+            "invalid_descriptor"
+        );
+        let listed = parse_nodes(nodes_body(&[d]).as_bytes()).unwrap();
+        assert_eq!(listed, [d]);
+    }
+}

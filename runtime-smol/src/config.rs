@@ -1,0 +1,390 @@
+//! Node configuration: a TOML file, overridden by flags and environment variables.
+//!
+//! This module owns the names and defaults an operator sees (documented once more in
+//! `docs/OPERATING.md`) and their translation into the core's [`NodeConfig`]. It decides
+//! nothing about the protocol: every protocol default comes from `proto-core`, so a file
+//! that says nothing gets exactly the core's defaults. Unknown keys are refused, so a typo
+//! is an error at start rather than a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto_core::directory::DirectoryConfig;
+use proto_core::node::NodeConfig;
+use proto_core::ratelimit::RateLimitConfig;
+use proto_core::store::StoreConfig;
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Everything `ghostnode` reads from its configuration file. Every field has a default.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`host:port`; port 0 picks a free one). Default
+    /// `127.0.0.1:7100`.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this node. Default: the bound
+    /// listening address.
+    pub advertise: Option<String>,
+    /// Directory holding the identity key and the message database. Default `ghost-data`.
+    pub data_dir: PathBuf,
+    /// Nodes to join through at start. Default: none (a first node).
+    pub seeds: Vec<String>,
+    /// Log format. Default `human`.
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax (`info`, `runtime_smol=debug`, ...). Default `info`;
+    /// the `RUST_LOG` environment variable wins when set.
+    pub log_level: String,
+    /// Protocol timers, quorum and limits.
+    pub node: NodeSection,
+    /// Storage limits and database tuning.
+    pub store: StoreSection,
+    /// HTTP server limits.
+    pub http: HttpSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            advertise: None,
+            data_dir: PathBuf::from("ghost-data"),
+            seeds: Vec::new(),
+            log_format: LogFormat::Human,
+            log_level: "info".to_owned(),
+            node: NodeSection::default(),
+            store: StoreSection::default(),
+            http: HttpSection::default(),
+        }
+    }
+}
+
+/// `[node]`: the core's protocol settings. Defaults are the core's own
+/// ([`NodeConfig::default`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// K: members per swarm.
+    pub swarm_size: usize,
+    /// W: members holding a message durably before a store is acknowledged.
+    pub write_quorum: usize,
+    /// Virtual nodes per node on the ring.
+    pub vnodes: usize,
+    /// Accepted clock distance of signed requests, ms.
+    pub auth_window_ms: u64,
+    /// Leading zero bits required of a store's proof of work (0: none).
+    pub pow_difficulty: u8,
+    /// How long a hop waits for the next hop, ms.
+    pub forward_timeout_ms: u64,
+    /// How long the final hop waits for the write quorum, ms.
+    pub store_timeout_ms: u64,
+    /// Pause before re-sending a failed replication, ms.
+    pub replication_retry_ms: u64,
+    /// Period of anti-entropy rounds, ms.
+    pub anti_entropy_interval_ms: u64,
+    /// Period of descriptor gossip, ms.
+    pub gossip_interval_ms: u64,
+    /// Period of expiry sweeps, ms.
+    pub expiry_sweep_interval_ms: u64,
+    /// Probe a node not heard from for this long, ms.
+    pub probe_interval_ms: u64,
+    /// Evict a node not heard from for this long, ms.
+    pub evict_after_ms: u64,
+    /// Requests per second allowed per source address (sustained).
+    pub source_rate_per_second: u32,
+    /// Burst allowed per source address.
+    pub source_rate_burst: u32,
+    /// Stores per second allowed per recipient (sustained).
+    pub recipient_rate_per_second: u32,
+    /// Burst of stores allowed per recipient.
+    pub recipient_rate_burst: u32,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        let core = NodeConfig::default();
+        Self {
+            swarm_size: core.swarm_size,
+            write_quorum: core.write_quorum,
+            vnodes: core.vnodes,
+            auth_window_ms: core.auth_window_ms,
+            pow_difficulty: core.pow_difficulty,
+            forward_timeout_ms: core.forward_timeout_ms,
+            store_timeout_ms: core.store_timeout_ms,
+            replication_retry_ms: core.replication_retry_ms,
+            anti_entropy_interval_ms: core.anti_entropy_interval_ms,
+            gossip_interval_ms: core.gossip_interval_ms,
+            expiry_sweep_interval_ms: core.expiry_sweep_interval_ms,
+            probe_interval_ms: core.directory.probe_interval_ms,
+            evict_after_ms: core.directory.evict_after_ms,
+            source_rate_per_second: core.source_rate.per_second,
+            source_rate_burst: core.source_rate.burst,
+            recipient_rate_per_second: core.recipient_rate.per_second,
+            recipient_rate_burst: core.recipient_rate.burst,
+        }
+    }
+}
+
+/// `[store]`: storage limits (the core's defaults) and database tuning.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Longest accepted TTL, ms (at most 14 days).
+    pub max_ttl_ms: u64,
+    /// Largest accepted message body, bytes.
+    pub max_body: usize,
+    /// Messages kept per recipient.
+    pub recipient_max_messages: u64,
+    /// Body bytes kept per recipient.
+    pub recipient_max_bytes: u64,
+    /// Messages kept by this node; beyond it stores are refused with `node_full`.
+    pub node_max_messages: u64,
+    /// Body bytes kept by this node; beyond it stores are refused with `node_full`.
+    pub node_max_bytes: u64,
+    /// Page cache of the database, MiB: the bound on its resident memory. Default 64.
+    pub cache_mib: usize,
+    /// Longest pause between group commits while writes are pending, ms. Default 5.
+    pub commit_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let core = StoreConfig::default();
+        Self {
+            max_ttl_ms: core.max_ttl_ms,
+            max_body: core.max_body,
+            recipient_max_messages: core.recipient_max_messages,
+            recipient_max_bytes: core.recipient_max_bytes,
+            node_max_messages: core.node_max_messages,
+            node_max_bytes: core.node_max_bytes,
+            cache_mib: crate::redb_store::DEFAULT_CACHE_BYTES >> 20,
+            commit_interval_ms: 5,
+        }
+    }
+}
+
+/// `[http]`: limits that keep slow or hostile clients from holding the node.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Largest request body read, bytes (checked before reading). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Time allowed to send the request headers, ms. Default 10,000.
+    pub header_timeout_ms: u64,
+    /// Time allowed to send the request body, ms. Default 10,000.
+    pub body_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen queue. Default 1,024.
+    pub max_connections: usize,
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, ms. Default
+    /// 10,000.
+    pub shutdown_grace_ms: u64,
+    /// Time allowed for an exchange with another node, ms. Default 20,000.
+    pub peer_timeout_ms: u64,
+    /// Idle keep-alive connections kept per peer node. Default 8.
+    pub peer_idle_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
+            shutdown_grace_ms: 10_000,
+            peer_timeout_ms: 20_000,
+            peer_idle_connections: 8,
+        }
+    }
+}
+
+impl HttpSection {
+    /// [`HttpSection::header_timeout_ms`] as a duration.
+    #[must_use]
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// [`HttpSection::body_timeout_ms`] as a duration.
+    #[must_use]
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// [`HttpSection::peer_timeout_ms`] as a duration.
+    #[must_use]
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; a missing or malformed file is an error naming the file and the
+    /// offending key or line.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings the node could not run with, with a message saying what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.node;
+        if n.swarm_size == 0 {
+            return Err("node.swarm_size must be at least 1".into());
+        }
+        if n.write_quorum == 0 || n.write_quorum > n.swarm_size {
+            return Err(format!(
+                "node.write_quorum must be between 1 and node.swarm_size ({})",
+                n.swarm_size
+            ));
+        }
+        if n.vnodes == 0 {
+            return Err("node.vnodes must be at least 1".into());
+        }
+        if self.store.max_ttl_ms > proto_core::store::MAX_TTL_MS {
+            return Err(format!(
+                "store.max_ttl_ms must be at most {} (14 days)",
+                proto_core::store::MAX_TTL_MS
+            ));
+        }
+        if self.store.max_body > proto_core::store::DEFAULT_MAX_BODY {
+            return Err(format!(
+                "store.max_body must be at most {} (what fits in one onion packet)",
+                proto_core::store::DEFAULT_MAX_BODY
+            ));
+        }
+        if self.store.cache_mib == 0 {
+            return Err("store.cache_mib must be at least 1".into());
+        }
+        if self.http.max_body_bytes < proto_core::PACKET_LEN {
+            return Err(format!(
+                "http.max_body_bytes must be at least {} (one onion packet)",
+                proto_core::PACKET_LEN
+            ));
+        }
+        if self.http.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The core's configuration with this file's settings applied.
+    #[must_use]
+    pub fn node_config(&self) -> NodeConfig {
+        let n = &self.node;
+        let s = &self.store;
+        let core = NodeConfig::default();
+        NodeConfig {
+            swarm_size: n.swarm_size,
+            write_quorum: n.write_quorum,
+            vnodes: n.vnodes,
+            auth_window_ms: n.auth_window_ms,
+            pow_difficulty: n.pow_difficulty,
+            forward_timeout_ms: n.forward_timeout_ms,
+            store_timeout_ms: n.store_timeout_ms,
+            replication_retry_ms: n.replication_retry_ms,
+            anti_entropy_interval_ms: n.anti_entropy_interval_ms,
+            gossip_interval_ms: n.gossip_interval_ms,
+            expiry_sweep_interval_ms: n.expiry_sweep_interval_ms,
+            store: StoreConfig {
+                max_ttl_ms: s.max_ttl_ms,
+                max_body: s.max_body,
+                recipient_max_messages: s.recipient_max_messages,
+                recipient_max_bytes: s.recipient_max_bytes,
+                node_max_messages: s.node_max_messages,
+                node_max_bytes: s.node_max_bytes,
+            },
+            directory: DirectoryConfig {
+                probe_interval_ms: n.probe_interval_ms,
+                evict_after_ms: n.evict_after_ms,
+                ..core.directory
+            },
+            source_rate: RateLimitConfig {
+                burst: n.source_rate_burst,
+                per_second: n.source_rate_per_second,
+                ..core.source_rate
+            },
+            recipient_rate: RateLimitConfig {
+                burst: n.recipient_rate_burst,
+                per_second: n.recipient_rate_per_second,
+                ..core.recipient_rate
+            },
+            ..core
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_core_defaults() {
+        let config = Config::from_toml("").unwrap();
+        let core = NodeConfig::default();
+        let ours = config.node_config();
+        assert_eq!(ours.swarm_size, core.swarm_size);
+        assert_eq!(ours.write_quorum, core.write_quorum);
+        assert_eq!(ours.anti_entropy_interval_ms, core.anti_entropy_interval_ms);
+        assert_eq!(ours.store, core.store);
+        assert_eq!(ours.source_rate, core.source_rate);
+        assert_eq!(config.listen.port(), 7100);
+    }
+
+    #[test]
+    fn settings_reach_the_core() {
+        let config = Config::from_toml(
+            "seeds = [\"127.0.0.1:7100\"]\n[node]\nwrite_quorum = 3\nanti_entropy_interval_ms = 2000\n[store]\nnode_max_messages = 5\n",
+        )
+        .unwrap();
+        let core = config.node_config();
+        assert_eq!(core.write_quorum, 3);
+        assert_eq!(core.anti_entropy_interval_ms, 2000);
+        assert_eq!(core.store.node_max_messages, 5);
+        assert_eq!(config.seeds, ["127.0.0.1:7100"]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = Config::from_toml("[node]\nswarm_sise = 3\n").unwrap_err();
+        assert!(e.contains("swarm_sise"), "{e}");
+    }
+
+    #[test]
+    fn impossible_quorum_is_refused_with_what_to_fix() {
+        let e = Config::from_toml("[node]\nwrite_quorum = 4\n").unwrap_err();
+        assert!(e.contains("node.write_quorum"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        assert!(Config::from_toml("listen = 7100\n").is_err());
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back = Config::from_toml(&text).unwrap();
+        assert_eq!(back.listen, Config::default().listen);
+        assert_eq!(back.http.max_body_bytes, 1 << 20);
+    }
+}

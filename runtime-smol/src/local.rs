@@ -1,0 +1,230 @@
+//! A network of real `ghostnode` processes on loopback: what `ghost up` starts and what
+//! the multi-process tests drive (kill, restart, stop).
+//!
+//! Each node runs from its own directory (`node-<i>/`: `ghostnode.toml`, identity key,
+//! database, `node.log`). Node 0 is the seed; the others join through it. Invariants: a
+//! node counts as started only once it printed its listening line; [`LocalNetwork`]
+//! stops its processes when dropped (SIGTERM, then SIGKILL after a grace period), so no
+//! test leaves a node behind; every wait has a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::get;
+
+/// Settings every local node gets on top of the defaults: loopback means every request
+/// comes from one address, so the per-source limits are raised; timers are shortened so
+/// a small network forms and converges in seconds.
+pub const LOCAL_CONFIG: &str = "\
+[node]
+gossip_interval_ms = 1000
+probe_interval_ms = 2000
+evict_after_ms = 15000
+anti_entropy_interval_ms = 5000
+source_rate_per_second = 100000
+source_rate_burst = 100000
+recipient_rate_per_second = 10000
+recipient_rate_burst = 10000
+";
+
+/// One running (or stopped) node process.
+pub struct LocalNode {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The address it listens on.
+    pub address: String,
+    /// Its node ID (hex).
+    pub id: String,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// Whether the process is running.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Several `ghostnode` processes on loopback.
+pub struct LocalNetwork {
+    binary: PathBuf,
+    /// The nodes, node 0 being the seed.
+    pub nodes: Vec<LocalNode>,
+}
+
+impl LocalNetwork {
+    /// Starts `n` nodes of `binary` under `root`, listening on `base_port + i` (or on
+    /// free ports when `base_port` is 0). `extra_config` is appended to each node's
+    /// config file (TOML, after [`LOCAL_CONFIG`]).
+    pub fn start(
+        binary: &Path,
+        root: &Path,
+        n: usize,
+        base_port: u16,
+        extra_config: &str,
+    ) -> Result<Self, String> {
+        if n == 0 {
+            return Err("a network needs at least one node".into());
+        }
+        let mut net = Self {
+            binary: binary.to_owned(),
+            nodes: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let dir = root.join(format!("node-{i}"));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let port = if base_port == 0 {
+                0
+            } else {
+                base_port
+                    .checked_add(u16::try_from(i).map_err(|_| "too many nodes")?)
+                    .ok_or("the ports run past 65535: choose a lower --base-port")?
+            };
+            let seeds = match net.nodes.first() {
+                Some(seed) => format!("seeds = [\"{}\"]\n", seed.address),
+                None => String::new(),
+            };
+            let config = format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}{extra_config}",
+                dir.display()
+            );
+            std::fs::write(dir.join("ghostnode.toml"), config)
+                .map_err(|e| format!("cannot write the config of node {i}: {e}"))?;
+            let node = net.spawn(&dir)?;
+            net.nodes.push(node);
+        }
+        Ok(net)
+    }
+
+    fn spawn(&self, dir: &Path) -> Result<LocalNode, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .map_err(|e| format!("cannot open {}/node.log: {e}", dir.display()))?;
+        let mut child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(dir.join("ghostnode.toml"))
+            .env_remove("GHOST_LISTEN")
+            .env_remove("GHOST_DATA_DIR")
+            .env_remove("GHOST_SEEDS")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let mut line = String::new();
+        // The node prints its listening line once bound, or exits with a message on stderr.
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["listening", "on", address, "as", "node", id] => Ok(LocalNode {
+                dir: dir.to_owned(),
+                address: (*address).to_owned(),
+                id: (*id).to_owned(),
+                child: Some(child),
+            }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+                Err(format!(
+                    "node in {} did not start: {}",
+                    dir.display(),
+                    log.lines().last().unwrap_or("no message")
+                ))
+            }
+        }
+    }
+
+    /// The seed's address.
+    #[must_use]
+    pub fn seed(&self) -> &str {
+        &self.nodes[0].address
+    }
+
+    /// Waits until every running node answers `/health` and knows all other running
+    /// nodes, or `timeout` passes.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let running = self.nodes.iter().filter(|n| n.is_running()).count();
+        let deadline = Instant::now() + timeout;
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            loop {
+                let peers = get(&node.address, "/health")
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["peers"].as_u64());
+                if peers.is_some_and(|p| p + 1 >= running as u64) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "node {} knows {} of {} peers after {timeout:?}",
+                        node.address,
+                        peers.map_or_else(|| "no".into(), |p| p.to_string()),
+                        running - 1
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills node `i` with SIGKILL (a crash: nothing is flushed).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a stopped node `i` from its directory (same identity, same address).
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].is_running() {
+            return Ok(());
+        }
+        let node = self.spawn(&self.nodes[i].dir.clone())?;
+        if node.id != self.nodes[i].id {
+            return Err(format!("node {i} came back with another identity"));
+        }
+        self.nodes[i] = node;
+        Ok(())
+    }
+
+    /// Stops node `i` gracefully (SIGTERM) and returns its exit status; SIGKILL after
+    /// `grace`.
+    pub fn terminate(&mut self, i: usize, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes[i].child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops every node gracefully.
+    pub fn stop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.terminate(i, Duration::from_secs(15));
+        }
+    }
+}
+
+impl Drop for LocalNetwork {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
