@@ -204,6 +204,10 @@ pub enum Reply {
     RateLimited,
     /// An answer to a peer request.
     Peer(Vec<u8>),
+    /// A peer request whose envelope did not decode, verify or fall inside the time
+    /// window; answer with an HTTP error naming the reason (a node that sent it treats
+    /// any such answer as a failed exchange).
+    PeerRefused(PeerError),
 }
 
 /// Upper bounds (ms) of the quorum-latency histogram in [`NodeStats`].
@@ -943,7 +947,8 @@ impl<B: MessageBackend> Node<B> {
     pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, bytes: &[u8]) {
         let auth = match peer::decode_request(bytes, now, self.config.auth_window_ms) {
             Ok(a) => a,
-            Err(e) => return self.respond(req, Reply::Peer(PeerResponse::Refused(e).encode())),
+            // Not an envelope from a node at all: refused outright, nothing is decoded further.
+            Err(e) => return self.respond(req, Reply::PeerRefused(e)),
         };
         let known = self.directory.contains(&auth.sender);
         let response = match auth.request {

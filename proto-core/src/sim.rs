@@ -544,7 +544,7 @@ impl Sim {
                     };
                     let body = match reply {
                         Reply::Onion(b) | Reply::Peer(b) => b,
-                        Reply::Dropped | Reply::RateLimited => Vec::new(),
+                        Reply::Dropped | Reply::RateLimited | Reply::PeerRefused(_) => Vec::new(),
                     };
                     let receiver = match origin {
                         Origin::Node { node, .. } => Some(node),

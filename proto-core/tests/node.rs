@@ -221,21 +221,18 @@ fn peer_requests_from_strangers_or_garbage_are_refused() {
     );
     n.handle_peer(NOW, RequestId(2), b"garbage");
     let out = drain(&mut n);
-    let answers: Vec<PeerResponse> = out
+    let answers: Vec<Reply> = out
         .into_iter()
         .filter_map(|o| match o {
-            Output::Respond {
-                reply: Reply::Peer(b),
-                ..
-            } => PeerResponse::decode(&b).ok(),
-            _ => None,
+            Output::Respond { reply, .. } => Some(reply),
+            Output::Transmit { .. } => None,
         })
         .collect();
     assert_eq!(
         answers,
         vec![
-            PeerResponse::Refused(proto_core::peer::PeerError::UnknownSender),
-            PeerResponse::Refused(proto_core::peer::PeerError::Malformed)
+            Reply::Peer(PeerResponse::Refused(proto_core::peer::PeerError::UnknownSender).encode()),
+            Reply::PeerRefused(proto_core::peer::PeerError::Malformed),
         ]
     );
 }

@@ -10,6 +10,7 @@
 
 use proto_core::keys::{Descriptor, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor};
 use proto_core::node::RegisterError;
+use proto_core::peer::PeerError;
 use proto_core::{PACKET_LEN, RecipientId};
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +182,17 @@ impl From<RegisterError> for ApiError {
             400
         };
         Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<PeerError> for ApiError {
+    fn from(e: PeerError) -> Self {
+        let status = match e {
+            PeerError::BadSignature | PeerError::UnknownSender | PeerError::NotInSwarm => 403,
+            PeerError::Unavailable => 503,
+            _ => 400,
+        };
+        Self::new(status, e.label(), e.to_string())
     }
 }
 

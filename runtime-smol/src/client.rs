@@ -9,7 +9,8 @@
 //! every descriptor used for a path was verified from its signature; a redirect is
 //! followed at most once per request.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use proto_core::keys::{Descriptor, IdentityKey};
 use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop};
-use proto_core::reply::{self, Opened};
+use proto_core::reply::{self, HopFailure, Opened};
 use proto_core::request::{
     MessageView, Request, Response, RetrieveRequest, StoreAck, StoreRequest,
 };
@@ -38,6 +39,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PACKET_LIFETIME_MS: u64 = 60_000;
 /// How long stored messages live unless the sender says otherwise: 14 days, the maximum.
 pub const DEFAULT_TTL_MS: u64 = proto_core::store::MAX_TTL_MS;
+/// Fresh paths tried per swarm member before moving to the next (a relay may be down).
+pub const PATHS_PER_MEMBER: usize = 3;
 /// Messages asked for per retrieve page.
 const PAGE: u16 = 50;
 /// Hashes of fetched messages remembered, so a message seen on one swarm member is not
@@ -214,6 +217,9 @@ pub struct Client {
     seed: String,
     nodes: Vec<Descriptor>,
     write_quorum: usize,
+    /// Nodes a hop reported unreachable (or that refused our connection): left out of
+    /// later paths while enough others remain.
+    suspects: RefCell<BTreeSet<NodeId>>,
 }
 
 impl Client {
@@ -225,6 +231,7 @@ impl Client {
             seed: seed.to_owned(),
             nodes,
             write_quorum: NodeConfig::default().write_quorum,
+            suspects: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -251,12 +258,16 @@ impl Client {
         last: &Descriptor,
         rng: &mut R,
     ) -> Result<Vec<Descriptor>, ClientError> {
-        let mut relays: Vec<Descriptor> = self
-            .nodes
-            .iter()
-            .filter(|d| d.node_id() != last.node_id())
+        let others = self.nodes.iter().filter(|d| d.node_id() != last.node_id());
+        let mut relays: Vec<Descriptor> = others
+            .clone()
+            .filter(|d| !self.is_suspect(d))
             .copied()
             .collect();
+        if relays.len() < PATH_HOPS - 1 {
+            // Too few unsuspected nodes: suspicion may be stale, so use every node.
+            relays = others.copied().collect();
+        }
         if relays.len() < PATH_HOPS - 1 {
             return fail(format!(
                 "the network has {} nodes; a {PATH_HOPS}-hop path needs {PATH_HOPS}",
@@ -309,69 +320,125 @@ impl Client {
             packet.to_vec(),
             REQUEST_TIMEOUT,
         ))
-        .map_err(|e| ClientError(format!("first hop {first} did not answer: {e:?}")))?;
+        .map_err(|e| {
+            self.suspects.borrow_mut().insert(path[0].node_id());
+            ClientError(format!("first hop {first} did not answer: {e:?}"))
+        })?;
         match reply::open(keys.reply_keys(), &mut answer) {
             Ok(Opened::Response { body }) => Response::decode(body)
                 .map_err(|e| ClientError(format!("the final hop's answer is malformed: {e}"))),
-            Ok(Opened::Failed { hop, failure, .. }) => fail(format!(
-                "hop {} ({}) failed: {failure}",
-                hop + 1,
-                path.get(hop).map_or("?", |d| d.address().as_str())
-            )),
+            Ok(Opened::Failed { hop, failure, .. }) => {
+                if matches!(
+                    failure,
+                    HopFailure::NextHopUnreachable | HopFailure::NextHopTimeout
+                ) && let Some(next) = path.get(hop + 1)
+                {
+                    self.suspects.borrow_mut().insert(next.node_id());
+                }
+                fail(format!(
+                    "hop {} ({}) failed: {failure}",
+                    hop + 1,
+                    path.get(hop).map_or("?", |d| d.address().as_str())
+                ))
+            }
             Err(e) => fail(format!("the answer did not authenticate: {e}")),
         }
     }
 
     /// Stores `body` (already sealed) for `recipient` through a fresh 3-hop path ending
-    /// at a swarm member, and verifies the W receipts. Tries each member in turn.
+    /// at a swarm member, and verifies the W receipts. Tries each member in turn (those
+    /// not suspected of being down first), each with up to [`PATHS_PER_MEMBER`] fresh
+    /// paths; follows one redirect.
     pub fn store(&self, recipient: &RecipientId, body: &[u8]) -> Result<Delivery, ClientError> {
         let mut swarm = self.swarm(recipient)?;
-        let mut redirected = false;
         let mut last_error = ClientError("the swarm is empty".into());
         let mut rng = UnwrapErr(getrandom::SysRng);
-        let mut i = 0;
-        while i < swarm.len() {
-            let path = self.path_to(&swarm[i], &mut rng)?;
-            i += 1;
-            let request = Request::Store(StoreRequest {
-                recipient: *recipient,
-                namespace: Namespace::DIRECT,
-                timestamp: now(),
-                ttl_ms: DEFAULT_TTL_MS,
-                pow_nonce: 0,
-                body,
-            });
-            match self.request(&path, &request, None) {
-                Ok(Response::Stored(ack)) => {
-                    let members: Vec<NodeId> = swarm.iter().map(Descriptor::node_id).collect();
-                    let expected = message_hash(recipient, Namespace::DIRECT, body);
-                    ack.verify_quorum(&expected, recipient, &members, self.write_quorum)
-                        .map_err(|e| {
-                            ClientError(format!("the acknowledgement does not hold: {e}"))
-                        })?;
-                    return Ok(Delivery { ack, path });
+        for _redirects in 0..2 {
+            let mut redirect = None;
+            'members: for member in self.by_suspicion(&swarm) {
+                for try_number in 0..PATHS_PER_MEMBER {
+                    // A member suspected of being down gets one path, not several.
+                    if try_number > 0 && self.is_suspect(&member) {
+                        continue 'members;
+                    }
+                    let path = self.path_to(&member, &mut rng)?;
+                    let request = Request::Store(StoreRequest {
+                        recipient: *recipient,
+                        namespace: Namespace::DIRECT,
+                        timestamp: now(),
+                        ttl_ms: DEFAULT_TTL_MS,
+                        pow_nonce: 0,
+                        body,
+                    });
+                    match self.request(&path, &request, None) {
+                        Ok(Response::Stored(ack)) => {
+                            let members: Vec<NodeId> =
+                                swarm.iter().map(Descriptor::node_id).collect();
+                            let expected = message_hash(recipient, Namespace::DIRECT, body);
+                            ack.verify_quorum(&expected, recipient, &members, self.write_quorum)
+                                .map_err(|e| {
+                                    ClientError(format!("the acknowledgement does not hold: {e}"))
+                                })?;
+                            return Ok(Delivery { ack, path });
+                        }
+                        Ok(Response::Redirect { swarm: current }) if !current.is_empty() => {
+                            redirect = Some(current);
+                            break 'members;
+                        }
+                        // A refusal is the swarm's answer (quota, full node, ...): another
+                        // path would get the same one.
+                        Ok(Response::Refused(e)) => return fail(format!("refused: {e}")),
+                        Ok(other) => {
+                            last_error = ClientError(format!("unexpected answer: {other:?}"));
+                        }
+                        Err(e) => last_error = e,
+                    }
                 }
-                Ok(Response::Redirect { swarm: current }) if !redirected && !current.is_empty() => {
-                    redirected = true;
-                    swarm = current;
-                    i = 0;
-                }
-                Ok(Response::Refused(e)) => last_error = ClientError(format!("refused: {e}")),
-                Ok(other) => last_error = ClientError(format!("unexpected answer: {other:?}")),
+            }
+            match redirect {
+                Some(current) => swarm = current,
+                None => break,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// `swarm` with members not suspected of being down first (order otherwise kept).
+    fn by_suspicion(&self, swarm: &[Descriptor]) -> Vec<Descriptor> {
+        let mut ordered = swarm.to_vec();
+        ordered.sort_by_key(|d| self.is_suspect(d));
+        ordered
+    }
+
+    fn is_suspect(&self, d: &Descriptor) -> bool {
+        self.suspects.borrow().contains(&d.node_id())
+    }
+
+    /// Reads every new message of `keys`' recipient from one swarm member (the first that
+    /// answers), advancing `cursors`. Messages already in `cursors.seen` are skipped.
+    pub fn fetch(&self, keys: &IdentityKey, cursors: &mut Cursors) -> Result<Fetched, ClientError> {
+        let swarm = self.swarm(&keys.recipient_id())?;
+        let mut last_error = ClientError("the swarm is empty".into());
+        for member in &self.by_suspicion(&swarm) {
+            match self.fetch_from(member, keys, cursors) {
+                Ok(fetched) => return Ok(fetched),
                 Err(e) => last_error = e,
             }
         }
         Err(last_error)
     }
 
-    /// Reads every new message of `keys`' recipient from one swarm member (the first that
-    /// answers), advancing `cursors`. Messages already in `cursors.seen` are skipped.
-    pub fn fetch(&self, keys: &IdentityKey, cursors: &mut Cursors) -> Result<Fetched, ClientError> {
-        let recipient = keys.recipient_id();
-        let swarm = self.swarm(&recipient)?;
+    /// Reads every new message of `keys`' recipient from `member`, through up to
+    /// [`PATHS_PER_MEMBER`] fresh paths.
+    pub fn fetch_from(
+        &self,
+        member: &Descriptor,
+        keys: &IdentityKey,
+        cursors: &mut Cursors,
+    ) -> Result<Fetched, ClientError> {
         let mut rng = UnwrapErr(getrandom::SysRng);
-        let mut last_error = ClientError("the swarm is empty".into());
-        for member in &swarm {
+        let mut last_error = ClientError("no path tried".into());
+        for _ in 0..PATHS_PER_MEMBER {
             let path = self.path_to(member, &mut rng)?;
             match self.walk(&path, keys, cursors) {
                 Ok(messages) => return Ok(Fetched { messages, path }),

@@ -423,6 +423,9 @@ impl Host {
     /// and when it does not arrive in time.
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
         let limit = self.shared.http.max_body_bytes;
+        if hyper::body::Body::size_hint(req.body()).lower() > limit as u64 {
+            return Err(ApiError::body_too_large(limit));
+        }
         let read = async {
             Limited::new(req.into_body(), limit)
                 .collect()
@@ -502,6 +505,7 @@ fn reply_response(reply: Option<Reply>) -> Response<Body> {
             .body(Full::new(Bytes::new()))
             .expect("static response parts are valid"),
         Some(Reply::RateLimited) => problem(&ApiError::rate_limited()),
+        Some(Reply::PeerRefused(e)) => problem(&e.into()),
         None => problem(&ApiError::unavailable("the node is stopping")),
     }
 }

@@ -88,13 +88,20 @@ impl LocalNetwork {
                 Some(seed) => format!("seeds = [\"{}\"]\n", seed.address),
                 None => String::new(),
             };
-            let config = format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}{extra_config}",
-                dir.display()
-            );
-            std::fs::write(dir.join("ghostnode.toml"), config)
-                .map_err(|e| format!("cannot write the config of node {i}: {e}"))?;
+            let config = |listen: &str| {
+                format!(
+                    "listen = \"{listen}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}{extra_config}",
+                    dir.display()
+                )
+            };
+            let write = |text: String| {
+                std::fs::write(dir.join("ghostnode.toml"), text)
+                    .map_err(|e| format!("cannot write the config of node {i}: {e}"))
+            };
+            write(config(&format!("127.0.0.1:{port}")))?;
             let node = net.spawn(&dir)?;
+            // A restart comes back on the same address, as a real node would.
+            write(config(&node.address))?;
             net.nodes.push(node);
         }
         Ok(net)
