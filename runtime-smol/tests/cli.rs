@@ -109,13 +109,19 @@ fn printed_send_and_fetch_deliver_the_message_through_three_distinct_hops() {
         if let Some(status) = up.0.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "ghost up did not stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ghost up did not stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
     for i in 0..5 {
         let log = std::fs::read_to_string(root.path().join(format!("node-{i}/node.log"))).unwrap();
-        assert!(log.contains("database committed and closed"), "node {i}: {log}");
+        assert!(
+            log.contains("database committed and closed"),
+            "node {i}: {log}"
+        );
     }
 }
 
@@ -127,7 +133,10 @@ fn send_with_a_malformed_contact_says_what_to_fix() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--to must be a contact of 128 hex digits"), "{err}");
+    assert!(
+        err.contains("--to must be a contact of 128 hex digits"),
+        "{err}"
+    );
 }
 
 #[test]
