@@ -131,6 +131,16 @@ impl ApiError {
         )
     }
 
+    /// The request's headers are larger than the node accepts.
+    #[must_use]
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            431,
+            "headers_too_large",
+            format!("request headers are limited to {limit} bytes"),
+        )
+    }
+
     /// The client stopped sending the body, or sent it too slowly.
     #[must_use]
     pub fn body_timeout() -> Self {

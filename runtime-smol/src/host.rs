@@ -6,7 +6,8 @@
 //! and feeds inputs back, **draining the node after every input**. Routes, error names
 //! and JSON bodies come from [`crate::api`]. Invariants: a request body is never read
 //! beyond [`HttpSection::max_body_bytes`] nor for longer than its timeout; every answer
-//! to a bad request is a 4xx with a JSON body; on shutdown no new connection is accepted,
+//! to a bad request that parses as HTTP is a 4xx with a JSON body (bytes that are not
+//! HTTP at all get hyper's bare 400 or 431 and the connection closed); on shutdown no new connection is accepted,
 //! in-flight requests get [`HttpSection::shutdown_grace_ms`] to finish, and the database
 //! is committed and closed before [`Host::serve_until`] returns.
 
@@ -35,6 +36,10 @@ use crate::config::HttpSection;
 use crate::metrics::{self, Snapshot};
 use crate::redb_store::RedbBackend;
 
+/// Most header bytes (names and values) a request may carry; no endpoint needs more than
+/// a few hundred.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// How many nodes `GET /v1/nodes/bootstrap` lists at most.
 pub const BOOTSTRAP_NODES: usize = 64;
 
@@ -57,7 +62,7 @@ struct State {
 /// Idle keep-alive connections to other nodes, by address.
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+    idle: Mutex<HashMap<String, Vec<SendRequest<Body>>>>,
 }
 
 /// Settings and shared parts that never change while the node runs.
@@ -316,6 +321,14 @@ impl Host {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let header_bytes: usize = req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return problem(&ApiError::headers_too_large(MAX_HEADER_BYTES));
+        }
         let route = match api::route(req.method().as_str(), req.uri().path()) {
             Ok(r) => r,
             Err(e) => return problem(&e),
@@ -384,15 +397,17 @@ impl Host {
         let id = st.node.node_id();
         let peers = st.node.directory().len();
         if st.node.store().backend().is_healthy() {
+            // Ready to relay and replicate once it knows another node.
+            let ready = peers > 0;
             json_ok(format!(
-                "{{\"status\":\"ok\",\"node\":\"{id}\",\"peers\":{peers},\"database\":\"open\"}}"
+                "{{\"status\":\"ok\",\"ready\":{ready},\"node\":\"{id}\",\"peers\":{peers},\"database\":\"open\"}}"
             ))
         } else {
             respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
                 format!(
-                    "{{\"status\":\"unavailable\",\"node\":\"{id}\",\"peers\":{peers},\"database\":\"closed\"}}"
+                    "{{\"status\":\"unavailable\",\"ready\":false,\"node\":\"{id}\",\"peers\":{peers},\"database\":\"closed\"}}"
                 ),
             )
         }
@@ -463,6 +478,14 @@ impl Host {
         rx.recv().await.ok()
     }
 
+    fn keep_idle(&self, address: &str, sender: SendRequest<Body>) {
+        let mut idle = lock(&self.shared.pool.idle);
+        let list = idle.entry(address.to_owned()).or_default();
+        if list.len() < self.shared.http.peer_idle_connections {
+            list.push(sender);
+        }
+    }
+
     /// One exchange with another node over a pooled keep-alive connection.
     async fn exchange(
         &self,
@@ -475,16 +498,22 @@ impl Host {
             let reused = lock(&pool.idle)
                 .get_mut(address)
                 .and_then(|idle| std::iter::from_fn(|| idle.pop()).find(SendRequest::is_ready));
-            let mut sender = match reused {
-                Some(s) => s,
-                None => connect(address).await?,
+            let req = build_request(address, endpoint, body);
+            let unsent = match reused {
+                Some(mut pooled) => match post(&mut pooled, req).await {
+                    Ok(bytes) => {
+                        self.keep_idle(address, pooled);
+                        return Ok(bytes);
+                    }
+                    // Never written: safe to send once more on a fresh connection.
+                    Err((_, Some(req))) => req,
+                    Err((e, None)) => return Err(e),
+                },
+                None => req,
             };
-            let bytes = post(&mut sender, address, endpoint, body).await?;
-            let mut idle = lock(&pool.idle);
-            let list = idle.entry(address.to_owned()).or_default();
-            if list.len() < self.shared.http.peer_idle_connections {
-                list.push(sender);
-            }
+            let mut fresh = connect(address).await?;
+            let bytes = post(&mut fresh, unsent).await.map_err(|(e, _)| e)?;
+            self.keep_idle(address, fresh);
             Ok(bytes)
         };
         let timeout = async {
@@ -525,7 +554,7 @@ fn endpoint_path(endpoint: Endpoint) -> &'static str {
     }
 }
 
-async fn connect(address: &str) -> Result<SendRequest<Full<Bytes>>, TransmitFailure> {
+async fn connect(address: &str) -> Result<SendRequest<Body>, TransmitFailure> {
     let addr: SocketAddr = address.parse().map_err(|_| TransmitFailure::Unreachable)?;
     let stream = Async::<TcpStream>::connect(addr)
         .await
@@ -540,28 +569,31 @@ async fn connect(address: &str) -> Result<SendRequest<Full<Bytes>>, TransmitFail
     Ok(sender)
 }
 
-async fn post(
-    sender: &mut SendRequest<Full<Bytes>>,
-    address: &str,
-    endpoint: Endpoint,
-    body: Vec<u8>,
-) -> Result<Vec<u8>, TransmitFailure> {
-    let req = Request::post(endpoint_path(endpoint))
+fn build_request(address: &str, endpoint: Endpoint, body: Vec<u8>) -> Request<Body> {
+    Request::post(endpoint_path(endpoint))
         .header("host", address)
         .body(Full::new(Bytes::from(body)))
-        .map_err(|_| TransmitFailure::Unreachable)?;
+        .expect("a socket address is a valid host header")
+}
+
+/// Sends `req` on `sender`. When the connection turned out closed before the request was
+/// written (a pooled connection the peer timed out), the request comes back unsent.
+async fn post(
+    sender: &mut SendRequest<Body>,
+    req: Request<Body>,
+) -> Result<Vec<u8>, (TransmitFailure, Option<Request<Body>>)> {
     let resp = sender
-        .send_request(req)
+        .try_send_request(req)
         .await
-        .map_err(|_| TransmitFailure::Unreachable)?;
+        .map_err(|mut e| (TransmitFailure::Unreachable, e.take_message()))?;
     if !resp.status().is_success() {
         // A refusal (429, 4xx) carries no reply layer: to the core it is a failed hop.
-        return Err(TransmitFailure::Unreachable);
+        return Err((TransmitFailure::Unreachable, None));
     }
     let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
-        .map_err(|_| TransmitFailure::Unreachable)?
+        .map_err(|_| (TransmitFailure::Unreachable, None))?
         .to_bytes();
     Ok(bytes.to_vec())
 }
@@ -579,7 +611,9 @@ pub async fn exchange(
 ) -> Result<Vec<u8>, TransmitFailure> {
     let attempt = async {
         let mut sender = connect(address).await?;
-        post(&mut sender, address, endpoint, body).await
+        post(&mut sender, build_request(address, endpoint, body))
+            .await
+            .map_err(|(e, _)| e)
     };
     let give_up = async {
         Timer::after(timeout).await;

@@ -183,18 +183,21 @@ impl Collector for Snapshot {
             s.messages_expired,
         )?;
         {
-            let mut cumulative = 0;
-            let mut buckets = Vec::with_capacity(QUORUM_LATENCY_BOUNDS_MS.len() + 1);
-            for (bound, n) in QUORUM_LATENCY_BOUNDS_MS
+            // The encoder accumulates: each bucket is given its own (non-cumulative) count.
+            let mut buckets: Vec<(f64, u64)> = QUORUM_LATENCY_BOUNDS_MS
                 .iter()
                 .zip(s.quorum_latency_buckets)
-            {
-                cumulative += n;
-                #[allow(clippy::cast_precision_loss)] // bounds are small integers
-                buckets.push((*bound as f64 / 1000.0, cumulative));
-            }
-            let count = cumulative + s.quorum_latency_buckets[QUORUM_LATENCY_BOUNDS_MS.len()];
-            buckets.push((f64::INFINITY, count));
+                .map(|(bound, n)| {
+                    #[allow(clippy::cast_precision_loss)] // bounds are small integers
+                    let seconds = *bound as f64 / 1000.0;
+                    (seconds, n)
+                })
+                .collect();
+            buckets.push((
+                f64::INFINITY,
+                s.quorum_latency_buckets[QUORUM_LATENCY_BOUNDS_MS.len()],
+            ));
+            let count = s.quorum_latency_buckets.iter().sum();
             #[allow(clippy::cast_precision_loss)] // a sum of milliseconds
             let sum = s.quorum_latency_ms_total as f64 / 1000.0;
             let mut m = e.encode_descriptor(
