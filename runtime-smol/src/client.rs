@@ -523,10 +523,7 @@ async fn get_async(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
     let attempt = async {
-        let addr: std::net::SocketAddr = address
-            .parse()
-            .map_err(|_| ClientError(format!("{address:?} is not a host:port address")))?;
-        let stream = smol::Async::<std::net::TcpStream>::connect(addr)
+        let stream = crate::host::dial(address)
             .await
             .map_err(|e| ClientError(format!("cannot connect to {address}: {e}")))?;
         let (mut sender, conn) =

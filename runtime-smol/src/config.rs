@@ -284,6 +284,37 @@ impl Config {
         if self.http.max_connections == 0 {
             return Err("http.max_connections must be at least 1".into());
         }
+        // Zero periods would spin a timer; zero rates would lock sources out for good.
+        let at_least_one = [
+            ("node.forward_timeout_ms", n.forward_timeout_ms),
+            ("node.store_timeout_ms", n.store_timeout_ms),
+            ("node.replication_retry_ms", n.replication_retry_ms),
+            ("node.anti_entropy_interval_ms", n.anti_entropy_interval_ms),
+            ("node.gossip_interval_ms", n.gossip_interval_ms),
+            ("node.expiry_sweep_interval_ms", n.expiry_sweep_interval_ms),
+            ("node.probe_interval_ms", n.probe_interval_ms),
+            ("node.evict_after_ms", n.evict_after_ms),
+            (
+                "node.source_rate_per_second",
+                u64::from(n.source_rate_per_second),
+            ),
+            ("node.source_rate_burst", u64::from(n.source_rate_burst)),
+            (
+                "node.recipient_rate_per_second",
+                u64::from(n.recipient_rate_per_second),
+            ),
+            (
+                "node.recipient_rate_burst",
+                u64::from(n.recipient_rate_burst),
+            ),
+            ("store.commit_interval_ms", self.store.commit_interval_ms),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.peer_timeout_ms", self.http.peer_timeout_ms),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
         Ok(())
     }
 
@@ -373,6 +404,14 @@ mod tests {
     fn impossible_quorum_is_refused_with_what_to_fix() {
         let e = Config::from_toml("[node]\nwrite_quorum = 4\n").unwrap_err();
         assert!(e.contains("node.write_quorum"), "{e}");
+    }
+
+    #[test]
+    fn zero_periods_and_rates_are_refused_by_name() {
+        let e = Config::from_toml("[store]\ncommit_interval_ms = 0\n").unwrap_err();
+        assert!(e.contains("store.commit_interval_ms"), "{e}");
+        let e = Config::from_toml("[node]\nsource_rate_per_second = 0\n").unwrap_err();
+        assert!(e.contains("node.source_rate_per_second"), "{e}");
     }
 
     #[test]

@@ -554,9 +554,24 @@ fn endpoint_path(endpoint: Endpoint) -> &'static str {
     }
 }
 
+/// Opens a TCP connection to `address` (`host:port`; a host name is resolved, each of its
+/// addresses tried in turn).
+pub async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{address} resolves to no address"),
+    );
+    for addr in smol::net::resolve(address).await? {
+        match Async::<TcpStream>::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 async fn connect(address: &str) -> Result<SendRequest<Body>, TransmitFailure> {
-    let addr: SocketAddr = address.parse().map_err(|_| TransmitFailure::Unreachable)?;
-    let stream = Async::<TcpStream>::connect(addr)
+    let stream = dial(address)
         .await
         .map_err(|_| TransmitFailure::Unreachable)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))

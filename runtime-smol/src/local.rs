@@ -119,6 +119,8 @@ impl LocalNetwork {
             .env_remove("GHOST_LISTEN")
             .env_remove("GHOST_DATA_DIR")
             .env_remove("GHOST_SEEDS")
+            .env_remove("GHOST_ADVERTISE")
+            .env_remove("GHOST_CONFIG")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -20,7 +20,7 @@ const DEFAULT_SEED: &str = "127.0.0.1:7100";
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about,
+    about = "GhostNodes: private messages through three relays to a replicated swarm store.",
     after_help = "Examples:\n  ghost up                                   # 5 nodes on 127.0.0.1:7100-7104\n  ghost keygen --out alice.key               # prints alice's contact\n  ghost send --to CONTACT \"hello\"           # through 3 hops, end-to-end encrypted\n  ghost fetch --key alice.key                # signed retrieve, decrypted\n  ghost nodes                                # the directory"
 )]
 struct Cli {

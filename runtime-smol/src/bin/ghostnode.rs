@@ -29,7 +29,7 @@ use smol::{Async, Executor};
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about,
+    about = "A GhostNodes node: relays onion packets and stores its swarms' messages.",
     after_help = "Settings: defaults < --config file < environment < flags. Every setting is listed in docs/OPERATING.md.\n\nExamples:\n  ghostnode --listen 127.0.0.1:7100 --data-dir ./node1\n  ghostnode --listen 127.0.0.1:7101 --data-dir ./node2 --seed 127.0.0.1:7100\n  ghostnode --config /etc/ghostnode.toml --log-format json"
 )]
 struct Args {
@@ -121,6 +121,11 @@ fn run(config: Config) -> Result<(), String> {
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    if config.advertise.is_none() && bound.ip().is_unspecified() {
+        return Err(format!(
+            "listening on {bound} needs an advertise address other nodes can reach (--advertise HOST:PORT)"
+        ));
+    }
     let advertise = config
         .advertise
         .clone()
