@@ -210,6 +210,10 @@ pub enum Reply {
     PeerRefused(PeerError),
 }
 
+/// Most messages pushed to one peer per anti-entropy round (16 replication batches): the
+/// bound on the memory a round takes, whatever the size of the store.
+pub const MAX_HANDOFF_PER_ROUND: usize = 16 * MAX_BATCH;
+
 /// Upper bounds (ms) of the quorum-latency histogram in [`NodeStats`].
 pub const QUORUM_LATENCY_BOUNDS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
@@ -1107,50 +1111,63 @@ impl<B: MessageBackend> Node<B> {
         changed
     }
 
-    /// Messages this node holds whose swarm also contains `peer`.
-    fn shared_messages(&self, peer: &NodeId, now: Timestamp) -> Vec<(MessageHash, RecipientId)> {
+    /// Visits the hashes of messages this node holds whose swarm also contains `peer`:
+    /// one streaming scan of the store, nothing collected but a swarm verdict per
+    /// recipient.
+    fn for_each_shared(&self, peer: &NodeId, mut visit: impl FnMut(&MessageHash)) {
         let mut swarm_cache: BTreeMap<RecipientId, bool> = BTreeMap::new();
-        let mut out = Vec::new();
-        for (hash, recipient) in self.store.all_hashes(now) {
-            let shared = *swarm_cache.entry(recipient).or_insert_with(|| {
-                let ids = self.swarm_ids(&recipient);
+        let scanned = self.store.for_each_hash(&mut |hash, recipient| {
+            let shared = *swarm_cache.entry(*recipient).or_insert_with(|| {
+                let ids = self.swarm_ids(recipient);
                 ids.contains(peer) && ids.contains(&self.node_id())
             });
             if shared {
-                out.push((hash, recipient));
+                visit(hash);
             }
-        }
+        });
+        // A failed scan leaves the digest partial: the peer then pushes what it holds,
+        // which is deduplicated, and the next round retries.
+        let _ = scanned;
+    }
+
+    /// The digest of the messages shared with `peer`, and how many there are.
+    fn digest_of(&self, peer: &NodeId) -> (Digest, usize) {
+        let mut d = Digest::default();
+        let mut count = 0;
+        self.for_each_shared(peer, |h| {
+            d.add(h);
+            count += 1;
+        });
+        (d, count)
+    }
+
+    /// Shared hashes in the `differing` buckets (sorted) for which `keep` holds, at most
+    /// `limit + 1` of them (one more than asked tells the caller the list was cut).
+    fn shared_in_buckets(
+        &self,
+        peer: &NodeId,
+        differing: &[u8],
+        limit: usize,
+        keep: impl Fn(&MessageHash) -> bool,
+    ) -> Vec<MessageHash> {
+        let mut out = Vec::new();
+        self.for_each_shared(peer, |h| {
+            if out.len() <= limit && differing.binary_search(&h.0[0]).is_ok() && keep(h) {
+                out.push(*h);
+            }
+        });
         out
     }
 
-    fn digest_with(&self, peer: &NodeId, now: Timestamp) -> (Digest, Vec<MessageHash>) {
-        let mut d = Digest::default();
-        let shared = self.shared_messages(peer, now);
-        let mut hashes = Vec::with_capacity(shared.len());
-        for (h, _) in shared {
-            d.add(&h);
-            hashes.push(h);
-        }
-        (d, hashes)
-    }
-
-    fn digest_diff(&mut self, now: Timestamp, sender: &NodeId, theirs: &Digest) -> PeerResponse {
-        let (mine, hashes) = self.digest_with(sender, now);
+    fn digest_diff(&mut self, _now: Timestamp, sender: &NodeId, theirs: &Digest) -> PeerResponse {
+        let (mine, _) = self.digest_of(sender);
         let differing = mine.differing(theirs);
-        let mut out = Vec::new();
-        let mut truncated = false;
-        for h in hashes {
-            if differing.binary_search(&h.0[0]).is_ok() {
-                if out.len() == MAX_HASH_LIST {
-                    truncated = true;
-                    break;
-                }
-                out.push(h);
-            }
-        }
+        let mut hashes = self.shared_in_buckets(sender, &differing, MAX_HASH_LIST, |_| true);
+        let truncated = hashes.len() > MAX_HASH_LIST;
+        hashes.truncate(MAX_HASH_LIST);
         PeerResponse::DigestDiff {
             digest: mine,
-            hashes: out,
+            hashes,
             truncated,
         }
     }
@@ -1266,10 +1283,12 @@ impl<B: MessageBackend> Node<B> {
     /// Second half of anti-entropy: fetch what the peer has and we lack, push what we
     /// have in the differing buckets and it lacks.
     fn reconcile(&mut self, now: Timestamp, peer: NodeId, digest: &Digest, theirs: &[MessageHash]) {
-        let (my_digest, mine) = self.digest_with(&peer, now);
-        let mine_set: BTreeSet<MessageHash> = mine.iter().copied().collect();
-        let theirs_set: BTreeSet<MessageHash> = theirs.iter().copied().collect();
-        let missing: Vec<MessageHash> = theirs_set.difference(&mine_set).copied().collect();
+        // What the peer holds that we lack (`theirs` is at most MAX_HASH_LIST long).
+        let missing: Vec<MessageHash> = theirs
+            .iter()
+            .filter(|h| !matches!(self.store.get(h, now), Ok(Some(_))))
+            .copied()
+            .collect();
         for chunk in missing.chunks(MAX_BATCH) {
             self.transmit_peer(
                 now,
@@ -1280,19 +1299,26 @@ impl<B: MessageBackend> Node<B> {
         }
         // What we hold that the peer lacks. `theirs` lists everything the peer holds in the
         // buckets where the digests differ; in the other buckets both sides agree, so a
-        // message of ours missing from `theirs` is only pushed when its bucket differs.
-        let differing: BTreeSet<u8> = my_digest.differing(digest).into_iter().collect();
-        let extra: Vec<WireMessage> = mine
-            .iter()
-            .filter(|h| differing.contains(&h.0[0]) && !theirs_set.contains(h))
-            .filter_map(|h| self.store.get(h, now).ok().flatten())
-            .map(to_wire)
-            .collect();
+        // message of ours missing from `theirs` is only pushed when its bucket differs. At
+        // most MAX_HANDOFF_PER_ROUND go per round, so a peer that lacks everything (a new
+        // or wiped node) is filled over several rounds with bounded memory.
+        let (my_digest, _) = self.digest_of(&peer);
+        let differing = my_digest.differing(digest);
+        let theirs_set: BTreeSet<MessageHash> = theirs.iter().copied().collect();
+        let mut extra = self.shared_in_buckets(&peer, &differing, MAX_HANDOFF_PER_ROUND, |h| {
+            !theirs_set.contains(h)
+        });
+        extra.truncate(MAX_HANDOFF_PER_ROUND);
         for chunk in extra.chunks(MAX_BATCH) {
+            let messages: Vec<WireMessage> = chunk
+                .iter()
+                .filter_map(|h| self.store.get(h, now).ok().flatten())
+                .map(to_wire)
+                .collect();
             self.transmit_peer(
                 now,
                 peer,
-                &PeerRequest::Replicate(chunk.to_vec()),
+                &PeerRequest::Replicate(messages),
                 Pending::Handoff,
             );
         }
@@ -1404,8 +1430,8 @@ impl<B: MessageBackend> Node<B> {
         self.stats.anti_entropy_rounds += 1;
         let neighbours: Vec<NodeId> = self.directory.live_ids().collect();
         for peer in neighbours {
-            let (digest, hashes) = self.digest_with(&peer, now);
-            if hashes.is_empty() && !self.ring_neighbour(&peer) {
+            let (digest, shared) = self.digest_of(&peer);
+            if shared == 0 && !self.ring_neighbour(&peer) {
                 continue;
             }
             self.transmit_peer(

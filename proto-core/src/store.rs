@@ -80,8 +80,11 @@ pub trait MessageBackend {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Up to `limit` hashes of records with `expiry <= before`, earliest first.
     fn expiring(&self, before: Timestamp, limit: usize) -> Result<Vec<MessageHash>, StoreError>;
-    /// Every `(hash, recipient)` (anti-entropy; a full scan).
-    fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError>;
+    /// Calls `visit` with every record's `(hash, recipient)`: a full scan for
+    /// anti-entropy, which must not collect the records (memory stays flat however many
+    /// are stored).
+    fn for_each(&self, visit: &mut dyn FnMut(&MessageHash, &RecipientId))
+    -> Result<(), StoreError>;
     /// `(messages, body bytes)` stored for a recipient (all namespaces).
     fn usage(&self, recipient: &RecipientId) -> (u64, u64);
     /// `(messages, body bytes)` stored in total.
@@ -432,9 +435,13 @@ impl<B: MessageBackend> MessageStore<B> {
         Ok(due.len())
     }
 
-    /// Every live `(hash, recipient)` (a full scan, for anti-entropy).
-    pub fn all_hashes(&self, _now: Timestamp) -> Vec<(MessageHash, RecipientId)> {
-        self.backend.all().unwrap_or_default()
+    /// Visits every `(hash, recipient)` held (a full scan, for anti-entropy), without
+    /// collecting them.
+    pub fn for_each_hash(
+        &self,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        self.backend.for_each(visit)
     }
 
     /// `(messages, body bytes)` stored.
@@ -637,13 +644,14 @@ impl MessageBackend for MemoryBackend {
             .collect())
     }
 
-    fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError> {
-        Ok(self
-            .live
-            .by_key
-            .values()
-            .map(|m| (m.hash, m.recipient))
-            .collect())
+    fn for_each(
+        &self,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        for m in self.live.by_key.values() {
+            visit(&m.hash, &m.recipient);
+        }
+        Ok(())
     }
 
     fn usage(&self, recipient: &RecipientId) -> (u64, u64) {

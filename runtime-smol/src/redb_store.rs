@@ -82,13 +82,12 @@ fn backend_error<E: std::fmt::Display>(e: E) -> StoreError {
 
 /// The message store's records in a redb database file.
 pub struct RedbBackend {
-    db: Database,
+    /// `None` once closed: every operation is refused from then on.
+    db: Option<Database>,
     /// The open write transaction holding writes not yet committed.
     txn: Option<WriteTransaction>,
     /// Highest sequence number in the last committed transaction.
     durable_seq: u64,
-    /// Set by [`RedbBackend::close`]: every operation is refused from then on.
-    closed: bool,
     /// The database file, for its size.
     path: PathBuf,
 }
@@ -105,16 +104,13 @@ impl std::fmt::Debug for RedbBackend {
 /// Reads go through the open write transaction when there is one.
 macro_rules! with_table {
     ($self:ident, $def:expr, |$t:ident| $body:expr) => {{
-        if $self.closed {
-            return Err(StoreError::Backend);
-        }
         match &$self.txn {
             Some(txn) => {
                 let $t = txn.open_table($def).map_err(backend_error)?;
                 $body
             }
             None => {
-                let read = $self.db.begin_read().map_err(backend_error)?;
+                let read = $self.db()?.begin_read().map_err(backend_error)?;
                 let $t = read.open_table($def).map_err(backend_error)?;
                 $body
             }
@@ -138,6 +134,7 @@ impl RedbBackend {
         // Create every table so readers never meet a missing one.
         let mut w = db.begin_write()?;
         w.set_durability(Durability::Immediate)?;
+        w.set_quick_repair(true);
         {
             w.open_table(MESSAGES)?;
             w.open_table(BY_HASH)?;
@@ -152,31 +149,37 @@ impl RedbBackend {
             meta.get(LAST_SEQ)?.map_or(0, |v| v.value())
         };
         Ok(Self {
-            db,
+            db: Some(db),
             txn: None,
             durable_seq,
-            closed: false,
             path: path.to_owned(),
         })
     }
 
-    /// Commits what is pending and refuses every later operation (graceful shutdown).
-    /// The file stays consistent whether or not the commit succeeds.
+    /// Commits what is pending, closes the database file cleanly (so the next open needs
+    /// no repair) and refuses every later operation (graceful shutdown).
     pub fn close(&mut self) -> Result<(), StoreError> {
         let committed = self.commit();
-        self.closed = true;
-        committed
+        // An open write transaction (only after a failed commit) is rolled back first.
+        self.txn = None;
+        let closed = match self.db.take() {
+            Some(db) => db.close().map_err(backend_error),
+            None => Ok(()),
+        };
+        committed.and(closed)
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or(StoreError::Backend)
     }
 
     /// Whether the database answers a read: `false` once closed or when the file cannot
     /// be read. What `/health` reports.
     #[must_use]
     pub fn is_healthy(&self) -> bool {
-        !self.closed
-            && self
-                .db
-                .begin_read()
-                .is_ok_and(|r| r.open_table(META).is_ok())
+        self.db
+            .as_ref()
+            .is_some_and(|db| db.begin_read().is_ok_and(|r| r.open_table(META).is_ok()))
     }
 
     /// Size of the database file in bytes (a gauge for `/metrics`).
@@ -186,13 +189,13 @@ impl RedbBackend {
     }
 
     fn write(&mut self) -> Result<&WriteTransaction, StoreError> {
-        if self.closed {
-            return Err(StoreError::Backend);
-        }
         if self.txn.is_none() {
-            let mut w = self.db.begin_write().map_err(backend_error)?;
+            let mut w = self.db()?.begin_write().map_err(backend_error)?;
             w.set_durability(Durability::Immediate)
                 .map_err(backend_error)?;
+            // Each commit also saves the allocator state, so opening after a crash is
+            // quick instead of a walk over the whole file (seconds per GB).
+            w.set_quick_repair(true);
             self.txn = Some(w);
         }
         Ok(self.txn.as_ref().expect("just opened"))
@@ -394,20 +397,24 @@ impl MessageBackend for RedbBackend {
         })
     }
 
-    fn all(&self) -> Result<Vec<(MessageHash, RecipientId)>, StoreError> {
-        with_table!(self, MESSAGES, |t| {
-            let mut out = Vec::new();
+    fn for_each(
+        &self,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        // The hash index holds `hash → recipient ‖ namespace ‖ seq`: the scan never reads
+        // a message body.
+        with_table!(self, BY_HASH, |t| {
             for entry in t.iter().map_err(backend_error)? {
                 let (k, v) = entry.map_err(backend_error)?;
                 let (k, v) = (k.value(), v.value());
-                if let (Ok(r), Ok(h)) = (
-                    <[u8; 32]>::try_from(&k[..32]),
-                    <[u8; 32]>::try_from(&v[..32]),
+                if let (Ok(h), Some(Ok(r))) = (
+                    <[u8; 32]>::try_from(k),
+                    v.get(..32).map(<[u8; 32]>::try_from),
                 ) {
-                    out.push((MessageHash(h), RecipientId(r)));
+                    visit(&MessageHash(h), &RecipientId(r));
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
