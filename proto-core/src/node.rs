@@ -306,13 +306,25 @@ impl std::error::Error for RegisterError {}
 /// What a pending outbound exchange was for.
 #[derive(Debug)]
 enum Pending {
-    Forward { req: RequestId, reply_key: ReplyKey },
-    Replicate { op: u64, peer: NodeId },
+    Forward {
+        req: RequestId,
+        reply_key: ReplyKey,
+    },
+    Replicate {
+        op: u64,
+        peer: NodeId,
+    },
     Handoff,
-    Digest { peer: NodeId },
+    /// `mine` is the digest sent, reused when the answer comes back (no second scan).
+    Digest {
+        peer: NodeId,
+        mine: Box<Digest>,
+    },
     Fetch,
     Gossip,
-    Probe { peer: NodeId },
+    Probe {
+        peer: NodeId,
+    },
     Relay,
 }
 
@@ -520,6 +532,21 @@ impl<B: MessageBackend> Node<B> {
             Some(self.descriptor)
         } else {
             self.directory.get(id).copied()
+        }
+    }
+
+    /// Runs `f` on `recipient`'s swarm without allocating when K ≤ 16 (scans call this
+    /// once per stored message).
+    fn with_swarm<T>(&self, recipient: &RecipientId, f: impl FnOnce(&[NodeId]) -> T) -> T {
+        const STACK_K: usize = 16;
+        if self.config.swarm_size <= STACK_K {
+            let mut buf = [NodeId::default(); STACK_K];
+            let n = self
+                .ring
+                .swarm(recipient, &mut buf[..self.config.swarm_size]);
+            f(&buf[..n])
+        } else {
+            f(&self.swarm_ids(recipient))
         }
     }
 
@@ -1115,19 +1142,36 @@ impl<B: MessageBackend> Node<B> {
     /// one streaming scan of the store, nothing collected but a swarm verdict per
     /// recipient.
     fn for_each_shared(&self, peer: &NodeId, mut visit: impl FnMut(&MessageHash)) {
-        let mut swarm_cache: BTreeMap<RecipientId, bool> = BTreeMap::new();
+        let me = self.node_id();
         let scanned = self.store.for_each_hash(&mut |hash, recipient| {
-            let shared = *swarm_cache.entry(*recipient).or_insert_with(|| {
-                let ids = self.swarm_ids(recipient);
-                ids.contains(peer) && ids.contains(&self.node_id())
-            });
-            if shared {
+            if self.with_swarm(recipient, |ids| ids.contains(peer) && ids.contains(&me)) {
                 visit(hash);
             }
         });
         // A failed scan leaves the digest partial: the peer then pushes what it holds,
         // which is deduplicated, and the next round retries.
         let _ = scanned;
+    }
+
+    /// The digests of the messages shared with each of `peers` (and how many there are),
+    /// from one scan of the store whatever the number of peers.
+    fn digests_with(&self, peers: &BTreeSet<NodeId>) -> BTreeMap<NodeId, (Digest, usize)> {
+        let me = self.node_id();
+        let mut out: BTreeMap<NodeId, (Digest, usize)> = BTreeMap::new();
+        let _ = self.store.for_each_hash(&mut |hash, recipient| {
+            self.with_swarm(recipient, |ids| {
+                // Only swarms this node belongs to are shared with anyone.
+                if !ids.contains(&me) {
+                    return;
+                }
+                for peer in ids.iter().filter(|p| **p != me && peers.contains(p)) {
+                    let (d, n) = out.entry(*peer).or_default();
+                    d.add(hash);
+                    *n += 1;
+                }
+            });
+        });
+        out
     }
 
     /// The digest of the messages shared with `peer`, and how many there are.
@@ -1162,7 +1206,11 @@ impl<B: MessageBackend> Node<B> {
     fn digest_diff(&mut self, _now: Timestamp, sender: &NodeId, theirs: &Digest) -> PeerResponse {
         let (mine, _) = self.digest_of(sender);
         let differing = mine.differing(theirs);
-        let mut hashes = self.shared_in_buckets(sender, &differing, MAX_HASH_LIST, |_| true);
+        let mut hashes = if differing.is_empty() {
+            Vec::new()
+        } else {
+            self.shared_in_buckets(sender, &differing, MAX_HASH_LIST, |_| true)
+        };
         let truncated = hashes.len() > MAX_HASH_LIST;
         hashes.truncate(MAX_HASH_LIST);
         PeerResponse::DigestDiff {
@@ -1218,12 +1266,12 @@ impl<B: MessageBackend> Node<B> {
                 }
                 self.advance_store(now, op);
             }
-            Pending::Digest { peer } => {
+            Pending::Digest { peer, mine } => {
                 if let Ok(Ok(PeerResponse::DigestDiff { digest, hashes, .. })) =
                     result.map(|b| PeerResponse::decode(&b))
                 {
                     self.directory.record_contact(&peer, now);
-                    self.reconcile(now, peer, &digest, &hashes);
+                    self.reconcile(now, peer, &mine, &digest, &hashes);
                 } else {
                     self.directory.record_failure(&peer, now);
                 }
@@ -1282,7 +1330,14 @@ impl<B: MessageBackend> Node<B> {
 
     /// Second half of anti-entropy: fetch what the peer has and we lack, push what we
     /// have in the differing buckets and it lacks.
-    fn reconcile(&mut self, now: Timestamp, peer: NodeId, digest: &Digest, theirs: &[MessageHash]) {
+    fn reconcile(
+        &mut self,
+        now: Timestamp,
+        peer: NodeId,
+        my_digest: &Digest,
+        digest: &Digest,
+        theirs: &[MessageHash],
+    ) {
         // What the peer holds that we lack (`theirs` is at most MAX_HASH_LIST long).
         let missing: Vec<MessageHash> = theirs
             .iter()
@@ -1302,8 +1357,12 @@ impl<B: MessageBackend> Node<B> {
         // message of ours missing from `theirs` is only pushed when its bucket differs. At
         // most MAX_HANDOFF_PER_ROUND go per round, so a peer that lacks everything (a new
         // or wiped node) is filled over several rounds with bounded memory.
-        let (my_digest, _) = self.digest_of(&peer);
+        // `my_digest` is the one sent this round: a message stored since then is not
+        // pushed now but by the next round.
         let differing = my_digest.differing(digest);
+        if differing.is_empty() {
+            return;
+        }
         let theirs_set: BTreeSet<MessageHash> = theirs.iter().copied().collect();
         let mut extra = self.shared_in_buckets(&peer, &differing, MAX_HANDOFF_PER_ROUND, |h| {
             !theirs_set.contains(h)
@@ -1428,17 +1487,21 @@ impl<B: MessageBackend> Node<B> {
     /// Starts a round with every node that shares a swarm with this one.
     fn anti_entropy(&mut self, now: Timestamp) {
         self.stats.anti_entropy_rounds += 1;
-        let neighbours: Vec<NodeId> = self.directory.live_ids().collect();
+        let neighbours: BTreeSet<NodeId> = self.directory.live_ids().collect();
+        let mut digests = self.digests_with(&neighbours);
         for peer in neighbours {
-            let (digest, shared) = self.digest_of(&peer);
+            let (digest, shared) = digests.remove(&peer).unwrap_or_default();
             if shared == 0 && !self.ring_neighbour(&peer) {
                 continue;
             }
             self.transmit_peer(
                 now,
                 peer,
-                &PeerRequest::Digest(digest),
-                Pending::Digest { peer },
+                &PeerRequest::Digest(digest.clone()),
+                Pending::Digest {
+                    peer,
+                    mine: Box::new(digest),
+                },
             );
         }
     }

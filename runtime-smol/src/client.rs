@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use proto_core::keys::{Descriptor, IdentityKey};
 use proto_core::node::{Endpoint, NodeConfig};
-use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop};
+use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
 use proto_core::reply::{self, HopFailure, Opened};
 use proto_core::request::{
     MessageView, Request, Response, RetrieveRequest, StoreAck, StoreRequest,
@@ -292,27 +292,11 @@ impl Client {
         request: &Request<'_>,
         signer: Option<&IdentityKey>,
     ) -> Result<Response, ClientError> {
-        let hops: Vec<PathHop> = path
-            .iter()
-            .map(|d| PathHop {
-                node: d.node_id(),
-                onion_key: d.onion_key(),
-            })
-            .collect();
         let mut payload = [0u8; MAX_PAYLOAD];
         let len = request
             .encode(signer, &mut payload)
             .map_err(|e| ClientError(format!("cannot encode the request: {e}")))?;
-        let mut rng = UnwrapErr(getrandom::SysRng);
-        let mut packet = [0u8; PACKET_LEN];
-        let keys = packet::build(
-            &hops,
-            &payload[..len],
-            now().plus_millis(PACKET_LIFETIME_MS),
-            &mut rng,
-            &mut packet,
-        )
-        .map_err(|e| ClientError(format!("cannot build the packet: {e}")))?;
+        let (packet, keys) = build_packet(path, &payload[..len])?;
         let first = path[0].address().as_str();
         let mut answer = smol::block_on(exchange(
             first,
@@ -483,6 +467,31 @@ impl Client {
             }
         }
     }
+}
+
+/// Builds an onion packet carrying `payload` along `path` with fresh ephemeral keys,
+/// valid for a minute; the keys open the answer.
+pub fn build_packet(
+    path: &[Descriptor],
+    payload: &[u8],
+) -> Result<([u8; PACKET_LEN], PathKeys), ClientError> {
+    let hops: Vec<PathHop> = path
+        .iter()
+        .map(|d| PathHop {
+            node: d.node_id(),
+            onion_key: d.onion_key(),
+        })
+        .collect();
+    let mut packet = [0u8; PACKET_LEN];
+    let keys = packet::build(
+        &hops,
+        payload,
+        now().plus_millis(PACKET_LIFETIME_MS),
+        &mut UnwrapErr(getrandom::SysRng),
+        &mut packet,
+    )
+    .map_err(|e| ClientError(format!("cannot build the packet: {e}")))?;
+    Ok((packet, keys))
 }
 
 /// Seals `text` for `to` (end-to-end: only the recipient's encryption key opens it).

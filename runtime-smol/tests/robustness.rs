@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use proto_core::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
 use proto_core::node::{Endpoint, Node, NodeConfig, NodeKeys};
-use proto_core::packet::{self, PACKET_LEN, PathHop};
+use proto_core::packet::{self, PACKET_LEN};
 use proto_core::peer::{PeerError, PeerRequest, PeerResponse};
 use proto_core::ratelimit::RateLimitConfig;
 use proto_core::reply::{self, Opened};
@@ -24,7 +24,7 @@ use proto_core::request::{
 use proto_core::{Descriptor, Epoch, Namespace, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng, UnwrapErr};
-use runtime_smol::client::Client;
+use runtime_smol::client::{self, Client};
 use runtime_smol::config::HttpSection;
 use runtime_smol::host::{Host, exchange, now};
 use runtime_smol::redb_store::RedbBackend;
@@ -314,23 +314,7 @@ fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Builds a packet carrying `payload` along `path`; returns it with the reply keys.
 fn build(path: &[Descriptor], payload: &[u8]) -> ([u8; PACKET_LEN], packet::PathKeys) {
-    let hops: Vec<PathHop> = path
-        .iter()
-        .map(|d| PathHop {
-            node: d.node_id(),
-            onion_key: d.onion_key(),
-        })
-        .collect();
-    let mut buf = [0u8; PACKET_LEN];
-    let keys = packet::build(
-        &hops,
-        payload,
-        now().plus_millis(60_000),
-        &mut UnwrapErr(getrandom::SysRng),
-        &mut buf,
-    )
-    .expect("the payload fits a packet");
-    (buf, keys)
+    client::build_packet(path, payload).expect("the payload fits a packet")
 }
 
 /// Opens an onion answer and decodes the final hop's response.
