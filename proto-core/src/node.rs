@@ -1158,6 +1158,9 @@ impl<B: MessageBackend> Node<B> {
     fn digests_with(&self, peers: &BTreeSet<NodeId>) -> BTreeMap<NodeId, (Digest, usize)> {
         let me = self.node_id();
         let mut out: BTreeMap<NodeId, (Digest, usize)> = BTreeMap::new();
+        if peers.is_empty() {
+            return out;
+        }
         let _ = self.store.for_each_hash(&mut |hash, recipient| {
             self.with_swarm(recipient, |ids| {
                 // Only swarms this node belongs to are shared with anyone.
