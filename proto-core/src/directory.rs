@@ -84,6 +84,9 @@ pub struct Directory {
     own: NodeId,
     config: DirectoryConfig,
     nodes: BTreeMap<NodeId, Entry>,
+    /// Bumped whenever a descriptor is added, replaced or removed, so callers can cache
+    /// what they derive from the set of descriptors.
+    generation: u64,
 }
 
 impl Directory {
@@ -94,6 +97,7 @@ impl Directory {
             own,
             config,
             nodes: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -112,6 +116,7 @@ impl Directory {
             Some(e) if e.descriptor == d => InsertOutcome::Unchanged,
             Some(e) if d.supersedes(&e.descriptor) => {
                 e.descriptor = d;
+                self.generation += 1;
                 InsertOutcome::Updated
             }
             Some(_) => InsertOutcome::Stale,
@@ -126,6 +131,7 @@ impl Directory {
                         failures: 0,
                     },
                 );
+                self.generation += 1;
                 InsertOutcome::Added
             }
         }
@@ -168,6 +174,9 @@ impl Directory {
             .collect();
         for id in &gone {
             self.nodes.remove(id);
+        }
+        if !gone.is_empty() {
+            self.generation += 1;
         }
         gone
     }
@@ -227,6 +236,12 @@ impl Directory {
             .filter(|d| d.is_valid_at(now))
             .collect();
         sample(&valid, n, rng)
+    }
+
+    /// Changes whenever a descriptor is added, replaced or removed.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The descriptor of `id`.

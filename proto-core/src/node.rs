@@ -6,7 +6,7 @@
 //! ```text
 //! loop {
 //!     match next_event() {
-//!         onion packet on /v1/onion     => node.handle_onion(now, req, source, &mut packet),
+//!         onion packet on /v1/onion     => node.handle_onion(now, req, peer_ip, &mut packet),
 //!         peer request on /v1/peer      => node.handle_peer(now, req, &body),
 //!         answer to an outgoing request => node.handle_transmit_result(now, id, result),
 //!         storage committed             => node.handle_durable(now),
@@ -32,6 +32,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::net::{IpAddr, SocketAddr};
 
 use chacha20::ChaCha20Rng;
 use rand_core::{CryptoRng, SeedableRng};
@@ -98,8 +99,12 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// Directory timers and bounds.
     pub directory: DirectoryConfig,
-    /// Token bucket per request source (an address hash chosen by the runtime).
+    /// Token bucket per source address of onion packets (clients, and nodes whose
+    /// address is not an IP literal).
     pub source_rate: RateLimitConfig,
+    /// Token bucket per source address that belongs to a known node (relays forward
+    /// many clients' packets from one address). Default 20,000 burst, 10,000 per second.
+    pub relay_rate: RateLimitConfig,
     /// Token bucket per recipient, for stores.
     pub recipient_rate: RateLimitConfig,
 }
@@ -124,6 +129,11 @@ impl Default for NodeConfig {
             store: StoreConfig::default(),
             directory: DirectoryConfig::default(),
             source_rate: RateLimitConfig::default(),
+            relay_rate: RateLimitConfig {
+                burst: 20_000,
+                per_second: 10_000,
+                max_keys: 10_000,
+            },
             recipient_rate: RateLimitConfig::default(),
         }
     }
@@ -376,7 +386,10 @@ pub struct Node<B: MessageBackend> {
     ring: Ring,
     directory: Directory,
     store: MessageStore<B>,
-    sources: RateLimiter<u64>,
+    sources: RateLimiter<IpAddr>,
+    relays: RateLimiter<IpAddr>,
+    /// IP addresses of known nodes, rebuilt when the directory's generation changes.
+    node_ips: (u64, BTreeSet<IpAddr>),
     recipients: RateLimiter<RecipientId>,
     seeds: Vec<Address>,
     pending: BTreeMap<TransmitId, Pending>,
@@ -429,6 +442,8 @@ impl<B: MessageBackend> Node<B> {
         Ok(Self {
             directory: Directory::new(identity.node_id(), config.directory.clone()),
             sources: RateLimiter::new(config.source_rate.clone()),
+            relays: RateLimiter::new(config.relay_rate.clone()),
+            node_ips: (u64::MAX, BTreeSet::new()),
             recipients: RateLimiter::new(config.recipient_rate.clone()),
             identity,
             onion,
@@ -561,6 +576,22 @@ impl<B: MessageBackend> Node<B> {
         self.swarm_ids(recipient).contains(&self.node_id())
     }
 
+    /// Whether `ip` is the address of a node in the directory (descriptors whose address
+    /// is an IP literal; a host name cannot be matched without resolving it).
+    fn is_node_address(&mut self, ip: IpAddr) -> bool {
+        let generation = self.directory.generation();
+        if self.node_ips.0 != generation {
+            let ips = self
+                .directory
+                .descriptors()
+                .filter_map(|d| d.address().as_str().parse::<SocketAddr>().ok())
+                .map(|a| a.ip())
+                .collect();
+            self.node_ips = (generation, ips);
+        }
+        self.node_ips.1.contains(&ip)
+    }
+
     fn next_transmit_id(&mut self) -> TransmitId {
         self.next_id += 1;
         TransmitId(self.next_id)
@@ -642,16 +673,23 @@ impl<B: MessageBackend> Node<B> {
     // Onion requests
     // ----------------------------------------------------------------------------------
 
-    /// An onion packet arrived from `source` (an opaque key the runtime derives from the
-    /// peer address, for rate limiting).
+    /// An onion packet arrived from the IP address `source`. A hop cannot tell a client
+    /// from a relay by the packet (that is the point of onion routing), so the rate limit
+    /// is chosen by address: a known node's address gets the relay budget, any other the
+    /// per-source budget.
     pub fn handle_onion(
         &mut self,
         now: Timestamp,
         req: RequestId,
-        source: u64,
+        source: IpAddr,
         packet: &mut [u8; PACKET_LEN],
     ) {
-        if self.sources.check(source, now).is_err() {
+        let limited = if self.is_node_address(source) {
+            self.relays.check(source, now).is_err()
+        } else {
+            self.sources.check(source, now).is_err()
+        };
+        if limited {
             self.stats.rate_limited += 1;
             self.respond(req, Reply::RateLimited);
             return;

@@ -461,7 +461,14 @@ impl Sim {
                 if body.len() == PACKET_LEN {
                     packet.copy_from_slice(&body);
                 }
-                node.handle_onion(now, req, sender.map_or(u64::MAX, |s| s as u64), &mut packet);
+                // Nodes are 10.x.y.z by index, clients 192.0.2.1 (sim addresses are names,
+                // so every source gets the per-source budget).
+                let source = sender.map_or(core::net::IpAddr::from([192, 0, 2, 1]), |s| {
+                    core::net::IpAddr::from(
+                        (0x0a00_0000_u32 | (s as u32 & 0x00ff_ffff)).to_be_bytes(),
+                    )
+                });
+                node.handle_onion(now, req, source, &mut packet);
             }
             EndpointKind::Peer => node.handle_peer(now, req, &body),
         }

@@ -1,7 +1,9 @@
 //! A single node state machine driven by hand: drops, limits, forwarding failures.
 #![cfg(feature = "alloc")]
 
-use proto_core::keys::{Address, IdentityKey, OnionKey};
+use std::net::{IpAddr, Ipv4Addr};
+
+use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
 use proto_core::node::{
     Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure,
 };
@@ -15,6 +17,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 const NOW: Timestamp = Timestamp(1_800_000_000_000);
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+const OTHER_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
 
 fn node(config: NodeConfig) -> (Node<MemoryBackend>, OnionKey) {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -60,7 +64,7 @@ fn only_reply(outputs: Vec<Output>, req: RequestId) -> Reply {
 fn garbage_packet_is_dropped_silently_and_counted() {
     let (mut n, _) = node(NodeConfig::default());
     let mut junk = [0x5au8; PACKET_LEN];
-    n.handle_onion(NOW, RequestId(1), 1, &mut junk);
+    n.handle_onion(NOW, RequestId(1), CLIENT, &mut junk);
     assert_eq!(only_reply(drain(&mut n), RequestId(1)), Reply::Dropped);
     let bad_mac = PeelError::ALL
         .iter()
@@ -83,15 +87,60 @@ fn source_over_its_rate_is_refused_before_any_crypto() {
     let mut replies = Vec::new();
     for i in 0..3 {
         let mut junk = [0u8; PACKET_LEN];
-        n.handle_onion(NOW, RequestId(i), 42, &mut junk);
+        n.handle_onion(NOW, RequestId(i), CLIENT, &mut junk);
         replies.push(only_reply(drain(&mut n), RequestId(i)));
     }
     assert_eq!(replies[2], Reply::RateLimited);
     assert_eq!(n.stats().rate_limited, 1);
     // Another source is unaffected.
     let mut junk = [0u8; PACKET_LEN];
-    n.handle_onion(NOW, RequestId(9), 43, &mut junk);
+    n.handle_onion(NOW, RequestId(9), OTHER_CLIENT, &mut junk);
     assert_eq!(only_reply(drain(&mut n), RequestId(9)), Reply::Dropped);
+}
+
+#[test]
+fn a_known_node_address_gets_the_relay_budget_not_the_client_one() {
+    let tight = RateLimitConfig {
+        burst: 2,
+        per_second: 1,
+        max_keys: 10,
+    };
+    let config = NodeConfig {
+        source_rate: tight.clone(),
+        relay_rate: RateLimitConfig {
+            burst: 100,
+            ..tight
+        },
+        ..NodeConfig::default()
+    };
+    let (mut n, _) = node(config);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let relay = Descriptor::sign(
+        &IdentityKey::from_seed(&[5; 32]),
+        &OnionKey::generate(Epoch(1), &mut rng),
+        Address::new("10.0.0.9:7100").unwrap(),
+        NOW.plus_millis(3_600_000),
+    );
+    n.handle_register(NOW, UnverifiedDescriptor::from(relay))
+        .expect("a valid descriptor registers");
+    let relay_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+    let mut answers = |source: IpAddr, first: u64| -> Vec<Reply> {
+        (first..first + 5)
+            .map(|i| {
+                let mut junk = [0u8; PACKET_LEN];
+                n.handle_onion(NOW, RequestId(i), source, &mut junk);
+                only_reply(drain(&mut n), RequestId(i))
+            })
+            .collect()
+    };
+    // Five packets from the relay's address: all reach the peel (and are dropped as junk).
+    assert!(answers(relay_ip, 0).iter().all(|r| *r == Reply::Dropped));
+    // Five from a client: the burst of 2 passes, the rest are refused.
+    let client = answers(CLIENT, 10);
+    assert_eq!(
+        client.iter().filter(|r| **r == Reply::RateLimited).count(),
+        3
+    );
 }
 
 fn packet_through(n_onion: &OnionKey, next: NodeId) -> ([u8; PACKET_LEN], packet::PathKeys) {
@@ -147,7 +196,7 @@ fn failure_seen_by_client(reply: Reply, keys: &packet::PathKeys) -> (usize, HopF
 fn unknown_next_hop_is_reported_as_unreachable_by_this_hop() {
     let (mut n, onion) = node(NodeConfig::default());
     let (mut buf, keys) = packet_through(&onion, NodeId([77; 32]));
-    n.handle_onion(NOW, RequestId(1), 1, &mut buf);
+    n.handle_onion(NOW, RequestId(1), CLIENT, &mut buf);
     let reply = only_reply(drain(&mut n), RequestId(1));
     assert_eq!(
         failure_seen_by_client(reply, &keys),
@@ -160,7 +209,7 @@ fn silent_next_hop_is_reported_as_a_timeout_after_the_forward_timeout() {
     let (mut n, onion) = node(NodeConfig::default());
     let next = learn_next_hop(&mut n);
     let (mut buf, keys) = packet_through(&onion, next);
-    n.handle_onion(NOW, RequestId(2), 1, &mut buf);
+    n.handle_onion(NOW, RequestId(2), CLIENT, &mut buf);
     let out = drain(&mut n);
     assert!(out.iter().any(|o| matches!(
         o,
@@ -191,7 +240,7 @@ fn next_hop_answering_garbage_is_reported_as_a_bad_reply() {
     let (mut n, onion) = node(NodeConfig::default());
     let next = learn_next_hop(&mut n);
     let (mut buf, keys) = packet_through(&onion, next);
-    n.handle_onion(NOW, RequestId(2), 1, &mut buf);
+    n.handle_onion(NOW, RequestId(2), CLIENT, &mut buf);
     let id = drain(&mut n)
         .into_iter()
         .find_map(|o| match o {

@@ -101,10 +101,15 @@ pub struct NodeSection {
     pub probe_interval_ms: u64,
     /// Evict a node not heard from for this long, ms.
     pub evict_after_ms: u64,
-    /// Requests per second allowed per source address (sustained).
+    /// Onion packets per second allowed per source address (sustained).
     pub source_rate_per_second: u32,
     /// Burst allowed per source address.
     pub source_rate_burst: u32,
+    /// Onion packets per second allowed from the address of a known node (a relay
+    /// forwards many clients' packets).
+    pub relay_rate_per_second: u32,
+    /// Burst allowed from the address of a known node.
+    pub relay_rate_burst: u32,
     /// Stores per second allowed per recipient (sustained).
     pub recipient_rate_per_second: u32,
     /// Burst of stores allowed per recipient.
@@ -130,6 +135,8 @@ impl Default for NodeSection {
             evict_after_ms: core.directory.evict_after_ms,
             source_rate_per_second: core.source_rate.per_second,
             source_rate_burst: core.source_rate.burst,
+            relay_rate_per_second: core.relay_rate.per_second,
+            relay_rate_burst: core.relay_rate.burst,
             recipient_rate_per_second: core.recipient_rate.per_second,
             recipient_rate_burst: core.recipient_rate.burst,
         }
@@ -300,6 +307,11 @@ impl Config {
             ),
             ("node.source_rate_burst", u64::from(n.source_rate_burst)),
             (
+                "node.relay_rate_per_second",
+                u64::from(n.relay_rate_per_second),
+            ),
+            ("node.relay_rate_burst", u64::from(n.relay_rate_burst)),
+            (
                 "node.recipient_rate_per_second",
                 u64::from(n.recipient_rate_per_second),
             ),
@@ -353,6 +365,11 @@ impl Config {
                 burst: n.source_rate_burst,
                 per_second: n.source_rate_per_second,
                 ..core.source_rate
+            },
+            relay_rate: RateLimitConfig {
+                burst: n.relay_rate_burst,
+                per_second: n.relay_rate_per_second,
+                ..core.relay_rate
             },
             recipient_rate: RateLimitConfig {
                 burst: n.recipient_rate_burst,

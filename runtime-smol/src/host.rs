@@ -375,9 +375,8 @@ impl Host {
                 let Ok(mut packet) = <[u8; PACKET_LEN]>::try_from(body.as_ref()) else {
                     return problem(&ApiError::wrong_packet_size(body.len()));
                 };
-                let source = source_key(&peer);
                 let reply = self
-                    .call(|n, t, r| n.handle_onion(t, r, source, &mut packet))
+                    .call(|n, t, r| n.handle_onion(t, r, peer.ip(), &mut packet))
                     .await;
                 reply_response(reply)
             }
@@ -537,14 +536,6 @@ fn reply_response(reply: Option<Reply>) -> Response<Body> {
         Some(Reply::PeerRefused(e)) => problem(&e.into()),
         None => problem(&ApiError::unavailable("the node is stopping")),
     }
-}
-
-/// An opaque rate-limit key for the connecting address (the port is ignored).
-fn source_key(peer: &SocketAddr) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    peer.ip().hash(&mut h);
-    h.finish()
 }
 
 fn endpoint_path(endpoint: Endpoint) -> &'static str {

@@ -1069,3 +1069,33 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
     assert_eq!((status, &health_json["database"]), (503, &"closed".into()));
     assert_eq!(metric(&addr, "ghost_db_up", &[]), 0.0);
 }
+
+#[test]
+fn a_source_over_its_rate_gets_429_with_a_json_body_and_is_counted() {
+    // One node alone: 127.0.0.1 is no known node's address, so the client budget applies.
+    let config = NodeConfig {
+        source_rate: RateLimitConfig {
+            burst: 3,
+            per_second: 1,
+            max_keys: 16,
+        },
+        ..node_config(1, 1)
+    };
+    let net = start(1, &config);
+    let addr = net.address(0);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (outcome, _) = raw(&addr, &[post("/v1/onion", &[0x42; PACKET_LEN])]);
+        let Outcome::Answer { status, body, .. } = outcome else {
+            panic!("the node closed the connection");
+        };
+        if status == 429 {
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+            assert_eq!(json["error"], "rate_limited");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [204, 204, 204, 429, 429]);
+    assert_eq!(metric(&addr, "ghost_rate_limited_total", &[]), 2.0);
+    assert_eq!(health(&addr).0, 200, "the node stays healthy");
+}
