@@ -412,6 +412,17 @@ impl Host {
         }
     }
 
+    /// Addresses of the nodes in the directory.
+    #[must_use]
+    pub fn peer_addresses(&self) -> Vec<String> {
+        self.lock()
+            .node
+            .directory()
+            .descriptors()
+            .map(|d| d.address().as_str().to_owned())
+            .collect()
+    }
+
     /// What `/metrics` reports now.
     #[must_use]
     pub fn snapshot(&self) -> Snapshot {

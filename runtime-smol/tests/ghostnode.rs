@@ -138,3 +138,39 @@ fn bad_flags_get_a_clear_message_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a 32-byte identity key"));
 }
+
+/// Polls `/health` until the node reports `peers` known nodes (deadline 30 s).
+fn wait_peers(addr: &str, peers: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = format!("\"peers\":{peers}");
+    while !health(addr).is_some_and(|r| r.contains(&want)) {
+        assert!(Instant::now() < deadline, "{addr} never knew {peers} peers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // B runs alone, without seeds; A has no configured seeds either, only B's address in
+    // its peers file, as a previous run would have left it.
+    let (_b, addr_b, _) = start(dir_b.path());
+    wait_healthy(&addr_b);
+    std::fs::write(dir_a.path().join("peers.txt"), format!("{addr_b}\n")).unwrap();
+    let (mut a, addr_a, _) = start(dir_a.path());
+    wait_peers(&addr_b, 1);
+    wait_peers(&addr_a, 1);
+    // A graceful stop writes the nodes it knows.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(a.0.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "ghostnode did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let saved = std::fs::read_to_string(dir_a.path().join("peers.txt")).unwrap();
+    assert_eq!(saved.lines().collect::<Vec<_>>(), [addr_b.as_str()]);
+}

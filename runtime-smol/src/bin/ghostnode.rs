@@ -4,7 +4,9 @@
 //! variables and flags. Keeps its identity key in `<data-dir>/identity.key` (created on
 //! first start, mode 0600) and its messages in `<data-dir>/messages.redb`. A fresh onion
 //! key is generated at every start (a new epoch), because the replay filter does not
-//! survive a restart. SIGINT or SIGTERM stop it gracefully: no new connections, in-flight
+//! survive a restart. The addresses of the nodes it knows are kept in
+//! `<data-dir>/peers.txt` (every minute and at a stop) and used as extra seeds at the next
+//! start. SIGINT or SIGTERM stop it gracefully: no new connections, in-flight
 //! requests finish, the database is committed and closed, exit code 0.
 
 use std::fs;
@@ -135,11 +137,19 @@ fn run(config: Config) -> Result<(), String> {
             "advertise address {advertise:?} is not a host:port of at most 64 printable characters"
         )
     })?;
-    let seeds = config
+    let mut seeds = config
         .seeds
         .iter()
         .map(|s| Address::new(s).map_err(|_| format!("seed {s:?} is not a valid host:port")))
         .collect::<Result<Vec<_>, _>>()?;
+    // The nodes known at the last stop are seeds too: a node without configured seeds (or
+    // whose seeds are gone) finds the network again after any downtime.
+    let peers_file = data_dir.join(PEERS_FILE);
+    for known in read_peers(&peers_file) {
+        if !seeds.contains(&known) && known != address {
+            seeds.push(known);
+        }
+    }
     let started = std::time::Instant::now();
     let backend = RedbBackend::open_with_cache(
         &data_dir.join("messages.redb"),
@@ -176,11 +186,55 @@ fn run(config: Config) -> Result<(), String> {
     );
     println!("listening on {bound} as node {node_id}");
     let _ = std::io::stdout().flush();
-    smol::block_on(ex.run(host.serve_until(listener, async move {
+    let saver = host.clone();
+    let peers_path = peers_file.clone();
+    ex.spawn(async move {
+        loop {
+            smol::Timer::after(PEERS_SAVE_INTERVAL).await;
+            write_peers(&peers_path, &saver.peer_addresses());
+        }
+    })
+    .detach();
+    smol::block_on(ex.run(host.clone().serve_until(listener, async move {
         let _ = shutdown.recv().await;
     })));
+    write_peers(&peers_file, &host.peer_addresses());
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Addresses of the nodes known, one per line, in the data directory.
+const PEERS_FILE: &str = "peers.txt";
+/// How often the known nodes are written down (also at a graceful stop).
+const PEERS_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// Most addresses kept: enough to find the network again, bounded.
+const MAX_SAVED_PEERS: usize = 64;
+
+/// The addresses saved at the last stop; a missing or damaged file gives none.
+fn read_peers(path: &Path) -> Vec<Address> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Address::new(l.trim()).ok())
+        .take(MAX_SAVED_PEERS)
+        .collect()
+}
+
+/// Replaces the saved addresses (write, then rename, so a crash leaves the old list).
+/// An empty list keeps the old one: a node cut off from all peers still knows whom to ask.
+fn write_peers(path: &Path, addresses: &[String]) {
+    if addresses.is_empty() {
+        return;
+    }
+    let text: String = addresses
+        .iter()
+        .take(MAX_SAVED_PEERS)
+        .map(|a| format!("{a}\n"))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path)) {
+        tracing::warn!(error = %e, "cannot save the known nodes to {}", path.display());
+    }
 }
 
 /// Reads the 32-byte identity seed, or creates it (readable by the owner only).
