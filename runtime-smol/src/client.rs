@@ -217,6 +217,7 @@ pub struct Client {
     seed: String,
     nodes: Vec<Descriptor>,
     write_quorum: usize,
+    ttl_ms: u64,
     /// Nodes a hop reported unreachable (or that refused our connection): left out of
     /// later paths while enough others remain.
     suspects: RefCell<BTreeSet<NodeId>>,
@@ -231,8 +232,25 @@ impl Client {
             seed: seed.to_owned(),
             nodes,
             write_quorum: NodeConfig::default().write_quorum,
+            ttl_ms: DEFAULT_TTL_MS,
             suspects: RefCell::new(BTreeSet::new()),
         })
+    }
+
+    /// Requires `w` valid receipts before a store counts as delivered (default: the
+    /// core's default write quorum, 2). Match the network's `node.write_quorum`.
+    #[must_use]
+    pub fn with_write_quorum(mut self, w: usize) -> Self {
+        self.write_quorum = w;
+        self
+    }
+
+    /// Asks the swarm to keep stored messages for `ttl_ms` (default 14 days, the most a
+    /// node accepts unless configured lower).
+    #[must_use]
+    pub fn with_ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
     }
 
     /// Verified descriptors of the nodes known.
@@ -350,7 +368,7 @@ impl Client {
                         recipient: *recipient,
                         namespace: Namespace::DIRECT,
                         timestamp: now(),
-                        ttl_ms: DEFAULT_TTL_MS,
+                        ttl_ms: self.ttl_ms,
                         pow_nonce: 0,
                         body,
                     });

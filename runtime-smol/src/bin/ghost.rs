@@ -66,6 +66,12 @@ enum Command {
         /// Any node of the network.
         #[arg(long, env = "GHOST_SEED", default_value = DEFAULT_SEED)]
         via: String,
+        /// Receipts required from distinct swarm members (the network's write quorum).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        quorum: u16,
+        /// How long the swarm keeps the message, in hours (at most 336 = 14 days).
+        #[arg(long, default_value_t = 336, value_parser = clap::value_parser!(u16).range(1..=336))]
+        ttl_hours: u16,
         /// The message, or `-` to read it from standard input.
         message: String,
     },
@@ -97,7 +103,13 @@ fn main() -> ExitCode {
             data_dir,
             ghostnode,
         } => up(nodes, base_port, data_dir, ghostnode),
-        Command::Send { to, via, message } => send(&to, &via, &message),
+        Command::Send {
+            to,
+            via,
+            quorum,
+            ttl_hours,
+            message,
+        } => send(&to, &via, usize::from(quorum), ttl_hours, &message),
         Command::Fetch { key, via } => fetch(&key, &via),
         Command::Nodes { via } => nodes(&via),
     };
@@ -139,7 +151,7 @@ fn hop_line(path: &[Descriptor]) -> String {
         .join(" -> ")
 }
 
-fn send(to: &str, via: &str, message: &str) -> Result<(), String> {
+fn send(to: &str, via: &str, quorum: usize, ttl_hours: u16, message: &str) -> Result<(), String> {
     let contact = Contact::parse(to).map_err(|e| {
         format!("--to must be a contact of 128 hex digits as printed by `ghost keygen` ({e})")
     })?;
@@ -153,7 +165,10 @@ fn send(to: &str, via: &str, message: &str) -> Result<(), String> {
         message.as_bytes().to_vec()
     };
     let body = client::seal_for(&contact, &text).map_err(|e| e.0)?;
-    let net = Client::connect(via).map_err(|e| e.0)?;
+    let net = Client::connect(via)
+        .map_err(|e| e.0)?
+        .with_write_quorum(quorum)
+        .with_ttl_ms(u64::from(ttl_hours) * 3_600_000);
     let delivery = net.store(&contact.recipient, &body).map_err(|e| e.0)?;
     println!(
         "delivered {} bytes to {} (message {})",
