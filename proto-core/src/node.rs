@@ -52,7 +52,7 @@ use crate::request::{
 };
 use crate::ring::Ring;
 use crate::store::{
-    Inserted, MessageBackend, MessageStore, StoreConfig, StoreError, StoredMessage,
+    Changes, Inserted, MessageBackend, MessageStore, StoreConfig, StoreError, StoredMessage,
 };
 use crate::types::{MessageHash, NodeId, RecipientId, Timestamp};
 
@@ -364,6 +364,34 @@ struct PendingReplicaAck {
     items: Vec<(MessageHash, RecipientId, Timestamp)>,
 }
 
+/// Digests of the messages shared with each peer, kept up to date from the store's
+/// change log, valid for one ring generation.
+#[derive(Debug, Default)]
+struct DigestCache {
+    ring_generation: Option<u64>,
+    by_peer: BTreeMap<NodeId, (Digest, usize)>,
+}
+
+impl DigestCache {
+    /// Counts `hash` in (or out of) the digest of every other member of `swarm`, when
+    /// this node (`me`) is a member.
+    fn apply(&mut self, me: NodeId, swarm: &[NodeId], hash: &MessageHash, added: bool) {
+        if !swarm.contains(&me) {
+            return;
+        }
+        for peer in swarm.iter().filter(|p| **p != me) {
+            let (digest, count) = self.by_peer.entry(*peer).or_default();
+            if added {
+                digest.add(hash);
+                *count += 1;
+            } else {
+                digest.remove(hash);
+                *count = count.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// Periodic duties, each with its own deadline in a fixed table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
@@ -388,6 +416,7 @@ pub struct Node<B: MessageBackend> {
     store: MessageStore<B>,
     sources: RateLimiter<IpAddr>,
     relays: RateLimiter<IpAddr>,
+    digests: DigestCache,
     /// IP addresses of known nodes, rebuilt when the directory's generation changes.
     node_ips: (u64, BTreeSet<IpAddr>),
     recipients: RateLimiter<RecipientId>,
@@ -443,6 +472,7 @@ impl<B: MessageBackend> Node<B> {
             directory: Directory::new(identity.node_id(), config.directory.clone()),
             sources: RateLimiter::new(config.source_rate.clone()),
             relays: RateLimiter::new(config.relay_rate.clone()),
+            digests: DigestCache::default(),
             node_ips: (u64::MAX, BTreeSet::new()),
             recipients: RateLimiter::new(config.recipient_rate.clone()),
             identity,
@@ -1176,58 +1206,46 @@ impl<B: MessageBackend> Node<B> {
         changed
     }
 
-    /// Visits the hashes of messages this node holds whose swarm also contains `peer`:
-    /// one streaming scan of the store, nothing collected but a swarm verdict per
-    /// recipient.
-    fn for_each_shared(&self, peer: &NodeId, mut visit: impl FnMut(&MessageHash)) {
+    /// Brings the per-peer digests up to date: the store's changes since the last call
+    /// are applied, or, after a ring change or an overflowing change log, the digests are
+    /// rebuilt by one scan of the store. Rounds and digest answers then cost no scan.
+    fn refresh_digests(&mut self) {
+        let changes = self.store.take_changes();
+        let generation = self.ring.generation();
+        let mut cache = core::mem::take(&mut self.digests);
         let me = self.node_id();
-        let scanned = self.store.for_each_hash(&mut |hash, recipient| {
-            if self.with_swarm(recipient, |ids| ids.contains(peer) && ids.contains(&me)) {
-                visit(hash);
+        match changes {
+            Changes::List(list) if cache.ring_generation == Some(generation) => {
+                for c in list {
+                    self.with_swarm(&c.recipient, |ids| {
+                        cache.apply(me, ids, &c.hash, c.added);
+                    });
+                }
             }
-        });
-        // A failed scan leaves the digest partial: the peer then pushes what it holds,
-        // which is deduplicated, and the next round retries.
-        let _ = scanned;
-    }
-
-    /// The digests of the messages shared with each of `peers` (and how many there are),
-    /// from one scan of the store whatever the number of peers.
-    fn digests_with(&self, peers: &BTreeSet<NodeId>) -> BTreeMap<NodeId, (Digest, usize)> {
-        let me = self.node_id();
-        let mut out: BTreeMap<NodeId, (Digest, usize)> = BTreeMap::new();
-        if peers.is_empty() {
-            return out;
+            _ => {
+                cache = DigestCache {
+                    ring_generation: Some(generation),
+                    by_peer: BTreeMap::new(),
+                };
+                // A failed scan leaves digests partial: peers then push what they hold
+                // (deduplicated), and the next ring change or overflow rebuilds.
+                let _ = self.store.for_each_hash(&mut |hash, recipient| {
+                    self.with_swarm(recipient, |ids| cache.apply(me, ids, hash, true));
+                });
+            }
         }
-        let _ = self.store.for_each_hash(&mut |hash, recipient| {
-            self.with_swarm(recipient, |ids| {
-                // Only swarms this node belongs to are shared with anyone.
-                if !ids.contains(&me) {
-                    return;
-                }
-                for peer in ids.iter().filter(|p| **p != me && peers.contains(p)) {
-                    let (d, n) = out.entry(*peer).or_default();
-                    d.add(hash);
-                    *n += 1;
-                }
-            });
-        });
-        out
+        self.digests = cache;
     }
 
-    /// The digest of the messages shared with `peer`, and how many there are.
-    fn digest_of(&self, peer: &NodeId) -> (Digest, usize) {
-        let mut d = Digest::default();
-        let mut count = 0;
-        self.for_each_shared(peer, |h| {
-            d.add(h);
-            count += 1;
-        });
-        (d, count)
+    /// The digest of the messages shared with `peer` and how many there are (call
+    /// [`Node::refresh_digests`] first).
+    fn digest_with(&self, peer: &NodeId) -> (Digest, usize) {
+        self.digests.by_peer.get(peer).cloned().unwrap_or_default()
     }
 
-    /// Shared hashes in the `differing` buckets (sorted) for which `keep` holds, at most
-    /// `limit + 1` of them (one more than asked tells the caller the list was cut).
+    /// Shared hashes in the `differing` buckets for which `keep` holds, at most
+    /// `limit + 1` of them (one more than asked tells the caller the list was cut). Reads
+    /// only those buckets of the store's hash index.
     fn shared_in_buckets(
         &self,
         peer: &NodeId,
@@ -1235,17 +1253,29 @@ impl<B: MessageBackend> Node<B> {
         limit: usize,
         keep: impl Fn(&MessageHash) -> bool,
     ) -> Vec<MessageHash> {
+        let me = self.node_id();
         let mut out = Vec::new();
-        self.for_each_shared(peer, |h| {
-            if out.len() <= limit && differing.binary_search(&h.0[0]).is_ok() && keep(h) {
-                out.push(*h);
+        for &bucket in differing {
+            if out.len() > limit {
+                break;
             }
-        });
+            let _ = self
+                .store
+                .for_each_in_bucket(bucket, &mut |hash, recipient| {
+                    if out.len() <= limit
+                        && keep(hash)
+                        && self.with_swarm(recipient, |ids| ids.contains(peer) && ids.contains(&me))
+                    {
+                        out.push(*hash);
+                    }
+                });
+        }
         out
     }
 
     fn digest_diff(&mut self, _now: Timestamp, sender: &NodeId, theirs: &Digest) -> PeerResponse {
-        let (mine, _) = self.digest_of(sender);
+        self.refresh_digests();
+        let (mine, _) = self.digest_with(sender);
         let differing = mine.differing(theirs);
         let mut hashes = if differing.is_empty() {
             Vec::new()
@@ -1528,10 +1558,14 @@ impl<B: MessageBackend> Node<B> {
     /// Starts a round with every node that shares a swarm with this one.
     fn anti_entropy(&mut self, now: Timestamp) {
         self.stats.anti_entropy_rounds += 1;
-        let neighbours: BTreeSet<NodeId> = self.directory.live_ids().collect();
-        let mut digests = self.digests_with(&neighbours);
+        let neighbours: Vec<NodeId> = self.directory.live_ids().collect();
+        if neighbours.is_empty() {
+            // Nobody to compare with: leave the digests (and their rebuild) for later.
+            return;
+        }
+        self.refresh_digests();
         for peer in neighbours {
-            let (digest, shared) = digests.remove(&peer).unwrap_or_default();
+            let (digest, shared) = self.digest_with(&peer);
             if shared == 0 && !self.ring_neighbour(&peer) {
                 continue;
             }
@@ -1602,5 +1636,131 @@ fn store_error(e: StoreError) -> RequestError {
         StoreError::QuotaExceeded => RequestError::QuotaExceeded,
         StoreError::NodeFull => RequestError::NodeFull,
         _ => RequestError::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryBackend;
+    use crate::types::Namespace;
+    use crate::{Epoch, OnionKey};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{Rng, SeedableRng};
+
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    fn node_with_peers(rng: &mut ChaCha20Rng, peers: u8) -> Node<MemoryBackend> {
+        let keys = NodeKeys {
+            identity: IdentityKey::from_seed(&[1; 32]),
+            onion: OnionKey::generate(Epoch(1), rng),
+            address: Address::new("10.0.0.1:7100").expect("valid"),
+        };
+        let config = NodeConfig {
+            replay_filter_words: crate::replay::BUCKETS * 64,
+            ..NodeConfig::default()
+        };
+        let mut n = Node::new(
+            config,
+            keys,
+            Vec::new(),
+            MemoryBackend::immediate(),
+            NOW,
+            rng,
+        )
+        .expect("opens");
+        for i in 0..peers {
+            let d = Descriptor::sign(
+                &IdentityKey::from_seed(&[i + 2; 32]),
+                &OnionKey::generate(Epoch(1), rng),
+                Address::new(&alloc::format!("10.0.1.{i}:7100")).expect("valid"),
+                NOW.plus_millis(3_600_000),
+            );
+            n.handle_register(NOW, d.into()).expect("registers");
+        }
+        n
+    }
+
+    fn rebuilt(n: &mut Node<MemoryBackend>) -> BTreeMap<NodeId, (Digest, usize)> {
+        let kept = core::mem::take(&mut n.digests);
+        n.refresh_digests();
+        core::mem::replace(&mut n.digests, kept).by_peer
+    }
+
+    /// Drops peers whose count fell back to zero: an empty entry equals a missing one.
+    fn nonempty(m: BTreeMap<NodeId, (Digest, usize)>) -> BTreeMap<NodeId, (Digest, usize)> {
+        m.into_iter().filter(|(_, (_, c))| *c > 0).collect()
+    }
+
+    #[test]
+    fn digests_kept_from_the_change_log_equal_a_full_rebuild() {
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        let mut n = node_with_peers(&mut rng, 5);
+        n.refresh_digests();
+        let recipients: Vec<RecipientId> = (0..40u8).map(|i| RecipientId([i; 32])).collect();
+        for round in 0..6u64 {
+            for (i, r) in recipients.iter().enumerate() {
+                let body = alloc::format!("round {round} message {i}");
+                let ttl = 1_000 + (rng.next_u64() % 5_000);
+                n.store
+                    .insert(
+                        *r,
+                        Namespace::DIRECT,
+                        body.as_bytes(),
+                        NOW,
+                        NOW.plus_millis(ttl),
+                        NOW,
+                    )
+                    .expect("stored");
+            }
+            let victim = recipients[usize::try_from(round).expect("small") * 3];
+            n.store
+                .delete_all(&victim, Namespace::DIRECT, NOW)
+                .expect("deleted");
+            n.store
+                .expire(NOW.plus_millis(1_000 + round * 700), 50)
+                .expect("swept");
+            n.refresh_digests();
+            assert_eq!(
+                nonempty(n.digests.by_peer.clone()),
+                nonempty(rebuilt(&mut n)),
+                "round {round}"
+            );
+        }
+        assert!(n.digests.by_peer.values().any(|(_, c)| *c > 0));
+    }
+
+    #[test]
+    fn a_ring_change_rebuilds_the_digests() {
+        let mut rng = ChaCha20Rng::seed_from_u64(22);
+        let mut n = node_with_peers(&mut rng, 2);
+        for i in 0..30u8 {
+            n.store
+                .insert(
+                    RecipientId([i; 32]),
+                    Namespace::DIRECT,
+                    &[i],
+                    NOW,
+                    NOW.plus_millis(60_000),
+                    NOW,
+                )
+                .expect("stored");
+        }
+        n.refresh_digests();
+        let before = n.digests.by_peer.len();
+        let d = Descriptor::sign(
+            &IdentityKey::from_seed(&[99; 32]),
+            &OnionKey::generate(Epoch(1), &mut rng),
+            Address::new("10.0.2.1:7100").expect("valid"),
+            NOW.plus_millis(3_600_000),
+        );
+        n.handle_register(NOW, d.into()).expect("registers");
+        n.refresh_digests();
+        assert_eq!(n.digests.ring_generation, Some(n.ring.generation()));
+        assert_eq!(
+            nonempty(n.digests.by_peer.clone()),
+            nonempty(rebuilt(&mut n))
+        );
+        assert!(n.digests.by_peer.len() >= before);
     }
 }

@@ -115,6 +115,11 @@ impl Digest {
         self.buckets[usize::from(hash.0[0])].toggle(hash, true);
     }
 
+    /// Removes a message hash that was added.
+    pub fn remove(&mut self, hash: &MessageHash) {
+        self.buckets[usize::from(hash.0[0])].toggle(hash, false);
+    }
+
     /// Bucket indexes where `self` and `other` differ.
     #[must_use]
     pub fn differing(&self, other: &Digest) -> Vec<u8> {

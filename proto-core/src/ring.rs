@@ -49,6 +49,8 @@ pub struct Ring {
     vnodes: usize,
     points: Vec<(u64, NodeId)>,
     nodes: usize,
+    /// Bumped by every change of membership, so callers can cache what swarms imply.
+    generation: u64,
 }
 
 impl Ring {
@@ -57,6 +59,7 @@ impl Ring {
     pub fn new(vnodes: usize) -> Self {
         Self {
             vnodes: vnodes.max(1),
+            generation: 0,
             points: Vec::new(),
             nodes: 0,
         }
@@ -94,7 +97,14 @@ impl Ring {
         }
         self.points.sort_unstable();
         self.nodes += 1;
+        self.generation += 1;
         true
+    }
+
+    /// Changes whenever a node joins or leaves the ring.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Removes `node`; returns false when it was not a member.
@@ -104,6 +114,7 @@ impl Ring {
         }
         self.points.retain(|(_, n)| n != node);
         self.nodes -= 1;
+        self.generation += 1;
         true
     }
 

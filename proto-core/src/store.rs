@@ -85,6 +85,20 @@ pub trait MessageBackend {
     /// are stored).
     fn for_each(&self, visit: &mut dyn FnMut(&MessageHash, &RecipientId))
     -> Result<(), StoreError>;
+    /// Calls `visit` with `(hash, recipient)` of every record whose hash starts with
+    /// `first_byte` (one anti-entropy bucket). The default filters a full scan; a backend
+    /// with a hash-ordered index reads just that range.
+    fn for_each_in_bucket(
+        &self,
+        first_byte: u8,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        self.for_each(&mut |h, r| {
+            if h.0[0] == first_byte {
+                visit(h, r);
+            }
+        })
+    }
     /// `(messages, body bytes)` stored for a recipient (all namespaces).
     fn usage(&self, recipient: &RecipientId) -> (u64, u64);
     /// `(messages, body bytes)` stored in total.
@@ -185,12 +199,38 @@ pub struct Page {
     pub more: bool,
 }
 
+/// A record added to or removed from the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The record's hash.
+    pub hash: MessageHash,
+    /// Its recipient.
+    pub recipient: RecipientId,
+    /// Added (`true`) or removed.
+    pub added: bool,
+}
+
+/// Records added and removed since the last [`MessageStore::take_changes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Every change, in order.
+    List(Vec<Change>),
+    /// More than [`MAX_PENDING_CHANGES`] piled up and were dropped: whoever keeps a
+    /// summary must rebuild it from a scan.
+    Overflowed,
+}
+
+/// Most changes kept between two [`MessageStore::take_changes`] (about 4 MiB).
+pub const MAX_PENDING_CHANGES: usize = 65_536;
+
 /// The store: rules over a backend.
 #[derive(Debug)]
 pub struct MessageStore<B> {
     backend: B,
     config: StoreConfig,
     next_seq: u64,
+    /// Changes since the last `take_changes`; `None` after an overflow.
+    changes: Option<Vec<Change>>,
 }
 
 impl<B: MessageBackend> MessageStore<B> {
@@ -201,6 +241,7 @@ impl<B: MessageBackend> MessageStore<B> {
             backend,
             config,
             next_seq,
+            changes: Some(Vec::new()),
         })
     }
 
@@ -272,6 +313,7 @@ impl<B: MessageBackend> MessageStore<B> {
             body: body.to_vec(),
         })?;
         self.next_seq += 1;
+        self.record(hash, recipient, true);
         Ok(Inserted {
             hash,
             seq,
@@ -351,7 +393,7 @@ impl<B: MessageBackend> MessageStore<B> {
                 && m.recipient == *recipient
                 && m.namespace == namespace
             {
-                self.backend.remove(&h)?;
+                self.remove_record(&h)?;
                 n += 1;
             }
         }
@@ -395,7 +437,7 @@ impl<B: MessageBackend> MessageStore<B> {
             };
             cursor = last.seq;
             for m in batch.iter().filter(|m| matches(m)) {
-                self.backend.remove(&m.hash)?;
+                self.remove_record(&m.hash)?;
                 n += 1;
             }
         }
@@ -430,9 +472,49 @@ impl<B: MessageBackend> MessageStore<B> {
     pub fn expire(&mut self, now: Timestamp, max: usize) -> Result<usize, StoreError> {
         let due = self.backend.expiring(now, max)?;
         for h in &due {
-            self.backend.remove(h)?;
+            self.remove_record(h)?;
         }
         Ok(due.len())
+    }
+
+    fn remove_record(&mut self, hash: &MessageHash) -> Result<(), StoreError> {
+        if let Some(m) = self.backend.remove(hash)? {
+            self.record(m.hash, m.recipient, false);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, hash: MessageHash, recipient: RecipientId, added: bool) {
+        if let Some(list) = &mut self.changes {
+            if list.len() < MAX_PENDING_CHANGES {
+                list.push(Change {
+                    hash,
+                    recipient,
+                    added,
+                });
+            } else {
+                self.changes = None;
+            }
+        }
+    }
+
+    /// The records added and removed since the last call (for summaries kept up to date
+    /// without rescanning, such as anti-entropy digests).
+    pub fn take_changes(&mut self) -> Changes {
+        match self.changes.replace(Vec::new()) {
+            Some(list) => Changes::List(list),
+            None => Changes::Overflowed,
+        }
+    }
+
+    /// Visits `(hash, recipient)` of every record in one anti-entropy bucket (hashes
+    /// starting with `first_byte`).
+    pub fn for_each_in_bucket(
+        &self,
+        first_byte: u8,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        self.backend.for_each_in_bucket(first_byte, visit)
     }
 
     /// Visits every `(hash, recipient)` held (a full scan, for anti-entropy), without
@@ -650,6 +732,24 @@ impl MessageBackend for MemoryBackend {
     ) -> Result<(), StoreError> {
         for m in self.live.by_key.values() {
             visit(&m.hash, &m.recipient);
+        }
+        Ok(())
+    }
+
+    fn for_each_in_bucket(
+        &self,
+        first_byte: u8,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        let mut start = [0u8; 32];
+        start[0] = first_byte;
+        let in_bucket = self
+            .live
+            .key_of
+            .range(MessageHash(start)..)
+            .take_while(|(h, _)| h.0[0] == first_byte);
+        for (hash, (recipient, _, _)) in in_bucket {
+            visit(hash, recipient);
         }
         Ok(())
     }

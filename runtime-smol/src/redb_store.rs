@@ -418,6 +418,31 @@ impl MessageBackend for RedbBackend {
         })
     }
 
+    fn for_each_in_bucket(
+        &self,
+        first_byte: u8,
+        visit: &mut dyn FnMut(&MessageHash, &RecipientId),
+    ) -> Result<(), StoreError> {
+        // Hashes starting with `first_byte` are one contiguous range of the hash index.
+        let start = [first_byte];
+        with_table!(self, BY_HASH, |t| {
+            for entry in t.range(start.as_slice()..).map_err(backend_error)? {
+                let (k, v) = entry.map_err(backend_error)?;
+                let (k, v) = (k.value(), v.value());
+                if k.first() != Some(&first_byte) {
+                    break;
+                }
+                if let (Ok(h), Some(Ok(r))) = (
+                    <[u8; 32]>::try_from(k),
+                    v.get(..32).map(<[u8; 32]>::try_from),
+                ) {
+                    visit(&MessageHash(h), &RecipientId(r));
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn usage(&self, recipient: &RecipientId) -> (u64, u64) {
         let read = || -> Result<(u64, u64), StoreError> {
             with_table!(self, USAGE, |t| Ok(t
