@@ -213,8 +213,14 @@ impl Host {
         let accept_loop = async {
             loop {
                 let permit = self.shared.connections.acquire_arc().await;
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        Timer::after(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let host = self.clone();
                 self.ex
