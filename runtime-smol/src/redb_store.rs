@@ -75,6 +75,16 @@ fn decode(key: &[u8], value: &[u8]) -> Option<StoredMessage> {
     })
 }
 
+/// Calls `visit` with one entry of the hash index (`hash → recipient ‖ namespace ‖ seq`).
+fn visit_hash_entry(key: &[u8], value: &[u8], visit: &mut dyn FnMut(&MessageHash, &RecipientId)) {
+    if let (Ok(h), Some(Ok(r))) = (
+        <[u8; 32]>::try_from(key),
+        value.get(..32).map(<[u8; 32]>::try_from),
+    ) {
+        visit(&MessageHash(h), &RecipientId(r));
+    }
+}
+
 fn backend_error<E: std::fmt::Display>(e: E) -> StoreError {
     tracing::error!(error = %e, "message database error");
     StoreError::Backend
@@ -406,13 +416,7 @@ impl MessageBackend for RedbBackend {
         with_table!(self, BY_HASH, |t| {
             for entry in t.iter().map_err(backend_error)? {
                 let (k, v) = entry.map_err(backend_error)?;
-                let (k, v) = (k.value(), v.value());
-                if let (Ok(h), Some(Ok(r))) = (
-                    <[u8; 32]>::try_from(k),
-                    v.get(..32).map(<[u8; 32]>::try_from),
-                ) {
-                    visit(&MessageHash(h), &RecipientId(r));
-                }
+                visit_hash_entry(k.value(), v.value(), visit);
             }
             Ok(())
         })
@@ -428,16 +432,10 @@ impl MessageBackend for RedbBackend {
         with_table!(self, BY_HASH, |t| {
             for entry in t.range(start.as_slice()..).map_err(backend_error)? {
                 let (k, v) = entry.map_err(backend_error)?;
-                let (k, v) = (k.value(), v.value());
-                if k.first() != Some(&first_byte) {
+                if k.value().first() != Some(&first_byte) {
                     break;
                 }
-                if let (Ok(h), Some(Ok(r))) = (
-                    <[u8; 32]>::try_from(k),
-                    v.get(..32).map(<[u8; 32]>::try_from),
-                ) {
-                    visit(&MessageHash(h), &RecipientId(r));
-                }
+                visit_hash_entry(k.value(), v.value(), visit);
             }
             Ok(())
         })

@@ -312,6 +312,16 @@ fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 // ---------------------------------------------------------------------------------------
 // Onion requests.
 
+/// Posts `packet` to `/v1/onion` and asserts the silent drop: 204 and no body.
+fn assert_dropped_silently(addr: &str, packet: &[u8], what: &str) {
+    match raw(addr, &[post("/v1/onion", packet)]).0 {
+        Outcome::Answer { status, body, .. } => {
+            assert_eq!((status, body.len()), (204, 0), "{what} is dropped silently");
+        }
+        Outcome::Closed => panic!("{what}: connection closed"),
+    }
+}
+
 /// Builds a packet carrying `payload` along `path`; returns it with the reply keys.
 fn build(path: &[Descriptor], payload: &[u8]) -> ([u8; PACKET_LEN], packet::PathKeys) {
     client::build_packet(path, payload).expect("the payload fits a packet")
@@ -892,16 +902,7 @@ fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics() {
     let before = bad_mac(&addr);
     let mut garbage = [0u8; PACKET_LEN];
     ChaCha20Rng::seed_from_u64(3).fill_bytes(&mut garbage);
-    match raw(&addr, &[post("/v1/onion", &garbage)]).0 {
-        Outcome::Answer { status, body, .. } => {
-            assert_eq!(
-                (status, body.len()),
-                (204, 0),
-                "garbage is dropped silently"
-            );
-        }
-        Outcome::Closed => panic!("garbage: connection closed"),
-    }
+    assert_dropped_silently(&addr, &garbage, "garbage");
     assert_eq!(bad_mac(&addr), before + 1.0);
 
     // A valid packet is answered once; the same bytes again are a replay, dropped silently.
@@ -914,16 +915,7 @@ fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics() {
         other => panic!("first send: {other:?}"),
     };
     assert!(matches!(open(&keys, first), Response::Info { .. }));
-    match raw(&addr, &[post("/v1/onion", &packet)]).0 {
-        Outcome::Answer { status, body, .. } => {
-            assert_eq!(
-                (status, body.len()),
-                (204, 0),
-                "a replay is dropped silently"
-            );
-        }
-        Outcome::Closed => panic!("replay: connection closed"),
-    }
+    assert_dropped_silently(&addr, &packet, "a replay");
     assert_eq!(
         metric(&addr, "ghost_replays_refused_total", &[]),
         replays + 1.0
