@@ -2,69 +2,25 @@
 //! quorum over HTTP, acknowledged with verifiable receipts, and retrieved by its owner
 //! through another path.
 
-use std::net::TcpListener;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use proto_core::keys::{Address, IdentityKey, OnionKey};
-use proto_core::node::{Endpoint, Node, NodeConfig, NodeKeys};
-use proto_core::packet::{self, PACKET_LEN, PathHop};
+use common::Network;
+use proto_core::keys::IdentityKey;
+use proto_core::node::{Endpoint, NodeConfig};
+use proto_core::packet;
 use proto_core::reply::{self, Opened};
 use proto_core::request::{Request, Response, RetrieveRequest, StoreRequest};
 use proto_core::store::message_hash;
-use proto_core::{Descriptor, Epoch, Namespace};
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
-use runtime_smol::host::{Host, exchange, now};
-use runtime_smol::redb_store::RedbBackend;
-use smol::{Async, Executor};
-
-struct Network {
-    descriptors: Vec<Descriptor>,
-    _dirs: Vec<tempfile::TempDir>,
-}
+use proto_core::{Descriptor, Namespace};
+use runtime_smol::client;
+use runtime_smol::config::HttpSection;
+use runtime_smol::host::{exchange, now};
+use smol::Async;
 
 fn start(n: usize) -> Network {
-    let ex = Arc::new(Executor::new());
-    let mut rng = ChaCha20Rng::seed_from_u64(11);
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<Address> = listeners
-        .iter()
-        .map(|l| Address::new(&l.local_addr().unwrap().to_string()).unwrap())
-        .collect();
-    let mut descriptors = Vec::new();
-    let mut dirs = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = RedbBackend::open(&dir.path().join("messages.redb")).unwrap();
-        let keys = NodeKeys {
-            identity: IdentityKey::from_seed(&[i as u8 + 1; 32]),
-            onion: OnionKey::generate(Epoch(1), &mut rng),
-            address: addrs[i],
-        };
-        let node = Node::new(
-            NodeConfig::default(),
-            keys,
-            vec![addrs[0]],
-            backend,
-            now(),
-            &mut rng,
-        )
-        .unwrap();
-        descriptors.push(*node.descriptor());
-        let host = Host::new(node, ex.clone());
-        let listener = Async::new(listener).unwrap();
-        ex.spawn(host.serve(listener)).detach();
-        dirs.push(dir);
-    }
-    let runner = ex.clone();
-    std::thread::spawn(move || smol::block_on(runner.run(smol::future::pending::<()>())));
-    Network {
-        descriptors,
-        _dirs: dirs,
-    }
+    common::start(n, &NodeConfig::default(), &HttpSection::default())
 }
 
 /// Polls `/health` until every node knows the others (deadline 20 s).
@@ -116,25 +72,10 @@ fn send(
     request: &Request<'_>,
     signer: Option<&IdentityKey>,
 ) -> Response {
-    let hops: Vec<PathHop> = path
-        .iter()
-        .map(|&i| PathHop {
-            node: net.descriptors[i].node_id(),
-            onion_key: net.descriptors[i].onion_key(),
-        })
-        .collect();
+    let hops: Vec<Descriptor> = path.iter().map(|&i| net.descriptors[i]).collect();
     let mut payload = [0u8; packet::MAX_PAYLOAD];
     let len = request.encode(signer, &mut payload).unwrap();
-    let mut rng = ChaCha20Rng::seed_from_u64(now().0);
-    let mut buf = [0u8; PACKET_LEN];
-    let keys = packet::build(
-        &hops,
-        &payload[..len],
-        now().plus_millis(60_000),
-        &mut rng,
-        &mut buf,
-    )
-    .unwrap();
+    let (buf, keys) = client::build_packet(&hops, &payload[..len]).unwrap();
     let first = net.descriptors[path[0]].address().as_str().to_owned();
     let mut answer = smol::block_on(exchange(
         &first,

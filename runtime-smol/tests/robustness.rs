@@ -6,14 +6,16 @@
 //! storing and retrieving afterwards. `/metrics` parses as Prometheus text, and `/health`
 //! reports a closed database.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::Network;
 use proto_core::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
-use proto_core::node::{Endpoint, Node, NodeConfig, NodeKeys};
+use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet::{self, PACKET_LEN};
 use proto_core::peer::{PeerError, PeerRequest, PeerResponse};
 use proto_core::ratelimit::RateLimitConfig;
@@ -26,9 +28,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng, UnwrapErr};
 use runtime_smol::client::{self, Client};
 use runtime_smol::config::HttpSection;
-use runtime_smol::host::{Host, exchange, now};
-use runtime_smol::redb_store::RedbBackend;
-use smol::{Async, Executor};
+use runtime_smol::host::{exchange, now};
 
 /// Time a client gets to send its request headers (short, so slowloris cases end fast).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,53 +64,9 @@ fn node_config(swarm_size: usize, write_quorum: usize) -> NodeConfig {
     }
 }
 
-struct Network {
-    descriptors: Vec<Descriptor>,
-    hosts: Vec<Host>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Network {
-    fn address(&self, i: usize) -> String {
-        self.descriptors[i].address().as_str().to_owned()
-    }
-}
-
-/// Starts `n` in-process nodes on loopback, all seeded with the first.
+/// Starts `n` in-process nodes with the short HTTP timeouts of these tests.
 fn start(n: usize, config: &NodeConfig) -> Network {
-    let ex = Arc::new(Executor::new());
-    let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<Address> = listeners
-        .iter()
-        .map(|l| Address::new(&l.local_addr().unwrap().to_string()).unwrap())
-        .collect();
-    let mut net = Network {
-        descriptors: Vec::new(),
-        hosts: Vec::new(),
-        _dirs: Vec::new(),
-    };
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = RedbBackend::open(&dir.path().join("messages.redb")).unwrap();
-        let keys = NodeKeys {
-            identity: IdentityKey::from_seed(&[u8::try_from(i).unwrap() + 1; 32]),
-            onion: OnionKey::generate(Epoch(1), &mut rng),
-            address: addrs[i],
-        };
-        let seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
-        let node = Node::new(config.clone(), keys, seeds, backend, now(), &mut rng).unwrap();
-        net.descriptors.push(*node.descriptor());
-        let host = Host::with_settings(node, ex.clone(), http_section(), Duration::from_millis(5));
-        net.hosts.push(host.clone());
-        ex.spawn(host.serve(Async::new(listener).unwrap())).detach();
-        net._dirs.push(dir);
-    }
-    let runner = ex.clone();
-    std::thread::spawn(move || smol::block_on(runner.run(smol::future::pending::<()>())));
-    net
+    common::start(n, config, &http_section())
 }
 
 /// Polls every node's `/health` until it knows all the others (deadline 30 s).

@@ -1,0 +1,72 @@
+//! In-process nodes on loopback for the integration tests: real sockets, real redb files
+//! in temporary directories, one executor thread.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto_core::keys::{Address, IdentityKey, OnionKey};
+use proto_core::node::{Node, NodeConfig, NodeKeys};
+use proto_core::{Descriptor, Epoch};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use runtime_smol::config::HttpSection;
+use runtime_smol::host::{Host, now};
+use runtime_smol::redb_store::RedbBackend;
+use smol::{Async, Executor};
+
+/// Running nodes; their directories live as long as this value.
+pub struct Network {
+    /// The nodes' descriptors, node 0 being the seed.
+    pub descriptors: Vec<Descriptor>,
+    /// Their hosts (for closing a database from the test).
+    #[allow(dead_code)] // not every test file reaches into the hosts
+    pub hosts: Vec<Host>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Network {
+    /// The address of node `i`.
+    #[allow(dead_code)] // not every test file needs it
+    pub fn address(&self, i: usize) -> String {
+        self.descriptors[i].address().as_str().to_owned()
+    }
+}
+
+/// Starts `n` nodes on loopback, all seeded with the first; identities are fixed
+/// (`[i + 1; 32]`), onion keys from a seeded RNG.
+pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
+    let ex = Arc::new(Executor::new());
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<Address> = listeners
+        .iter()
+        .map(|l| Address::new(&l.local_addr().unwrap().to_string()).unwrap())
+        .collect();
+    let mut net = Network {
+        descriptors: Vec::new(),
+        hosts: Vec::new(),
+        _dirs: Vec::new(),
+    };
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RedbBackend::open(&dir.path().join("messages.redb")).unwrap();
+        let keys = NodeKeys {
+            identity: IdentityKey::from_seed(&[u8::try_from(i).unwrap() + 1; 32]),
+            onion: OnionKey::generate(Epoch(1), &mut rng),
+            address: addrs[i],
+        };
+        let seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
+        let node = Node::new(config.clone(), keys, seeds, backend, now(), &mut rng).unwrap();
+        net.descriptors.push(*node.descriptor());
+        let host = Host::with_settings(node, ex.clone(), http.clone(), Duration::from_millis(5));
+        net.hosts.push(host.clone());
+        ex.spawn(host.serve(Async::new(listener).unwrap())).detach();
+        net._dirs.push(dir);
+    }
+    let runner = ex.clone();
+    std::thread::spawn(move || smol::block_on(runner.run(smol::future::pending::<()>())));
+    net
+}
