@@ -11,7 +11,7 @@
 use proto_core::keys::{Descriptor, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor};
 use proto_core::node::RegisterError;
 use proto_core::peer::PeerError;
-use proto_core::{PACKET_LEN, RecipientId};
+use proto_core::{NodeId, PACKET_LEN, RecipientId};
 use serde::{Deserialize, Serialize};
 
 /// What a request asks for, once its method and path are known to be valid.
@@ -204,6 +204,49 @@ impl From<PeerError> for ApiError {
         };
         Self::new(status, e.label(), e.to_string())
     }
+}
+
+#[derive(Serialize)]
+struct HealthJson {
+    status: &'static str,
+    ready: bool,
+    node: String,
+    peers: usize,
+    database: &'static str,
+}
+
+/// Status and body of `GET /health`: 200 while the database answers (`ready` once another
+/// node is known, so the node can relay and replicate), 503 once it is closed.
+#[must_use]
+pub fn health_body(node: NodeId, peers: usize, database_open: bool) -> (u16, String) {
+    let body = HealthJson {
+        status: if database_open { "ok" } else { "unavailable" },
+        ready: database_open && peers > 0,
+        node: node.to_string(),
+        peers,
+        database: if database_open { "open" } else { "closed" },
+    };
+    let status = if database_open { 200 } else { 503 };
+    (
+        status,
+        serde_json::to_string(&body).expect("strings, integers and booleans serialize"),
+    )
+}
+
+#[derive(Serialize)]
+struct RegisteredJson {
+    registered: bool,
+    peers: usize,
+}
+
+/// Body of a successful `POST /v1/nodes/register`: how many nodes the directory holds.
+#[must_use]
+pub fn registered_body(peers: usize) -> String {
+    serde_json::to_string(&RegisteredJson {
+        registered: true,
+        peers,
+    })
+    .expect("a boolean and an integer serialize")
 }
 
 /// One node as the directory endpoints list it.

@@ -547,23 +547,13 @@ pub fn get(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
 }
 
 async fn get_async(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let attempt = async {
-        let stream = crate::host::dial(address)
-            .await
-            .map_err(|e| ClientError(format!("cannot connect to {address}: {e}")))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(stream))
-                .await
-                .map_err(|e| ClientError(format!("{address}: {e}")))?;
-        smol::spawn(async move {
-            let _ = conn.await;
-        })
-        .detach();
+        let mut sender = crate::host::connect(address).await.map_err(ClientError)?;
         let req = hyper::Request::get(path)
             .header("host", address)
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError(format!("bad request: {e}")))?;
         let resp = sender
             .send_request(req)

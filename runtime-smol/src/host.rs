@@ -366,10 +366,7 @@ impl Host {
                         .map_err(Into::into)
                 });
                 match result {
-                    Ok(_) => json_ok(format!(
-                        "{{\"registered\":true,\"peers\":{}}}",
-                        self.lock().node.directory().len()
-                    )),
+                    Ok(_) => json_ok(api::registered_body(self.lock().node.directory().len())),
                     Err(e) => problem(&e),
                 }
             }
@@ -399,23 +396,13 @@ impl Host {
 
     fn health(&self) -> Response<Body> {
         let st = self.lock();
-        let id = st.node.node_id();
-        let peers = st.node.directory().len();
-        if st.node.store().backend().is_healthy() {
-            // Ready to relay and replicate once it knows another node.
-            let ready = peers > 0;
-            json_ok(format!(
-                "{{\"status\":\"ok\",\"ready\":{ready},\"node\":\"{id}\",\"peers\":{peers},\"database\":\"open\"}}"
-            ))
-        } else {
-            respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/json",
-                format!(
-                    "{{\"status\":\"unavailable\",\"ready\":false,\"node\":\"{id}\",\"peers\":{peers},\"database\":\"closed\"}}"
-                ),
-            )
-        }
+        let (status, body) = api::health_body(
+            st.node.node_id(),
+            st.node.directory().len(),
+            st.node.store().backend().is_healthy(),
+        );
+        let status = StatusCode::from_u16(status).expect("200 or 503");
+        respond(status, "application/json", body)
     }
 
     /// Addresses of the nodes in the directory.
@@ -527,7 +514,9 @@ impl Host {
                 },
                 None => req,
             };
-            let mut fresh = connect(address).await?;
+            let mut fresh = connect(address)
+                .await
+                .map_err(|_| TransmitFailure::Unreachable)?;
             let bytes = post(&mut fresh, unsent).await.map_err(|(e, _)| e)?;
             self.keep_idle(address, fresh);
             Ok(bytes)
@@ -564,7 +553,7 @@ fn endpoint_path(endpoint: Endpoint) -> &'static str {
 
 /// Opens a TCP connection to `address` (`host:port`; a host name is resolved, each of its
 /// addresses tried in turn).
-pub async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
+async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
     let mut last = std::io::Error::new(
         std::io::ErrorKind::NotFound,
         format!("{address} resolves to no address"),
@@ -578,13 +567,14 @@ pub async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
     Err(last)
 }
 
-async fn connect(address: &str) -> Result<SendRequest<Body>, TransmitFailure> {
+/// An HTTP/1.1 connection to `address`, ready for requests; the error says what failed.
+pub async fn connect(address: &str) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = dial(address)
         .await
-        .map_err(|_| TransmitFailure::Unreachable)?;
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
         .await
-        .map_err(|_| TransmitFailure::Unreachable)?;
+        .map_err(|e| format!("{address}: {e}"))?;
     smol::spawn(async move {
         let _ = conn.await;
     })
@@ -633,7 +623,9 @@ pub async fn exchange(
     timeout: Duration,
 ) -> Result<Vec<u8>, TransmitFailure> {
     let attempt = async {
-        let mut sender = connect(address).await?;
+        let mut sender = connect(address)
+            .await
+            .map_err(|_| TransmitFailure::Unreachable)?;
         post(&mut sender, build_request(address, endpoint, body))
             .await
             .map_err(|(e, _)| e)
