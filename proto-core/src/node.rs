@@ -603,7 +603,8 @@ impl<B: MessageBackend> Node<B> {
     }
 
     fn in_swarm(&self, recipient: &RecipientId) -> bool {
-        self.swarm_ids(recipient).contains(&self.node_id())
+        let me = self.node_id();
+        self.with_swarm(recipient, |ids| ids.contains(&me))
     }
 
     /// Whether `ip` is the address of a node in the directory (descriptors whose address
@@ -1076,7 +1077,7 @@ impl<B: MessageBackend> Node<B> {
             PeerRequest::Replicate(ms) => return self.accept_replicas(now, req, auth.sender, ms),
             PeerRequest::Digest(d) => {
                 self.directory.record_contact(&auth.sender, now);
-                self.digest_diff(now, &auth.sender, &d)
+                self.digest_diff(&auth.sender, &d)
             }
             PeerRequest::Fetch(hashes) => {
                 let ms = hashes
@@ -1273,7 +1274,7 @@ impl<B: MessageBackend> Node<B> {
         out
     }
 
-    fn digest_diff(&mut self, _now: Timestamp, sender: &NodeId, theirs: &Digest) -> PeerResponse {
+    fn digest_diff(&mut self, sender: &NodeId, theirs: &Digest) -> PeerResponse {
         self.refresh_digests();
         let (mine, _) = self.digest_with(sender);
         let differing = mine.differing(theirs);
