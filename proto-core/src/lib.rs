@@ -6,8 +6,10 @@
 //! bytes, hand them to the core, and carry out what it returns.
 //!
 //! Features: `alloc` enables the parts that need collections (ring, store, node state
-//! machine); `std` adds `std::error::Error` impls. The onion packet path (build, peel,
-//! replay filter, reply layers) needs neither and never allocates.
+//! machine, client state machine); `std` adds `std::error::Error` impls; `sim` adds the
+//! deterministic network simulation (tests and tools only, never production builds). The
+//! onion packet path (build, peel, replay filter, reply layers) needs none of them and
+//! never allocates.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -38,6 +40,8 @@ pub use sealed::{Contact, EncryptionKey, EncryptionPublicKey, SEAL_OVERHEAD, Sea
 pub use types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 
 #[cfg(feature = "alloc")]
+pub mod client;
+#[cfg(feature = "alloc")]
 pub mod directory;
 #[cfg(feature = "alloc")]
 pub mod node;
@@ -49,7 +53,7 @@ pub mod ratelimit;
 pub mod request;
 #[cfg(feature = "alloc")]
 pub mod ring;
-#[cfg(feature = "alloc")]
+#[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "alloc")]
 pub mod store;

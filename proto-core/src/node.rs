@@ -178,6 +178,17 @@ pub enum TransmitFailure {
     Timeout,
 }
 
+/// One page of a node's directory listing ([`Node::directory_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryPage {
+    /// Descriptors in node-ID order.
+    pub nodes: Vec<Descriptor>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<NodeId>,
+    /// Leading zero bits the node's stores require of their proof of work.
+    pub pow_difficulty: u8,
+}
+
 /// What the node wants the runtime to do.
 #[derive(Debug)]
 pub enum Output {
@@ -572,6 +583,36 @@ impl<B: MessageBackend> Node<B> {
         out
     }
 
+    /// One page of the whole directory for a client that computes swarms itself: up to
+    /// `limit` descriptors valid at `now` (this node's own included) whose node IDs follow
+    /// `after`, in node-ID order, and the cursor of the next page when more follow. The
+    /// listing names no recipient and is the same for every caller, so asking for it
+    /// reveals nothing about whom a client writes to.
+    #[must_use]
+    pub fn directory_page(
+        &self,
+        now: Timestamp,
+        after: Option<NodeId>,
+        limit: usize,
+    ) -> DirectoryPage {
+        let mut all: Vec<Descriptor> = self
+            .directory
+            .descriptors()
+            .copied()
+            .chain(core::iter::once(self.descriptor))
+            .filter(|d| d.is_valid_at(now) && after.is_none_or(|a| d.node_id() > a))
+            .collect();
+        all.sort_unstable_by_key(Descriptor::node_id);
+        let limit = limit.max(1);
+        let next = (all.len() > limit).then(|| all[limit - 1].node_id());
+        all.truncate(limit);
+        DirectoryPage {
+            nodes: all,
+            next,
+            pow_difficulty: self.config.pow_difficulty,
+        }
+    }
+
     fn descriptor_of(&self, id: &NodeId) -> Option<Descriptor> {
         if *id == self.node_id() {
             Some(self.descriptor)
@@ -817,6 +858,7 @@ impl<B: MessageBackend> Node<B> {
                     version: PROTOCOL_VERSION,
                     node_time: now,
                     node: self.node_id(),
+                    pow_difficulty: self.config.pow_difficulty,
                 };
                 self.respond_sealed(req, &key, &r);
             }
@@ -1691,6 +1733,48 @@ mod tests {
     /// Drops peers whose count fell back to zero: an empty entry equals a missing one.
     fn nonempty(m: BTreeMap<NodeId, (Digest, usize)>) -> BTreeMap<NodeId, (Digest, usize)> {
         m.into_iter().filter(|(_, (_, c))| *c > 0).collect()
+    }
+
+    #[test]
+    fn directory_pages_list_every_valid_node_once_in_id_order_with_the_pow_difficulty() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let mut n = node_with_peers(&mut rng, 9);
+        n.config.pow_difficulty = 12;
+        let mut listed = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = n.directory_page(NOW, after, 4);
+            assert!(page.nodes.len() <= 4, "a page holds at most the limit");
+            assert_eq!(page.pow_difficulty, 12);
+            listed.extend(page.nodes.iter().map(Descriptor::node_id));
+            pages += 1;
+            match page.next {
+                Some(next) => {
+                    assert_eq!(
+                        Some(&next),
+                        listed.last(),
+                        "the cursor is the last id listed"
+                    );
+                    after = Some(next);
+                }
+                None => break,
+            }
+            assert!(pages < 10, "pagination ends");
+        }
+        assert_eq!(pages, 3, "10 nodes in pages of 4");
+        assert_eq!(listed.len(), 10, "9 peers and the node itself");
+        assert!(
+            listed.windows(2).all(|w| w[0] < w[1]),
+            "strictly in id order"
+        );
+        assert!(listed.contains(&n.node_id()), "the node lists itself");
+
+        // Peers' descriptors expire after an hour: a listing never offers a stale one.
+        let later = NOW.plus_millis(3_600_001);
+        let page = n.directory_page(later, None, 100);
+        assert!(page.nodes.iter().all(|d| d.is_valid_at(later)));
+        assert!(page.nodes.len() < 10 && page.next.is_none());
     }
 
     #[test]

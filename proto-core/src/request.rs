@@ -696,51 +696,113 @@ pub struct StoreAck {
 
 /// Why a client refuses an acknowledgement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AckError {
-    /// Fewer than W distinct swarm members signed valid receipts.
+    /// Fewer than W distinct swarm members signed valid receipts. The other counts say
+    /// what was ignored, so the error names the problem.
     TooFewReceipts {
         /// Valid receipts from distinct swarm members.
         valid: usize,
         /// Receipts required.
         required: usize,
+        /// Receipts signed by nodes outside the swarm (one of them in `outsider`).
+        outsiders: usize,
+        /// One node outside the swarm that signed a receipt.
+        outsider: Option<NodeId>,
+        /// Second and later receipts of one member.
+        duplicates: usize,
+        /// Receipts whose signature does not verify.
+        bad_signatures: usize,
     },
     /// The acknowledged hash is not the hash of the message the client sent.
     WrongMessage,
+    /// The acknowledged expiry is outside what the client asked for.
+    ExpiryMismatch {
+        /// The expiry the swarm acknowledged.
+        acknowledged: Timestamp,
+        /// The earliest expiry the request allows.
+        earliest: Timestamp,
+        /// The latest expiry the request allows.
+        latest: Timestamp,
+    },
 }
 
 impl fmt::Display for AckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooFewReceipts { valid, required } => {
+            Self::TooFewReceipts {
+                valid,
+                required,
+                outsiders,
+                outsider,
+                duplicates,
+                bad_signatures,
+            } => {
                 write!(
                     f,
                     "{valid} valid receipts from swarm members, {required} required"
-                )
+                )?;
+                if let Some(node) = outsider {
+                    write!(
+                        f,
+                        "; {outsiders} from nodes outside the recipient's swarm (e.g. {node})"
+                    )?;
+                }
+                if *duplicates > 0 {
+                    write!(f, "; {duplicates} duplicate")?;
+                }
+                if *bad_signatures > 0 {
+                    write!(f, "; {bad_signatures} with a bad signature")?;
+                }
+                Ok(())
             }
             Self::WrongMessage => f.write_str("acknowledgement is for another message"),
+            Self::ExpiryMismatch {
+                acknowledged,
+                earliest,
+                latest,
+            } => write!(
+                f,
+                "acknowledged expiry {} ms is outside the requested {}..={} ms",
+                acknowledged.0, earliest.0, latest.0
+            ),
         }
     }
 }
 
 impl StoreAck {
     /// Client-side quorum check: at least `w` receipts that verify, from distinct members
-    /// of `swarm`, for `expected` (the hash the client computed for its message).
+    /// of `swarm`, for `expected` (the hash the client computed for its message), over an
+    /// expiry inside `expiry` (what the request allows; see [`requested_expiry`]).
     pub fn verify_quorum(
         &self,
         expected: &MessageHash,
         recipient: &RecipientId,
         swarm: &[NodeId],
         w: usize,
+        expiry: core::ops::RangeInclusive<Timestamp>,
     ) -> Result<(), AckError> {
         if self.hash != *expected {
             return Err(AckError::WrongMessage);
         }
+        if !expiry.contains(&self.expiry) {
+            return Err(AckError::ExpiryMismatch {
+                acknowledged: self.expiry,
+                earliest: *expiry.start(),
+                latest: *expiry.end(),
+            });
+        }
         let mut counted: Vec<NodeId> = Vec::new();
+        let (mut outsiders, mut outsider, mut duplicates, mut bad_signatures) = (0, None, 0, 0);
         for r in &self.receipts {
-            if swarm.contains(&r.node)
-                && !counted.contains(&r.node)
-                && r.verify(&self.hash, recipient, self.expiry)
-            {
+            if !swarm.contains(&r.node) {
+                outsiders += 1;
+                outsider = outsider.or(Some(r.node));
+            } else if counted.contains(&r.node) {
+                duplicates += 1;
+            } else if !r.verify(&self.hash, recipient, self.expiry) {
+                bad_signatures += 1;
+            } else {
                 counted.push(r.node);
             }
         }
@@ -750,9 +812,30 @@ impl StoreAck {
             Err(AckError::TooFewReceipts {
                 valid: counted.len(),
                 required: w,
+                outsiders,
+                outsider,
+                duplicates,
+                bad_signatures,
             })
         }
     }
+}
+
+/// The expiries a swarm may acknowledge for a store of `ttl_ms` first sent at
+/// `first_sent` and last sent at `last_sent` (client clock): a member sets expiry =
+/// its arrival time + ttl, and accepts only requests whose timestamp is within
+/// `auth_window_ms` of its clock, so arrival lies in
+/// `[first_sent − window, last_sent + window]` (docs/PROTOCOL.md §7).
+#[must_use]
+pub fn requested_expiry(
+    first_sent: Timestamp,
+    last_sent: Timestamp,
+    ttl_ms: u64,
+    auth_window_ms: u64,
+) -> core::ops::RangeInclusive<Timestamp> {
+    let earliest = Timestamp(first_sent.0.saturating_sub(auth_window_ms)).plus_millis(ttl_ms);
+    let latest = last_sent.plus_millis(ttl_ms.saturating_add(auth_window_ms));
+    earliest..=latest
 }
 
 /// One message in a retrieve response.
@@ -797,7 +880,8 @@ pub enum Response {
         /// Its members' signed descriptors.
         members: Vec<Descriptor>,
     },
-    /// The node's version and clock (for clients to correct their clock skew).
+    /// The node's version and clock (for clients to correct their clock skew) and the
+    /// proof-of-work difficulty its stores require.
     Info {
         /// Protocol version.
         version: u16,
@@ -805,6 +889,8 @@ pub enum Response {
         node_time: Timestamp,
         /// The node.
         node: NodeId,
+        /// Leading zero bits a store's proof of work must have (0: none).
+        pow_difficulty: u8,
     },
     /// This node is not in the recipient's swarm: ask these nodes instead.
     Redirect {
@@ -877,11 +963,13 @@ impl Response {
                 version,
                 node_time,
                 node,
+                pow_difficulty,
             } => {
                 out.extend_from_slice(&[STATUS_OK, Method::Info as u8]);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&node_time.0.to_be_bytes());
                 out.extend_from_slice(node.as_bytes());
+                out.push(*pow_difficulty);
             }
             Self::Redirect { swarm } => {
                 out.push(STATUS_REDIRECT);
@@ -966,6 +1054,7 @@ impl Response {
                     version: r.u16()?,
                     node_time: Timestamp(r.u64()?),
                     node: NodeId(r.array()?),
+                    pow_difficulty: r.u8()?,
                 },
             },
             STATUS_REDIRECT => Self::Redirect {
@@ -1160,26 +1249,35 @@ mod tests {
         let good = |k: &IdentityKey| Receipt::sign(k, &hash, &recipient, expiry);
         let mut forged = good(&members[1]);
         forged.signature[0] ^= 1;
-        let cases: [(Vec<Receipt>, usize); 5] = [
-            (vec![good(&members[0]), good(&members[1])], 2),
-            (vec![good(&members[0])], 1),
-            (vec![good(&members[0]), good(&members[0])], 1),
-            (vec![good(&members[0]), good(&outsider)], 1),
-            (vec![good(&members[0]), forged], 1),
+        // (receipts, valid, outsiders, duplicates, bad signatures)
+        let cases: [(Vec<Receipt>, usize, usize, usize, usize); 5] = [
+            (vec![good(&members[0]), good(&members[1])], 2, 0, 0, 0),
+            (vec![good(&members[0])], 1, 0, 0, 0),
+            (vec![good(&members[0]), good(&members[0])], 1, 0, 1, 0),
+            (vec![good(&members[0]), good(&outsider)], 1, 1, 0, 0),
+            (vec![good(&members[0]), forged], 1, 0, 0, 1),
         ];
-        for (receipts, valid) in cases {
+        let window = expiry..=expiry;
+        for (receipts, valid, outsiders, duplicates, bad_signatures) in cases {
             let ack = StoreAck {
                 hash,
                 expiry,
                 receipts,
             };
-            let outcome = ack.verify_quorum(&hash, &recipient, &swarm, 2);
+            let outcome = ack.verify_quorum(&hash, &recipient, &swarm, 2, window.clone());
             if valid >= 2 {
                 assert_eq!(outcome, Ok(()));
             } else {
                 assert_eq!(
                     outcome,
-                    Err(AckError::TooFewReceipts { valid, required: 2 })
+                    Err(AckError::TooFewReceipts {
+                        valid,
+                        required: 2,
+                        outsiders,
+                        outsider: (outsiders > 0).then(|| outsider.node_id()),
+                        duplicates,
+                        bad_signatures,
+                    })
                 );
             }
         }
@@ -1189,9 +1287,26 @@ mod tests {
             receipts: vec![good(&members[0]), good(&members[1])],
         };
         assert_eq!(
-            ack.verify_quorum(&MessageHash([8; 32]), &recipient, &swarm, 2),
+            ack.verify_quorum(&MessageHash([8; 32]), &recipient, &swarm, 2, window.clone()),
             Err(AckError::WrongMessage)
         );
+        // Valid receipts over an expiry shorter than asked for still fail.
+        let asked = expiry.plus_millis(3_600_000)..=expiry.plus_millis(3_700_000);
+        assert_eq!(
+            ack.verify_quorum(&hash, &recipient, &swarm, 2, asked.clone()),
+            Err(AckError::ExpiryMismatch {
+                acknowledged: expiry,
+                earliest: *asked.start(),
+                latest: *asked.end(),
+            })
+        );
+    }
+
+    #[test]
+    fn requested_expiry_spans_both_clocks_and_every_retry() {
+        let r = requested_expiry(NOW, NOW.plus_millis(5_000), 1_000_000, 60_000);
+        assert_eq!(*r.start(), Timestamp(NOW.0 - 60_000 + 1_000_000));
+        assert_eq!(*r.end(), NOW.plus_millis(5_000 + 1_000_000 + 60_000));
     }
 
     fn descriptor(seed: u8) -> Descriptor {
@@ -1233,6 +1348,7 @@ mod tests {
                 version: 1,
                 node_time: NOW,
                 node: NodeId([5; 32]),
+                pow_difficulty: 12,
             },
             Response::Redirect {
                 swarm: vec![descriptor(3)],

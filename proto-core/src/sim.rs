@@ -1,9 +1,10 @@
 //! Deterministic simulation: N nodes, a virtual clock, and an in-memory network with
-//! delay, loss, partitions and crashes, plus a client that speaks the real protocol
-//! (onion packets through three hops, signed requests, receipts).
+//! delay, loss, partitions and crashes, plus the real [`Client`] state machine (the one
+//! the `ghost` CLI runs) for stores and fetches through three hops.
 //!
 //! The simulation owns time and the network and nothing else: every decision is made by
-//! the real [`Node`] state machines it drives. A run is a function of its seed — the same
+//! the real [`Node`] and [`Client`] state machines it drives. [`Sim::send_via`] sends one
+//! hand-made request along a given path, for tests of node behaviour only. A run is a function of its seed — the same
 //! seed replays the same run, event for event — which is what lets a failing seed be
 //! printed and debugged. A crash drops a node's in-memory state and every write its store
 //! had not reported durable; the node restarts from its durable state with the same keys.
@@ -17,16 +18,20 @@ use core::cmp::Reverse;
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::keys::{Address, IdentityKey, OnionKey};
+use crate::client::{
+    self, Client, ClientConfig, ClientError, Delivery, DirectoryAnswer, FetchCursors, FetchSpec,
+    StoreSpec, TransmitBody, TransportError,
+};
+use crate::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey, UnverifiedDescriptor};
 use crate::node::{
     Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure, TransmitId,
 };
 use crate::packet::{self, PACKET_LEN, PathHop};
 use crate::reply::{self, Opened};
-use crate::request::{Request, RequestError, Response, RetrieveRequest, StoreAck, StoreRequest};
+use crate::request::{Request, RequestError, Response};
 use crate::ring::Ring;
-use crate::store::{MemoryBackend, message_hash};
-use crate::types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
+use crate::store::MemoryBackend;
+use crate::types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp};
 
 /// Network and timing parameters of a simulation.
 #[derive(Clone, Debug)]
@@ -43,6 +48,8 @@ pub struct SimConfig {
     pub max_commit_delay_ms: u64,
     /// Configuration of every node.
     pub node: NodeConfig,
+    /// Configuration of the client.
+    pub client: ClientConfig,
 }
 
 impl Default for SimConfig {
@@ -58,6 +65,20 @@ impl Default for SimConfig {
             min_delay_ms: 1,
             max_delay_ms: 20,
             max_commit_delay_ms: 5,
+            client: ClientConfig {
+                swarm_size: node.swarm_size,
+                vnodes: node.vnodes,
+                write_quorum: node.write_quorum,
+                // Lost exchanges are retried as a client would; at 2 % loss per exchange
+                // a 3-hop attempt fails about one time in eight, so ten attempts all
+                // failing is a one-in-a-billion event, not a protocol failure.
+                attempts_per_member: 10,
+                // Nodes restart with new onion keys: the client re-reads the directory
+                // soon after a failure.
+                directory_max_age_ms: 60_000,
+                directory_refresh_after_failure_ms: 1_000,
+                ..ClientConfig::default()
+            },
             node,
         }
     }
@@ -66,8 +87,18 @@ impl Default for SimConfig {
 /// Who waits for the answer to an exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Origin {
-    Node { node: usize, id: TransmitId },
-    Client { op: u64 },
+    Node {
+        node: usize,
+        id: TransmitId,
+    },
+    /// The client state machine.
+    Client {
+        id: client::TransmitId,
+    },
+    /// A hand-made request of [`Sim::send_via`].
+    Raw {
+        op: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,12 +119,15 @@ enum Event {
     Commit { node: usize, generation: u64 },
     /// A node's timer.
     Wake { node: usize, generation: u64 },
+    /// A directory listing reaches the client (kept in `Sim::directory_answers`).
+    DirectoryAnswer { id: client::TransmitId },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum EndpointKind {
     Onion,
     Peer,
+    Directory { after: Option<NodeId> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -164,8 +198,13 @@ pub struct Sim {
     events: BinaryHeap<Reverse<(Timestamp, u64, Event)>>,
     seq: u64,
     partitioned: BTreeSet<usize>,
-    client_ops: BTreeMap<u64, (packet::PathKeys, Option<ClientOutcome>)>,
+    raw_ops: BTreeMap<u64, (packet::PathKeys, Option<ClientOutcome>)>,
     next_op: u64,
+    client: Client,
+    /// Directory listings on their way to the client.
+    directory_answers: BTreeMap<client::TransmitId, Result<DirectoryAnswer, TransportError>>,
+    /// Client operations that ended, until a test collects them.
+    client_events: BTreeMap<client::OpId, client::Event>,
     /// Event log for replaying a failing seed, when enabled.
     trace: Option<Vec<String>>,
 }
@@ -181,6 +220,7 @@ impl Sim {
         for i in 0..config.nodes {
             nodes.push(SimNode::fresh(i, &mut rng));
         }
+        let client = Client::new(config.client.clone(), vec![sim_address(0)]);
         let mut sim = Self {
             config,
             now: START,
@@ -189,8 +229,11 @@ impl Sim {
             events: BinaryHeap::new(),
             seq: 0,
             partitioned: BTreeSet::new(),
-            client_ops: BTreeMap::new(),
+            raw_ops: BTreeMap::new(),
             next_op: 0,
+            client,
+            directory_answers: BTreeMap::new(),
+            client_events: BTreeMap::new(),
             trace: None,
         };
         for i in 0..sim.nodes.len() {
@@ -362,14 +405,24 @@ impl Sim {
         !(blocked(a) || blocked(b))
     }
 
-    /// Runs events until virtual time `until`.
+    /// Runs events (and the client's timers) until virtual time `until`.
     pub fn run_until(&mut self, until: Timestamp) {
-        while let Some(Reverse((at, _, _))) = self.events.peek() {
-            if *at > until {
+        loop {
+            let next_event = self.events.peek().map(|Reverse((at, _, _))| *at);
+            let client_wake = self.client.poll_timeout();
+            let Some(at) = next_event.into_iter().chain(client_wake).min() else {
+                break;
+            };
+            if at > until {
                 break;
             }
-            let Reverse((at, _, event)) = self.events.pop().expect("peeked");
             self.now = self.now.max(at);
+            if client_wake.is_some_and(|w| w <= at) {
+                self.client.handle_timeout(self.now, &mut self.rng);
+                self.drain_client();
+                continue;
+            }
+            let Reverse((_, _, event)) = self.events.pop().expect("peeked");
             self.dispatch(event);
         }
         self.now = self.now.max(until);
@@ -397,6 +450,7 @@ impl Sim {
                 }
                 Event::Commit { node, .. } => alloc::format!("commit {node}"),
                 Event::Wake { node, .. } => alloc::format!("wake {node}"),
+                Event::DirectoryAnswer { id } => alloc::format!("directory -> client {id:?}"),
             };
             self.note(format_args!("{summary}"));
         }
@@ -408,6 +462,13 @@ impl Sim {
                 body,
             } => self.deliver_request(to, from, endpoint, body),
             Event::Answer { to, result } => self.deliver_answer(to, result),
+            Event::DirectoryAnswer { id } => {
+                if let Some(answer) = self.directory_answers.remove(&id) {
+                    let now = self.now;
+                    self.client.handle_directory(now, &mut self.rng, id, answer);
+                    self.drain_client();
+                }
+            }
             Event::Commit { node, generation } => {
                 let now = self.now;
                 let n = &mut self.nodes[node];
@@ -438,8 +499,28 @@ impl Sim {
         let now = self.now;
         let sender = match from {
             Origin::Node { node, .. } => Some(node),
-            Origin::Client { .. } => None,
+            Origin::Client { .. } | Origin::Raw { .. } => None,
         };
+        if let (EndpointKind::Directory { after }, Origin::Client { id }) = (endpoint, from) {
+            // A listing is a plain read of the node's directory: no state changes.
+            let answer = match self.nodes[to].node.as_ref() {
+                Some(node) => {
+                    let page = node.directory_page(now, after, DIRECTORY_PAGE);
+                    Ok(DirectoryAnswer {
+                        nodes: page.nodes.iter().map(unverified).collect(),
+                        next: page.next,
+                        pow_difficulty: page.pow_difficulty,
+                    })
+                }
+                None => Err(TransportError::Unreachable),
+            };
+            if self.can_talk(Some(to), None) && !self.lost() {
+                let at = self.delay();
+                self.directory_answers.insert(id, answer);
+                self.push(at, Event::DirectoryAnswer { id });
+            }
+            return;
+        }
         let n = &mut self.nodes[to];
         let Some(node) = n.node.as_mut() else {
             let at = self.delay();
@@ -471,11 +552,12 @@ impl Sim {
                 node.handle_onion(now, req, source, &mut packet);
             }
             EndpointKind::Peer => node.handle_peer(now, req, &body),
+            EndpointKind::Directory { .. } => {}
         }
         self.drain(to);
     }
 
-    fn deliver_answer(&mut self, to: Origin, result: Result<Vec<u8>, Failure>) {
+    fn deliver_answer(&mut self, to: Origin, mut result: Result<Vec<u8>, Failure>) {
         let now = self.now;
         match to {
             Origin::Node { node, id } => {
@@ -486,8 +568,17 @@ impl Sim {
                 n.handle_transmit_result(now, id, result);
                 self.drain(node);
             }
-            Origin::Client { op } => {
-                if let Some((keys, outcome)) = self.client_ops.get_mut(&op) {
+            Origin::Client { id } => {
+                let answer = match &mut result {
+                    Ok(body) => Ok(body.as_mut_slice()),
+                    Err(Failure::Unreachable) => Err(TransportError::Unreachable),
+                };
+                self.client
+                    .handle_onion_answer(now, &mut self.rng, id, answer);
+                self.drain_client();
+            }
+            Origin::Raw { op } => {
+                if let Some((keys, outcome)) = self.raw_ops.get_mut(&op) {
                     *outcome = Some(match result {
                         Ok(mut body) => match reply::open(keys.reply_keys(), &mut body) {
                             Ok(Opened::Response { body }) => Response::decode(body)
@@ -555,7 +646,7 @@ impl Sim {
                     };
                     let receiver = match origin {
                         Origin::Node { node, .. } => Some(node),
-                        Origin::Client { .. } => None,
+                        Origin::Client { .. } | Origin::Raw { .. } => None,
                     };
                     let at = self.delay();
                     if self.can_talk(Some(i), receiver) && !self.lost() {
@@ -625,42 +716,10 @@ impl Sim {
             .collect()
     }
 
-    /// Sends `request` through a 3-hop path ending at node `last` (two other nodes chosen
-    /// at random first); returns an operation handle for [`Sim::outcome`].
-    pub fn send(
-        &mut self,
-        last: usize,
-        request: &Request<'_>,
-        signer: Option<&IdentityKey>,
-    ) -> u64 {
-        // A client builds paths from relays that answer (it retries with another path
-        // otherwise): up and not cut off. With too few of those it takes any node.
-        let reachable: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                i != last && self.nodes[i].node.is_some() && !self.partitioned.contains(&i)
-            })
-            .collect();
-        let pool: Vec<usize> = if reachable.len() >= 2 {
-            reachable
-        } else {
-            (0..self.nodes.len()).filter(|&i| i != last).collect()
-        };
-        let mut hops = Vec::new();
-        while hops.len() < 2 {
-            let pick = pool[(self.rng.next_u32() as usize) % pool.len()];
-            if !hops.contains(&pick) {
-                hops.push(pick);
-            }
-        }
-        hops.push(last);
-        self.note(format_args!(
-            "client sends {:?} via {hops:?}",
-            request.method()
-        ));
-        self.send_via(&hops, request, signer)
-    }
-
-    /// Sends `request` through the given node path.
+    /// Sends `request` through the given node path, built from the nodes' current keys;
+    /// returns a handle for [`Sim::outcome`]. For tests of node behaviour: it decides
+    /// nothing (stores and fetches go through [`Sim::store`] and [`Sim::retrieve_all`],
+    /// the real client).
     pub fn send_via(
         &mut self,
         hops: &[usize],
@@ -692,14 +751,14 @@ impl Sim {
         .expect("valid path");
         self.next_op += 1;
         let op = self.next_op;
-        self.client_ops.insert(op, (keys, None));
+        self.raw_ops.insert(op, (keys, None));
         let at = self.delay();
         if self.can_talk(None, Some(hops[0])) {
             self.push(
                 at,
                 Event::Request {
                     to: hops[0],
-                    from: Origin::Client { op },
+                    from: Origin::Raw { op },
                     endpoint: EndpointKind::Onion,
                     body: buf.to_vec(),
                 },
@@ -708,13 +767,14 @@ impl Sim {
         op
     }
 
-    /// What operation `op` ended with, once answered.
+    /// What a [`Sim::send_via`] request ended with, once answered.
     #[must_use]
     pub fn outcome(&self, op: u64) -> Option<&ClientOutcome> {
-        self.client_ops.get(&op).and_then(|(_, o)| o.as_ref())
+        self.raw_ops.get(&op).and_then(|(_, o)| o.as_ref())
     }
 
-    /// Runs until `op` is answered or `max_ms` of virtual time passed.
+    /// Runs until the [`Sim::send_via`] request `op` is answered or `max_ms` of virtual
+    /// time passed.
     pub fn wait(&mut self, op: u64, max_ms: u64) -> ClientOutcome {
         let deadline = self.now.plus_millis(max_ms);
         while self.now < deadline {
@@ -726,91 +786,111 @@ impl Sim {
         self.outcome(op).cloned().unwrap_or(ClientOutcome::Lost)
     }
 
-    /// Stores `body` for `recipient` via a 3-hop path ending at swarm member `last`;
-    /// returns the verified acknowledgement, or why there is none.
-    pub fn store(
-        &mut self,
-        last: usize,
-        recipient: &IdentityKey,
-        body: &[u8],
-    ) -> Result<StoreAck, ClientOutcome> {
-        let req = Request::Store(StoreRequest {
-            recipient: recipient.recipient_id(),
-            namespace: Namespace::DIRECT,
-            timestamp: self.now,
-            ttl_ms: 3_600_000,
-            pow_nonce: 0,
-            body,
-        });
-        let op = self.send(last, &req, None);
-        match self.wait(op, 30_000) {
-            ClientOutcome::Response(Response::Stored(ack)) => {
-                let swarm: Vec<NodeId> = {
-                    let ids = self.node_ids();
-                    self.swarm_of(&recipient.recipient_id())
-                        .into_iter()
-                        .map(|i| ids[i])
-                        .collect()
-                };
-                let expected = message_hash(&recipient.recipient_id(), Namespace::DIRECT, body);
-                match ack.verify_quorum(
-                    &expected,
-                    &recipient.recipient_id(),
-                    &swarm,
-                    self.config.node.write_quorum,
-                ) {
-                    Ok(()) => Ok(ack),
-                    Err(_) => Err(ClientOutcome::Response(Response::Stored(ack))),
+    /// Carries out everything the client wants sent.
+    fn drain_client(&mut self) {
+        while let Some(t) = self.client.poll_transmit() {
+            let target = self.nodes.iter().position(|n| n.address == t.to);
+            let (endpoint, body) = match t.body {
+                TransmitBody::Onion(packet) => (EndpointKind::Onion, packet.to_vec()),
+                TransmitBody::Directory { after } => {
+                    (EndpointKind::Directory { after }, Vec::new())
                 }
+            };
+            let at = self.delay();
+            match target {
+                Some(to) if self.can_talk(None, Some(to)) => self.push(
+                    at,
+                    Event::Request {
+                        to,
+                        from: Origin::Client { id: t.id },
+                        endpoint,
+                        body,
+                    },
+                ),
+                // Cut off: the client learns by its own timeout.
+                _ => self.note(format_args!("lost: client -> {target:?} {endpoint:?}")),
             }
-            other => Err(other),
+        }
+        while let Some(event) = self.client.poll_event() {
+            self.client_events.insert(event.op(), event);
         }
     }
 
-    /// Retrieves every message of `owner` from node `at` by walking the cursor; the last
-    /// answer when a page could not be fetched.
+    /// Runs until client operation `op` ends (at most an hour of virtual time).
+    fn run_client(&mut self, op: client::OpId) -> Option<client::Event> {
+        self.drain_client();
+        let deadline = self.now.plus_millis(CLIENT_PATIENCE_MS);
+        while self.now < deadline {
+            if let Some(event) = self.client_events.remove(&op) {
+                return Some(event);
+            }
+            self.run_for(10);
+        }
+        self.client_events.remove(&op)
+    }
+
+    /// Stores `body` for `recipient` with the real client, trying swarm member `first`
+    /// first; the verified delivery, or why there is none.
+    pub fn store(
+        &mut self,
+        first: usize,
+        recipient: &IdentityKey,
+        body: &[u8],
+    ) -> Result<Delivery, ClientError> {
+        let spec = StoreSpec {
+            recipient: recipient.recipient_id(),
+            body: body.to_vec(),
+            ttl_ms: 3_600_000,
+            first_member: Some(self.node_ids()[first]),
+        };
+        let now = self.now;
+        let op = self.client.start_store(now, &mut self.rng, spec);
+        match self.run_client(op) {
+            Some(client::Event::Stored { result, .. }) => result,
+            _ => Err(ClientError::Failed {
+                attempts: Vec::new(),
+            }),
+        }
+    }
+
+    /// Reads every message of `owner` from node `at` with the real client (fresh
+    /// cursors: from the oldest), as `(seq, hash, body)`.
     pub fn retrieve_all(
         &mut self,
         at: usize,
         owner: &IdentityKey,
-    ) -> Result<Vec<(u64, MessageHash, Vec<u8>)>, ClientOutcome> {
-        let mut after = 0;
-        let mut out = Vec::new();
-        for _ in 0..1000 {
-            // Pages lost on a lossy network are asked for again, as a client would, each
-            // time freshly signed (a request's timestamp must be recent). At 2 % loss per
-            // exchange a 3-hop attempt fails about one time in eight; ten attempts all
-            // failing is a one-in-a-billion event, not a protocol failure.
-            let mut answer = ClientOutcome::Lost;
-            for _ in 0..10 {
-                let req = Request::Retrieve(RetrieveRequest {
-                    recipient: owner.recipient_id(),
-                    namespace: Namespace::DIRECT,
-                    timestamp: self.now,
-                    after,
-                    limit: 50,
-                });
-                let op = self.send(at, &req, Some(owner));
-                answer = self.wait(op, 30_000);
-                if matches!(answer, ClientOutcome::Response(_)) {
-                    break;
-                }
-            }
-            match answer {
-                ClientOutcome::Response(Response::Messages { messages, more }) => {
-                    for m in &messages {
-                        out.push((m.seq, m.hash, m.body.clone()));
-                        after = m.seq;
-                    }
-                    if !more {
-                        return Ok(out);
-                    }
-                }
-                other => return Err(other),
-            }
+    ) -> Result<Vec<(u64, MessageHash, Vec<u8>)>, ClientError> {
+        let spec = FetchSpec {
+            identity: IdentityKey::from_seed(&owner.to_seed()),
+            cursors: FetchCursors::default(),
+            only_member: Some(self.node_ids()[at]),
+        };
+        let now = self.now;
+        let op = self.client.start_fetch(now, &mut self.rng, spec);
+        match self.run_client(op) {
+            Some(client::Event::Fetched { result, .. }) => result.map(|f| {
+                f.messages
+                    .into_iter()
+                    .map(|m| (m.seq, m.hash, m.body))
+                    .collect()
+            }),
+            _ => Err(ClientError::Failed {
+                attempts: Vec::new(),
+            }),
         }
-        Err(ClientOutcome::Lost)
     }
+}
+
+/// Descriptors per directory page a simulated node lists.
+const DIRECTORY_PAGE: usize = 256;
+/// Longest a simulated client operation may take, virtual ms.
+const CLIENT_PATIENCE_MS: u64 = 3_600_000;
+
+/// A verified descriptor as the wire would carry it (the client verifies it again).
+fn unverified(d: &crate::keys::Descriptor) -> UnverifiedDescriptor {
+    let mut buf = [0u8; MAX_DESCRIPTOR_LEN];
+    let n = d.encode(&mut buf).expect("a descriptor fits its maximum");
+    UnverifiedDescriptor::decode(&buf[..n]).expect("a descriptor decodes from its own encoding")
 }
 
 /// A recognisable fake address for simulated node `i`.

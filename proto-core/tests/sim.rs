@@ -1,11 +1,11 @@
 //! Multi-node behaviour by deterministic simulation: real node state machines, virtual
 //! time, an in-memory network with delay, loss, partitions and crashes.
-#![cfg(feature = "alloc")]
+#![cfg(feature = "sim")]
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto_core::keys::IdentityKey;
-use proto_core::request::Response;
+use proto_core::request::{Request, RequestError, Response, StoreRequest};
 use proto_core::sim::{ClientOutcome, Sim, SimConfig};
 use proto_core::store::message_hash;
 use proto_core::{MessageHash, Namespace};
@@ -43,10 +43,15 @@ fn three_hop_store_is_acknowledged_and_retrievable_from_another_swarm_member() {
     let alice = owner(1);
     let swarm = sim.swarm_of(&alice.recipient_id());
     assert_eq!(swarm.len(), 3);
-    let ack = sim
+    let delivery = sim
         .store(swarm[0], &alice, b"hello alice")
         .expect("acknowledged");
-    assert!(ack.receipts.len() >= 2);
+    assert!(delivery.ack.receipts.len() >= 2);
+    assert_eq!(
+        delivery.path.last().map(|d| d.node_id()),
+        Some(sim.node_ids()[swarm[0]]),
+        "the path ends at the member asked for first"
+    );
     sim.run_for(2_000);
     let got = sim
         .retrieve_all(swarm[1], &alice)
@@ -67,14 +72,62 @@ fn non_member_answers_with_a_redirect_to_the_swarm() {
     let outsider = (0..5)
         .find(|i| !swarm.contains(i))
         .expect("5 nodes, swarm of 3");
-    let err = sim.store(outsider, &bob, b"misrouted").unwrap_err();
-    let ClientOutcome::Response(Response::Redirect { swarm: members }) = err else {
-        panic!("expected a redirect, got {err:?}");
+    let relays: Vec<usize> = (0..5).filter(|&i| i != outsider).take(2).collect();
+    let request = Request::Store(StoreRequest {
+        recipient: bob.recipient_id(),
+        namespace: Namespace::DIRECT,
+        timestamp: sim.now(),
+        ttl_ms: 3_600_000,
+        pow_nonce: 0,
+        body: b"misrouted",
+    });
+    let op = sim.send_via(&[relays[0], relays[1], outsider], &request, None);
+    let answer = sim.wait(op, 30_000);
+    let ClientOutcome::Response(Response::Redirect { swarm: members }) = answer else {
+        panic!("expected a redirect, got {answer:?}");
     };
     let ids = sim.node_ids();
     let expected: BTreeSet<_> = swarm.iter().map(|&i| ids[i]).collect();
     let got: BTreeSet<_> = members.iter().map(|d| d.node_id()).collect();
     assert_eq!(got, expected);
+}
+
+#[test]
+fn client_learns_the_proof_of_work_difficulty_from_the_directory_and_pays_it() {
+    let mut config = SimConfig {
+        nodes: 5,
+        ..SimConfig::default()
+    };
+    config.node.pow_difficulty = 10;
+    let mut sim = Sim::new(config, 9);
+    sim.run_for(SETTLE_MS);
+    let dave = owner(4);
+    let swarm = sim.swarm_of(&dave.recipient_id());
+
+    // A store without work is refused: the difficulty is real.
+    let relays: Vec<usize> = (0..5).filter(|i| *i != swarm[0]).take(2).collect();
+    let unpaid = Request::Store(StoreRequest {
+        recipient: dave.recipient_id(),
+        namespace: Namespace::DIRECT,
+        timestamp: sim.now(),
+        ttl_ms: 3_600_000,
+        pow_nonce: 0,
+        body: b"no work done",
+    });
+    let op = sim.send_via(&[relays[0], relays[1], swarm[0]], &unpaid, None);
+    let answer = sim.wait(op, 30_000);
+    assert!(
+        matches!(
+            answer,
+            ClientOutcome::Response(Response::Refused(RequestError::InsufficientPow))
+        ),
+        "expected insufficient_pow, got {answer:?}"
+    );
+
+    let delivery = sim
+        .store(swarm[0], &dave, b"paid for")
+        .expect("the client found the difficulty and solved it");
+    assert!(delivery.ack.receipts.len() >= 2);
 }
 
 #[test]
@@ -206,13 +259,13 @@ fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
         let swarm = sim.swarm_of(&o.recipient_id());
         let body = [(seed as u8) ^ (step as u8); 24];
         let entry = swarm[(step as usize) % swarm.len()];
-        if let Ok(ack) = sim.store(entry, o, &body) {
-            if ack.hash != message_hash(&o.recipient_id(), Namespace::DIRECT, &body) {
+        if let Ok(delivery) = sim.store(entry, o, &body) {
+            if delivery.ack.hash != message_hash(&o.recipient_id(), Namespace::DIRECT, &body) {
                 return Err(format!(
                     "step {step}: acknowledgement for the wrong message"
                 ));
             }
-            acked.push((who, ack.hash));
+            acked.push((who, delivery.ack.hash));
         }
         match (seed + step) % 5 {
             0 if crashed.is_none() => {

@@ -8,10 +8,11 @@
 //! descriptors travel as their signed encoding in hex, so a client verifies every node it
 //! learns about and never trusts the JSON fields beside it.
 
+use proto_core::client::DirectoryAnswer;
 use proto_core::keys::{Descriptor, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor};
-use proto_core::node::RegisterError;
+use proto_core::node::{DirectoryPage, RegisterError};
 use proto_core::peer::PeerError;
-use proto_core::{NodeId, PACKET_LEN, RecipientId};
+use proto_core::{NodeId, PACKET_LEN};
 use serde::{Deserialize, Serialize};
 
 /// What a request asks for, once its method and path are known to be valid.
@@ -27,32 +28,29 @@ pub enum Route {
     Metrics,
     /// `GET /v1/nodes/bootstrap`: signed descriptors for a client's first view.
     Bootstrap,
-    /// `GET /v1/nodes/swarm/{recipient}`: the recipient's swarm.
-    Swarm(RecipientId),
+    /// `GET /v1/nodes/directory[?after=ID]`: one page of the whole directory, the same
+    /// for every caller (clients compute swarms from it).
+    Directory,
     /// `POST /v1/nodes/register`: a node announces its signed descriptor.
     Register,
 }
 
 /// Every path the node serves, with the one method it accepts.
-const ROUTES: [(&str, &str); 6] = [
+const ROUTES: [(&str, &str); 7] = [
     ("/v1/onion", "POST"),
     ("/v1/peer", "POST"),
     ("/health", "GET"),
     ("/metrics", "GET"),
     ("/v1/nodes/bootstrap", "GET"),
+    ("/v1/nodes/directory", "GET"),
     ("/v1/nodes/register", "POST"),
 ];
 
-const SWARM_PREFIX: &str = "/v1/nodes/swarm/";
+/// Descriptors per page of `GET /v1/nodes/directory` (about 40 KiB of JSON).
+pub const DIRECTORY_PAGE_LEN: usize = 256;
 
 /// Finds the route for `method` and `path` (the path without its query string).
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    if let Some(id) = path.strip_prefix(SWARM_PREFIX) {
-        if method != "GET" {
-            return Err(ApiError::method_not_allowed("GET"));
-        }
-        return parse_recipient(id).map(Route::Swarm);
-    }
     let Some(&(_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return Err(ApiError::new(
             404,
@@ -69,21 +67,27 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/v1/nodes/bootstrap" => Route::Bootstrap,
+        "/v1/nodes/directory" => Route::Directory,
         _ => Route::Register,
     })
 }
 
-/// A recipient ID from its 64 hex digits.
-pub fn parse_recipient(text: &str) -> Result<RecipientId, ApiError> {
-    let mut id = [0u8; 32];
-    hex::decode_to_slice(text, &mut id).map_err(|_| {
+/// The cursor of a directory page from the query string: nothing, or `after=<node ID hex>`.
+pub fn parse_directory_query(query: Option<&str>) -> Result<Option<NodeId>, ApiError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = || {
         ApiError::new(
             400,
-            "bad_recipient_id",
-            "a recipient ID is 64 hex digits (an Ed25519 public key)",
+            "bad_query",
+            "the only parameter is after=<node ID, 64 hex digits>",
         )
-    })?;
-    Ok(RecipientId(id))
+    };
+    let text = query.strip_prefix("after=").ok_or_else(bad)?;
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(text, &mut id).map_err(|_| bad())?;
+    Ok(Some(NodeId(id)))
 }
 
 /// A problem answered over HTTP: status, stable code, human message.
@@ -262,7 +266,7 @@ pub struct NodeJson {
     pub descriptor: String,
 }
 
-/// Body of `GET /v1/nodes/bootstrap` and `GET /v1/nodes/swarm/{id}`.
+/// Body of `GET /v1/nodes/bootstrap`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodesJson {
     /// The nodes.
@@ -285,21 +289,75 @@ fn descriptor_hex(d: &Descriptor) -> String {
     hex::encode(&buf[..n])
 }
 
+fn node_json(d: &Descriptor) -> NodeJson {
+    NodeJson {
+        id: d.node_id().to_string(),
+        address: d.address().as_str().to_owned(),
+        epoch: d.epoch().0,
+        descriptor: descriptor_hex(d),
+    }
+}
+
 /// The JSON listing of `nodes`.
 #[must_use]
 pub fn nodes_body(nodes: &[Descriptor]) -> String {
     let body = NodesJson {
-        nodes: nodes
-            .iter()
-            .map(|d| NodeJson {
-                id: d.node_id().to_string(),
-                address: d.address().as_str().to_owned(),
-                epoch: d.epoch().0,
-                descriptor: descriptor_hex(d),
-            })
-            .collect(),
+        nodes: nodes.iter().map(node_json).collect(),
     };
     serde_json::to_string(&body).expect("strings and integers always serialize")
+}
+
+/// Body of `GET /v1/nodes/directory`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectoryJson {
+    /// The nodes of this page, in node-ID order.
+    pub nodes: Vec<NodeJson>,
+    /// Cursor of the next page (`?after=`), absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Leading zero bits a store's proof of work must have (0: none).
+    pub pow_difficulty: u8,
+}
+
+/// The JSON of one directory page.
+#[must_use]
+pub fn directory_body(page: &DirectoryPage) -> String {
+    let body = DirectoryJson {
+        nodes: page.nodes.iter().map(node_json).collect(),
+        next: page.next.map(|id| id.to_string()),
+        pow_difficulty: page.pow_difficulty,
+    };
+    serde_json::to_string(&body).expect("strings and integers always serialize")
+}
+
+/// Reads a directory page (client side). Signatures are the client core's to check; a
+/// descriptor that does not even decode makes the whole page malformed.
+pub fn parse_directory(body: &[u8]) -> Result<DirectoryAnswer, String> {
+    let page: DirectoryJson =
+        serde_json::from_slice(body).map_err(|e| format!("not a directory listing: {e}"))?;
+    let nodes = page
+        .nodes
+        .iter()
+        .map(|n| {
+            let bytes = hex::decode(&n.descriptor)
+                .map_err(|_| format!("descriptor of {} is not hex", n.id))?;
+            UnverifiedDescriptor::decode(&bytes).map_err(|e| format!("descriptor of {}: {e}", n.id))
+        })
+        .collect::<Result<_, String>>()?;
+    let next = match page.next {
+        None => None,
+        Some(text) => {
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(&text, &mut id)
+                .map_err(|_| format!("next cursor {text:?} is not a node ID"))?;
+            Some(NodeId(id))
+        }
+    };
+    Ok(DirectoryAnswer {
+        nodes,
+        next,
+        pow_difficulty: page.pow_difficulty,
+    })
 }
 
 /// Reads a node listing, verifying every descriptor's signature (client side).
@@ -363,16 +421,11 @@ mod tests {
     }
 
     #[test]
-    fn swarm_route_needs_a_valid_recipient() {
-        let id = "ab".repeat(32);
-        assert_eq!(
-            route("GET", &format!("{SWARM_PREFIX}{id}")).unwrap(),
-            Route::Swarm(RecipientId([0xab; 32]))
-        );
-        for bad in ["", "zz", &"ab".repeat(31), &"ab".repeat(33)] {
-            let e = route("GET", &format!("{SWARM_PREFIX}{bad}")).unwrap_err();
-            assert_eq!((e.status, e.code), (400, "bad_recipient_id"));
-        }
+    fn no_route_names_a_recipient() {
+        // A plain request naming a recipient would tell the node (and the wire) who the
+        // client writes to or reads as: such questions travel only inside onions.
+        let e = route("GET", &format!("/v1/nodes/swarm/{}", "ab".repeat(32))).unwrap_err();
+        assert_eq!((e.status, e.code), (404, "unknown_route"));
     }
 
     #[test]
@@ -403,5 +456,52 @@ mod tests {
         );
         let listed = parse_nodes(nodes_body(&[d]).as_bytes()).unwrap();
         assert_eq!(listed, [d]);
+    }
+
+    #[test]
+    fn directory_page_round_trips_and_a_bad_cursor_is_refused() {
+        use proto_core::keys::{Address, IdentityKey, OnionKey};
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let d = Descriptor::sign(
+            &IdentityKey::from_seed(&[4; 32]),
+            &OnionKey::generate(proto_core::Epoch(1), &mut rng),
+            Address::new("127.0.0.1:2").unwrap(),
+            proto_core::Timestamp(1_000_000),
+        );
+        let page = DirectoryPage {
+            nodes: vec![d],
+            next: Some(d.node_id()),
+            pow_difficulty: 9,
+        };
+        let answer = parse_directory(directory_body(&page).as_bytes()).unwrap();
+        assert_eq!(answer.nodes.len(), 1);
+        assert_eq!(answer.nodes[0].verify().unwrap(), d);
+        assert_eq!((answer.next, answer.pow_difficulty), (Some(d.node_id()), 9));
+
+        let last = DirectoryPage { next: None, ..page };
+        let text = directory_body(&last);
+        assert!(
+            !text.contains("next"),
+            "the last page has no cursor: {text}"
+        );
+        assert_eq!(parse_directory(text.as_bytes()).unwrap().next, None);
+
+        assert!(parse_directory(b"{\"nodes\":[],\"next\":\"zz\",\"pow_difficulty\":0}").is_err());
+        assert!(parse_directory(b"[]").is_err());
+        let id = "cd".repeat(32);
+        assert_eq!(
+            parse_directory_query(Some(&format!("after={id}"))).unwrap(),
+            Some(NodeId([0xcd; 32]))
+        );
+        assert_eq!(parse_directory_query(None).unwrap(), None);
+        assert_eq!(parse_directory_query(Some("")).unwrap(), None);
+        for bad in ["after=", "after=zz", "limit=3", &format!("after={id}&x=1")] {
+            assert_eq!(
+                parse_directory_query(Some(bad)).unwrap_err().code,
+                "bad_query",
+                "{bad}"
+            );
+        }
     }
 }

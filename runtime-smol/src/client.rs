@@ -1,30 +1,31 @@
-//! The client side: learn the network from one seed, build fresh 3-hop paths, and send
-//! store and retrieve requests through them, with bodies end-to-end encrypted to the
-//! recipient.
+//! The client side over HTTP: carries out what the core's client state machine
+//! ([`proto_core::client`]) decides, and keeps the files a user owns (recipient keys,
+//! fetch cursors), with bodies end-to-end encrypted to the recipient.
 //!
-//! Everything cryptographic is the core's (packet build, reply open, request signing,
-//! receipt verification, sealed bodies); this module picks paths, moves bytes and keeps
-//! the files a user owns (recipient keys, fetch cursors). Invariants: a store counts as
-//! delivered only when the answer carries W valid receipts from the recipient's swarm;
-//! every descriptor used for a path was verified from its signature; a redirect is
-//! followed at most once per request.
+//! Every decision — which directory to believe, the recipient's swarm (computed from the
+//! client's own ring, never asked of a node), paths, retries, redirects, receipt and
+//! message checks, the cursor walk — is the core's; this module moves bytes: the one
+//! plain request is `GET /v1/nodes/directory`, the same for every client, and everything
+//! that names a recipient goes inside onion packets. Key and cursor files are written
+//! with mode 0600.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use proto_core::keys::{Descriptor, IdentityKey};
-use proto_core::node::{Endpoint, NodeConfig};
-use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
-use proto_core::reply::{self, HopFailure, Opened};
-use proto_core::request::{
-    MessageView, Request, Response, RetrieveRequest, StoreAck, StoreRequest,
+use proto_core::client::{
+    self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StoreSpec, TransmitBody,
+    TransportError,
 };
+use proto_core::keys::{Address, Descriptor, IdentityKey};
+use proto_core::node::{Endpoint, TransmitFailure};
+use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
+use proto_core::reply::{self, Opened};
+use proto_core::request::{Request, Response};
 use proto_core::sealed::{self, Contact, EncryptionKey, SEAL_OVERHEAD};
-use proto_core::store::message_hash;
-use proto_core::{MessageHash, Namespace, NodeId, RecipientId};
+use proto_core::{MessageHash, NodeId, RecipientId};
 use rand_core::{CryptoRng, Rng, UnwrapErr};
 use serde::{Deserialize, Serialize};
 
@@ -33,19 +34,13 @@ use crate::host::{exchange, now};
 
 /// Hops of every path the client builds.
 pub const PATH_HOPS: usize = 3;
-/// How long one request through a path may take before the client gives up.
+/// How long one exchange may take before the client gives up on it (the core's
+/// `request_timeout_ms`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a packet stays valid (hops refuse it afterwards).
 const PACKET_LIFETIME_MS: u64 = 60_000;
 /// How long stored messages live unless the sender says otherwise: 14 days, the maximum.
 pub const DEFAULT_TTL_MS: u64 = proto_core::store::MAX_TTL_MS;
-/// Fresh paths tried per swarm member before moving to the next (a relay may be down).
-pub const PATHS_PER_MEMBER: usize = 3;
-/// Messages asked for per retrieve page.
-const PAGE: u16 = 50;
-/// Hashes of fetched messages remembered, so a message seen on one swarm member is not
-/// shown again when the next fetch reads another member.
-const SEEN_MEMORY: usize = 10_000;
 
 /// Writes `bytes` to a new file readable by its owner only (mode 0600), synced to disk.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -143,30 +138,29 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+impl From<core_client::ClientError> for ClientError {
+    fn from(e: core_client::ClientError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 fn fail<T>(message: impl Into<String>) -> Result<T, ClientError> {
     Err(ClientError(message.into()))
 }
 
-/// A delivered store: the verified acknowledgement and the path it took.
-#[derive(Debug)]
-pub struct Delivery {
-    /// The acknowledgement, whose receipts were verified against the swarm.
-    pub ack: StoreAck,
-    /// The three hops, first to last.
-    pub path: Vec<Descriptor>,
-}
+/// A delivered store: the verified acknowledgement, the path it took, and what failed
+/// on the way (other paths, members whose answers did not hold).
+pub type Delivery = core_client::Delivery;
 
 /// Messages fetched from one swarm member, with the path used.
-#[derive(Debug)]
-pub struct Fetched {
-    /// New messages (not seen before), in the member's order.
-    pub messages: Vec<MessageView>,
-    /// The three hops, first to last.
-    pub path: Vec<Descriptor>,
-}
+pub type Fetched = core_client::Fetched;
+
+/// One failed attempt inside an operation that may still have succeeded.
+pub type AttemptFailure = core_client::AttemptFailure;
 
 /// Where a recipient's fetches stopped, per swarm member (cursors are per node), and
-/// which messages were already shown.
+/// which messages were already shown: the JSON form of the core's
+/// [`FetchCursors`], kept in a private file beside the key file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Cursors {
     /// Last sequence number read from each member (node ID hex).
@@ -190,58 +184,91 @@ impl Cursors {
         }
     }
 
-    /// Saves cursors atomically (write a temporary file, then rename).
+    /// Saves cursors atomically (a new private file, mode 0600 like the key file, then
+    /// a rename): which messages a recipient read is nobody else's business.
     pub fn save(&self, path: &Path) -> Result<(), String> {
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(self).expect("maps of strings and integers serialize");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, path))
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot replace {}: {e}", tmp.display())),
+        }
+        write_private(&tmp, &text)?;
+        std::fs::rename(&tmp, path)
             .map_err(|e| format!("cannot save cursors to {}: {e}", path.display()))
     }
 
-    fn remember(&mut self, hash: &MessageHash) -> bool {
-        let text = hash.to_string();
-        if self.seen.contains(&text) {
-            return false;
+    fn to_core(&self) -> FetchCursors {
+        let parse = |text: &str| -> Option<[u8; 32]> {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+        };
+        FetchCursors {
+            after: self
+                .after
+                .iter()
+                .filter_map(|(id, seq)| parse(id).map(|b| (NodeId(b), *seq)))
+                .collect(),
+            seen: self
+                .seen
+                .iter()
+                .filter_map(|h| parse(h).map(MessageHash))
+                .collect(),
         }
-        if self.seen.len() >= SEEN_MEMORY {
-            self.seen.pop_front();
+    }
+
+    fn from_core(c: &FetchCursors) -> Self {
+        Self {
+            after: c.after.iter().map(|(id, s)| (id.to_string(), *s)).collect(),
+            seen: c.seen.iter().map(ToString::to_string).collect(),
         }
-        self.seen.push_back(text);
-        true
     }
 }
 
-/// A view of the network learned from one seed node.
+/// A blocking client over HTTP: carries out what [`proto_core::client::Client`] decides
+/// (directory, swarm, paths, retries, redirects, receipt and message checks).
+///
+/// The only plain request it makes is `GET /v1/nodes/directory`, the same for every
+/// client; everything that names a recipient travels inside onion packets.
 pub struct Client {
-    seed: String,
-    nodes: Vec<Descriptor>,
-    write_quorum: usize,
+    core: RefCell<core_client::Client>,
     ttl_ms: u64,
-    /// Nodes a hop reported unreachable (or that refused our connection): left out of
-    /// later paths while enough others remain.
-    suspects: RefCell<BTreeSet<NodeId>>,
 }
 
 impl Client {
-    /// Asks `seed` for the network (`GET /v1/nodes/bootstrap`) and verifies every node.
+    /// Reads the whole directory from `seed` (`GET /v1/nodes/directory`, every
+    /// descriptor's signature and expiry checked).
     pub fn connect(seed: &str) -> Result<Self, ClientError> {
-        let body = get(seed, "/v1/nodes/bootstrap")?;
-        let nodes = api::parse_nodes(&body).map_err(|e| ClientError(format!("{seed}: {e}")))?;
-        Ok(Self {
-            seed: seed.to_owned(),
-            nodes,
-            write_quorum: NodeConfig::default().write_quorum,
+        Self::with_config(seed, ClientConfig::default())
+    }
+
+    /// [`Client::connect`] with a client configuration of one's own.
+    pub fn with_config(seed: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        let address = Address::new(seed).map_err(|_| {
+            ClientError(format!(
+                "{seed:?} is not a node address (host:port, at most 64 printable characters)"
+            ))
+        })?;
+        let client = Self {
+            core: RefCell::new(core_client::Client::new(config, vec![address])),
             ttl_ms: DEFAULT_TTL_MS,
-            suspects: RefCell::new(BTreeSet::new()),
-        })
+        };
+        client.core.borrow_mut().refresh_directory(now());
+        if let Some(Err(e)) = client.drive(None) {
+            return Err(e.into());
+        }
+        if !client.core.borrow().has_directory() {
+            return fail(format!("{seed} did not return the directory"));
+        }
+        Ok(client)
     }
 
     /// Requires `w` valid receipts before a store counts as delivered (default: the
     /// core's default write quorum, 2). Match the network's `node.write_quorum`.
     #[must_use]
-    pub fn with_write_quorum(mut self, w: usize) -> Self {
-        self.write_quorum = w;
+    pub fn with_write_quorum(self, w: usize) -> Self {
+        self.core.borrow_mut().set_write_quorum(w);
         self
     }
 
@@ -253,57 +280,180 @@ impl Client {
         self
     }
 
-    /// Verified descriptors of the nodes known.
+    /// Verified, unexpired descriptors of the nodes known, by node ID.
     #[must_use]
-    pub fn nodes(&self) -> &[Descriptor] {
-        &self.nodes
+    pub fn nodes(&self) -> Vec<Descriptor> {
+        self.core.borrow().nodes().copied().collect()
     }
 
-    /// The recipient's swarm as the seed sees it (`GET /v1/nodes/swarm/{id}`).
+    /// The recipient's swarm by this client's own ring over the verified directory (no
+    /// request is made: asking a node would tell it whose swarm we want).
     pub fn swarm(&self, recipient: &RecipientId) -> Result<Vec<Descriptor>, ClientError> {
-        let body = get(&self.seed, &format!("/v1/nodes/swarm/{recipient}"))?;
-        let swarm =
-            api::parse_nodes(&body).map_err(|e| ClientError(format!("{}: {e}", self.seed)))?;
+        let swarm = self.core.borrow().swarm(recipient);
         if swarm.is_empty() {
-            return fail(format!("{} knows no swarm for {recipient}", self.seed));
+            return fail("the directory is empty: no swarm");
         }
         Ok(swarm)
     }
 
-    /// A fresh path ending at `last`: two other nodes picked at random, all distinct.
+    /// Stores `body` (already sealed) for `recipient` through a fresh 3-hop path ending
+    /// at a swarm member, and verifies the W receipts (see
+    /// [`proto_core::client`] for the retry and redirect rules).
+    pub fn store(&self, recipient: &RecipientId, body: &[u8]) -> Result<Delivery, ClientError> {
+        let spec = StoreSpec {
+            recipient: *recipient,
+            body: body.to_vec(),
+            ttl_ms: self.ttl_ms,
+            first_member: None,
+        };
+        let op = self.core.borrow_mut().start_store(now(), &mut rng(), spec);
+        match self.drive(Some(op)) {
+            Some(Ok(core_client::Event::Stored { result, .. })) => result.map_err(Into::into),
+            Some(Err(e)) => Err(e.into()),
+            _ => fail("the store did not finish"),
+        }
+    }
+
+    /// Reads every new message of `keys`' recipient from one swarm member (the first that
+    /// answers), advancing `cursors`. Messages already in `cursors.seen` are skipped.
+    pub fn fetch(&self, keys: &IdentityKey, cursors: &mut Cursors) -> Result<Fetched, ClientError> {
+        self.fetch_inner(keys, cursors, None)
+    }
+
+    /// Reads every new message of `keys`' recipient from `member` only.
+    pub fn fetch_from(
+        &self,
+        member: &Descriptor,
+        keys: &IdentityKey,
+        cursors: &mut Cursors,
+    ) -> Result<Fetched, ClientError> {
+        self.fetch_inner(keys, cursors, Some(member.node_id()))
+    }
+
+    fn fetch_inner(
+        &self,
+        keys: &IdentityKey,
+        cursors: &mut Cursors,
+        only_member: Option<NodeId>,
+    ) -> Result<Fetched, ClientError> {
+        let spec = FetchSpec {
+            identity: IdentityKey::from_seed(&keys.to_seed()),
+            cursors: cursors.to_core(),
+            only_member,
+        };
+        let op = self.core.borrow_mut().start_fetch(now(), &mut rng(), spec);
+        match self.drive(Some(op)) {
+            Some(Ok(core_client::Event::Fetched {
+                cursors: kept,
+                result,
+                ..
+            })) => {
+                *cursors = Cursors::from_core(&kept);
+                result.map_err(Into::into)
+            }
+            Some(Err(e)) => Err(e.into()),
+            _ => fail("the fetch did not finish"),
+        }
+    }
+
+    /// Carries out the core's exchanges one at a time until operation `op` ends (or, with
+    /// `None`, until nothing is left to send); the str0m-style blocking loop.
+    fn drive(
+        &self,
+        op: Option<OpId>,
+    ) -> Option<Result<core_client::Event, core_client::ClientError>> {
+        loop {
+            let transmit = {
+                let mut core = self.core.borrow_mut();
+                while let Some(event) = core.poll_event() {
+                    if Some(event.op()) == op {
+                        return Some(Ok(event));
+                    }
+                }
+                core.poll_transmit()
+            };
+            let Some(t) = transmit else {
+                // Nothing in flight that an answer could move on: only a timeout can.
+                let deadline = self.core.borrow().poll_timeout()?;
+                let wait = deadline.millis_since(now());
+                std::thread::sleep(Duration::from_millis(wait));
+                self.core.borrow_mut().handle_timeout(now(), &mut rng());
+                continue;
+            };
+            let to = t.to.as_str().to_owned();
+            match t.body {
+                TransmitBody::Onion(packet) => {
+                    let answer = smol::block_on(exchange(
+                        &to,
+                        Endpoint::Onion,
+                        packet.to_vec(),
+                        REQUEST_TIMEOUT,
+                    ));
+                    let mut core = self.core.borrow_mut();
+                    match answer {
+                        Ok(mut bytes) => {
+                            core.handle_onion_answer(now(), &mut rng(), t.id, Ok(&mut bytes));
+                        }
+                        Err(e) => {
+                            let error = match e {
+                                TransmitFailure::Timeout => TransportError::Timeout,
+                                _ => TransportError::Unreachable,
+                            };
+                            core.handle_onion_answer(now(), &mut rng(), t.id, Err(error));
+                        }
+                    }
+                }
+                TransmitBody::Directory { after } => {
+                    let path = match after {
+                        None => DIRECTORY_PATH.to_owned(),
+                        Some(id) => format!("{DIRECTORY_PATH}?after={id}"),
+                    };
+                    let answer = match get(&to, &path) {
+                        Ok(body) => {
+                            api::parse_directory(&body).map_err(|_| TransportError::Malformed)
+                        }
+                        Err(_) => Err(TransportError::Unreachable),
+                    };
+                    self.core
+                        .borrow_mut()
+                        .handle_directory(now(), &mut rng(), t.id, answer);
+                }
+            }
+        }
+    }
+
+    /// A fresh path ending at `last`: two other nodes picked at random, all distinct (for
+    /// tools and tests that send hand-made requests with [`Client::request`]).
     pub fn path_to<R: Rng + ?Sized>(
         &self,
         last: &Descriptor,
         rng: &mut R,
     ) -> Result<Vec<Descriptor>, ClientError> {
-        let others = self.nodes.iter().filter(|d| d.node_id() != last.node_id());
-        let mut relays: Vec<Descriptor> = others
-            .clone()
-            .filter(|d| !self.is_suspect(d))
-            .copied()
+        let others: Vec<Descriptor> = self
+            .nodes()
+            .into_iter()
+            .filter(|d| d.node_id() != last.node_id())
             .collect();
-        if relays.len() < PATH_HOPS - 1 {
-            // Too few unsuspected nodes: suspicion may be stale, so use every node.
-            relays = others.copied().collect();
-        }
-        if relays.len() < PATH_HOPS - 1 {
+        if others.len() < PATH_HOPS - 1 {
             return fail(format!(
                 "the network has {} nodes; a {PATH_HOPS}-hop path needs {PATH_HOPS}",
-                relays.len() + 1
+                others.len() + 1
             ));
         }
-        // Partial Fisher–Yates: the first PATH_HOPS−1 entries become a uniform sample.
-        for i in 0..PATH_HOPS - 1 {
-            let span = u64::try_from(relays.len() - i).expect("a node count fits u64");
-            let j = i + usize::try_from(rng.next_u64() % span).expect("below the node count");
-            relays.swap(i, j);
+        let mut path: Vec<Descriptor> = Vec::new();
+        while path.len() < PATH_HOPS - 1 {
+            let pick = others[usize::try_from(rng.next_u64() % others.len() as u64)
+                .expect("below the node count")];
+            if !path.contains(&pick) {
+                path.push(pick);
+            }
         }
-        relays.truncate(PATH_HOPS - 1);
-        relays.push(*last);
-        Ok(relays)
+        path.push(*last);
+        Ok(path)
     }
 
-    /// Sends `request` through `path` and authenticates the answer.
+    /// Sends one hand-made `request` through `path` and authenticates the answer; no
+    /// retries, no checks beyond the reply's authentication (tools and tests).
     pub fn request(
         &self,
         path: &[Descriptor],
@@ -322,169 +472,25 @@ impl Client {
             packet.to_vec(),
             REQUEST_TIMEOUT,
         ))
-        .map_err(|e| {
-            self.suspects.borrow_mut().insert(path[0].node_id());
-            ClientError(format!("first hop {first} did not answer: {e:?}"))
-        })?;
+        .map_err(|e| ClientError(format!("first hop {first} did not answer: {e:?}")))?;
         match reply::open(keys.reply_keys(), &mut answer) {
             Ok(Opened::Response { body }) => Response::decode(body)
                 .map_err(|e| ClientError(format!("the final hop's answer is malformed: {e}"))),
-            Ok(Opened::Failed { hop, failure, .. }) => {
-                if matches!(
-                    failure,
-                    HopFailure::NextHopUnreachable | HopFailure::NextHopTimeout
-                ) && let Some(next) = path.get(hop + 1)
-                {
-                    self.suspects.borrow_mut().insert(next.node_id());
-                }
-                fail(format!(
-                    "hop {} ({}) failed: {failure}",
-                    hop + 1,
-                    path.get(hop).map_or("?", |d| d.address().as_str())
-                ))
-            }
+            Ok(Opened::Failed { hop, failure, .. }) => fail(format!(
+                "hop {} ({}) failed: {failure}",
+                hop + 1,
+                path.get(hop).map_or("?", |d| d.address().as_str())
+            )),
             Err(e) => fail(format!("the answer did not authenticate: {e}")),
         }
     }
+}
 
-    /// Stores `body` (already sealed) for `recipient` through a fresh 3-hop path ending
-    /// at a swarm member, and verifies the W receipts. Tries each member in turn (those
-    /// not suspected of being down first), each with up to [`PATHS_PER_MEMBER`] fresh
-    /// paths; follows one redirect.
-    pub fn store(&self, recipient: &RecipientId, body: &[u8]) -> Result<Delivery, ClientError> {
-        let mut swarm = self.swarm(recipient)?;
-        let mut last_error = ClientError("the swarm is empty".into());
-        let mut rng = UnwrapErr(getrandom::SysRng);
-        for _redirects in 0..2 {
-            let mut redirect = None;
-            'members: for member in self.by_suspicion(&swarm) {
-                for try_number in 0..PATHS_PER_MEMBER {
-                    // A member suspected of being down gets one path, not several.
-                    if try_number > 0 && self.is_suspect(&member) {
-                        continue 'members;
-                    }
-                    let path = self.path_to(&member, &mut rng)?;
-                    let request = Request::Store(StoreRequest {
-                        recipient: *recipient,
-                        namespace: Namespace::DIRECT,
-                        timestamp: now(),
-                        ttl_ms: self.ttl_ms,
-                        pow_nonce: 0,
-                        body,
-                    });
-                    match self.request(&path, &request, None) {
-                        Ok(Response::Stored(ack)) => {
-                            let members: Vec<NodeId> =
-                                swarm.iter().map(Descriptor::node_id).collect();
-                            let expected = message_hash(recipient, Namespace::DIRECT, body);
-                            ack.verify_quorum(&expected, recipient, &members, self.write_quorum)
-                                .map_err(|e| {
-                                    ClientError(format!("the acknowledgement does not hold: {e}"))
-                                })?;
-                            return Ok(Delivery { ack, path });
-                        }
-                        Ok(Response::Redirect { swarm: current }) if !current.is_empty() => {
-                            redirect = Some(current);
-                            break 'members;
-                        }
-                        // A refusal is the swarm's answer (quota, full node, ...): another
-                        // path would get the same one.
-                        Ok(Response::Refused(e)) => return fail(format!("refused: {e}")),
-                        Ok(other) => {
-                            last_error = ClientError(format!("unexpected answer: {other:?}"));
-                        }
-                        Err(e) => last_error = e,
-                    }
-                }
-            }
-            match redirect {
-                Some(current) => swarm = current,
-                None => break,
-            }
-        }
-        Err(last_error)
-    }
+/// The path of the directory listing.
+const DIRECTORY_PATH: &str = "/v1/nodes/directory";
 
-    /// `swarm` with members not suspected of being down first (order otherwise kept).
-    fn by_suspicion(&self, swarm: &[Descriptor]) -> Vec<Descriptor> {
-        let mut ordered = swarm.to_vec();
-        ordered.sort_by_key(|d| self.is_suspect(d));
-        ordered
-    }
-
-    fn is_suspect(&self, d: &Descriptor) -> bool {
-        self.suspects.borrow().contains(&d.node_id())
-    }
-
-    /// Reads every new message of `keys`' recipient from one swarm member (the first that
-    /// answers), advancing `cursors`. Messages already in `cursors.seen` are skipped.
-    pub fn fetch(&self, keys: &IdentityKey, cursors: &mut Cursors) -> Result<Fetched, ClientError> {
-        let swarm = self.swarm(&keys.recipient_id())?;
-        let mut last_error = ClientError("the swarm is empty".into());
-        for member in &self.by_suspicion(&swarm) {
-            match self.fetch_from(member, keys, cursors) {
-                Ok(fetched) => return Ok(fetched),
-                Err(e) => last_error = e,
-            }
-        }
-        Err(last_error)
-    }
-
-    /// Reads every new message of `keys`' recipient from `member`, through up to
-    /// [`PATHS_PER_MEMBER`] fresh paths.
-    pub fn fetch_from(
-        &self,
-        member: &Descriptor,
-        keys: &IdentityKey,
-        cursors: &mut Cursors,
-    ) -> Result<Fetched, ClientError> {
-        let mut rng = UnwrapErr(getrandom::SysRng);
-        let mut last_error = ClientError("no path tried".into());
-        for _ in 0..PATHS_PER_MEMBER {
-            let path = self.path_to(member, &mut rng)?;
-            match self.walk(&path, keys, cursors) {
-                Ok(messages) => return Ok(Fetched { messages, path }),
-                Err(e) => last_error = e,
-            }
-        }
-        Err(last_error)
-    }
-
-    fn walk(
-        &self,
-        path: &[Descriptor],
-        keys: &IdentityKey,
-        cursors: &mut Cursors,
-    ) -> Result<Vec<MessageView>, ClientError> {
-        let member = path[PATH_HOPS - 1].node_id().to_string();
-        let mut after = cursors.after.get(&member).copied().unwrap_or(0);
-        let mut fresh = Vec::new();
-        loop {
-            let request = Request::Retrieve(RetrieveRequest {
-                recipient: keys.recipient_id(),
-                namespace: Namespace::DIRECT,
-                timestamp: now(),
-                after,
-                limit: PAGE,
-            });
-            match self.request(path, &request, Some(keys))? {
-                Response::Messages { messages, more } => {
-                    for m in messages {
-                        after = after.max(m.seq);
-                        if cursors.remember(&m.hash) {
-                            fresh.push(m);
-                        }
-                    }
-                    cursors.after.insert(member.clone(), after);
-                    if !more {
-                        return Ok(fresh);
-                    }
-                }
-                Response::Refused(e) => return fail(format!("refused: {e}")),
-                other => return fail(format!("unexpected answer: {other:?}")),
-            }
-        }
-    }
+fn rng() -> UnwrapErr<getrandom::SysRng> {
+    UnwrapErr(getrandom::SysRng)
 }
 
 /// Builds an onion packet carrying `payload` along `path` with fresh ephemeral keys,

@@ -352,10 +352,14 @@ impl Host {
                 });
                 json_ok(api::nodes_body(&nodes))
             }
-            Route::Swarm(recipient) => {
-                let nodes = self.lock().node.swarm_of(&recipient);
-                json_ok(api::nodes_body(&nodes))
-            }
+            Route::Directory => match api::parse_directory_query(req.uri().query()) {
+                Ok(after) => {
+                    let page =
+                        self.with_node(|n, t| n.directory_page(t, after, api::DIRECTORY_PAGE_LEN));
+                    json_ok(api::directory_body(&page))
+                }
+                Err(e) => problem(&e),
+            },
             Route::Register => {
                 let body = match self.read_body(req).await {
                     Ok(b) => b,

@@ -11,7 +11,9 @@ use proto_core::keys::IdentityKey;
 use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet;
 use proto_core::reply::{self, Opened};
-use proto_core::request::{Request, Response, RetrieveRequest, StoreRequest};
+use proto_core::request::{
+    DEFAULT_AUTH_WINDOW_MS, Request, Response, RetrieveRequest, StoreRequest, requested_expiry,
+};
 use proto_core::store::message_hash;
 use proto_core::{Descriptor, Namespace};
 use runtime_smol::client;
@@ -96,10 +98,11 @@ fn store_through_three_hops_is_replicated_acknowledged_and_retrieved() {
     wait_until_connected(&net);
     let owner = IdentityKey::from_seed(&[42; 32]);
     let body = b"hello over real sockets";
+    let sent = now();
     let store = Request::Store(StoreRequest {
         recipient: owner.recipient_id(),
         namespace: Namespace::DIRECT,
-        timestamp: now(),
+        timestamp: sent,
         ttl_ms: 3_600_000,
         pow_nonce: 0,
         body,
@@ -109,8 +112,9 @@ fn store_through_three_hops_is_replicated_acknowledged_and_retrieved() {
     };
     let swarm: Vec<_> = net.descriptors.iter().map(Descriptor::node_id).collect();
     let expected = message_hash(&owner.recipient_id(), Namespace::DIRECT, body);
-    ack.verify_quorum(&expected, &owner.recipient_id(), &swarm, 2)
-        .expect("W=2 valid receipts");
+    let window = requested_expiry(sent, sent, 3_600_000, DEFAULT_AUTH_WINDOW_MS);
+    ack.verify_quorum(&expected, &owner.recipient_id(), &swarm, 2, window)
+        .expect("W=2 valid receipts over the requested expiry");
 
     // Another member, another path: the replica is durable there too (poll with a deadline).
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -540,8 +540,8 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             Error(405, "method_not_allowed"),
         ),
         case(
-            "POST /v1/nodes/swarm/{id}",
-            post(&format!("/v1/nodes/swarm/{swarm_id}"), b""),
+            "POST /v1/nodes/directory",
+            post("/v1/nodes/directory", b""),
             Error(405, "method_not_allowed"),
         ),
         case(
@@ -566,25 +566,33 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             bare("GET", "/health/"),
             Error(404, "unknown_route"),
         ),
+        // No plain endpoint names a recipient: that question travels only inside onions.
         case(
-            "swarm, empty ID",
-            bare("GET", "/v1/nodes/swarm/"),
-            Error(400, "bad_recipient_id"),
+            "GET /v1/nodes/swarm/{id} (removed)",
+            bare("GET", &format!("/v1/nodes/swarm/{swarm_id}")),
+            Error(404, "unknown_route"),
+        ),
+        // Directory pages: the only parameter is a node ID cursor.
+        case(
+            "directory, unknown parameter",
+            bare("GET", "/v1/nodes/directory?limit=5"),
+            Error(400, "bad_query"),
         ),
         case(
-            "swarm, ID not hex",
-            bare("GET", &format!("/v1/nodes/swarm/{}", "zz".repeat(32))),
-            Error(400, "bad_recipient_id"),
+            "directory, cursor not hex",
+            bare(
+                "GET",
+                &format!("/v1/nodes/directory?after={}", "zz".repeat(32)),
+            ),
+            Error(400, "bad_query"),
         ),
         case(
-            "swarm, 63 hex digits",
-            bare("GET", &format!("/v1/nodes/swarm/{}", &swarm_id[..63])),
-            Error(400, "bad_recipient_id"),
-        ),
-        case(
-            "swarm, 65 hex digits",
-            bare("GET", &format!("/v1/nodes/swarm/{swarm_id}a")),
-            Error(400, "bad_recipient_id"),
+            "directory, cursor of 63 hex digits",
+            bare(
+                "GET",
+                &format!("/v1/nodes/directory?after={}", &swarm_id[..63]),
+            ),
+            Error(400, "bad_query"),
         ),
         // Registrations that are not a valid, fresh, foreign descriptor.
         case(

@@ -170,6 +170,7 @@ fn send(to: &str, via: &str, quorum: usize, ttl_hours: u16, message: &str) -> Re
         .with_write_quorum(quorum)
         .with_ttl_ms(u64::from(ttl_hours) * 3_600_000);
     let delivery = net.store(&contact.recipient, &body).map_err(|e| e.0)?;
+    warn_misbehaviour(&delivery.problems);
     println!(
         "delivered {} bytes to {} (message {})",
         text.len(),
@@ -191,6 +192,15 @@ fn send(to: &str, via: &str, quorum: usize, ttl_hours: u16, message: &str) -> Re
     Ok(())
 }
 
+/// A member that lied (forged receipts, a fabricated redirect, a body that does not match
+/// its hash) was skipped and the operation still succeeded; the user should know, because
+/// it points at a malicious or broken node. Plain unreachability is not worth a warning.
+fn warn_misbehaviour(problems: &[client::AttemptFailure]) {
+    for p in problems.iter().filter(|p| p.problem.is_misbehaviour()) {
+        eprintln!("warning: skipped a misbehaving swarm member: {p}");
+    }
+}
+
 fn fetch(key: &Path, via: &str) -> Result<(), String> {
     let keys = RecipientKeys::load(key)?;
     let mut cursor_path = key.as_os_str().to_owned();
@@ -199,6 +209,7 @@ fn fetch(key: &Path, via: &str) -> Result<(), String> {
     let mut cursors = Cursors::load(&cursor_path)?;
     let net = Client::connect(via).map_err(|e| e.0)?;
     let fetched = net.fetch(&keys.identity, &mut cursors).map_err(|e| e.0)?;
+    warn_misbehaviour(&fetched.problems);
     println!("path (3 hops): {}", hop_line(&fetched.path));
     if fetched.messages.is_empty() {
         println!("no new messages");
