@@ -5,7 +5,7 @@ use proto_core::keys::OnionKey;
 use proto_core::packet::{self, PACKET_LEN, PathHop, PathKeys};
 use proto_core::replay::{BUCKETS, ReplayFilter};
 use proto_core::ring::Ring;
-use proto_core::store::{MemoryBackend, MessageStore, StoreConfig};
+use proto_core::store::{MemoryBackend, MessageStore, NewMessage, StoreConfig};
 use proto_core::{Epoch, Namespace, NodeId, RecipientId, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -80,11 +80,13 @@ pub fn filled_store(n: u64, recipients: u64) -> MessageStore<MemoryBackend> {
     let mut s = MessageStore::open(MemoryBackend::immediate(), config).expect("memory opens");
     for i in 0..n {
         s.insert(
-            recipient(i % recipients),
-            Namespace::DIRECT,
-            &i.to_be_bytes(),
-            NOW,
-            NOW.plus_millis(3_600_000 + i),
+            NewMessage::unsigned(
+                recipient(i % recipients),
+                Namespace::DIRECT,
+                &i.to_be_bytes(),
+                NOW,
+                NOW.plus_millis(3_600_000 + i),
+            ),
             NOW,
         )
         .expect("within limits");

@@ -11,7 +11,7 @@ use proto_core::keys::OnionKey;
 use proto_core::packet::{self, PACKET_LEN};
 use proto_core::replay::ReplayFilter;
 use proto_core::ring::Ring;
-use proto_core::store::{MemoryBackend, MessageStore};
+use proto_core::store::{MemoryBackend, MessageStore, NewMessage};
 use proto_core::{Namespace, NodeId, Timestamp};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -74,11 +74,13 @@ fn store_setup(n: u64) -> MessageStore<MemoryBackend> {
 fn store_insert(mut store: MessageStore<MemoryBackend>) -> MessageStore<MemoryBackend> {
     let now = common::NOW;
     let r = store.insert(
-        common::recipient(7),
-        Namespace::DIRECT,
-        black_box(b"a fresh message body of some length"),
-        now,
-        Timestamp(now.0 + 60_000),
+        NewMessage::unsigned(
+            common::recipient(7),
+            Namespace::DIRECT,
+            black_box(b"a fresh message body of some length"),
+            now,
+            Timestamp(now.0 + 60_000),
+        ),
         now,
     );
     assert!(black_box(r).is_ok());

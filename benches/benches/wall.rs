@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use proto_core::packet::{self, PACKET_LEN, Peeled};
 use proto_core::reply::{self, ReplyKey, ReplyStatus};
-use proto_core::store::{MemoryBackend, MessageStore, StoreConfig};
+use proto_core::store::{MemoryBackend, MessageStore, NewMessage, StoreConfig};
 use proto_core::{Namespace, NodeId, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -91,11 +91,13 @@ fn store(c: &mut Criterion) {
             i += 1;
             let now = common::NOW;
             black_box(s.insert(
-                common::recipient(i % 5000),
-                Namespace::DIRECT,
-                &(i << 20).to_be_bytes(),
-                now,
-                now.plus_millis(60_000),
+                NewMessage::unsigned(
+                    common::recipient(i % 5000),
+                    Namespace::DIRECT,
+                    &(i << 20).to_be_bytes(),
+                    now,
+                    now.plus_millis(60_000),
+                ),
                 now,
             ))
         })
@@ -132,11 +134,13 @@ fn store(c: &mut Criterion) {
                 for i in 0..100_000u64 {
                     let now = common::NOW;
                     s.insert(
-                        common::recipient(i % 100),
-                        Namespace::DIRECT,
-                        &i.to_be_bytes(),
-                        now,
-                        now.plus_millis(1 + i % 1000),
+                        NewMessage::unsigned(
+                            common::recipient(i % 100),
+                            Namespace::DIRECT,
+                            &i.to_be_bytes(),
+                            now,
+                            now.plus_millis(1 + i % 1000),
+                        ),
                         now,
                     )
                     .expect("fits");

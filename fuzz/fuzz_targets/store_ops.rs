@@ -4,7 +4,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use proto_core::store::{MemoryBackend, MessageBackend, MessageStore, StoreConfig, message_hash};
+use proto_core::store::{
+    MemoryBackend, MessageBackend, MessageStore, NewMessage, StoreConfig, message_hash,
+};
 use proto_core::{Namespace, RecipientId, Timestamp};
 
 #[derive(Arbitrary, Debug)]
@@ -39,7 +41,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let expiry = now.plus_millis(1 + u64::from(ttl));
                 let count = live.iter().filter(|(w, ..)| *w == who).count();
                 let exists = live.iter().any(|(w, b, ..)| (*w, *b) == (who, body));
-                match store.insert(r(who), Namespace::DIRECT, &[body], now, expiry, now) {
+                match store.insert(NewMessage::unsigned(r(who), Namespace::DIRECT, &[body], now, expiry), now) {
                     Ok(ins) => {
                         assert_eq!(ins.new, !exists);
                         if ins.new {

@@ -41,18 +41,20 @@ use crate::directory::{Directory, DirectoryConfig, InsertOutcome};
 use crate::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
 use crate::packet::{self, PACKET_LEN, PeelError, Peeled};
 use crate::peer::{
-    self, Digest, MAX_BATCH, MAX_HASH_LIST, PeerError, PeerRequest, PeerResponse, WireMessage,
+    self, CopyRefusal, Digest, MAX_BATCH, MAX_HASH_LIST, PeerError, PeerRequest, PeerResponse,
+    WireMessage,
 };
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::replay::{BUCKETS, DEFAULT_WORDS_PER_BUCKET, ReplayFilter};
 use crate::reply::{self, HopFailure, ReplyKey, ReplyStatus};
 use crate::request::{
-    DeleteSelector, MessageView, Receipt, Request, RequestError, Response, SignedRequest, StoreAck,
-    pow_satisfied,
+    DeleteSelector, MessageView, Origin, OriginError, Receipt, Request, RequestError, Response,
+    SignedRequest, StoreAck, pow_satisfied,
 };
 use crate::ring::Ring;
 use crate::store::{
-    Changes, Inserted, MessageBackend, MessageStore, StoreConfig, StoreError, StoredMessage,
+    Changes, Inserted, MessageBackend, MessageStore, NewMessage, StoreConfig, StoreError,
+    StoredMessage,
 };
 use crate::types::{MessageHash, NodeId, RecipientId, Timestamp};
 
@@ -277,6 +279,9 @@ pub struct NodeStats {
     pub nodes_evicted: u64,
     /// Expired messages removed.
     pub messages_expired: u64,
+    /// Copies from peers (replication, anti-entropy) not stored, by
+    /// [`CopyRefusal::ALL`] index.
+    pub copies_refused: [u64; CopyRefusal::ALL.len()],
 }
 
 /// Why [`Node::handle_register`] refused a descriptor.
@@ -341,7 +346,11 @@ enum Pending {
         peer: NodeId,
         mine: Box<Digest>,
     },
-    Fetch,
+    /// The hashes asked of `peer`: an answer may carry only these.
+    Fetch {
+        peer: NodeId,
+        asked: BTreeSet<MessageHash>,
+    },
     Gossip,
     Probe {
         peer: NodeId,
@@ -373,6 +382,7 @@ struct PendingReplicaAck {
     req: RequestId,
     max_seq: u64,
     items: Vec<(MessageHash, RecipientId, Timestamp)>,
+    refused: Vec<(MessageHash, CopyRefusal)>,
 }
 
 /// Digests of the messages shared with each peer, kept up to date from the store's
@@ -845,6 +855,7 @@ impl<B: MessageBackend> Node<B> {
             return self.refuse(req, &key, e);
         }
         let request = signed.request;
+        let signature = signed.signature();
         if let Some(recipient) = request.recipient()
             && !self.in_swarm(&recipient)
         {
@@ -879,6 +890,7 @@ impl<B: MessageBackend> Node<B> {
                     stored_at: now,
                     expiry: now.plus_millis(s.ttl_ms),
                     body: s.body.to_vec(),
+                    origin: Origin::of(&s, signature),
                 };
                 if s.ttl_ms > self.config.store.max_ttl_ms {
                     return self.refuse(req, &key, RequestError::TtlTooLong);
@@ -954,21 +966,16 @@ impl<B: MessageBackend> Node<B> {
     // ----------------------------------------------------------------------------------
 
     fn start_store(&mut self, now: Timestamp, req: RequestId, key: ReplyKey, message: WireMessage) {
-        let inserted = match self.store.insert(
-            message.recipient,
-            message.namespace,
-            &message.body,
-            message.stored_at,
-            message.expiry,
-            now,
-        ) {
+        let inserted = match self.store.insert(new_message(&message), now) {
             Ok(i) => i,
             Err(e) => return self.refuse(req, &key, store_error(e)),
         };
         let mut message = message;
-        // A duplicate keeps its original timestamps, so every member signs the same expiry.
+        // A duplicate keeps its original timestamps and origin, so every member signs the
+        // same expiry and checks the request that first stored it.
         message.stored_at = inserted.stored_at;
         message.expiry = inserted.expiry;
+        message.origin = inserted.origin;
         let op = self.next_id;
         self.next_id += 1;
         let members = self.swarm_ids(&message.recipient);
@@ -1077,7 +1084,11 @@ impl<B: MessageBackend> Node<B> {
                 .iter()
                 .map(|(h, r, e)| (*h, Receipt::sign(&self.identity, h, r, *e)))
                 .collect();
-            self.respond(a.req, Reply::Peer(PeerResponse::Stored(receipts).encode()));
+            let answer = PeerResponse::Stored {
+                receipts,
+                refused: a.refused,
+            };
+            self.respond(a.req, Reply::Peer(answer.encode()));
         }
     }
 
@@ -1160,43 +1171,80 @@ impl<B: MessageBackend> Node<B> {
     ) {
         self.directory.record_contact(&sender, now);
         let mut items = Vec::new();
+        let mut refused = Vec::new();
         let mut max_seq = 0;
         for m in &ms {
-            // Not a member, full, over quota, expired: no receipt for this one.
-            if let Some(ins) = self.accept_copy(m, now) {
-                max_seq = max_seq.max(ins.seq);
-                items.push((ins.hash, m.recipient, ins.expiry));
+            match self.accept_copy(m, &sender, now) {
+                Ok(ins) => {
+                    max_seq = max_seq.max(ins.seq);
+                    items.push((ins.hash, m.recipient, ins.expiry));
+                }
+                Err(why) => refused.push((m.hash(), why)),
             }
         }
         self.replica_acks.push(PendingReplicaAck {
             req,
             max_seq,
             items,
+            refused,
         });
         self.release_replica_acks();
     }
 
-    /// Stores a copy received from a peer (replication or anti-entropy) if this node is in
-    /// the message's swarm; counts it when it was new here.
-    fn accept_copy(&mut self, m: &WireMessage, now: Timestamp) -> Option<Inserted> {
-        if !self.in_swarm(&m.recipient) {
-            return None;
+    /// Stores a copy `sender` sent (replication or anti-entropy) under the rules of a
+    /// client's store: both nodes must be in the message's swarm by this node's ring, the
+    /// origin must vouch for it (owner signature, proof of work, TTL, times), and the
+    /// store's own rules (size, expiry, quota, capacity) must hold. Counts each refusal.
+    fn accept_copy(
+        &mut self,
+        m: &WireMessage,
+        sender: &NodeId,
+        now: Timestamp,
+    ) -> Result<Inserted, CopyRefusal> {
+        let result = self
+            .check_copy(m, sender, now)
+            .and_then(|()| self.store.insert(new_message(m), now).map_err(copy_refusal));
+        match &result {
+            Ok(ins) if ins.new => self.stats.messages_replicated_in += 1,
+            Ok(_) => {}
+            Err(why) => self.stats.copies_refused[why.index()] += 1,
         }
-        let ins = self
-            .store
-            .insert(
-                m.recipient,
-                m.namespace,
-                &m.body,
-                m.stored_at,
-                m.expiry,
-                now,
-            )
-            .ok()?;
-        if ins.new {
-            self.stats.messages_replicated_in += 1;
+        result
+    }
+
+    fn check_copy(
+        &self,
+        m: &WireMessage,
+        sender: &NodeId,
+        now: Timestamp,
+    ) -> Result<(), CopyRefusal> {
+        let me = self.node_id();
+        let (receiver_ok, sender_ok) = self.with_swarm(&m.recipient, |swarm| {
+            (swarm.contains(&me), swarm.contains(sender))
+        });
+        if !sender_ok {
+            return Err(CopyRefusal::SenderNotInSwarm);
         }
-        Some(ins)
+        if !receiver_ok {
+            return Err(CopyRefusal::NotInSwarm);
+        }
+        let window = self.config.auth_window_ms;
+        if m.stored_at > now.plus_millis(window) {
+            return Err(CopyRefusal::InconsistentTimes);
+        }
+        let limits = (
+            self.config.pow_difficulty,
+            self.config.store.max_ttl_ms,
+            window,
+        );
+        m.origin
+            .vouches_for(m.recipient, m.namespace, &m.body, m.stored_at, limits)
+            .map_err(|e| match e {
+                OriginError::BadSignature => CopyRefusal::BadSignature,
+                OriginError::InsufficientPow => CopyRefusal::InsufficientPow,
+                OriginError::TtlTooLong => CopyRefusal::TtlTooLong,
+                OriginError::InconsistentTimes => CopyRefusal::InconsistentTimes,
+            })
     }
 
     /// Admits gossiped descriptors: ones identical to what the directory holds need no
@@ -1353,7 +1401,7 @@ impl<B: MessageBackend> Node<B> {
             Pending::Forward { req, reply_key } => self.finish_forward(req, &reply_key, result),
             Pending::Replicate { op, peer } => {
                 let receipt = result.ok().and_then(|b| match PeerResponse::decode(&b) {
-                    Ok(PeerResponse::Stored(rs)) => Some(rs),
+                    Ok(PeerResponse::Stored { receipts, .. }) => Some(receipts),
                     _ => None,
                 });
                 if receipt.is_some() {
@@ -1390,11 +1438,16 @@ impl<B: MessageBackend> Node<B> {
                     self.directory.record_failure(&peer, now);
                 }
             }
-            Pending::Fetch => {
+            Pending::Fetch { peer, asked } => {
                 if let Ok(Ok(PeerResponse::Messages(ms))) = result.map(|b| PeerResponse::decode(&b))
                 {
                     for m in &ms {
-                        self.accept_copy(m, now);
+                        if asked.contains(&m.hash()) {
+                            let _ = self.accept_copy(m, &peer, now);
+                        } else {
+                            let why = CopyRefusal::Unrequested;
+                            self.stats.copies_refused[why.index()] += 1;
+                        }
                     }
                 }
             }
@@ -1463,7 +1516,10 @@ impl<B: MessageBackend> Node<B> {
                 now,
                 peer,
                 &PeerRequest::Fetch(chunk.to_vec()),
-                Pending::Fetch,
+                Pending::Fetch {
+                    peer,
+                    asked: chunk.iter().copied().collect(),
+                },
             );
         }
         // What we hold that the peer lacks. `theirs` lists everything the peer holds in the
@@ -1669,6 +1725,29 @@ fn to_wire(m: StoredMessage) -> WireMessage {
         stored_at: m.stored_at,
         expiry: m.expiry,
         body: m.body,
+        origin: m.origin,
+    }
+}
+
+fn new_message(m: &WireMessage) -> NewMessage<'_> {
+    NewMessage {
+        recipient: m.recipient,
+        namespace: m.namespace,
+        body: &m.body,
+        origin: m.origin,
+        stored_at: m.stored_at,
+        expiry: m.expiry,
+    }
+}
+
+fn copy_refusal(e: StoreError) -> CopyRefusal {
+    match e {
+        StoreError::TtlTooLong => CopyRefusal::TtlTooLong,
+        StoreError::BodyTooLarge => CopyRefusal::BodyTooLarge,
+        StoreError::QuotaExceeded => CopyRefusal::QuotaExceeded,
+        StoreError::NodeFull => CopyRefusal::NodeFull,
+        StoreError::Expired => CopyRefusal::Expired,
+        _ => CopyRefusal::Unavailable,
     }
 }
 
@@ -1685,6 +1764,7 @@ fn store_error(e: StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{StoreRequest, solve_pow};
     use crate::store::MemoryBackend;
     use crate::types::Namespace;
     use crate::{Epoch, OnionKey};
@@ -1777,6 +1857,260 @@ mod tests {
         assert!(page.nodes.len() < 10 && page.next.is_none());
     }
 
+    // ---- Copies from peers obey the store's rules -------------------------------------
+
+    fn peer_key(i: u8) -> IdentityKey {
+        IdentityKey::from_seed(&[i + 2; 32])
+    }
+
+    /// A recipient key whose swarm holds this node, and holds peer `sender` exactly when
+    /// `with_sender`.
+    fn owner_where(n: &Node<MemoryBackend>, sender: u8, with_sender: bool) -> IdentityKey {
+        (0..=255u8)
+            .map(|i| IdentityKey::from_seed(&[i; 32]))
+            .find(|k| {
+                let swarm = n.swarm_ids(&k.recipient_id());
+                swarm.contains(&n.node_id())
+                    && swarm.contains(&peer_key(sender).node_id()) == with_sender
+            })
+            .expect("some recipient among 256")
+    }
+
+    /// The message a client's store request makes: signed by `owner` when the namespace
+    /// is owner-only.
+    fn stored_by_client(owner: &IdentityKey, namespace: Namespace, body: &[u8]) -> WireMessage {
+        let request = StoreRequest {
+            recipient: owner.recipient_id(),
+            namespace,
+            timestamp: NOW,
+            ttl_ms: 3_600_000,
+            pow_nonce: 0,
+            body,
+        };
+        let mut buf = [0u8; packet::MAX_PAYLOAD];
+        let len = Request::Store(request)
+            .encode(Some(owner), &mut buf)
+            .expect("fits");
+        let signed = SignedRequest::decode(&buf[..len]).expect("decodes");
+        WireMessage {
+            recipient: owner.recipient_id(),
+            namespace,
+            stored_at: NOW,
+            expiry: NOW.plus_millis(3_600_000),
+            body: body.to_vec(),
+            origin: Origin::of(&request, signed.signature()),
+        }
+    }
+
+    fn answer(n: &mut Node<MemoryBackend>, req: RequestId) -> PeerResponse {
+        n.handle_durable(NOW);
+        while let Some(o) = n.poll_output() {
+            if let Output::Respond {
+                req: r,
+                reply: Reply::Peer(bytes),
+            } = o
+                && r == req
+            {
+                return PeerResponse::decode(&bytes).expect("decodes");
+            }
+        }
+        panic!("no answer to {req:?}");
+    }
+
+    fn replicate(
+        n: &mut Node<MemoryBackend>,
+        sender: u8,
+        ms: Vec<WireMessage>,
+    ) -> (Vec<MessageHash>, Vec<(MessageHash, CopyRefusal)>) {
+        let bytes = PeerRequest::Replicate(ms).encode_signed(&peer_key(sender), NOW);
+        n.handle_peer(NOW, RequestId(77), &bytes);
+        match answer(n, RequestId(77)) {
+            PeerResponse::Stored { receipts, refused } => {
+                (receipts.into_iter().map(|(h, _)| h).collect(), refused)
+            }
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+
+    fn held(n: &Node<MemoryBackend>, m: &WireMessage) -> bool {
+        matches!(n.store.get(&m.hash(), NOW), Ok(Some(_)))
+    }
+
+    #[test]
+    fn replicas_from_a_peer_outside_the_swarm_are_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(31);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, false);
+        let m = stored_by_client(&owner, Namespace::DIRECT, b"pushed by an outsider");
+        let (stored, refused) = replicate(&mut n, 0, vec![m.clone()]);
+        assert!(stored.is_empty());
+        assert_eq!(refused, [(m.hash(), CopyRefusal::SenderNotInSwarm)]);
+        assert!(!held(&n, &m));
+        assert_eq!(
+            n.stats.copies_refused[CopyRefusal::SenderNotInSwarm.index()],
+            1
+        );
+
+        // The same message from a member of its swarm is stored: the refusal was the
+        // sender's standing, not the message.
+        let member = (0..6u8)
+            .find(|i| {
+                n.swarm_ids(&owner.recipient_id())
+                    .contains(&peer_key(*i).node_id())
+            })
+            .expect("a swarm of 3 has 2 peers");
+        let (stored, refused) = replicate(&mut n, member, vec![m.clone()]);
+        assert_eq!((stored, refused), (vec![m.hash()], vec![]));
+        assert!(held(&n, &m));
+    }
+
+    #[test]
+    fn owner_only_replicas_need_the_owners_signature() {
+        let mut rng = ChaCha20Rng::seed_from_u64(32);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 1, true);
+        let private = Namespace(0x8001);
+        let genuine = stored_by_client(&owner, private, b"the owner's note");
+
+        let mut unsigned = stored_by_client(&owner, private, b"a peer's forgery");
+        unsigned.origin.signature = None;
+        let mut forged = stored_by_client(&owner, private, b"signed by someone else");
+        forged.origin.signature = stored_by_client(&peer_key(1), private, b"x")
+            .origin
+            .signature;
+        let mut altered = genuine.clone();
+        altered.body = b"the owner's note, edited".to_vec();
+
+        let (stored, refused) = replicate(
+            &mut n,
+            1,
+            vec![
+                unsigned.clone(),
+                forged.clone(),
+                altered.clone(),
+                genuine.clone(),
+            ],
+        );
+        assert_eq!(stored, [genuine.hash()]);
+        assert_eq!(
+            refused,
+            [
+                (unsigned.hash(), CopyRefusal::BadSignature),
+                (forged.hash(), CopyRefusal::BadSignature),
+                (altered.hash(), CopyRefusal::BadSignature),
+            ]
+        );
+        assert!(held(&n, &genuine) && !held(&n, &unsigned) && !held(&n, &forged));
+    }
+
+    #[test]
+    fn owner_only_copies_from_anti_entropy_need_the_owners_signature_and_a_request() {
+        let mut rng = ChaCha20Rng::seed_from_u64(33);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 2, true);
+        let private = Namespace(0x8002);
+        let genuine = stored_by_client(&owner, private, b"asked for and signed");
+        let mut unsigned = stored_by_client(&owner, private, b"asked for, unsigned");
+        unsigned.origin.signature = None;
+        let unasked = stored_by_client(&owner, Namespace::DIRECT, b"never asked for");
+
+        let peer = peer_key(2).node_id();
+        n.pending.insert(
+            TransmitId(500),
+            Pending::Fetch {
+                peer,
+                asked: [genuine.hash(), unsigned.hash()].into_iter().collect(),
+            },
+        );
+        let answer =
+            PeerResponse::Messages(vec![genuine.clone(), unsigned.clone(), unasked.clone()]);
+        n.handle_transmit_result(NOW, TransmitId(500), Ok(answer.encode()));
+
+        assert!(held(&n, &genuine));
+        assert!(
+            !held(&n, &unsigned),
+            "an unsigned owner-only copy was stored"
+        );
+        assert!(!held(&n, &unasked), "a copy nobody asked for was stored");
+        assert_eq!(n.stats.copies_refused[CopyRefusal::BadSignature.index()], 1);
+        assert_eq!(n.stats.copies_refused[CopyRefusal::Unrequested.index()], 1);
+    }
+
+    #[test]
+    fn replicas_obey_ttl_size_quota_and_proof_of_work() {
+        let mut rng = ChaCha20Rng::seed_from_u64(34);
+        let mut n = node_with_peers(&mut rng, 6);
+        n.config.store.max_ttl_ms = 7_200_000;
+        n.store = MessageStore::open(
+            MemoryBackend::immediate(),
+            StoreConfig {
+                max_ttl_ms: 7_200_000,
+                max_body: 64,
+                recipient_max_messages: 2,
+                ..StoreConfig::default()
+            },
+        )
+        .expect("opens");
+        let owner = owner_where(&n, 3, true);
+
+        let mut long_ttl = stored_by_client(&owner, Namespace::DIRECT, b"asks for a day");
+        long_ttl.origin.ttl_ms = 86_400_000;
+        let mut far_expiry = stored_by_client(&owner, Namespace::DIRECT, b"expires in a year");
+        far_expiry.expiry = NOW.plus_millis(365 * 86_400_000);
+        let large = stored_by_client(&owner, Namespace::DIRECT, &[7; 65]);
+        let mut backdated = stored_by_client(&owner, Namespace::DIRECT, b"stored before asked");
+        backdated.stored_at = Timestamp(NOW.0 - 3_600_000);
+        let mut future = stored_by_client(&owner, Namespace::DIRECT, b"stored tomorrow");
+        future.stored_at = NOW.plus_millis(86_400_000);
+        future.origin.timestamp = future.stored_at;
+        let fits: Vec<WireMessage> = (0..3u8)
+            .map(|i| stored_by_client(&owner, Namespace::DIRECT, &[i; 8]))
+            .collect();
+
+        let mut batch = vec![
+            long_ttl.clone(),
+            far_expiry.clone(),
+            large.clone(),
+            backdated.clone(),
+            future.clone(),
+        ];
+        batch.extend(fits.iter().cloned());
+        let (stored, refused) = replicate(&mut n, 3, batch);
+        assert_eq!(stored, [fits[0].hash(), fits[1].hash()]);
+        assert_eq!(
+            refused,
+            [
+                (long_ttl.hash(), CopyRefusal::TtlTooLong),
+                (far_expiry.hash(), CopyRefusal::TtlTooLong),
+                (large.hash(), CopyRefusal::BodyTooLarge),
+                (backdated.hash(), CopyRefusal::InconsistentTimes),
+                (future.hash(), CopyRefusal::InconsistentTimes),
+                (fits[2].hash(), CopyRefusal::QuotaExceeded),
+            ]
+        );
+
+        // With a proof-of-work requirement, a copy must carry the work a client would.
+        n.config.pow_difficulty = 8;
+        let other = owner_where(&n, 4, true);
+        let lazy = stored_by_client(&other, Namespace::DIRECT, b"no work");
+        let mut paid = stored_by_client(&other, Namespace::DIRECT, b"work done");
+        let request = paid
+            .origin
+            .request(paid.recipient, paid.namespace, &paid.body);
+        paid.origin.pow_nonce = solve_pow(&request, 8, 1 << 20).expect("solvable");
+        let (stored, refused) = replicate(&mut n, 4, vec![lazy.clone(), paid.clone()]);
+        if pow_satisfied(
+            &lazy
+                .origin
+                .request(lazy.recipient, lazy.namespace, &lazy.body),
+            8,
+        ) {
+            panic!("nonce 0 happens to meet difficulty 8: pick another body");
+        }
+        assert_eq!(stored, [paid.hash()]);
+        assert_eq!(refused, [(lazy.hash(), CopyRefusal::InsufficientPow)]);
+    }
+
     #[test]
     fn digests_kept_from_the_change_log_equal_a_full_rebuild() {
         let mut rng = ChaCha20Rng::seed_from_u64(21);
@@ -1789,11 +2123,13 @@ mod tests {
                 let ttl = 1_000 + (rng.next_u64() % 5_000);
                 n.store
                     .insert(
-                        *r,
-                        Namespace::DIRECT,
-                        body.as_bytes(),
-                        NOW,
-                        NOW.plus_millis(ttl),
+                        NewMessage::unsigned(
+                            *r,
+                            Namespace::DIRECT,
+                            body.as_bytes(),
+                            NOW,
+                            NOW.plus_millis(ttl),
+                        ),
                         NOW,
                     )
                     .expect("stored");
@@ -1822,11 +2158,13 @@ mod tests {
         for i in 0..30u8 {
             n.store
                 .insert(
-                    RecipientId([i; 32]),
-                    Namespace::DIRECT,
-                    &[i],
-                    NOW,
-                    NOW.plus_millis(60_000),
+                    NewMessage::unsigned(
+                        RecipientId([i; 32]),
+                        Namespace::DIRECT,
+                        &[i],
+                        NOW,
+                        NOW.plus_millis(60_000),
+                    ),
                     NOW,
                 )
                 .expect("stored");

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::keys::{IdentityKey, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor, verify_signature};
-use crate::request::{Receipt, SIGNATURE_LEN};
+use crate::request::{Origin, Receipt, SIGNATURE_LEN};
 use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 use crate::wire::{Reader, WireError};
 
@@ -41,6 +41,9 @@ pub struct WireMessage {
     pub expiry: Timestamp,
     /// The message.
     pub body: Vec<u8>,
+    /// The client's store request that vouches for it; the receiver checks it as it
+    /// would check the request itself.
+    pub origin: Origin,
 }
 
 impl WireMessage {
@@ -58,15 +61,39 @@ impl WireMessage {
         let len = u16::try_from(self.body.len()).expect("message bodies are below 64 KiB");
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&self.body);
+        out.extend_from_slice(&self.origin.timestamp.0.to_be_bytes());
+        out.extend_from_slice(&self.origin.ttl_ms.to_be_bytes());
+        out.extend_from_slice(&self.origin.pow_nonce.to_be_bytes());
+        // Present exactly for owner-only namespaces, as in the store request; zeros stand
+        // in for a missing one, which the receiver then refuses.
+        if self.namespace.requires_owner_signature() {
+            out.extend_from_slice(&self.origin.signature.unwrap_or([0; SIGNATURE_LEN]));
+        }
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let recipient = RecipientId(r.array()?);
+        let namespace = Namespace(r.u16()?);
+        let stored_at = Timestamp(r.u64()?);
+        let expiry = Timestamp(r.u64()?);
+        let body = r.bytes16()?.to_vec();
+        let origin = Origin {
+            timestamp: Timestamp(r.u64()?),
+            ttl_ms: r.u64()?,
+            pow_nonce: r.u64()?,
+            signature: if namespace.requires_owner_signature() {
+                Some(r.array()?)
+            } else {
+                None
+            },
+        };
         Ok(Self {
-            recipient: RecipientId(r.array()?),
-            namespace: Namespace(r.u16()?),
-            stored_at: Timestamp(r.u64()?),
-            expiry: Timestamp(r.u64()?),
-            body: r.bytes16()?.to_vec(),
+            recipient,
+            namespace,
+            stored_at,
+            expiry,
+            body,
+            origin,
         })
     }
 }
@@ -268,6 +295,97 @@ impl fmt::Display for PeerError {
 #[cfg(feature = "std")]
 impl std::error::Error for PeerError {}
 
+/// Why a member did not store a copy a peer sent it (replication or anti-entropy). The
+/// same rules as a client's store apply, plus who may send what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CopyRefusal {
+    /// The sender is not in the message's swarm by the receiver's ring.
+    SenderNotInSwarm,
+    /// The receiver is not in the message's swarm by its own ring.
+    NotInSwarm,
+    /// An anti-entropy answer carried a message the receiver did not ask for.
+    Unrequested,
+    /// An owner-only message without a valid owner signature (or a signature where none
+    /// belongs).
+    BadSignature,
+    /// The proof of work is below the receiver's difficulty.
+    InsufficientPow,
+    /// The TTL is above the receiver's maximum, or the expiry too far ahead.
+    TtlTooLong,
+    /// `stored_at` does not follow from the request's time, or lies in the future.
+    InconsistentTimes,
+    /// The body is above the receiver's maximum.
+    BodyTooLarge,
+    /// Already expired.
+    Expired,
+    /// The recipient's quota is full.
+    QuotaExceeded,
+    /// The node is full.
+    NodeFull,
+    /// The receiver's storage failed.
+    Unavailable,
+}
+
+impl CopyRefusal {
+    /// Every refusal, in wire-code order (code = index + 1).
+    pub const ALL: [Self; 12] = [
+        Self::SenderNotInSwarm,
+        Self::NotInSwarm,
+        Self::Unrequested,
+        Self::BadSignature,
+        Self::InsufficientPow,
+        Self::TtlTooLong,
+        Self::InconsistentTimes,
+        Self::BodyTooLarge,
+        Self::Expired,
+        Self::QuotaExceeded,
+        Self::NodeFull,
+        Self::Unavailable,
+    ];
+
+    /// Its index in [`CopyRefusal::ALL`] (metrics arrays).
+    #[must_use]
+    pub fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("ALL lists every refusal")
+    }
+
+    /// The wire code.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        // ALL has 12 entries.
+        self.index() as u8 + 1
+    }
+
+    /// The refusal of a wire code.
+    #[must_use]
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+
+    /// A stable name, for metrics.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::SenderNotInSwarm => "sender_not_in_swarm",
+            Self::NotInSwarm => "not_in_swarm",
+            Self::Unrequested => "unrequested",
+            Self::BadSignature => "bad_signature",
+            Self::InsufficientPow => "insufficient_pow",
+            Self::TtlTooLong => "ttl_too_long",
+            Self::InconsistentTimes => "inconsistent_times",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Expired => "expired",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::NodeFull => "node_full",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 impl From<WireError> for PeerError {
     fn from(_: WireError) -> Self {
         Self::Malformed
@@ -338,8 +456,14 @@ pub fn decode_request(
 /// What a node answers to a peer request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerResponse {
-    /// Receipts for the replicated messages now durable here (hash, receipt).
-    Stored(Vec<(MessageHash, Receipt)>),
+    /// The answer to a replicate: receipts for the messages now durable here, and the
+    /// reason for each message not stored.
+    Stored {
+        /// (hash, receipt) for each stored message.
+        receipts: Vec<(MessageHash, Receipt)>,
+        /// (hash, reason) for each refused one.
+        refused: Vec<(MessageHash, CopyRefusal)>,
+    },
     /// The hashes this node holds in the buckets where the digests differ, plus its own
     /// digest; `truncated` when more hashes exist than one reply carries.
     DigestDiff {
@@ -366,13 +490,18 @@ impl PeerResponse {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Self::Stored(receipts) => {
+            Self::Stored { receipts, refused } => {
                 out.push(1);
                 put_count(&mut out, receipts.len());
                 for (h, r) in receipts {
                     out.extend_from_slice(h.as_bytes());
                     out.extend_from_slice(r.node.as_bytes());
                     out.extend_from_slice(&r.signature);
+                }
+                put_count(&mut out, refused.len());
+                for (h, why) in refused {
+                    out.extend_from_slice(h.as_bytes());
+                    out.push(why.code());
                 }
             }
             Self::DigestDiff {
@@ -440,7 +569,17 @@ impl PeerResponse {
                     let signature = r.array()?;
                     v.push((h, Receipt { node, signature }));
                 }
-                Self::Stored(v)
+                let m = read_count(&mut r, MAX_BATCH)?;
+                let mut refused = Vec::with_capacity(m);
+                for _ in 0..m {
+                    let h = MessageHash(r.array()?);
+                    let why = CopyRefusal::from_code(r.u8()?).ok_or(PeerError::Malformed)?;
+                    refused.push((h, why));
+                }
+                Self::Stored {
+                    receipts: v,
+                    refused,
+                }
             }
             2 => {
                 let mut digest = Digest::default();
@@ -542,12 +681,20 @@ mod tests {
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
 
     fn msg(i: u8) -> WireMessage {
+        // Every other message is owner-only, so both origin layouts are exercised.
+        let owner_only = i.is_multiple_of(2);
         WireMessage {
             recipient: RecipientId([i; 32]),
-            namespace: Namespace(u16::from(i)),
+            namespace: Namespace(u16::from(i) | if owner_only { 0x8000 } else { 0 }),
             stored_at: NOW,
             expiry: NOW.plus_millis(1000),
             body: vec![i; usize::from(i) * 3],
+            origin: Origin {
+                timestamp: NOW,
+                ttl_ms: 1000,
+                pow_nonce: u64::from(i),
+                signature: owner_only.then_some([i; SIGNATURE_LEN]),
+            },
         }
     }
 
@@ -615,13 +762,19 @@ mod tests {
         let m = msg(5);
         let receipt = Receipt::sign(&key, &m.hash(), &m.recipient, m.expiry);
         let responses = [
-            PeerResponse::Stored(vec![(m.hash(), receipt)]),
+            PeerResponse::Stored {
+                receipts: vec![(m.hash(), receipt)],
+                refused: CopyRefusal::ALL
+                    .iter()
+                    .map(|r| (msg(6).hash(), *r))
+                    .collect(),
+            },
             PeerResponse::DigestDiff {
                 digest: Digest::default(),
                 hashes: vec![m.hash()],
                 truncated: true,
             },
-            PeerResponse::Messages(vec![m.clone(), msg(7)]),
+            PeerResponse::Messages(vec![m.clone(), msg(6), msg(7)]),
             PeerResponse::Descriptors(vec![descriptor(3)]),
             PeerResponse::Applied(3),
             PeerResponse::Refused(PeerError::NotInSwarm),

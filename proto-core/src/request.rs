@@ -253,6 +253,19 @@ impl Request<'_> {
         signer: Option<&IdentityKey>,
         out: &mut [u8],
     ) -> Result<usize, RequestError> {
+        let len = self.encode_unsigned(out)?;
+        if self.requires_signature() {
+            let signer = signer.ok_or(RequestError::SignatureRequired)?;
+            let sig = signer.sign(REQUEST_SIGNING_CONTEXT, &out[..len]);
+            let mut w = Writer::new(&mut out[len..]);
+            w.put(&sig)?;
+            return Ok(len + SIGNATURE_LEN);
+        }
+        Ok(len)
+    }
+
+    /// The bytes a signature covers: the request without its signature.
+    fn encode_unsigned(&self, out: &mut [u8]) -> Result<usize, RequestError> {
         let mut w = Writer::new(out);
         w.u8(REQUEST_VERSION)?;
         w.u8(self.method() as u8)?;
@@ -301,11 +314,6 @@ impl Request<'_> {
             }
             Self::SwarmLookup { recipient } => w.put(recipient.as_bytes())?,
             Self::Info => {}
-        }
-        if self.requires_signature() {
-            let signer = signer.ok_or(RequestError::SignatureRequired)?;
-            let sig = signer.sign(REQUEST_SIGNING_CONTEXT, w.written());
-            w.put(&sig)?;
         }
         Ok(w.position())
     }
@@ -397,6 +405,12 @@ impl<'a> SignedRequest<'a> {
         })
     }
 
+    /// The recipient's signature, when the request carries one.
+    #[must_use]
+    pub fn signature(&self) -> Option<[u8; SIGNATURE_LEN]> {
+        self.signature
+    }
+
     /// Checks the timestamp window (`|timestamp − now| ≤ window_ms`) and, where required,
     /// the recipient's signature over everything before it.
     pub fn authenticate(&self, now: Timestamp, window_ms: u64) -> Result<(), RequestError> {
@@ -476,6 +490,116 @@ pub fn solve_pow(req: &StoreRequest<'_>, difficulty: u8, max_tries: u64) -> Opti
         probe.pow_nonce = nonce;
         pow_satisfied(&probe, difficulty)
     })
+}
+
+/// What a stored message keeps of the client's store request besides the message itself:
+/// enough for any swarm member to check, long after the request, that a client paid the
+/// proof of work, that the owner signed an owner-only message, and that the message's
+/// lifetime is the one the client asked for. Replicas and anti-entropy copies carry it,
+/// and a receiver applies the same rules to it as to a client's store (PROTOCOL.md §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The store request's timestamp (client clock).
+    pub timestamp: Timestamp,
+    /// The TTL it asked for.
+    pub ttl_ms: u64,
+    /// Its proof-of-work nonce.
+    pub pow_nonce: u64,
+    /// The owner's signature over the request; present exactly for owner-only
+    /// namespaces.
+    pub signature: Option<[u8; SIGNATURE_LEN]>,
+}
+
+/// Why an [`Origin`] does not vouch for a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginError {
+    /// An owner-only message without a valid owner signature, or a signature on a message
+    /// that needs none.
+    BadSignature,
+    /// The proof of work is below the receiver's difficulty.
+    InsufficientPow,
+    /// The TTL asked for exceeds the receiver's maximum.
+    TtlTooLong,
+    /// `stored_at` is further from the request's time than the auth window: no member
+    /// could have accepted the request then.
+    InconsistentTimes,
+}
+
+impl Origin {
+    /// The origin of a client's store request as the final hop received it.
+    #[must_use]
+    pub fn of(request: &StoreRequest<'_>, signature: Option<[u8; SIGNATURE_LEN]>) -> Self {
+        Self {
+            timestamp: request.timestamp,
+            ttl_ms: request.ttl_ms,
+            pow_nonce: request.pow_nonce,
+            signature,
+        }
+    }
+
+    /// The store request this origin records, for `body`.
+    #[must_use]
+    pub fn request<'a>(
+        &self,
+        recipient: RecipientId,
+        namespace: Namespace,
+        body: &'a [u8],
+    ) -> StoreRequest<'a> {
+        StoreRequest {
+            recipient,
+            namespace,
+            timestamp: self.timestamp,
+            ttl_ms: self.ttl_ms,
+            pow_nonce: self.pow_nonce,
+            body,
+        }
+    }
+
+    /// Checks that this origin vouches for a copy of a message: the owner's signature
+    /// where the namespace needs one, the proof of work at `pow_difficulty`, a TTL within
+    /// `max_ttl_ms`, and a `stored_at` that a member could have set when the request
+    /// arrived (within `window_ms` of its timestamp). The expiry is not tied to the TTL:
+    /// the owner may have moved it since (update-expiry); the receiver's store bounds it
+    /// by its own clock and maximum TTL.
+    pub fn vouches_for(
+        &self,
+        recipient: RecipientId,
+        namespace: Namespace,
+        body: &[u8],
+        stored_at: Timestamp,
+        (pow_difficulty, max_ttl_ms, window_ms): (u8, u64, u64),
+    ) -> Result<(), OriginError> {
+        let request = self.request(recipient, namespace, body);
+        if self.ttl_ms > max_ttl_ms {
+            return Err(OriginError::TtlTooLong);
+        }
+        if stored_at.0.abs_diff(self.timestamp.0) > window_ms {
+            return Err(OriginError::InconsistentTimes);
+        }
+        if !pow_satisfied(&request, pow_difficulty) {
+            return Err(OriginError::InsufficientPow);
+        }
+        match (namespace.requires_owner_signature(), &self.signature) {
+            (false, None) => Ok(()),
+            (true, Some(sig)) => {
+                let mut buf = [0u8; crate::packet::MAX_PAYLOAD];
+                let len = Request::Store(request)
+                    .encode_unsigned(&mut buf)
+                    .map_err(|_| OriginError::BadSignature)?;
+                if verify_signature(
+                    recipient.as_bytes(),
+                    REQUEST_SIGNING_CONTEXT,
+                    &buf[..len],
+                    sig,
+                ) {
+                    Ok(())
+                } else {
+                    Err(OriginError::BadSignature)
+                }
+            }
+            _ => Err(OriginError::BadSignature),
+        }
+    }
 }
 
 /// Why a request (or a response) was refused. Each has its own wire code (section 6 of

@@ -20,6 +20,7 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::request::Origin;
 use crate::types::{MessageHash, Namespace, RecipientId, Timestamp};
 
 /// Longest TTL a store accepts: 14 days.
@@ -58,6 +59,54 @@ pub struct StoredMessage {
     pub expiry: Timestamp,
     /// The message.
     pub body: Vec<u8>,
+    /// The client's request that vouches for it, checked again by every member a copy
+    /// reaches.
+    pub origin: Origin,
+}
+
+/// A message to store, with the request that vouches for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewMessage<'a> {
+    /// Whose message.
+    pub recipient: RecipientId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// The message.
+    pub body: &'a [u8],
+    /// The client's store request, minus the message.
+    pub origin: Origin,
+    /// When the swarm first stored it.
+    pub stored_at: Timestamp,
+    /// When it is dropped.
+    pub expiry: Timestamp,
+}
+
+impl<'a> NewMessage<'a> {
+    /// A message as an unsigned store request sent at `stored_at` with no proof of work
+    /// would make it (tools, tests and benchmarks; such an origin vouches only for
+    /// namespaces below 0x8000 on nodes without a proof-of-work requirement).
+    #[must_use]
+    pub fn unsigned(
+        recipient: RecipientId,
+        namespace: Namespace,
+        body: &'a [u8],
+        stored_at: Timestamp,
+        expiry: Timestamp,
+    ) -> Self {
+        Self {
+            recipient,
+            namespace,
+            body,
+            origin: Origin {
+                timestamp: stored_at,
+                ttl_ms: expiry.millis_since(stored_at),
+                pow_nonce: 0,
+                signature: None,
+            },
+            stored_at,
+            expiry,
+        }
+    }
 }
 
 /// The ordered key-value operations the store's rules need from a backend.
@@ -188,6 +237,8 @@ pub struct Inserted {
     pub stored_at: Timestamp,
     /// The stored expiry.
     pub expiry: Timestamp,
+    /// The stored origin (the original one for a duplicate).
+    pub origin: Origin,
 }
 
 /// A page of a retrieval.
@@ -262,15 +313,15 @@ impl<B: MessageBackend> MessageStore<B> {
     }
 
     /// Stores a message, or returns the existing copy's details for a duplicate.
-    pub fn insert(
-        &mut self,
-        recipient: RecipientId,
-        namespace: Namespace,
-        body: &[u8],
-        stored_at: Timestamp,
-        expiry: Timestamp,
-        now: Timestamp,
-    ) -> Result<Inserted, StoreError> {
+    pub fn insert(&mut self, m: NewMessage<'_>, now: Timestamp) -> Result<Inserted, StoreError> {
+        let NewMessage {
+            recipient,
+            namespace,
+            body,
+            origin,
+            stored_at,
+            expiry,
+        } = m;
         if body.len() > self.config.max_body {
             return Err(StoreError::BodyTooLarge);
         }
@@ -288,6 +339,7 @@ impl<B: MessageBackend> MessageStore<B> {
                 new: false,
                 stored_at: existing.stored_at,
                 expiry: existing.expiry,
+                origin: existing.origin,
             });
         }
         let len = body.len() as u64;
@@ -311,6 +363,7 @@ impl<B: MessageBackend> MessageStore<B> {
             stored_at,
             expiry,
             body: body.to_vec(),
+            origin,
         })?;
         self.next_seq += 1;
         self.record(hash, recipient, true);
@@ -320,6 +373,7 @@ impl<B: MessageBackend> MessageStore<B> {
             new: true,
             stored_at,
             expiry,
+            origin,
         })
     }
 
@@ -806,11 +860,7 @@ mod tests {
         body: &[u8],
     ) -> Result<Inserted, StoreError> {
         s.insert(
-            r(who),
-            Namespace::DIRECT,
-            body,
-            NOW,
-            NOW.plus_millis(1000),
+            NewMessage::unsigned(r(who), Namespace::DIRECT, body, NOW, NOW.plus_millis(1000)),
             NOW,
         )
     }
@@ -820,11 +870,17 @@ mod tests {
         let mut s = store();
         let too_far = NOW.plus_millis(MAX_TTL_MS + EXPIRY_SLACK_MS + 1);
         assert_eq!(
-            s.insert(r(1), Namespace::DIRECT, b"x", NOW, too_far, NOW),
+            s.insert(
+                NewMessage::unsigned(r(1), Namespace::DIRECT, b"x", NOW, too_far),
+                NOW
+            ),
             Err(StoreError::TtlTooLong)
         );
         assert_eq!(
-            s.insert(r(1), Namespace::DIRECT, b"x", NOW, NOW, NOW),
+            s.insert(
+                NewMessage::unsigned(r(1), Namespace::DIRECT, b"x", NOW, NOW),
+                NOW
+            ),
             Err(StoreError::Expired)
         );
     }
@@ -845,11 +901,13 @@ mod tests {
         let a = put(&mut s, 1, b"same").unwrap();
         let b = s
             .insert(
-                r(1),
-                Namespace::DIRECT,
-                b"same",
-                NOW.plus_millis(5),
-                NOW.plus_millis(900),
+                NewMessage::unsigned(
+                    r(1),
+                    Namespace::DIRECT,
+                    b"same",
+                    NOW.plus_millis(5),
+                    NOW.plus_millis(900),
+                ),
                 NOW,
             )
             .unwrap();
@@ -914,11 +972,13 @@ mod tests {
         let mut s = store();
         for i in 0..10u64 {
             s.insert(
-                r(1),
-                Namespace::DIRECT,
-                &i.to_be_bytes(),
-                NOW,
-                NOW.plus_millis(10 + i),
+                NewMessage::unsigned(
+                    r(1),
+                    Namespace::DIRECT,
+                    &i.to_be_bytes(),
+                    NOW,
+                    NOW.plus_millis(10 + i),
+                ),
                 NOW,
             )
             .unwrap();
@@ -1007,7 +1067,7 @@ mod tests {
                 match op {
                     ModelOp::Store(w, b) => {
                         let expiry = now.plus_millis(50 + u64::from(b) * 7);
-                        let got = s.insert(r(w), Namespace::DIRECT, &[b], now, expiry, now).unwrap();
+                        let got = s.insert(NewMessage::unsigned(r(w), Namespace::DIRECT, &[b], now, expiry), now).unwrap();
                         let existing = live.iter().any(|(x, y, _, _)| (*x, *y) == (w, b));
                         prop_assert_eq!(got.new, !existing);
                         if !existing {

@@ -153,11 +153,6 @@ impl<'a> Writer<'a> {
         self.u16(n)?;
         self.put(bytes)
     }
-
-    /// The bytes written so far.
-    pub(crate) fn written(&self) -> &[u8] {
-        &self.out[..self.at]
-    }
 }
 
 #[cfg(test)]
@@ -180,6 +175,7 @@ mod tests {
         let mut w = Writer::new(&mut buf);
         assert_eq!(w.u16(7), Ok(()));
         assert_eq!(w.u16(8), Err(WireError::BufferTooSmall { required: 4 }));
-        assert_eq!(w.written(), &[0, 7]);
+        assert_eq!(w.position(), 2);
+        assert_eq!(buf[..2], [0, 7]);
     }
 }

@@ -37,7 +37,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto_core::keys::IdentityKey;
 use proto_core::request::{Request, Response, RetrieveRequest};
-use proto_core::store::{MAX_TTL_MS, MessageStore, StoreConfig};
+use proto_core::store::{MAX_TTL_MS, MessageStore, NewMessage, StoreConfig};
 use proto_core::{Namespace, RecipientId};
 use rand_core::UnwrapErr;
 use runtime_smol::client::{Client, get};
@@ -233,11 +233,13 @@ fn fill(db: &Path, count: u64) -> Result<u64, String> {
         let recipient = ids[usize::try_from(i % RECIPIENTS).expect("below RECIPIENTS")];
         store
             .insert(
-                recipient,
-                Namespace::DIRECT,
-                &body(i),
-                t,
-                t.plus_millis(MAX_TTL_MS),
+                NewMessage::unsigned(
+                    recipient,
+                    Namespace::DIRECT,
+                    &body(i),
+                    t,
+                    t.plus_millis(MAX_TTL_MS),
+                ),
                 t,
             )
             .map_err(|e| format!("message {i} refused: {e}"))?;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use proto_core::store::{MessageStore, StoreConfig};
+use proto_core::store::{MessageStore, NewMessage, StoreConfig};
 use proto_core::{Namespace, RecipientId, Timestamp};
 use runtime_smol::redb_store::RedbBackend;
 
@@ -29,11 +29,13 @@ fn main() {
         b[..8].copy_from_slice(&i.to_be_bytes());
         store
             .insert(
-                RecipientId(r),
-                Namespace::DIRECT,
-                &b,
-                now,
-                now.plus_millis(3_600_000),
+                NewMessage::unsigned(
+                    RecipientId(r),
+                    Namespace::DIRECT,
+                    &b,
+                    now,
+                    now.plus_millis(3_600_000),
+                ),
                 now,
             )
             .expect("fits");

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use proto_core::node::{NodeStats, QUORUM_LATENCY_BOUNDS_MS};
 use proto_core::packet::PeelError;
+use proto_core::peer::CopyRefusal;
 
 /// Content type of the Prometheus text format.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -158,6 +159,18 @@ impl Collector for Snapshot {
             "Messages new here received from swarm peers.",
             s.messages_replicated_in,
         )?;
+        {
+            let mut m = e.encode_descriptor(
+                "copies_refused",
+                "Messages from peers (replication, anti-entropy) not stored, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in CopyRefusal::ALL.iter().zip(s.copies_refused) {
+                let labels = [("reason", reason.label())];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
         counter(
             &mut e,
             "replications_sent",
@@ -283,6 +296,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.stats.packets_forwarded = 7;
         snap.stats.packets_dropped[1] = 3;
+        snap.stats.copies_refused[CopyRefusal::BadSignature.index()] = 5;
         snap.stats.quorum_latency_buckets[2] = 4;
         snap.stats.quorum_latency_ms_total = 80;
         snap.http_responses.insert(400, 2);
@@ -306,6 +320,10 @@ mod tests {
         );
         assert!(
             text.contains("ghost_packets_dropped_total{reason=\"bad_mac\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ghost_copies_refused_total{reason=\"bad_signature\"} 5"),
             "{text}"
         );
         assert!(

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use proto_core::request::Origin;
 use proto_core::store::{MessageBackend, StoreError, StoredMessage};
 use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
 use redb::{
@@ -30,6 +31,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 const LAST_SEQ: &str = "last_seq";
+/// Layout of the message values: 2 added the origin (the client's store request minus
+/// the message). Version 1 databases are rewritten once at open.
+const FORMAT: &str = "format";
+const FORMAT_VERSION: u64 = 2;
 const TOTAL_COUNT: &str = "total_count";
 const TOTAL_BYTES: &str = "total_bytes";
 
@@ -50,29 +55,111 @@ fn expiry_key(expiry: Timestamp, hash: &MessageHash) -> [u8; 40] {
     k
 }
 
+/// `hash (32) ‖ stored_at (8) ‖ expiry (8) ‖ origin timestamp (8) ‖ ttl (8) ‖ pow nonce
+/// (8) ‖ has signature (1) ‖ [signature (64)] ‖ body`.
 fn encode_value(m: &StoredMessage) -> Vec<u8> {
-    let mut v = Vec::with_capacity(48 + m.body.len());
+    let mut v = Vec::with_capacity(137 + m.body.len());
     v.extend_from_slice(m.hash.as_bytes());
     v.extend_from_slice(&m.stored_at.0.to_be_bytes());
     v.extend_from_slice(&m.expiry.0.to_be_bytes());
+    v.extend_from_slice(&m.origin.timestamp.0.to_be_bytes());
+    v.extend_from_slice(&m.origin.ttl_ms.to_be_bytes());
+    v.extend_from_slice(&m.origin.pow_nonce.to_be_bytes());
+    match &m.origin.signature {
+        Some(sig) => {
+            v.push(1);
+            v.extend_from_slice(sig);
+        }
+        None => v.push(0),
+    }
     v.extend_from_slice(&m.body);
     v
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Option<StoredMessage> {
-    let arr = |b: &[u8]| -> Option<[u8; 8]> { b.try_into().ok() };
-    if key.len() != 42 || value.len() < 48 {
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(value.get(at..at + 8)?.try_into().ok()?))
+    };
+    if key.len() != 42 {
         return None;
     }
+    let (signature, body_at) = match value.get(72)? {
+        0 => (None, 73),
+        1 => (Some(value.get(73..137)?.try_into().ok()?), 137),
+        _ => return None,
+    };
     Some(StoredMessage {
         recipient: RecipientId(key[..32].try_into().ok()?),
         namespace: Namespace(u16::from_be_bytes(key[32..34].try_into().ok()?)),
-        seq: u64::from_be_bytes(arr(&key[34..42])?),
-        hash: MessageHash(value[..32].try_into().ok()?),
-        stored_at: Timestamp(u64::from_be_bytes(arr(&value[32..40])?)),
-        expiry: Timestamp(u64::from_be_bytes(arr(&value[40..48])?)),
-        body: value[48..].to_vec(),
+        seq: u64::from_be_bytes(key[34..42].try_into().ok()?),
+        hash: MessageHash(value.get(..32)?.try_into().ok()?),
+        stored_at: Timestamp(u64_at(32)?),
+        expiry: Timestamp(u64_at(40)?),
+        body: value[body_at..].to_vec(),
+        origin: Origin {
+            timestamp: Timestamp(u64_at(48)?),
+            ttl_ms: u64_at(56)?,
+            pow_nonce: u64_at(64)?,
+            signature,
+        },
     })
+}
+
+/// A version 1 value (`hash ‖ stored_at ‖ expiry ‖ body`) in the current layout. Its
+/// origin is the one an unsigned request without proof of work would have had: such a
+/// message stays readable here, and other members accept a copy only where that origin
+/// satisfies their rules (namespaces below 0x8000, no proof-of-work requirement).
+fn upgrade_v1_value(value: &[u8]) -> Option<Vec<u8>> {
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(value.get(at..at + 8)?.try_into().ok()?))
+    };
+    let stored_at = u64_at(32)?;
+    let expiry = u64_at(40)?;
+    let mut v = Vec::with_capacity(value.len() + 25);
+    v.extend_from_slice(&value[..48]);
+    v.extend_from_slice(&stored_at.to_be_bytes());
+    v.extend_from_slice(&expiry.saturating_sub(stored_at).to_be_bytes());
+    v.extend_from_slice(&0u64.to_be_bytes());
+    v.push(0);
+    v.extend_from_slice(&value[48..]);
+    Some(v)
+}
+
+/// Brings a database written by an earlier release to [`FORMAT_VERSION`], inside the
+/// opening transaction (all or nothing).
+fn upgrade_format(w: &WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = w.open_table(META)?;
+    let version = meta.get(FORMAT)?.map(|v| v.value());
+    match version {
+        Some(FORMAT_VERSION) => return Ok(()),
+        Some(other) => {
+            return Err(redb::Error::Corrupted(format!(
+                "message database format {other} is newer than this release understands ({FORMAT_VERSION}): run the release that wrote it"
+            )));
+        }
+        None => {}
+    }
+    let mut messages = w.open_table(MESSAGES)?;
+    let old: Vec<(Vec<u8>, Vec<u8>)> = messages
+        .iter()?
+        .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        .collect::<Result<_, _>>()?;
+    let mut upgraded = 0u64;
+    for (key, value) in old {
+        let Some(new) = upgrade_v1_value(&value) else {
+            continue;
+        };
+        messages.insert(key.as_slice(), new.as_slice())?;
+        upgraded += 1;
+    }
+    if upgraded > 0 {
+        tracing::info!(
+            messages = upgraded,
+            "message database upgraded to format {FORMAT_VERSION}"
+        );
+    }
+    meta.insert(FORMAT, FORMAT_VERSION)?;
+    Ok(())
 }
 
 /// Calls `visit` with one entry of the hash index (`hash → recipient ‖ namespace ‖ seq`).
@@ -152,6 +239,7 @@ impl RedbBackend {
             w.open_table(USAGE)?;
             w.open_table(META)?;
         }
+        upgrade_format(&w)?;
         w.commit()?;
         let durable_seq = {
             let r = db.begin_read()?;
@@ -475,7 +563,7 @@ impl MessageBackend for RedbBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto_core::store::{MessageStore, StoreConfig};
+    use proto_core::store::{MessageStore, NewMessage, StoreConfig};
 
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
 
@@ -498,11 +586,13 @@ mod tests {
             let mut s = open(dir.path());
             let kept = s
                 .insert(
-                    r(1),
-                    Namespace::DIRECT,
-                    b"kept",
-                    NOW,
-                    NOW.plus_millis(60_000),
+                    NewMessage::unsigned(
+                        r(1),
+                        Namespace::DIRECT,
+                        b"kept",
+                        NOW,
+                        NOW.plus_millis(60_000),
+                    ),
                     NOW,
                 )
                 .unwrap();
@@ -511,11 +601,13 @@ mod tests {
             assert!(s.durable_seq() >= kept.seq);
             let lost = s
                 .insert(
-                    r(1),
-                    Namespace::DIRECT,
-                    b"lost",
-                    NOW,
-                    NOW.plus_millis(60_000),
+                    NewMessage::unsigned(
+                        r(1),
+                        Namespace::DIRECT,
+                        b"lost",
+                        NOW,
+                        NOW.plus_millis(60_000),
+                    ),
                     NOW,
                 )
                 .unwrap();
@@ -537,22 +629,14 @@ mod tests {
         let mut s = open(dir.path());
         let a = s
             .insert(
-                r(2),
-                Namespace::DIRECT,
-                b"a",
-                NOW,
-                NOW.plus_millis(60_000),
+                NewMessage::unsigned(r(2), Namespace::DIRECT, b"a", NOW, NOW.plus_millis(60_000)),
                 NOW,
             )
             .unwrap();
         // Dedup sees the uncommitted write.
         let again = s
             .insert(
-                r(2),
-                Namespace::DIRECT,
-                b"a",
-                NOW,
-                NOW.plus_millis(60_000),
+                NewMessage::unsigned(r(2), Namespace::DIRECT, b"a", NOW, NOW.plus_millis(60_000)),
                 NOW,
             )
             .unwrap();
@@ -588,22 +672,20 @@ mod tests {
         .unwrap();
         for i in 0..50u64 {
             s.insert(
-                r(3),
-                Namespace::DIRECT,
-                &i.to_be_bytes(),
-                NOW,
-                NOW.plus_millis(1000 + i),
+                NewMessage::unsigned(
+                    r(3),
+                    Namespace::DIRECT,
+                    &i.to_be_bytes(),
+                    NOW,
+                    NOW.plus_millis(1000 + i),
+                ),
                 NOW,
             )
             .unwrap();
         }
         assert_eq!(
             s.insert(
-                r(3),
-                Namespace::DIRECT,
-                b"over",
-                NOW,
-                NOW.plus_millis(1000),
+                NewMessage::unsigned(r(3), Namespace::DIRECT, b"over", NOW, NOW.plus_millis(1000)),
                 NOW
             ),
             Err(StoreError::QuotaExceeded)
@@ -625,5 +707,70 @@ mod tests {
         s.backend_mut().commit().unwrap();
         assert_eq!(s.totals(), (0, 0));
         assert_eq!(s.backend().usage(&r(3)), (0, 0));
+    }
+
+    #[test]
+    fn origins_survive_reopening_and_a_format_1_database_is_upgraded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = Namespace(0x8000);
+        let signed = NewMessage {
+            origin: Origin {
+                timestamp: Timestamp(NOW.0 - 5),
+                ttl_ms: 60_000,
+                pow_nonce: 42,
+                signature: Some([9; 64]),
+            },
+            ..NewMessage::unsigned(r(2), private, b"owner only", NOW, NOW.plus_millis(60_000))
+        };
+        let hash = {
+            let mut s = open(dir.path());
+            let ins = s.insert(signed, NOW).unwrap();
+            s.backend_mut().commit().unwrap();
+            ins.hash
+        };
+        let s = open(dir.path());
+        let got = s.get(&hash, NOW).unwrap().expect("kept");
+        assert_eq!(
+            (got.origin, got.body.as_slice()),
+            (signed.origin, &b"owner only"[..])
+        );
+        drop(s);
+
+        // A database as the previous release wrote it: values without an origin, no
+        // format marker. Opening rewrites each value once; the message reads the same.
+        let old = dir.path().join("old.redb");
+        {
+            let db = redb::Database::create(&old).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut m = w.open_table(MESSAGES).unwrap();
+                let key = message_key(&r(3), Namespace::DIRECT, 1);
+                let h = proto_core::store::message_hash(&r(3), Namespace::DIRECT, b"from v1");
+                let mut v = h.as_bytes().to_vec();
+                v.extend_from_slice(&NOW.0.to_be_bytes());
+                v.extend_from_slice(&(NOW.0 + 60_000).to_be_bytes());
+                v.extend_from_slice(b"from v1");
+                m.insert(key.as_slice(), v.as_slice()).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let b = RedbBackend::open(&old).unwrap();
+            let r3 = b.db().unwrap().begin_read().unwrap();
+            let t = r3.open_table(MESSAGES).unwrap();
+            let (k, v) = t.first().unwrap().expect("one message");
+            let m = decode(k.value(), v.value()).expect("decodes after the upgrade");
+            assert_eq!(m.body, b"from v1");
+            assert_eq!((m.stored_at, m.expiry), (NOW, NOW.plus_millis(60_000)));
+            assert_eq!(
+                m.origin,
+                Origin {
+                    timestamp: NOW,
+                    ttl_ms: 60_000,
+                    pow_nonce: 0,
+                    signature: None
+                }
+            );
+        }
     }
 }
