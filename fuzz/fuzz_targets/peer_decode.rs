@@ -10,5 +10,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = PeerResponse::decode(data) {
         assert_eq!(r.encode(), data);
     }
-    let _ = peer::decode_request(data, Timestamp(1_800_000_000_000), u64::MAX);
+    let _ = peer::decode_request(data, Timestamp(1_800_000_000_000), u64::MAX, |_| true);
 });

@@ -854,10 +854,11 @@ impl Client {
                 r.pages += 1;
                 r.pow_difficulty = r.pow_difficulty.max(page.pow_difficulty);
                 for u in page.nodes {
-                    // Forged or expired descriptors are dropped one by one: the rest of a
-                    // listing is still worth having.
+                    // Forged, expired or implausibly long-lived descriptors are dropped
+                    // one by one (nodes refuse the last kind too): the rest of a listing
+                    // is still worth having.
                     let Ok(d) = u.verify() else { continue };
-                    if !d.is_valid_at(now) {
+                    if !d.is_valid_at(now) || !crate::directory::is_plausible(&d, now) {
                         continue;
                     }
                     match r.collected.get(&d.node_id()) {

@@ -19,6 +19,12 @@ use crate::types::{NodeId, Timestamp};
 /// its probes over several ticks.
 pub const MAX_PROBES_PER_TICK: usize = 64;
 
+/// How far ahead of the receiver's clock a descriptor may expire, and its onion-key
+/// epoch (a start time in seconds) may lie: 24 hours. Nodes sign descriptors for an hour
+/// (`NodeConfig::descriptor_lifetime_ms`); one valid for ever would outlive its node's
+/// eviction, and a far-future epoch would supersede every later descriptor of that node.
+pub const MAX_DESCRIPTOR_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// Directory timers and bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryConfig {
@@ -56,6 +62,8 @@ pub enum InsertOutcome {
     Stale,
     /// Already expired.
     Expired,
+    /// Expires, or claims an epoch, further ahead than [`MAX_DESCRIPTOR_AHEAD_MS`].
+    TooFarAhead,
     /// The directory is full.
     Full,
     /// This node's own descriptor.
@@ -76,6 +84,13 @@ struct Entry {
     last_contact: Timestamp,
     last_probe: Option<Timestamp>,
     failures: u32,
+}
+
+/// Whether `d` expires, and started, no more than [`MAX_DESCRIPTOR_AHEAD_MS`] after `now`.
+#[must_use]
+pub fn is_plausible(d: &Descriptor, now: Timestamp) -> bool {
+    let horizon = now.plus_millis(MAX_DESCRIPTOR_AHEAD_MS);
+    d.expires() <= horizon && u64::from(d.epoch().0) <= horizon.0 / 1000
 }
 
 /// Known nodes with their liveness.
@@ -110,6 +125,9 @@ impl Directory {
         }
         if !d.is_valid_at(now) {
             return InsertOutcome::Expired;
+        }
+        if !is_plausible(&d, now) {
+            return InsertOutcome::TooFarAhead;
         }
         let full = self.nodes.len() >= self.config.max_nodes;
         match self.nodes.get_mut(&id) {
@@ -351,6 +369,32 @@ mod tests {
             InsertOutcome::Expired
         );
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn descriptors_from_too_far_ahead_are_refused() {
+        let mut d = dir();
+        let horizon = T0.plus_millis(MAX_DESCRIPTOR_AHEAD_MS);
+        // Valid for ever, as an attacker registered one.
+        assert_eq!(
+            d.insert(descriptor(4, 1, Timestamp(u64::MAX)), T0),
+            InsertOutcome::TooFarAhead
+        );
+        assert_eq!(
+            d.insert(descriptor(5, 1, horizon.plus_millis(1)), T0),
+            InsertOutcome::TooFarAhead
+        );
+        // An epoch (seconds) from the far future would supersede every later descriptor.
+        assert_eq!(
+            d.insert(descriptor(6, u32::MAX, T0.plus_millis(60_000)), T0),
+            InsertOutcome::TooFarAhead
+        );
+        let last_second = u32::try_from(horizon.0 / 1000).unwrap();
+        assert!(d.is_empty());
+        assert_eq!(
+            d.insert(descriptor(7, last_second, horizon), T0),
+            InsertOutcome::Added
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub mod ratelimit;
 pub mod request;
 #[cfg(feature = "alloc")]
 pub mod ring;
+#[cfg(feature = "alloc")]
+pub mod seen;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "alloc")]

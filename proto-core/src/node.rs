@@ -52,6 +52,7 @@ use crate::request::{
     SignedRequest, StoreAck, pow_satisfied,
 };
 use crate::ring::Ring;
+use crate::seen::{DEFAULT_SEEN_CAPACITY, SeenChanges};
 use crate::store::{
     Changes, Inserted, MessageBackend, MessageStore, NewMessage, StoreConfig, StoreError,
     StoredMessage,
@@ -279,6 +280,12 @@ pub struct NodeStats {
     pub nodes_evicted: u64,
     /// Expired messages removed.
     pub messages_expired: u64,
+    /// Signed deletes and expiry updates refused because they were already applied here
+    /// (client retries, or replays by a relay or a swarm member).
+    pub changes_already_applied: u64,
+    /// Remembered changes dropped early because the memory was full: a replay of one of
+    /// them would be applied again.
+    pub seen_changes_evicted: u64,
     /// Copies from peers (replication, anti-entropy) not stored, by
     /// [`CopyRefusal::ALL`] index.
     pub copies_refused: [u64; CopyRefusal::ALL.len()],
@@ -292,6 +299,8 @@ pub enum RegisterError {
     Invalid(crate::keys::DescriptorError),
     /// The descriptor has expired.
     Expired,
+    /// The descriptor expires, or claims an epoch, more than a day ahead.
+    TooFarAhead,
     /// An older descriptor than the one held for that node.
     Stale,
     /// The descriptor is this node's own identity.
@@ -307,6 +316,7 @@ impl RegisterError {
         match self {
             Self::Invalid(_) => "invalid_descriptor",
             Self::Expired => "expired_descriptor",
+            Self::TooFarAhead => "descriptor_too_far_ahead",
             Self::Stale => "stale_descriptor",
             Self::OwnIdentity => "own_identity",
             Self::DirectoryFull => "directory_full",
@@ -319,6 +329,9 @@ impl core::fmt::Display for RegisterError {
         match self {
             Self::Invalid(e) => write!(f, "invalid descriptor: {e}"),
             Self::Expired => f.write_str("the descriptor has expired"),
+            Self::TooFarAhead => f.write_str(
+                "the descriptor expires or claims an onion-key epoch more than 24 hours ahead of this node's clock",
+            ),
             Self::Stale => f.write_str("a newer descriptor of that node is already known"),
             Self::OwnIdentity => f.write_str("the descriptor carries this node's own identity"),
             Self::DirectoryFull => f.write_str("the directory is full"),
@@ -441,6 +454,8 @@ pub struct Node<B: MessageBackend> {
     /// IP addresses of known nodes, rebuilt when the directory's generation changes.
     node_ips: (u64, BTreeSet<IpAddr>),
     recipients: RateLimiter<RecipientId>,
+    /// Signed deletes and expiry updates applied within their window: never twice.
+    seen_changes: SeenChanges,
     seeds: Vec<Address>,
     pending: BTreeMap<TransmitId, Pending>,
     transmit_deadlines: BTreeSet<(Timestamp, TransmitId)>,
@@ -496,6 +511,7 @@ impl<B: MessageBackend> Node<B> {
             digests: DigestCache::default(),
             node_ips: (u64::MAX, BTreeSet::new()),
             recipients: RateLimiter::new(config.recipient_rate.clone()),
+            seen_changes: SeenChanges::new(DEFAULT_SEEN_CAPACITY),
             identity,
             onion,
             address,
@@ -913,6 +929,9 @@ impl<B: MessageBackend> Node<B> {
                 self.respond_sealed(req, &key, &Response::Messages { messages, more });
             }
             Request::Delete(_) | Request::UpdateExpiry(_) => {
+                if !self.first_application(now, &request, signature) {
+                    return self.refuse(req, &key, RequestError::AlreadyApplied);
+                }
                 let count = match self.apply_change(now, &request) {
                     Ok(n) => n,
                     Err(e) => return self.refuse(req, &key, e),
@@ -932,6 +951,28 @@ impl<B: MessageBackend> Node<B> {
                 self.respond_sealed(req, &key, &r);
             }
         }
+    }
+
+    /// Records an authenticated change; false when it was applied here already (then it
+    /// must not be applied again: a captured delete-all replayed inside its window, by
+    /// anyone who saw it, deletes nothing new).
+    fn first_application(
+        &mut self,
+        now: Timestamp,
+        request: &Request<'_>,
+        signature: Option<[u8; 64]>,
+    ) -> bool {
+        let (Some(sig), Some(ts)) = (signature, request.timestamp()) else {
+            return true;
+        };
+        let until = ts.plus_millis(self.config.auth_window_ms);
+        let before = self.seen_changes.evicted_early();
+        let first = self.seen_changes.insert(SeenChanges::key(&sig), until, now);
+        self.stats.seen_changes_evicted += self.seen_changes.evicted_early() - before;
+        if !first {
+            self.stats.changes_already_applied += 1;
+        }
+        first
     }
 
     /// Applies an authenticated delete or expiry update to the local store.
@@ -1098,7 +1139,11 @@ impl<B: MessageBackend> Node<B> {
 
     /// A peer request arrived on `/v1/peer`.
     pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, bytes: &[u8]) {
-        let auth = match peer::decode_request(bytes, now, self.config.auth_window_ms) {
+        let directory = &self.directory;
+        let decoded = peer::decode_request(bytes, now, self.config.auth_window_ms, |id| {
+            directory.contains(id)
+        });
+        let auth = match decoded {
             Ok(a) => a,
             // Not an envelope from a node at all: refused outright, nothing is decoded further.
             Err(e) => return self.respond(req, Reply::PeerRefused(e)),
@@ -1155,6 +1200,9 @@ impl<B: MessageBackend> Node<B> {
             .is_err()
         {
             return PeerResponse::Refused(PeerError::BadSignature);
+        }
+        if !self.first_application(now, &signed.request, signed.signature()) {
+            return PeerResponse::Applied(0);
         }
         match self.apply_change(now, &signed.request) {
             Ok(n) => PeerResponse::Applied(n),
@@ -1271,6 +1319,7 @@ impl<B: MessageBackend> Node<B> {
             }
             InsertOutcome::Own => Err(RegisterError::OwnIdentity),
             InsertOutcome::Expired => Err(RegisterError::Expired),
+            InsertOutcome::TooFarAhead => Err(RegisterError::TooFarAhead),
             InsertOutcome::Stale => Err(RegisterError::Stale),
             InsertOutcome::Full => Err(RegisterError::DirectoryFull),
         }
@@ -1764,7 +1813,7 @@ fn store_error(e: StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{StoreRequest, solve_pow};
+    use crate::request::{DeleteRequest, StoreRequest, solve_pow};
     use crate::store::MemoryBackend;
     use crate::types::Namespace;
     use crate::{Epoch, OnionKey};
@@ -2109,6 +2158,90 @@ mod tests {
         }
         assert_eq!(stored, [paid.hash()]);
         assert_eq!(refused, [(lazy.hash(), CopyRefusal::InsufficientPow)]);
+    }
+
+    fn signed(owner: &IdentityKey, request: &Request<'_>) -> Vec<u8> {
+        let mut buf = [0u8; packet::MAX_PAYLOAD];
+        let len = request.encode(Some(owner), &mut buf).expect("fits");
+        buf[..len].to_vec()
+    }
+
+    /// What the final hop answers a request (decoded from the sealed reply).
+    fn final_hop_answer(n: &mut Node<MemoryBackend>, payload: &[u8]) -> Response {
+        n.execute(NOW, RequestId(9), payload, ReplyKey::new([3; 32]));
+        while let Some(o) = n.poll_output() {
+            if let Output::Respond {
+                req: RequestId(9),
+                reply: Reply::Onion(mut bytes),
+            } = o
+            {
+                let opened = reply::open(&[ReplyKey::new([3; 32])], &mut bytes).expect("opens");
+                let reply::Opened::Response { body } = opened else {
+                    panic!("a hop failure: {opened:?}");
+                };
+                return Response::decode(body).expect("decodes");
+            }
+        }
+        panic!("no answer");
+    }
+
+    #[test]
+    fn a_replayed_signed_delete_all_deletes_nothing_the_second_time() {
+        let mut rng = ChaCha20Rng::seed_from_u64(35);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let put = |n: &mut Node<MemoryBackend>, body: &[u8]| {
+            let m = stored_by_client(&owner, Namespace::DIRECT, body);
+            n.store.insert(new_message(&m), NOW).expect("stored");
+            m
+        };
+        for i in 0..3u8 {
+            put(&mut n, &[i; 4]);
+        }
+        let delete_all = signed(
+            &owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW,
+                selector: DeleteSelector::All,
+            }),
+        );
+        assert_eq!(
+            final_hop_answer(&mut n, &delete_all),
+            Response::Deleted { count: 3 }
+        );
+
+        // New mail arrives; the same signed delete-all comes again inside its window:
+        // through another path, and relayed by a swarm member that captured it.
+        let kept = [put(&mut n, b"new one"), put(&mut n, b"another")];
+        assert_eq!(
+            final_hop_answer(&mut n, &delete_all),
+            Response::Refused(RequestError::AlreadyApplied)
+        );
+        let relay = PeerRequest::Relay(delete_all.clone()).encode_signed(&peer_key(0), NOW);
+        n.handle_peer(NOW, RequestId(78), &relay);
+        assert_eq!(answer(&mut n, RequestId(78)), PeerResponse::Applied(0));
+        assert!(
+            kept.iter().all(|m| held(&n, m)),
+            "the replay deleted new mail"
+        );
+        assert_eq!(n.stats.changes_already_applied, 2);
+
+        // A new request, signed again, does apply.
+        let again = signed(
+            &owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW.plus_millis(1),
+                selector: DeleteSelector::All,
+            }),
+        );
+        assert_eq!(
+            final_hop_answer(&mut n, &again),
+            Response::Deleted { count: 2 }
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_HASH_LIST: usize = 4096;
 /// Most descriptors in one gossip exchange.
 pub const MAX_GOSSIP: usize = 64;
+/// Kind byte of a gossip envelope, the one kind a stranger may send.
+const KIND_GOSSIP: u8 = 4;
 
 /// A stored message as it travels between swarm members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,7 +183,7 @@ impl PeerRequest {
             Self::Replicate(_) => 1,
             Self::Digest(_) => 2,
             Self::Fetch(_) => 3,
-            Self::Gossip(_) => 4,
+            Self::Gossip(_) => KIND_GOSSIP,
             Self::Probe => 5,
             Self::Relay(_) => 6,
         }
@@ -392,13 +394,15 @@ impl From<WireError> for PeerError {
     }
 }
 
-/// Decodes a peer request and verifies its envelope: signature by the claimed sender and
-/// a timestamp within `window_ms` of `now`. Whether the sender is known is the caller's
-/// decision (a gossip from a new node is how it becomes known).
+/// Decodes a peer request and verifies its envelope: a timestamp within `window_ms` of
+/// `now`, a sender the caller `knows` (asked for every kind but gossip, which is how a new
+/// node becomes known), and the claimed sender's signature. The cheap checks come first,
+/// so a stranger's or a stale envelope never costs a signature verification.
 pub fn decode_request(
     bytes: &[u8],
     now: Timestamp,
     window_ms: u64,
+    knows: impl FnOnce(&NodeId) -> bool,
 ) -> Result<Authenticated, PeerError> {
     let signed_len = bytes
         .len()
@@ -412,6 +416,12 @@ pub fn decode_request(
     let kind = r.u8()?;
     let sender = NodeId(r.array()?);
     let sent_at = Timestamp(r.u64()?);
+    if sent_at.0.abs_diff(now.0) > window_ms {
+        return Err(PeerError::StaleTimestamp);
+    }
+    if kind != KIND_GOSSIP && !knows(&sender) {
+        return Err(PeerError::UnknownSender);
+    }
     let request = match kind {
         1 => {
             let n = read_count(&mut r, MAX_BATCH)?;
@@ -430,7 +440,7 @@ pub fn decode_request(
             PeerRequest::Digest(d)
         }
         3 => PeerRequest::Fetch(read_hashes(&mut r)?),
-        4 => PeerRequest::Gossip(read_descriptors(&mut r)?),
+        KIND_GOSSIP => PeerRequest::Gossip(read_descriptors(&mut r)?),
         5 => PeerRequest::Probe,
         6 => {
             let n = read_count(&mut r, usize::from(u16::MAX))?;
@@ -442,9 +452,6 @@ pub fn decode_request(
     let sig: [u8; SIGNATURE_LEN] = crate::keys::fixed(sig);
     if !verify_signature(sender.as_bytes(), PEER_SIGNING_CONTEXT, signed, &sig) {
         return Err(PeerError::BadSignature);
-    }
-    if sent_at.0.abs_diff(now.0) > window_ms {
-        return Err(PeerError::StaleTimestamp);
     }
     Ok(Authenticated {
         sender,
@@ -728,7 +735,7 @@ mod tests {
         let key = IdentityKey::from_seed(&[9; 32]);
         for req in every_request() {
             let bytes = req.encode_signed(&key, NOW);
-            let got = decode_request(&bytes, NOW, 60_000).unwrap();
+            let got = decode_request(&bytes, NOW, 60_000, |_| true).unwrap();
             assert_eq!(got.sender, key.node_id());
             assert_eq!(got.request, req);
         }
@@ -742,18 +749,43 @@ mod tests {
             let mut t = bytes.clone();
             t[i] ^= 1;
             assert!(
-                decode_request(&t, NOW, 60_000).is_err(),
+                decode_request(&t, NOW, 60_000, |_| true).is_err(),
                 "flip at {i} accepted"
             );
         }
         assert_eq!(
-            decode_request(&bytes, NOW.plus_millis(60_001), 60_000),
+            decode_request(&bytes, NOW.plus_millis(60_001), 60_000, |_| true),
             Err(PeerError::StaleTimestamp)
         );
         assert_eq!(
-            decode_request(&bytes[..10], NOW, 60_000),
+            decode_request(&bytes[..10], NOW, 60_000, |_| true),
             Err(PeerError::Malformed)
         );
+    }
+
+    #[test]
+    fn strangers_and_stale_envelopes_are_refused_before_the_signature_is_checked() {
+        let stranger = IdentityKey::from_seed(&[10; 32]);
+        let mut bytes = PeerRequest::Replicate(vec![msg(1)]).encode_signed(&stranger, NOW);
+        // A broken signature: only the order of the checks can name the other reasons.
+        *bytes.last_mut().unwrap() ^= 1;
+        let knows_nobody = |_: &NodeId| false;
+        assert_eq!(
+            decode_request(&bytes, NOW, 60_000, knows_nobody),
+            Err(PeerError::UnknownSender)
+        );
+        assert_eq!(
+            decode_request(&bytes, NOW.plus_millis(60_001), 60_000, |_| true),
+            Err(PeerError::StaleTimestamp)
+        );
+        assert_eq!(
+            decode_request(&bytes, NOW, 60_000, |_| true),
+            Err(PeerError::BadSignature)
+        );
+        // Gossip is how a stranger introduces itself: it is verified, not refused.
+        let hello = PeerRequest::Gossip(vec![descriptor(10)]).encode_signed(&stranger, NOW);
+        let got = decode_request(&hello, NOW, 60_000, knows_nobody).unwrap();
+        assert_eq!(got.sender, stranger.node_id());
     }
 
     #[test]

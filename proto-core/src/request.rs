@@ -639,6 +639,9 @@ pub enum RequestError {
     QuorumNotReached,
     /// The node cannot serve right now (starting, shutting down, storage error).
     Unavailable,
+    /// This signed delete or expiry update was already applied here (a retry, or a
+    /// replay): it is never applied twice. Sign a new request to apply it again.
+    AlreadyApplied,
     /// An output buffer was too small.
     BufferTooSmall {
         /// Bytes needed.
@@ -667,6 +670,7 @@ impl RequestError {
             Self::InsufficientPow => 23,
             Self::QuorumNotReached => 24,
             Self::Unavailable => 25,
+            Self::AlreadyApplied => 26,
         }
     }
 
@@ -690,6 +694,7 @@ impl RequestError {
             23 => Self::InsufficientPow,
             24 => Self::QuorumNotReached,
             25 => Self::Unavailable,
+            26 => Self::AlreadyApplied,
             _ => return None,
         })
     }
@@ -714,6 +719,7 @@ impl RequestError {
             Self::InsufficientPow => "insufficient_pow",
             Self::QuorumNotReached => "quorum_not_reached",
             Self::Unavailable => "unavailable",
+            Self::AlreadyApplied => "already_applied",
             Self::BufferTooSmall { .. } => "buffer_too_small",
         }
     }
@@ -738,6 +744,7 @@ impl fmt::Display for RequestError {
             Self::InsufficientPow => f.write_str("proof of work missing or too weak"),
             Self::QuorumNotReached => f.write_str("too few swarm members stored the message"),
             Self::Unavailable => f.write_str("node unavailable"),
+            Self::AlreadyApplied => f.write_str("this signed change was already applied"),
             Self::BufferTooSmall { required } => {
                 write!(f, "buffer too small: {required} bytes required")
             }
@@ -1511,6 +1518,7 @@ mod tests {
             RequestError::InsufficientPow,
             RequestError::QuorumNotReached,
             RequestError::Unavailable,
+            RequestError::AlreadyApplied,
         ];
         for e in all {
             assert_eq!(RequestError::from_code(e.code()), Some(e));

@@ -173,6 +173,18 @@ impl Collector for Snapshot {
         }
         counter(
             &mut e,
+            "changes_already_applied",
+            "Signed deletes and expiry updates refused as already applied (retries, replays).",
+            s.changes_already_applied,
+        )?;
+        counter(
+            &mut e,
+            "seen_changes_evicted",
+            "Remembered signed changes dropped before their window closed (memory full).",
+            s.seen_changes_evicted,
+        )?;
+        counter(
+            &mut e,
             "replications_sent",
             "Replication exchanges sent.",
             s.replications_sent,

@@ -17,7 +17,7 @@ use common::Network;
 use proto_core::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
 use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet::{self, PACKET_LEN};
-use proto_core::peer::{PeerError, PeerRequest, PeerResponse};
+use proto_core::peer::PeerRequest;
 use proto_core::ratelimit::RateLimitConfig;
 use proto_core::reply::{self, Opened};
 use proto_core::request::{
@@ -366,8 +366,6 @@ enum Expect {
     BareOrClosed(u16),
     /// The connection is closed without an answer.
     Closed,
-    /// A 200 carrying the peer protocol's own refusal (the envelope itself was valid).
-    PeerRefusal(PeerError),
 }
 
 struct Case {
@@ -400,7 +398,7 @@ fn register(descriptor: &[u8]) -> Vec<u8> {
 }
 
 fn cases(own: &Descriptor) -> Vec<Case> {
-    use Expect::{Bare, BareOrClosed, Closed, Error, PeerRefusal};
+    use Expect::{Bare, BareOrClosed, Closed, Error};
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let stranger = IdentityKey::from_seed(&[200; 32]);
     let stranger_descriptor = |expires| {
@@ -415,12 +413,14 @@ fn cases(own: &Descriptor) -> Vec<Case> {
     let mut forged = valid.clone();
     *forged.last_mut().unwrap() ^= 0x01;
     let expired = descriptor_bytes(&stranger_descriptor(Timestamp(1_000)));
+    let for_ever = descriptor_bytes(&stranger_descriptor(Timestamp(u64::MAX)));
     let own = descriptor_bytes(own);
 
     let probe = |at: Timestamp| PeerRequest::Probe.encode_signed(&stranger, at);
-    let mut tampered = probe(now());
+    // Gossip is the one kind a stranger may send, so only it reaches the signature check.
+    let mut tampered = PeerRequest::Gossip(Vec::new()).encode_signed(&stranger, now());
     *tampered.last_mut().unwrap() ^= 0x01;
-    let mut trailing = probe(now());
+    let mut trailing = PeerRequest::Gossip(Vec::new()).encode_signed(&stranger, now());
     trailing.push(0);
 
     let zeros = |n: usize| vec![0u8; n];
@@ -653,6 +653,11 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             Error(400, "expired_descriptor"),
         ),
         case(
+            "register, a descriptor valid for ever",
+            register(&for_ever),
+            Error(400, "descriptor_too_far_ahead"),
+        ),
+        case(
             "register, the node's own descriptor",
             register(&own),
             Error(400, "own_identity"),
@@ -674,7 +679,7 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             Error(400, "malformed"),
         ),
         case(
-            "peer, signature byte flipped",
+            "peer, gossip with a signature byte flipped",
             post("/v1/peer", &tampered),
             Error(403, "bad_signature"),
         ),
@@ -689,9 +694,9 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             Error(400, "stale_timestamp"),
         ),
         case(
-            "peer, valid probe from an unknown node",
+            "peer, valid probe from an unknown node (refused before its signature is checked)",
             post("/v1/peer", &probe(now())),
-            PeerRefusal(PeerError::UnknownSender),
+            Error(403, "unknown_sender"),
         ),
         // Bytes that are not (acceptable) HTTP/1.1.
         case(
@@ -793,15 +798,6 @@ fn run(addr: &str, c: &Case) -> String {
         }
         (Expect::BareOrClosed(_) | Expect::Closed, Outcome::Closed) => {
             format!("closed after {} ms", elapsed.as_millis())
-        }
-        (Expect::PeerRefusal(want), Outcome::Answer { status, body, .. }) => {
-            assert_eq!(*status, 200, "{name}");
-            assert_eq!(
-                PeerResponse::decode(body),
-                Ok(PeerResponse::Refused(*want)),
-                "{name}"
-            );
-            format!("200 peer refusal {}", want.label())
         }
         (expect, outcome) => panic!("{name}: expected {expect:?}, got {outcome:?}"),
     }
