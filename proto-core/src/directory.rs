@@ -1,11 +1,23 @@
 //! The directory: which nodes exist, how to reach them, and whether they are alive.
 //!
-//! The directory owns a bounded map of verified descriptors with each node's contact
-//! history, and decides when to probe a node and when to evict it. It never sends a probe
-//! itself and never reads a clock: the node asks it what is due at `now` and reports
-//! contacts and failures back. Invariants: only verified descriptors are held (a
-//! [`Descriptor`] value always carries a valid signature); the node's own ID is never
-//! listed; at most `max_nodes` entries; iteration order is deterministic (a `BTreeMap`).
+//! The directory owns a bounded map of verified descriptors with each node's liveness,
+//! and decides when to probe a node and when to evict it. It never sends a probe itself
+//! and never reads a clock: the node asks it what is due at `now` and reports probe
+//! answers and failures back.
+//!
+//! A descriptor learned from gossip or a registration makes a **candidate**: probed at
+//! once, but not live — not listed, not gossiped, not on the ring — until the node
+//! proves itself by answering a probe at its address with its own identity's signature
+//! ([`Directory::mark_live`]). Liveness is refreshed only by such proofs (and by signed
+//! replication receipts), never by what a node sends on its own, so an identity that
+//! cannot be reached at its address is evicted whatever it gossips. An evicted identity is
+//! **quarantined** for `evict_after_ms`: gossip repeating its evicted descriptor (or an
+//! older one) is ignored meanwhile; a newer descriptor (a restart, a renewal) and, after
+//! the quarantine, any descriptor bring it back only as a candidate.
+//!
+//! Invariants: only verified descriptors are held (a [`Descriptor`] value always carries
+//! a valid signature); the node's own ID is never listed; at most `max_nodes` entries and
+//! `max_nodes` quarantined IDs; iteration order is deterministic (a `BTreeMap`).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -13,7 +25,7 @@ use alloc::vec::Vec;
 use rand_core::Rng;
 
 use crate::keys::Descriptor;
-use crate::types::{NodeId, Timestamp};
+use crate::types::{Epoch, NodeId, Timestamp};
 
 /// Most probes one call to [`Directory::due_probes`] returns, so a large directory spreads
 /// its probes over several ticks.
@@ -66,6 +78,9 @@ pub enum InsertOutcome {
     TooFarAhead,
     /// The directory is full.
     Full,
+    /// The node was evicted a short while ago; gossip about it is ignored until its
+    /// quarantine ends.
+    Quarantined,
     /// This node's own descriptor.
     Own,
 }
@@ -81,9 +96,12 @@ impl InsertOutcome {
 #[derive(Clone, Debug)]
 struct Entry {
     descriptor: Descriptor,
+    /// When the node last proved itself (for a candidate: when it was added).
     last_contact: Timestamp,
     last_probe: Option<Timestamp>,
     failures: u32,
+    /// Whether it has answered a probe since it was added.
+    live: bool,
 }
 
 /// Whether `d` expires, and started, no more than [`MAX_DESCRIPTOR_AHEAD_MS`] after `now`.
@@ -99,6 +117,9 @@ pub struct Directory {
     own: NodeId,
     config: DirectoryConfig,
     nodes: BTreeMap<NodeId, Entry>,
+    /// Evicted IDs: when their quarantine ends, and the `(epoch, expires)` of the
+    /// descriptor evicted (only a newer one ends it early).
+    quarantine: BTreeMap<NodeId, (Timestamp, Epoch, Timestamp)>,
     /// Bumped whenever a descriptor is added, replaced or removed, so callers can cache
     /// what they derive from the set of descriptors.
     generation: u64,
@@ -112,17 +133,22 @@ impl Directory {
             own,
             config,
             nodes: BTreeMap::new(),
+            quarantine: BTreeMap::new(),
             generation: 0,
         }
     }
 
-    /// Adds or refreshes a node's descriptor. A new node counts as contacted now, so it
-    /// is probed before it can be evicted.
+    /// Adds or refreshes a node's descriptor. A new node is a candidate, probed at once
+    /// and evicted unless it proves itself within `evict_after_ms`.
     pub fn insert(&mut self, d: Descriptor, now: Timestamp) -> InsertOutcome {
         let id = d.node_id();
         if id == self.own {
             return InsertOutcome::Own;
         }
+        if self.quarantines(&id, d.epoch(), d.expires(), now) {
+            return InsertOutcome::Quarantined;
+        }
+        self.quarantine.remove(&id);
         if !d.is_valid_at(now) {
             return InsertOutcome::Expired;
         }
@@ -134,7 +160,9 @@ impl Directory {
             Some(e) if e.descriptor == d => InsertOutcome::Unchanged,
             Some(e) if d.supersedes(&e.descriptor) => {
                 e.descriptor = d;
-                self.generation += 1;
+                if e.live {
+                    self.generation += 1;
+                }
                 InsertOutcome::Updated
             }
             Some(_) => InsertOutcome::Stale,
@@ -147,9 +175,9 @@ impl Directory {
                         last_contact: now,
                         last_probe: None,
                         failures: 0,
+                        live: false,
                     },
                 );
-                self.generation += 1;
                 InsertOutcome::Added
             }
         }
@@ -162,9 +190,32 @@ impl Directory {
             .count()
     }
 
-    /// A successful exchange with `id`.
+    /// Lifts the quarantine of `id`: the node itself asked to join (its own signed
+    /// gossip or registration). It still has to answer a probe to become live.
+    pub fn lift_quarantine(&mut self, id: &NodeId) {
+        self.quarantine.remove(id);
+    }
+
+    /// `id` proved itself: it answered a probe at its address with its identity's
+    /// signature. Returns true when it was a candidate and is live from now on.
+    pub fn mark_live(&mut self, id: &NodeId, now: Timestamp) -> bool {
+        let Some(e) = self.nodes.get_mut(id) else {
+            return false;
+        };
+        e.last_contact = e.last_contact.max(now);
+        e.failures = 0;
+        let became = !e.live;
+        e.live = true;
+        if became {
+            self.generation += 1;
+        }
+        became
+    }
+
+    /// A signed answer from a live `id` at its address (a replication receipt): as good
+    /// as a probe for liveness. Does nothing for candidates.
     pub fn record_contact(&mut self, id: &NodeId, now: Timestamp) {
-        if let Some(e) = self.nodes.get_mut(id) {
+        if let Some(e) = self.nodes.get_mut(id).filter(|e| e.live) {
             e.last_contact = e.last_contact.max(now);
             e.failures = 0;
         }
@@ -178,10 +229,12 @@ impl Directory {
         }
     }
 
-    /// Removes nodes whose descriptor expired or that have not been heard from for
-    /// `evict_after_ms`; returns them.
+    /// Removes nodes whose descriptor expired or that have not proved themselves for
+    /// `evict_after_ms`, and quarantines them for as long; returns the removed nodes that
+    /// were live (candidates were never on the ring).
     pub fn evict(&mut self, now: Timestamp) -> Vec<NodeId> {
         let limit = self.config.evict_after_ms;
+        self.quarantine.retain(|_, (until, _, _)| *until >= now);
         let gone: Vec<NodeId> = self
             .nodes
             .iter()
@@ -190,17 +243,33 @@ impl Directory {
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in &gone {
-            self.nodes.remove(id);
+        let mut were_live = Vec::new();
+        for id in gone {
+            let Some(e) = self.nodes.remove(&id) else {
+                continue;
+            };
+            if e.live {
+                were_live.push(id);
+            }
+            if self.quarantine.len() >= self.config.max_nodes {
+                // Bounded: the quarantine closest to its end goes first.
+                if let Some((&first, _)) = self.quarantine.iter().min_by_key(|(_, q)| q.0) {
+                    self.quarantine.remove(&first);
+                }
+            }
+            let d = e.descriptor;
+            self.quarantine
+                .insert(id, (now.plus_millis(limit), d.epoch(), d.expires()));
         }
-        if !gone.is_empty() {
+        if !were_live.is_empty() {
             self.generation += 1;
         }
-        gone
+        were_live
     }
 
-    /// Nodes to probe now (not heard from, and not probed, for `probe_interval_ms`), at
-    /// most [`MAX_PROBES_PER_TICK`]; each is marked probed.
+    /// Nodes to probe now — candidates never probed, and nodes not proved, and not
+    /// probed, for `probe_interval_ms` — at most [`MAX_PROBES_PER_TICK`]; each is marked
+    /// probed.
     pub fn due_probes(&mut self, now: Timestamp) -> Vec<NodeId> {
         let interval = self.config.probe_interval_ms;
         let mut due = Vec::new();
@@ -208,8 +277,9 @@ impl Directory {
             if due.len() == MAX_PROBES_PER_TICK {
                 break;
             }
-            let quiet = now.millis_since(e.last_contact) >= interval;
-            let not_probed = e.last_probe.is_none_or(|p| now.millis_since(p) >= interval);
+            let quiet = !e.live || now.millis_since(e.last_contact) >= interval;
+            let again = retry_interval(interval, e.failures);
+            let not_probed = e.last_probe.is_none_or(|p| now.millis_since(p) >= again);
             if quiet && not_probed {
                 e.last_probe = Some(now);
                 due.push(*id);
@@ -224,19 +294,26 @@ impl Directory {
         self.nodes
             .values()
             .map(|e| {
-                let probe_from = e
-                    .last_probe
-                    .map_or(e.last_contact, |p| p.max(e.last_contact));
-                let probe = probe_from.plus_millis(self.config.probe_interval_ms);
+                let interval = self.config.probe_interval_ms;
+                let again = retry_interval(interval, e.failures);
+                let probe = match (e.live, e.last_probe) {
+                    (false, None) => e.last_contact,
+                    (false, Some(p)) => p.plus_millis(again),
+                    (true, None) => e.last_contact.plus_millis(interval),
+                    (true, Some(p)) => e
+                        .last_contact
+                        .plus_millis(interval)
+                        .max(p.plus_millis(again)),
+                };
                 let evict = e.last_contact.plus_millis(self.config.evict_after_ms + 1);
                 probe.min(evict).min(e.descriptor.expires().plus_millis(1))
             })
             .min()
     }
 
-    /// Up to `n` distinct known nodes chosen at random (gossip partners).
+    /// Up to `n` distinct live nodes chosen at random (gossip partners).
     pub fn gossip_targets<R: Rng + ?Sized>(&self, rng: &mut R, n: usize) -> Vec<NodeId> {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self.live_ids().collect();
         sample(&ids, n, rng)
     }
 
@@ -250,51 +327,95 @@ impl Directory {
         let valid: Vec<Descriptor> = self
             .nodes
             .values()
+            .filter(|e| e.live)
             .map(|e| e.descriptor)
             .filter(|d| d.is_valid_at(now))
             .collect();
         sample(&valid, n, rng)
     }
 
-    /// Changes whenever a descriptor is added, replaced or removed.
+    /// Changes whenever the set of live nodes or one of their descriptors changes.
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// The descriptor of `id`.
+    /// The descriptor of `id`, live or candidate (where to reach it).
     #[must_use]
     pub fn get(&self, id: &NodeId) -> Option<&Descriptor> {
         self.nodes.get(id).map(|e| &e.descriptor)
     }
 
-    /// Whether `id` is known.
+    /// Whether `id` is live.
     #[must_use]
     pub fn contains(&self, id: &NodeId) -> bool {
+        self.nodes.get(id).is_some_and(|e| e.live)
+    }
+
+    /// Whether `id` is held at all, live or candidate.
+    #[must_use]
+    pub fn holds(&self, id: &NodeId) -> bool {
         self.nodes.contains_key(id)
     }
 
-    /// Number of known nodes.
+    /// Whether `id` is quarantined after an eviction at `now`.
+    #[must_use]
+    pub fn is_quarantined(&self, id: &NodeId, now: Timestamp) -> bool {
+        self.quarantine.get(id).is_some_and(|q| now <= q.0)
+    }
+
+    /// Whether a descriptor of `id` with this `(epoch, expires)` is to be ignored at
+    /// `now`: `id` is quarantined and the descriptor is not newer than the one evicted.
+    /// Checked before the descriptor's signature.
+    #[must_use]
+    pub fn quarantines(
+        &self,
+        id: &NodeId,
+        epoch: Epoch,
+        expires: Timestamp,
+        now: Timestamp,
+    ) -> bool {
+        self.quarantine
+            .get(id)
+            .is_some_and(|&(until, e, x)| now <= until && (epoch, expires) <= (e, x))
+    }
+
+    /// Number of live nodes.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.nodes.values().filter(|e| e.live).count()
     }
 
-    /// Whether no node is known.
+    /// Number of candidates waiting to answer a probe.
+    #[must_use]
+    pub fn candidates(&self) -> usize {
+        self.nodes.values().filter(|e| !e.live).count()
+    }
+
+    /// Whether no node is live.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        !self.nodes.values().any(|e| e.live)
     }
 
-    /// Every known descriptor, by node ID.
+    /// Every live node's descriptor, by node ID.
     pub fn descriptors(&self) -> impl Iterator<Item = &Descriptor> {
-        self.nodes.values().map(|e| &e.descriptor)
+        self.nodes
+            .values()
+            .filter(|e| e.live)
+            .map(|e| &e.descriptor)
     }
 
-    /// Every known node ID.
+    /// Every live node's ID.
     pub fn live_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.nodes.keys().copied()
+        self.nodes.iter().filter(|(_, e)| e.live).map(|(id, _)| *id)
     }
+}
+
+/// How long after a probe the next one is due: the interval, or a quarter of it after a
+/// failure, so one or two lost packets do not run a live node into its eviction.
+fn retry_interval(interval: u64, failures: u32) -> u64 {
+    if failures > 0 { interval / 4 } else { interval }
 }
 
 /// A uniform random sample of up to `n` distinct items (partial Fisher–Yates).
@@ -315,7 +436,6 @@ fn sample<T: Copy, R: Rng + ?Sized>(items: &[T], n: usize, rng: &mut R) -> Vec<T
 mod tests {
     use super::*;
     use crate::keys::{Address, IdentityKey, OnionKey};
-    use crate::types::Epoch;
     use alloc::collections::BTreeSet;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
@@ -331,6 +451,13 @@ mod tests {
             Address::new("n:1").unwrap(),
             expires,
         )
+    }
+
+    /// Inserts `desc` and marks it live, as a probe answer at `t` would.
+    fn insert_live(d: &mut Directory, desc: Descriptor, t: Timestamp) -> InsertOutcome {
+        let outcome = d.insert(desc, t);
+        d.mark_live(&desc.node_id(), t);
+        outcome
     }
 
     fn dir() -> Directory {
@@ -401,7 +528,7 @@ mod tests {
     fn expired_descriptor_is_evicted_when_it_expires() {
         let mut d = dir();
         let desc = descriptor(3, 1, T0.plus_millis(100));
-        d.insert(desc, T0);
+        insert_live(&mut d, desc, T0);
         assert!(d.evict(T0.plus_millis(100)).is_empty());
         assert_eq!(d.evict(T0.plus_millis(101)), alloc::vec![desc.node_id()]);
     }
@@ -410,7 +537,7 @@ mod tests {
     fn silent_node_is_evicted_after_the_timeout_but_not_before() {
         let mut d = dir();
         let desc = descriptor(4, 1, T0.plus_millis(10_000_000));
-        d.insert(desc, T0);
+        insert_live(&mut d, desc, T0);
         assert!(d.evict(T0.plus_millis(60_000)).is_empty());
         d.record_contact(&desc.node_id(), T0.plus_millis(50_000));
         assert!(
@@ -426,7 +553,7 @@ mod tests {
     fn probes_are_due_at_the_interval_and_not_repeated_at_once() {
         let mut d = dir();
         let desc = descriptor(5, 1, T0.plus_millis(10_000_000));
-        d.insert(desc, T0);
+        insert_live(&mut d, desc, T0);
         assert!(d.due_probes(T0.plus_millis(9_999)).is_empty());
         assert_eq!(d.next_wakeup(), Some(T0.plus_millis(10_000)));
         assert_eq!(
@@ -435,6 +562,48 @@ mod tests {
         );
         assert!(d.due_probes(T0.plus_millis(10_000)).is_empty());
         assert_eq!(d.due_probes(T0.plus_millis(20_000)).len(), 1);
+        // That probe was lost: the next comes after a quarter interval, not a whole one.
+        d.record_failure(&desc.node_id(), T0.plus_millis(21_000));
+        assert_eq!(d.next_wakeup(), Some(T0.plus_millis(22_500)));
+        assert!(d.due_probes(T0.plus_millis(22_499)).is_empty());
+        assert_eq!(d.due_probes(T0.plus_millis(22_500)).len(), 1);
+    }
+
+    #[test]
+    fn candidates_are_probed_at_once_listed_only_when_live_and_evicted_ones_quarantined() {
+        let mut d = dir();
+        let desc = descriptor(6, 1, T0.plus_millis(10_000_000));
+        let id = desc.node_id();
+        assert_eq!(d.insert(desc, T0), InsertOutcome::Added);
+        assert!(!d.contains(&id) && d.holds(&id) && d.is_empty());
+        assert_eq!(d.descriptors().count(), 0);
+        assert_eq!(d.next_wakeup(), Some(T0), "a candidate is probed at once");
+        assert_eq!(d.due_probes(T0), alloc::vec![id]);
+        // What a candidate sends on its own does not keep it: only a probe answer does.
+        d.record_contact(&id, T0.plus_millis(50_000));
+        assert!(
+            d.evict(T0.plus_millis(60_001)).is_empty(),
+            "a candidate was never live"
+        );
+        assert!(!d.holds(&id));
+        assert!(d.is_quarantined(&id, T0.plus_millis(60_001)));
+        assert_eq!(
+            d.insert(desc, T0.plus_millis(70_000)),
+            InsertOutcome::Quarantined
+        );
+        // A restart signs a newer descriptor: that one is not ignored.
+        let restarted = descriptor(6, 2, T0.plus_millis(10_000_000));
+        let at = T0.plus_millis(70_000);
+        assert!(!d.quarantines(&id, restarted.epoch(), restarted.expires(), at));
+        assert!(d.quarantines(&id, desc.epoch(), desc.expires(), at));
+        // After the quarantine it may come back, as a candidate again.
+        assert_eq!(
+            d.insert(desc, T0.plus_millis(120_002)),
+            InsertOutcome::Added
+        );
+        assert!(d.mark_live(&id, T0.plus_millis(120_003)));
+        assert!(d.contains(&id) && d.len() == 1);
+        assert_eq!(d.descriptors().count(), 1);
     }
 
     #[test]
@@ -448,7 +617,7 @@ mod tests {
         );
         let far = T0.plus_millis(1_000_000);
         let outcomes: Vec<_> = (1..=5)
-            .map(|i| d.insert(descriptor(i, 1, far), T0))
+            .map(|i| insert_live(&mut d, descriptor(i, 1, far), T0))
             .collect();
         assert_eq!(
             outcomes
@@ -471,7 +640,11 @@ mod tests {
     fn bootstrap_set_is_distinct_and_valid() {
         let mut d = dir();
         for i in 1..=10 {
-            d.insert(descriptor(i, 1, T0.plus_millis(u64::from(i) * 1000)), T0);
+            insert_live(
+                &mut d,
+                descriptor(i, 1, T0.plus_millis(u64::from(i) * 1000)),
+                T0,
+            );
         }
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let later = T0.plus_millis(5_500);

@@ -525,6 +525,18 @@ impl UnverifiedDescriptor {
         self.0.node_id
     }
 
+    /// The onion-key epoch it claims (unverified: for cheap refusals only).
+    #[must_use]
+    pub fn epoch(&self) -> Epoch {
+        self.0.epoch
+    }
+
+    /// The expiry it claims (unverified: for cheap refusals only).
+    #[must_use]
+    pub fn expires(&self) -> Timestamp {
+        self.0.expires
+    }
+
     /// Encodes into `out`, returning the number of bytes written.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, DescriptorError> {
         self.0.encode(out)

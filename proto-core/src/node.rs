@@ -35,7 +35,7 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 
 use chacha20::ChaCha20Rng;
-use rand_core::{CryptoRng, SeedableRng};
+use rand_core::{CryptoRng, Rng, SeedableRng};
 
 use crate::directory::{Directory, DirectoryConfig, InsertOutcome};
 use crate::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
@@ -278,6 +278,8 @@ pub struct NodeStats {
     pub quorum_latency_buckets: [u64; QUORUM_LATENCY_BOUNDS_MS.len() + 1],
     /// Nodes evicted from the directory.
     pub nodes_evicted: u64,
+    /// Probes unanswered, or answered without the probed identity's signature.
+    pub probes_failed: u64,
     /// Expired messages removed.
     pub messages_expired: u64,
     /// Signed deletes and expiry updates refused because they were already applied here
@@ -367,6 +369,7 @@ enum Pending {
     Gossip,
     Probe {
         peer: NodeId,
+        nonce: [u8; peer::PROBE_NONCE_LEN],
     },
     Relay,
 }
@@ -1151,11 +1154,13 @@ impl<B: MessageBackend> Node<B> {
         let known = self.directory.contains(&auth.sender);
         let response = match auth.request {
             PeerRequest::Gossip(ds) => {
-                // A node's own descriptor first is how it registers.
-                self.merge_descriptors(now, ds);
-                if self.directory.contains(&auth.sender) {
-                    self.directory.record_contact(&auth.sender, now);
+                // A node's own descriptor first is how it registers: that lifts its
+                // quarantine, and it becomes a candidate that must still answer a probe.
+                // Gossip proves nothing about liveness, so it refreshes none.
+                if ds.first().is_some_and(|d| d.node_id() == auth.sender) {
+                    self.directory.lift_quarantine(&auth.sender);
                 }
+                self.merge_descriptors(now, ds);
                 let mut sample = vec![self.descriptor];
                 let targets = self
                     .directory
@@ -1167,16 +1172,13 @@ impl<B: MessageBackend> Node<B> {
                 );
                 PeerResponse::Descriptors(sample.into_iter().map(Into::into).collect())
             }
+            PeerRequest::Probe { nonce } => PeerResponse::Alive {
+                descriptor: Box::new(self.descriptor.into()),
+                signature: peer::prove_alive(&self.identity, &nonce, &auth.sender),
+            },
             _ if !known => PeerResponse::Refused(PeerError::UnknownSender),
-            PeerRequest::Probe => {
-                self.directory.record_contact(&auth.sender, now);
-                PeerResponse::Descriptors(vec![self.descriptor.into()])
-            }
             PeerRequest::Replicate(ms) => return self.accept_replicas(now, req, auth.sender, ms),
-            PeerRequest::Digest(d) => {
-                self.directory.record_contact(&auth.sender, now);
-                self.digest_diff(&auth.sender, &d)
-            }
+            PeerRequest::Digest(d) => self.digest_diff(&auth.sender, &d),
             PeerRequest::Fetch(hashes) => {
                 let ms = hashes
                     .iter()
@@ -1217,7 +1219,6 @@ impl<B: MessageBackend> Node<B> {
         sender: NodeId,
         ms: Vec<WireMessage>,
     ) {
-        self.directory.record_contact(&sender, now);
         let mut items = Vec::new();
         let mut refused = Vec::new();
         let mut max_seq = 0;
@@ -1295,28 +1296,22 @@ impl<B: MessageBackend> Node<B> {
             })
     }
 
-    /// Admits gossiped descriptors: ones identical to what the directory holds need no
-    /// second signature check; the rest are verified, and new nodes join the ring.
     /// A node announces itself with its signed descriptor (`POST /v1/nodes/register`).
-    /// The descriptor is verified here; a registered node joins the ring at once and is
-    /// probed like any other, so a registration for a dead address is evicted in time.
+    /// The descriptor is verified here and the node becomes a candidate: probed at once,
+    /// and live (listed, on the ring) only once it answers the probe at its address with
+    /// its identity's signature. A registration for a dead or borrowed address is evicted
+    /// without ever being listed.
     pub fn handle_register(
         &mut self,
         now: Timestamp,
         descriptor: UnverifiedDescriptor,
     ) -> Result<InsertOutcome, RegisterError> {
         let d = descriptor.verify().map_err(RegisterError::Invalid)?;
-        let id = d.node_id();
-        let was_known = self.directory.contains(&id);
+        self.directory.lift_quarantine(&d.node_id());
         let outcome = self.directory.insert(d, now);
         match outcome {
-            InsertOutcome::Added | InsertOutcome::Updated | InsertOutcome::Unchanged => {
-                if !was_known {
-                    self.ring.insert(id);
-                }
-                self.directory.record_contact(&id, now);
-                Ok(outcome)
-            }
+            InsertOutcome::Added | InsertOutcome::Updated | InsertOutcome::Unchanged => Ok(outcome),
+            InsertOutcome::Quarantined => Err(RegisterError::Stale),
             InsertOutcome::Own => Err(RegisterError::OwnIdentity),
             InsertOutcome::Expired => Err(RegisterError::Expired),
             InsertOutcome::TooFarAhead => Err(RegisterError::TooFarAhead),
@@ -1332,18 +1327,26 @@ impl<B: MessageBackend> Node<B> {
             if id == self.node_id() || self.directory.get(&id).is_some_and(|known| u.is(known)) {
                 continue;
             }
+            // Cheap refusals before the signature check: gossip about a node evicted a
+            // moment ago is ignored whatever its signature.
+            if self.directory.quarantines(&id, u.epoch(), u.expires(), now) {
+                continue;
+            }
             let Ok(d) = u.verify() else {
                 continue;
             };
-            let was_known = self.directory.contains(&id);
             if self.directory.insert(d, now).is_changed() {
                 changed += 1;
-                if !was_known {
-                    self.ring.insert(id);
-                }
             }
         }
         changed
+    }
+
+    /// `id` answered a probe with its identity's signature: live, and on the ring.
+    fn admit(&mut self, id: &NodeId, now: Timestamp) {
+        if self.directory.mark_live(id, now) {
+            self.ring.insert(*id);
+        }
     }
 
     /// Brings the per-peer digests up to date: the store's changes since the last call
@@ -1481,7 +1484,6 @@ impl<B: MessageBackend> Node<B> {
                 if let Ok(Ok(PeerResponse::DigestDiff { digest, hashes, .. })) =
                     result.map(|b| PeerResponse::decode(&b))
                 {
-                    self.directory.record_contact(&peer, now);
                     self.reconcile(now, peer, &mine, &digest, &hashes);
                 } else {
                     self.directory.record_failure(&peer, now);
@@ -1501,21 +1503,30 @@ impl<B: MessageBackend> Node<B> {
                 }
             }
             Pending::Gossip => {
+                // Unsigned: whoever answered at that address, its descriptors are checked
+                // one by one and make candidates at most; nobody is credited as alive.
                 if let Ok(Ok(PeerResponse::Descriptors(ds))) =
                     result.map(|b| PeerResponse::decode(&b))
-                    && let Some(first) = ds.first()
                 {
-                    let sender = first.node_id();
                     self.merge_descriptors(now, ds);
-                    self.directory.record_contact(&sender, now);
                 }
             }
-            Pending::Probe { peer } => match result.map(|b| PeerResponse::decode(&b)) {
-                Ok(Ok(PeerResponse::Descriptors(ds))) => {
-                    self.merge_descriptors(now, ds);
-                    self.directory.record_contact(&peer, now);
+            Pending::Probe { peer, nonce } => match result.map(|b| PeerResponse::decode(&b)) {
+                Ok(Ok(PeerResponse::Alive {
+                    descriptor,
+                    signature,
+                })) if peer::verify_alive(&peer, &nonce, &self.node_id(), &signature) => {
+                    if descriptor.node_id() == peer {
+                        self.merge_descriptors(now, vec![*descriptor]);
+                    }
+                    self.admit(&peer, now);
                 }
-                _ => self.directory.record_failure(&peer, now),
+                // Silence, an error, or an answer not signed by the probed identity (an
+                // honest node at a borrowed address answers with its own key): a failure.
+                _ => {
+                    self.stats.probes_failed += 1;
+                    self.directory.record_failure(&peer, now);
+                }
             },
             Pending::Handoff | Pending::Relay => {}
         }
@@ -1644,7 +1655,14 @@ impl<B: MessageBackend> Node<B> {
                 now.plus_millis(self.config.directory.probe_interval_ms);
         }
         for peer in self.directory.due_probes(now) {
-            self.transmit_peer(now, peer, &PeerRequest::Probe, Pending::Probe { peer });
+            let mut nonce = [0u8; peer::PROBE_NONCE_LEN];
+            self.rng.fill_bytes(&mut nonce);
+            self.transmit_peer(
+                now,
+                peer,
+                &PeerRequest::Probe { nonce },
+                Pending::Probe { peer, nonce },
+            );
         }
         for gone in self.directory.evict(now) {
             self.ring.remove(&gone);
@@ -1849,6 +1867,8 @@ mod tests {
                 NOW.plus_millis(3_600_000),
             );
             n.handle_register(NOW, d.into()).expect("registers");
+            // As if it answered its first probe.
+            n.admit(&d.node_id(), NOW);
         }
         n
     }

@@ -7,6 +7,7 @@
 //! trusting the sender, because a [`WireMessage`] is content-addressed (the receiver
 //! recomputes its hash). Layouts: `docs/PROTOCOL.md`, section 7.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -27,8 +28,49 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_HASH_LIST: usize = 4096;
 /// Most descriptors in one gossip exchange.
 pub const MAX_GOSSIP: usize = 64;
-/// Kind byte of a gossip envelope, the one kind a stranger may send.
+/// Kind byte of a gossip envelope: a stranger may send it (how a node introduces itself).
 const KIND_GOSSIP: u8 = 4;
+/// Kind byte of a probe: a stranger may send it too (a candidate proves itself to its
+/// prober, and probes its prober in turn).
+const KIND_PROBE: u8 = 5;
+/// Length of a probe's nonce.
+pub const PROBE_NONCE_LEN: usize = 16;
+/// Signing context of a probe answer.
+pub const PROBE_SIGNING_CONTEXT: &[u8] = b"ghostnodes/v1/probe";
+
+fn probe_message(nonce: &[u8; PROBE_NONCE_LEN], prober: &NodeId) -> [u8; PROBE_NONCE_LEN + 32] {
+    let mut m = [0u8; PROBE_NONCE_LEN + 32];
+    m[..PROBE_NONCE_LEN].copy_from_slice(nonce);
+    m[PROBE_NONCE_LEN..].copy_from_slice(prober.as_bytes());
+    m
+}
+
+/// The probed node's proof that it holds its identity key and answered at its address:
+/// its signature over `nonce ‖ prober id`.
+#[must_use]
+pub fn prove_alive(
+    identity: &IdentityKey,
+    nonce: &[u8; PROBE_NONCE_LEN],
+    prober: &NodeId,
+) -> [u8; SIGNATURE_LEN] {
+    identity.sign(PROBE_SIGNING_CONTEXT, &probe_message(nonce, prober))
+}
+
+/// Whether `signature` is `probed`'s answer to the probe `nonce` sent by `prober`.
+#[must_use]
+pub fn verify_alive(
+    probed: &NodeId,
+    nonce: &[u8; PROBE_NONCE_LEN],
+    prober: &NodeId,
+    signature: &[u8; SIGNATURE_LEN],
+) -> bool {
+    verify_signature(
+        probed.as_bytes(),
+        PROBE_SIGNING_CONTEXT,
+        &probe_message(nonce, prober),
+        signature,
+    )
+}
 
 /// A stored message as it travels between swarm members.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,8 +212,13 @@ pub enum PeerRequest {
     /// Here are descriptors I know (my own first); send me some of yours. The receiver
     /// verifies each one it does not already hold.
     Gossip(Vec<UnverifiedDescriptor>),
-    /// Are you alive? Answer with your current descriptor.
-    Probe,
+    /// Are you alive at this address? Answer with your descriptor and your signature
+    /// over the nonce ([`PeerResponse::Alive`]).
+    Probe {
+        /// Fresh for each probe: the answer's signature covers it, so an answer cannot be
+        /// replayed or made by anyone but the probed identity.
+        nonce: [u8; PROBE_NONCE_LEN],
+    },
     /// A recipient-signed delete or expiry update, relayed as the client sent it, so the
     /// receiver verifies the recipient's signature itself.
     Relay(Vec<u8>),
@@ -184,7 +231,7 @@ impl PeerRequest {
             Self::Digest(_) => 2,
             Self::Fetch(_) => 3,
             Self::Gossip(_) => KIND_GOSSIP,
-            Self::Probe => 5,
+            Self::Probe { .. } => KIND_PROBE,
             Self::Relay(_) => 6,
         }
     }
@@ -197,7 +244,7 @@ impl PeerRequest {
             Self::Digest(_) => "digest",
             Self::Fetch(_) => "fetch",
             Self::Gossip(_) => "gossip",
-            Self::Probe => "probe",
+            Self::Probe { .. } => "probe",
             Self::Relay(_) => "relay",
         }
     }
@@ -225,7 +272,7 @@ impl PeerRequest {
             }
             Self::Fetch(hashes) => put_hashes(&mut out, hashes),
             Self::Gossip(ds) => put_descriptors(&mut out, ds),
-            Self::Probe => {}
+            Self::Probe { nonce } => out.extend_from_slice(nonce),
             Self::Relay(bytes) => {
                 put_count(&mut out, bytes.len());
                 out.extend_from_slice(bytes);
@@ -419,7 +466,7 @@ pub fn decode_request(
     if sent_at.0.abs_diff(now.0) > window_ms {
         return Err(PeerError::StaleTimestamp);
     }
-    if kind != KIND_GOSSIP && !knows(&sender) {
+    if kind != KIND_GOSSIP && kind != KIND_PROBE && !knows(&sender) {
         return Err(PeerError::UnknownSender);
     }
     let request = match kind {
@@ -441,7 +488,7 @@ pub fn decode_request(
         }
         3 => PeerRequest::Fetch(read_hashes(&mut r)?),
         KIND_GOSSIP => PeerRequest::Gossip(read_descriptors(&mut r)?),
-        5 => PeerRequest::Probe,
+        KIND_PROBE => PeerRequest::Probe { nonce: r.array()? },
         6 => {
             let n = read_count(&mut r, usize::from(u16::MAX))?;
             PeerRequest::Relay(r.take(n)?.to_vec())
@@ -487,6 +534,14 @@ pub enum PeerResponse {
     Descriptors(Vec<UnverifiedDescriptor>),
     /// The relayed request was applied to this many messages.
     Applied(u32),
+    /// The answer to a probe: the node's descriptor and its signature over the probe's
+    /// nonce and the prober's ID ([`prove_alive`]).
+    Alive {
+        /// The answering node's current descriptor (boxed: the other answers are small).
+        descriptor: Box<UnverifiedDescriptor>,
+        /// Its identity's signature.
+        signature: [u8; SIGNATURE_LEN],
+    },
     /// Refused.
     Refused(PeerError),
 }
@@ -538,6 +593,14 @@ impl PeerResponse {
             Self::Applied(n) => {
                 out.push(5);
                 out.extend_from_slice(&n.to_be_bytes());
+            }
+            Self::Alive {
+                descriptor,
+                signature,
+            } => {
+                out.push(6);
+                put_descriptors(&mut out, core::slice::from_ref(descriptor));
+                out.extend_from_slice(signature);
             }
             Self::Refused(e) => {
                 out.push(0);
@@ -616,6 +679,16 @@ impl PeerResponse {
             }
             4 => Self::Descriptors(read_descriptors(&mut r)?),
             5 => Self::Applied(r.u32()?),
+            6 => {
+                let mut ds = read_descriptors(&mut r)?;
+                if ds.len() != 1 {
+                    return Err(PeerError::Malformed);
+                }
+                Self::Alive {
+                    descriptor: Box::new(ds.remove(0)),
+                    signature: r.array()?,
+                }
+            }
             _ => return Err(PeerError::Malformed),
         };
         r.finish()?;
@@ -725,7 +798,9 @@ mod tests {
             PeerRequest::Digest(d),
             PeerRequest::Fetch(vec![msg(3).hash()]),
             PeerRequest::Gossip(vec![descriptor(1), descriptor(2)]),
-            PeerRequest::Probe,
+            PeerRequest::Probe {
+                nonce: [5; PROBE_NONCE_LEN],
+            },
             PeerRequest::Relay(vec![1, 2, 3]),
         ]
     }
@@ -809,6 +884,10 @@ mod tests {
             PeerResponse::Messages(vec![m.clone(), msg(6), msg(7)]),
             PeerResponse::Descriptors(vec![descriptor(3)]),
             PeerResponse::Applied(3),
+            PeerResponse::Alive {
+                descriptor: Box::new(descriptor(8)),
+                signature: [8; SIGNATURE_LEN],
+            },
             PeerResponse::Refused(PeerError::NotInSwarm),
         ];
         for r in responses {

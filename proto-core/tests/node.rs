@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
 use proto_core::node::{
-    Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure,
+    Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure, TransmitId,
 };
 use proto_core::packet::{self, PACKET_LEN, PathHop};
-use proto_core::peer::{PeerRequest, PeerResponse};
+use proto_core::peer::{self, PROBE_NONCE_LEN, PeerError, PeerRequest, PeerResponse};
 use proto_core::ratelimit::RateLimitConfig;
 use proto_core::reply::{self, HopFailure, Opened};
 use proto_core::store::MemoryBackend;
@@ -124,6 +124,25 @@ fn a_known_node_address_gets_the_relay_budget_not_the_client_one() {
     n.handle_register(NOW, UnverifiedDescriptor::from(relay))
         .expect("a valid descriptor registers");
     let relay_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+    // Registered but not yet proven: its address is a client's like any other.
+    let mut junk = [0u8; PACKET_LEN];
+    let early: Vec<Reply> = (200..203)
+        .map(|i| {
+            n.handle_onion(NOW, RequestId(i), relay_ip, &mut junk);
+            only_reply(drain(&mut n), RequestId(i))
+        })
+        .collect();
+    assert_eq!(
+        early[2],
+        Reply::RateLimited,
+        "an unproven node got the relay budget"
+    );
+    n.handle_timeout(NOW);
+    let relay_key = IdentityKey::from_seed(&[5; 32]);
+    assert_eq!(
+        answer_probes(&mut n, NOW, "10.0.0.9:7100", &relay_key, &relay),
+        1
+    );
     let mut answers = |source: IpAddr, first: u64| -> Vec<Reply> {
         (first..first + 5)
             .map(|i| {
@@ -260,15 +279,21 @@ fn next_hop_answering_garbage_is_reported_as_a_bad_reply() {
 }
 
 #[test]
-fn peer_requests_from_strangers_or_garbage_are_refused() {
+fn peer_requests_from_strangers_or_garbage_are_refused_but_probes_are_answered() {
     let (mut n, _) = node(NodeConfig::default());
     let stranger = IdentityKey::from_seed(&[3; 32]);
     n.handle_peer(
         NOW,
         RequestId(1),
-        &PeerRequest::Probe.encode_signed(&stranger, NOW),
+        &PeerRequest::Fetch(vec![]).encode_signed(&stranger, NOW),
     );
     n.handle_peer(NOW, RequestId(2), b"garbage");
+    let nonce = [6; PROBE_NONCE_LEN];
+    n.handle_peer(
+        NOW,
+        RequestId(3),
+        &PeerRequest::Probe { nonce }.encode_signed(&stranger, NOW),
+    );
     let out = drain(&mut n);
     let answers: Vec<Reply> = out
         .into_iter()
@@ -277,11 +302,160 @@ fn peer_requests_from_strangers_or_garbage_are_refused() {
             Output::Transmit { .. } => None,
         })
         .collect();
-    assert_eq!(
-        answers,
-        vec![
-            Reply::Peer(PeerResponse::Refused(proto_core::peer::PeerError::UnknownSender).encode()),
-            Reply::PeerRefused(proto_core::peer::PeerError::Malformed),
-        ]
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0], Reply::PeerRefused(PeerError::UnknownSender));
+    assert_eq!(answers[1], Reply::PeerRefused(PeerError::Malformed));
+    // A candidate probes its prober back, so a probe from a stranger is answered: with
+    // this node's signature over the stranger's nonce and ID, good for nobody else.
+    let Reply::Peer(bytes) = &answers[2] else {
+        panic!("a probe gets a peer answer: {:?}", answers[2]);
+    };
+    let Ok(PeerResponse::Alive { signature, .. }) = PeerResponse::decode(bytes) else {
+        panic!("expected Alive");
+    };
+    assert!(peer::verify_alive(
+        &n.node_id(),
+        &nonce,
+        &stranger.node_id(),
+        &signature
+    ));
+    assert!(!peer::verify_alive(
+        &n.node_id(),
+        &nonce,
+        &n.node_id(),
+        &signature
+    ));
+}
+
+/// Answers every probe `n` has sent to `address` as `answerer` would (signing with its
+/// own key); returns how many were answered.
+fn answer_probes(
+    n: &mut Node<MemoryBackend>,
+    now: Timestamp,
+    address: &str,
+    answerer: &IdentityKey,
+    descriptor: &Descriptor,
+) -> usize {
+    let probes: Vec<(TransmitId, Vec<u8>)> = drain(n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit {
+                id,
+                address: a,
+                endpoint: Endpoint::Peer,
+                body,
+                ..
+            } if a.as_str() == address => Some((id, body)),
+            _ => None,
+        })
+        .collect();
+    let mut answered = 0;
+    for (id, body) in probes {
+        let Ok(auth) = peer::decode_request(&body, now, 60_000, |_| true) else {
+            continue;
+        };
+        if let PeerRequest::Probe { nonce } = auth.request {
+            let answer = PeerResponse::Alive {
+                descriptor: Box::new((*descriptor).into()),
+                signature: peer::prove_alive(answerer, &nonce, &auth.sender),
+            };
+            n.handle_transmit_result(now, id, Ok(answer.encode()));
+            answered += 1;
+        }
+    }
+    answered
+}
+
+fn listed(n: &Node<MemoryBackend>, now: Timestamp, id: &NodeId) -> bool {
+    n.directory_page(now, None, 1000)
+        .nodes
+        .iter()
+        .any(|d| d.node_id() == *id)
+        || n.directory().contains(id)
+}
+
+#[test]
+fn a_registered_node_is_listed_only_after_answering_a_probe_at_its_address() {
+    let (mut n, _) = node(NodeConfig::default());
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let key = IdentityKey::from_seed(&[21; 32]);
+    let d = Descriptor::sign(
+        &key,
+        &OnionKey::generate(Epoch(1), &mut rng),
+        Address::new("10.0.0.21:7100").unwrap(),
+        NOW.plus_millis(3_600_000),
     );
+    n.handle_register(NOW, d.into()).expect("registers");
+    assert!(
+        !listed(&n, NOW, &key.node_id()),
+        "listed before proving itself"
+    );
+    assert!(
+        n.swarm_of(&proto_core::RecipientId([1; 32]))
+            .iter()
+            .all(|m| m.node_id() != key.node_id())
+    );
+    n.handle_timeout(NOW);
+    assert_eq!(answer_probes(&mut n, NOW, "10.0.0.21:7100", &key, &d), 1);
+    assert!(listed(&n, NOW, &key.node_id()));
+}
+
+#[test]
+fn a_fake_identity_at_an_honest_nodes_address_is_evicted_and_stays_out() {
+    let config = NodeConfig::default();
+    let evict_after = config.directory.evict_after_ms;
+    let probe_every = config.directory.probe_interval_ms;
+    let (mut n, _) = node(config);
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let honest_key = IdentityKey::from_seed(&[31; 32]);
+    let fake_key = IdentityKey::from_seed(&[32; 32]);
+    let address = "10.0.0.31:7100";
+    let honest = Descriptor::sign(
+        &honest_key,
+        &OnionKey::generate(Epoch(1), &mut rng),
+        Address::new(address).unwrap(),
+        NOW.plus_millis(3_600_000),
+    );
+    let fake = Descriptor::sign(
+        &fake_key,
+        &OnionKey::generate(Epoch(1), &mut rng),
+        Address::new(address).unwrap(),
+        NOW.plus_millis(3_600_000),
+    );
+    n.handle_register(NOW, honest.into()).expect("registers");
+    n.handle_timeout(NOW);
+    answer_probes(&mut n, NOW, address, &honest_key, &honest);
+    assert!(listed(&n, NOW, &honest_key.node_id()));
+
+    // The fake keeps gossiping itself and being gossiped; every probe to its address
+    // reaches the honest node, which answers with its own key.
+    let mut t = NOW;
+    let mut quarantined_seen = false;
+    let end = NOW.plus_millis(3 * evict_after);
+    let mut req = 100;
+    while t <= end {
+        let own = PeerRequest::Gossip(vec![fake.into()]).encode_signed(&fake_key, t);
+        let relayed =
+            PeerRequest::Gossip(vec![honest.into(), fake.into()]).encode_signed(&honest_key, t);
+        // Its own gossip only every other round: in between, others repeat it.
+        let gossip = if (req / 2) % 2 == 0 { own } else { relayed };
+        n.handle_peer(t, RequestId(req), &gossip);
+        req += 1;
+        n.handle_timeout(t);
+        answer_probes(&mut n, t, address, &honest_key, &honest);
+        assert!(
+            !listed(&n, t, &fake_key.node_id()),
+            "the fake was listed at {}",
+            t.0 - NOW.0
+        );
+        assert!(
+            listed(&n, t, &honest_key.node_id()),
+            "the honest node was lost at {}",
+            t.0 - NOW.0
+        );
+        quarantined_seen |= n.directory().is_quarantined(&fake_key.node_id(), t);
+        t = t.plus_millis(probe_every / 2);
+    }
+    assert!(quarantined_seen, "the fake was never evicted");
+    assert!(n.stats().probes_failed > 0);
 }

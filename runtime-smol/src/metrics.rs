@@ -203,6 +203,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut e,
+            "probes_failed",
+            "Probes unanswered, or answered without the probed identity's signature.",
+            s.probes_failed,
+        )?;
+        counter(
+            &mut e,
             "messages_expired",
             "Expired messages removed.",
             s.messages_expired,

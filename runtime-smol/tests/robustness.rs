@@ -416,7 +416,8 @@ fn cases(own: &Descriptor) -> Vec<Case> {
     let for_ever = descriptor_bytes(&stranger_descriptor(Timestamp(u64::MAX)));
     let own = descriptor_bytes(own);
 
-    let probe = |at: Timestamp| PeerRequest::Probe.encode_signed(&stranger, at);
+    // A fetch: a kind only known nodes may send (strangers may gossip and probe).
+    let probe = |at: Timestamp| PeerRequest::Fetch(Vec::new()).encode_signed(&stranger, at);
     // Gossip is the one kind a stranger may send, so only it reaches the signature check.
     let mut tampered = PeerRequest::Gossip(Vec::new()).encode_signed(&stranger, now());
     *tampered.last_mut().unwrap() ^= 0x01;
@@ -694,7 +695,7 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             Error(400, "stale_timestamp"),
         ),
         case(
-            "peer, valid probe from an unknown node (refused before its signature is checked)",
+            "peer, valid fetch from an unknown node (refused before its signature is checked)",
             post("/v1/peer", &probe(now())),
             Error(403, "unknown_sender"),
         ),
