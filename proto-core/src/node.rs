@@ -1814,6 +1814,7 @@ fn copy_refusal(e: StoreError) -> CopyRefusal {
         StoreError::QuotaExceeded => CopyRefusal::QuotaExceeded,
         StoreError::NodeFull => CopyRefusal::NodeFull,
         StoreError::Expired => CopyRefusal::Expired,
+        StoreError::Deleted => CopyRefusal::Deleted,
         _ => CopyRefusal::Unavailable,
     }
 }
@@ -1824,6 +1825,7 @@ fn store_error(e: StoreError) -> RequestError {
         StoreError::BodyTooLarge => RequestError::BodyTooLarge,
         StoreError::QuotaExceeded => RequestError::QuotaExceeded,
         StoreError::NodeFull => RequestError::NodeFull,
+        StoreError::Deleted => RequestError::Deleted,
         _ => RequestError::Unavailable,
     }
 }
@@ -1831,7 +1833,7 @@ fn store_error(e: StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{DeleteRequest, StoreRequest, solve_pow};
+    use crate::request::{DeleteRequest, HashList, StoreRequest, solve_pow};
     use crate::store::MemoryBackend;
     use crate::types::Namespace;
     use crate::{Epoch, OnionKey};
@@ -2262,6 +2264,63 @@ mod tests {
             final_hop_answer(&mut n, &again),
             Response::Deleted { count: 2 }
         );
+    }
+
+    #[test]
+    fn a_message_deleted_here_is_not_brought_back_by_a_member_that_missed_the_delete() {
+        let mut rng = ChaCha20Rng::seed_from_u64(36);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let m = stored_by_client(&owner, Namespace::DIRECT, b"to be deleted");
+        n.store.insert(new_message(&m), NOW).expect("stored");
+        // The delete reaches this member (relayed by another member); the third member
+        // (peer 0 here) missed it and still holds the message.
+        let delete = signed(
+            &owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW,
+                selector: DeleteSelector::Hashes(
+                    HashList::from_bytes(m.hash().as_bytes()).expect("one hash"),
+                ),
+            }),
+        );
+        let relay = PeerRequest::Relay(delete).encode_signed(&peer_key(1), NOW);
+        n.handle_peer(NOW, RequestId(80), &relay);
+        assert_eq!(answer(&mut n, RequestId(80)), PeerResponse::Applied(1));
+
+        // Anti-entropy from the member that missed it: pushed as a handoff, and as the
+        // answer to a fetch this node made. Neither brings it back.
+        let later = NOW.plus_millis(30_000);
+        let bytes = PeerRequest::Replicate(vec![m.clone()]).encode_signed(&peer_key(0), later);
+        n.handle_peer(later, RequestId(81), &bytes);
+        n.handle_durable(later);
+        let refused = core::iter::from_fn(|| n.poll_output()).find_map(|o| match o {
+            Output::Respond {
+                req: RequestId(81),
+                reply: Reply::Peer(b),
+            } => PeerResponse::decode(&b).ok(),
+            _ => None,
+        });
+        assert_eq!(
+            refused,
+            Some(PeerResponse::Stored {
+                receipts: vec![],
+                refused: vec![(m.hash(), CopyRefusal::Deleted)],
+            })
+        );
+        n.pending.insert(
+            TransmitId(501),
+            Pending::Fetch {
+                peer: peer_key(0).node_id(),
+                asked: [m.hash()].into_iter().collect(),
+            },
+        );
+        let answer = PeerResponse::Messages(vec![m.clone()]);
+        n.handle_transmit_result(later, TransmitId(501), Ok(answer.encode()));
+        assert!(!matches!(n.store.get(&m.hash(), later), Ok(Some(_))));
+        assert_eq!(n.stats.copies_refused[CopyRefusal::Deleted.index()], 2);
     }
 
     #[test]

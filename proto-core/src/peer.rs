@@ -374,11 +374,13 @@ pub enum CopyRefusal {
     NodeFull,
     /// The receiver's storage failed.
     Unavailable,
+    /// The owner deleted this message (the receiver holds its tombstone).
+    Deleted,
 }
 
 impl CopyRefusal {
     /// Every refusal, in wire-code order (code = index + 1).
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::SenderNotInSwarm,
         Self::NotInSwarm,
         Self::Unrequested,
@@ -391,6 +393,7 @@ impl CopyRefusal {
         Self::QuotaExceeded,
         Self::NodeFull,
         Self::Unavailable,
+        Self::Deleted,
     ];
 
     /// Its index in [`CopyRefusal::ALL`] (metrics arrays).
@@ -405,7 +408,7 @@ impl CopyRefusal {
     /// The wire code.
     #[must_use]
     pub fn code(self) -> u8 {
-        // ALL has 12 entries.
+        // ALL has 13 entries.
         self.index() as u8 + 1
     }
 
@@ -431,6 +434,7 @@ impl CopyRefusal {
             Self::QuotaExceeded => "quota_exceeded",
             Self::NodeFull => "node_full",
             Self::Unavailable => "unavailable",
+            Self::Deleted => "deleted",
         }
     }
 }

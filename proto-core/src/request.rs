@@ -642,6 +642,9 @@ pub enum RequestError {
     /// This signed delete or expiry update was already applied here (a retry, or a
     /// replay): it is never applied twice. Sign a new request to apply it again.
     AlreadyApplied,
+    /// The owner deleted this message: it is not stored again (until it would have
+    /// expired).
+    Deleted,
     /// An output buffer was too small.
     BufferTooSmall {
         /// Bytes needed.
@@ -671,6 +674,7 @@ impl RequestError {
             Self::QuorumNotReached => 24,
             Self::Unavailable => 25,
             Self::AlreadyApplied => 26,
+            Self::Deleted => 27,
         }
     }
 
@@ -695,6 +699,7 @@ impl RequestError {
             24 => Self::QuorumNotReached,
             25 => Self::Unavailable,
             26 => Self::AlreadyApplied,
+            27 => Self::Deleted,
             _ => return None,
         })
     }
@@ -720,6 +725,7 @@ impl RequestError {
             Self::QuorumNotReached => "quorum_not_reached",
             Self::Unavailable => "unavailable",
             Self::AlreadyApplied => "already_applied",
+            Self::Deleted => "deleted",
             Self::BufferTooSmall { .. } => "buffer_too_small",
         }
     }
@@ -745,6 +751,7 @@ impl fmt::Display for RequestError {
             Self::QuorumNotReached => f.write_str("too few swarm members stored the message"),
             Self::Unavailable => f.write_str("node unavailable"),
             Self::AlreadyApplied => f.write_str("this signed change was already applied"),
+            Self::Deleted => f.write_str("the owner deleted this message; it is not stored again"),
             Self::BufferTooSmall { required } => {
                 write!(f, "buffer too small: {required} bytes required")
             }
@@ -1519,6 +1526,7 @@ mod tests {
             RequestError::QuorumNotReached,
             RequestError::Unavailable,
             RequestError::AlreadyApplied,
+            RequestError::Deleted,
         ];
         for e in all {
             assert_eq!(RequestError::from_code(e.code()), Some(e));

@@ -109,10 +109,32 @@ impl<'a> NewMessage<'a> {
     }
 }
 
+/// What is left of a message its owner deleted: kept until the message would have
+/// expired, so no copy of it (replication, anti-entropy, a replayed store) is stored
+/// again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The deleted message's hash.
+    pub hash: MessageHash,
+    /// Whose it was: a tombstone blocks only that recipient's message.
+    pub recipient: RecipientId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// When the tombstone may go (the message's expiry).
+    pub until: Timestamp,
+}
+
 /// The ordered key-value operations the store's rules need from a backend.
 pub trait MessageBackend {
     /// The record with this hash.
     fn get(&self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError>;
+    /// The tombstone of a deleted message.
+    fn tombstone(&self, hash: &MessageHash) -> Result<Option<Tombstone>, StoreError>;
+    /// Records a tombstone (replacing one for the same hash).
+    fn put_tombstone(&mut self, t: Tombstone) -> Result<(), StoreError>;
+    /// Removes up to `limit` tombstones whose `until` is at or before `before`; returns
+    /// how many.
+    fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError>;
     /// Inserts `m` (whose hash is absent).
     fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError>;
     /// Removes the record with this hash, returning it.
@@ -204,6 +226,8 @@ pub enum StoreError {
     QuotaExceeded,
     /// The node's capacity is used up; retrieves still work.
     NodeFull,
+    /// The owner deleted this message: it is not stored again.
+    Deleted,
     /// The backend failed (I/O); nothing was changed.
     Backend,
 }
@@ -216,6 +240,7 @@ impl fmt::Display for StoreError {
             Self::BodyTooLarge => "message body exceeds the maximum size",
             Self::QuotaExceeded => "recipient quota exceeded",
             Self::NodeFull => "node storage is full",
+            Self::Deleted => "the owner deleted this message",
             Self::Backend => "storage backend error",
         })
     }
@@ -332,6 +357,13 @@ impl<B: MessageBackend> MessageStore<B> {
             return Err(StoreError::TtlTooLong);
         }
         let hash = message_hash(&recipient, namespace, body);
+        if let Some(t) = self.backend.tombstone(&hash)?
+            && t.recipient == recipient
+            && t.namespace == namespace
+            && t.until > now
+        {
+            return Err(StoreError::Deleted);
+        }
         if let Some(existing) = self.backend.get(&hash)? {
             return Ok(Inserted {
                 hash,
@@ -439,19 +471,44 @@ impl<B: MessageBackend> MessageStore<B> {
         recipient: &RecipientId,
         namespace: Namespace,
         hashes: impl Iterator<Item = MessageHash>,
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<usize, StoreError> {
         let mut n = 0;
         for h in hashes {
-            if let Some(m) = self.backend.get(&h)?
-                && m.recipient == *recipient
-                && m.namespace == namespace
-            {
-                self.remove_record(&h)?;
-                n += 1;
+            match self.backend.get(&h)? {
+                Some(m) if m.recipient == *recipient && m.namespace == namespace => {
+                    self.remove_deleted(&m)?;
+                    n += 1;
+                }
+                // Another recipient's message: the owner of this request cannot touch it.
+                Some(_) => {}
+                // Not here (yet): a copy arriving later must not bring it back. The
+                // message's expiry is unknown, so the tombstone lasts the longest TTL.
+                None => self.backend.put_tombstone(Tombstone {
+                    hash: h,
+                    recipient: *recipient,
+                    namespace,
+                    until: now.plus_millis(self.config.max_ttl_ms + EXPIRY_SLACK_MS),
+                })?,
             }
         }
         Ok(n)
+    }
+
+    /// Removes a message its owner deleted and leaves its tombstone.
+    fn remove_deleted(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        self.remove_record(&m.hash)?;
+        self.backend.put_tombstone(Tombstone {
+            hash: m.hash,
+            recipient: m.recipient,
+            namespace: m.namespace,
+            until: m.expiry,
+        })
+    }
+
+    /// The tombstone of `hash`, if its owner deleted it.
+    pub fn tombstone(&self, hash: &MessageHash) -> Result<Option<Tombstone>, StoreError> {
+        self.backend.tombstone(hash)
     }
 
     /// Deletes every message of `(recipient, namespace)`.
@@ -491,7 +548,7 @@ impl<B: MessageBackend> MessageStore<B> {
             };
             cursor = last.seq;
             for m in batch.iter().filter(|m| matches(m)) {
-                self.remove_record(&m.hash)?;
+                self.remove_deleted(m)?;
                 n += 1;
             }
         }
@@ -528,6 +585,9 @@ impl<B: MessageBackend> MessageStore<B> {
         for h in &due {
             self.remove_record(h)?;
         }
+        // Tombstones outlive nothing: a message past its expiry is refused anyway.
+        self.backend
+            .expire_tombstones(Timestamp(now.0.saturating_sub(1)), max)?;
         Ok(due.len())
     }
 
@@ -609,6 +669,8 @@ struct Tables {
     usage: BTreeMap<RecipientId, (u64, u64)>,
     totals: (u64, u64),
     last_seq: u64,
+    tombstones: BTreeMap<MessageHash, Tombstone>,
+    tombstones_by_until: BTreeSet<(Timestamp, MessageHash)>,
 }
 
 impl Tables {
@@ -647,6 +709,19 @@ impl Tables {
         Some(m)
     }
 
+    fn put_tombstone(&mut self, t: Tombstone) {
+        if let Some(old) = self.tombstones.insert(t.hash, t) {
+            self.tombstones_by_until.remove(&(old.until, old.hash));
+        }
+        self.tombstones_by_until.insert((t.until, t.hash));
+    }
+
+    fn remove_tombstone(&mut self, hash: &MessageHash) {
+        if let Some(old) = self.tombstones.remove(hash) {
+            self.tombstones_by_until.remove(&(old.until, old.hash));
+        }
+    }
+
     fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> bool {
         let Some(m) = self.key_of.get(hash).and_then(|k| self.by_key.get_mut(k)) else {
             return false;
@@ -664,6 +739,8 @@ enum Op {
     Insert(StoredMessage),
     Remove(MessageHash),
     SetExpiry(MessageHash, Timestamp),
+    PutTombstone(Tombstone),
+    RemoveTombstone(MessageHash),
 }
 
 /// An in-memory backend with an explicit commit, modelling a disk with group commit:
@@ -699,6 +776,8 @@ impl MemoryBackend {
                 Op::SetExpiry(h, e) => {
                     self.durable.set_expiry(&h, e);
                 }
+                Op::PutTombstone(t) => self.durable.put_tombstone(t),
+                Op::RemoveTombstone(h) => self.durable.remove_tombstone(&h),
             }
         }
     }
@@ -723,6 +802,32 @@ impl MemoryBackend {
 impl MessageBackend for MemoryBackend {
     fn get(&self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self.live.get(hash).cloned())
+    }
+
+    fn tombstone(&self, hash: &MessageHash) -> Result<Option<Tombstone>, StoreError> {
+        Ok(self.live.tombstones.get(hash).copied())
+    }
+
+    fn put_tombstone(&mut self, t: Tombstone) -> Result<(), StoreError> {
+        self.live.put_tombstone(t);
+        self.log(Op::PutTombstone(t));
+        Ok(())
+    }
+
+    fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let due: Vec<MessageHash> = self
+            .live
+            .tombstones_by_until
+            .iter()
+            .take_while(|(u, _)| *u <= before)
+            .take(limit)
+            .map(|(_, h)| *h)
+            .collect();
+        for h in &due {
+            self.live.remove_tombstone(h);
+            self.log(Op::RemoveTombstone(*h));
+        }
+        Ok(due.len())
     }
 
     fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError> {
@@ -882,6 +987,53 @@ mod tests {
                 NOW
             ),
             Err(StoreError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_deleted_message_is_not_stored_again_until_it_would_have_expired() {
+        let mut s = store();
+        let kept = put(&mut s, 1, b"kept").unwrap();
+        let gone = put(&mut s, 1, b"deleted").unwrap();
+        let gone_too = put(&mut s, 1, b"deleted by delete-all").unwrap();
+        assert_eq!(
+            s.delete_hashes(&r(1), Namespace::DIRECT, [gone.hash].into_iter(), NOW),
+            Ok(1)
+        );
+        assert_eq!(put(&mut s, 1, b"deleted"), Err(StoreError::Deleted));
+        // A tombstone binds its recipient: the same body for someone else is another
+        // message, and a delete naming another recipient's hash leaves it alone.
+        let other = put(&mut s, 2, b"deleted").unwrap();
+        assert_eq!(
+            s.delete_hashes(&r(1), Namespace::DIRECT, [other.hash].into_iter(), NOW),
+            Ok(0)
+        );
+        assert!(s.get(&other.hash, NOW).unwrap().is_some());
+        assert_eq!(put(&mut s, 2, b"deleted").map(|i| i.new), Ok(false));
+
+        // delete-all leaves tombstones too; a hash deleted before it arrived here is
+        // refused when it does.
+        assert_eq!(s.delete_all(&r(1), Namespace::DIRECT, NOW), Ok(2));
+        assert_eq!(
+            put(&mut s, 1, b"deleted by delete-all"),
+            Err(StoreError::Deleted)
+        );
+        assert_eq!(put(&mut s, 1, b"kept"), Err(StoreError::Deleted));
+        let early = message_hash(&r(1), Namespace::DIRECT, b"not here yet");
+        assert_eq!(
+            s.delete_hashes(&r(1), Namespace::DIRECT, [early].into_iter(), NOW),
+            Ok(0)
+        );
+        assert_eq!(put(&mut s, 1, b"not here yet"), Err(StoreError::Deleted));
+        assert!(gone_too.new && kept.new);
+
+        // Once the message would have expired, the tombstone goes with the sweep.
+        let later = NOW.plus_millis(1001);
+        s.expire(later, 100).unwrap();
+        assert_eq!(s.tombstone(&gone.hash), Ok(None));
+        assert!(
+            s.tombstone(&early).unwrap().is_some(),
+            "unknown expiry: kept longest"
         );
     }
 
@@ -1061,13 +1213,21 @@ mod tests {
             let mut s = MessageStore::open(MemoryBackend::default(), StoreConfig::default()).unwrap();
             let mut live: Vec<(u8, u8, Timestamp, bool)> = Vec::new();
             let mut durable = live.clone();
+            // Tombstones: (recipient, body) → until.
+            let mut tombs: BTreeMap<(u8, u8), Timestamp> = BTreeMap::new();
+            let mut durable_tombs = tombs.clone();
             let mut now = NOW;
             for op in ops {
                 now = now.plus_millis(1);
                 match op {
                     ModelOp::Store(w, b) => {
                         let expiry = now.plus_millis(50 + u64::from(b) * 7);
-                        let got = s.insert(NewMessage::unsigned(r(w), Namespace::DIRECT, &[b], now, expiry), now).unwrap();
+                        let result = s.insert(NewMessage::unsigned(r(w), Namespace::DIRECT, &[b], now, expiry), now);
+                        if tombs.get(&(w, b)).is_some_and(|until| *until > now) {
+                            prop_assert_eq!(result, Err(StoreError::Deleted));
+                            continue;
+                        }
+                        let got = result.unwrap();
                         let existing = live.iter().any(|(x, y, _, _)| (*x, *y) == (w, b));
                         prop_assert_eq!(got.new, !existing);
                         if !existing {
@@ -1091,6 +1251,11 @@ mod tests {
                         let h = message_hash(&r(w), Namespace::DIRECT, &[b]);
                         let n = s.delete_hashes(&r(w), Namespace::DIRECT, [h].into_iter(), now).unwrap();
                         let before = live.len();
+                        let until = live
+                            .iter()
+                            .find(|(x, y, _, _)| (*x, *y) == (w, b))
+                            .map_or(now.plus_millis(MAX_TTL_MS + EXPIRY_SLACK_MS), |m| m.2);
+                        tombs.insert((w, b), until);
                         live.retain(|(x, y, _, _)| (*x, *y) != (w, b));
                         prop_assert_eq!(n, before - live.len());
                     }
@@ -1111,12 +1276,14 @@ mod tests {
                             entry.3 = true;
                         }
                         durable = live.clone();
+                        durable_tombs = tombs.clone();
                     }
                     ModelOp::Crash => {
                         let mut backend = core::mem::take(s.backend_mut());
                         backend.crash();
                         s = MessageStore::open(backend, StoreConfig::default()).unwrap();
                         live = durable.clone();
+                        tombs = durable_tombs.clone();
                     }
                 }
                 prop_assert_eq!(s.totals().0, live.len() as u64);

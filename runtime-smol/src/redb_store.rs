@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use proto_core::request::Origin;
-use proto_core::store::{MessageBackend, StoreError, StoredMessage};
+use proto_core::store::{MessageBackend, StoreError, StoredMessage, Tombstone};
 use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -26,6 +26,10 @@ const BY_HASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("by_hash");
 const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
 const USAGE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("usage");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `hash → recipient (32) ‖ namespace (2) ‖ until (8)`: messages their owners deleted.
+const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+/// `until (8) ‖ hash (32)`: the tombstones in the order they may go.
+const TOMBSTONES_BY_UNTIL: TableDefinition<&[u8], ()> = TableDefinition::new("tombstones_by_until");
 
 /// Page cache of the message database unless configured otherwise: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
@@ -162,6 +166,15 @@ fn upgrade_format(w: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+fn decode_tombstone(hash: &MessageHash, value: &[u8]) -> Option<Tombstone> {
+    Some(Tombstone {
+        hash: *hash,
+        recipient: RecipientId(value.get(..32)?.try_into().ok()?),
+        namespace: Namespace(u16::from_be_bytes(value.get(32..34)?.try_into().ok()?)),
+        until: Timestamp(u64::from_be_bytes(value.get(34..42)?.try_into().ok()?)),
+    })
+}
+
 /// Calls `visit` with one entry of the hash index (`hash → recipient ‖ namespace ‖ seq`).
 fn visit_hash_entry(key: &[u8], value: &[u8], visit: &mut dyn FnMut(&MessageHash, &RecipientId)) {
     if let (Ok(h), Some(Ok(r))) = (
@@ -238,6 +251,8 @@ impl RedbBackend {
             w.open_table(BY_EXPIRY)?;
             w.open_table(USAGE)?;
             w.open_table(META)?;
+            w.open_table(TOMBSTONES)?;
+            w.open_table(TOMBSTONES_BY_UNTIL)?;
         }
         upgrade_format(&w)?;
         w.commit()?;
@@ -428,6 +443,65 @@ impl MessageBackend for RedbBackend {
         Self::add_meta(txn, TOTAL_COUNT, -1)?;
         Self::add_meta(txn, TOTAL_BYTES, -len)?;
         Ok(Some(m))
+    }
+
+    fn tombstone(&self, hash: &MessageHash) -> Result<Option<Tombstone>, StoreError> {
+        with_table!(self, TOMBSTONES, |t| Ok(t
+            .get(hash.as_bytes().as_slice())
+            .map_err(backend_error)?
+            .and_then(|v| decode_tombstone(hash, v.value()))))
+    }
+
+    fn put_tombstone(&mut self, t: Tombstone) -> Result<(), StoreError> {
+        let old = self.tombstone(&t.hash)?;
+        let txn = self.write()?;
+        let mut by_until = txn.open_table(TOMBSTONES_BY_UNTIL).map_err(backend_error)?;
+        if let Some(old) = old {
+            by_until
+                .remove(expiry_key(old.until, &old.hash).as_slice())
+                .map_err(backend_error)?;
+        }
+        by_until
+            .insert(expiry_key(t.until, &t.hash).as_slice(), ())
+            .map_err(backend_error)?;
+        let mut value = [0u8; 42];
+        value[..32].copy_from_slice(t.recipient.as_bytes());
+        value[32..34].copy_from_slice(&t.namespace.0.to_be_bytes());
+        value[34..].copy_from_slice(&t.until.0.to_be_bytes());
+        txn.open_table(TOMBSTONES)
+            .map_err(backend_error)?
+            .insert(t.hash.as_bytes().as_slice(), value.as_slice())
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let to = expiry_key(before, &MessageHash([0xff; 32]));
+        let due: Vec<[u8; 40]> = with_table!(self, TOMBSTONES_BY_UNTIL, |t| {
+            let mut out = Vec::new();
+            for entry in t
+                .range(..=to.as_slice())
+                .map_err(backend_error)?
+                .take(limit)
+            {
+                let (k, _) = entry.map_err(backend_error)?;
+                if let Ok(key) = <[u8; 40]>::try_from(k.value()) {
+                    out.push(key);
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.write()?;
+        let mut by_until = txn.open_table(TOMBSTONES_BY_UNTIL).map_err(backend_error)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(backend_error)?;
+        for key in &due {
+            by_until.remove(key.as_slice()).map_err(backend_error)?;
+            tombstones.remove(&key[8..]).map_err(backend_error)?;
+        }
+        Ok(due.len())
     }
 
     fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> Result<bool, StoreError> {
@@ -772,5 +846,33 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn tombstones_survive_reopening_and_go_when_the_message_would_have_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let expiry = NOW.plus_millis(60_000);
+        let hash = {
+            let mut s = open(dir.path());
+            let ins = s
+                .insert(
+                    NewMessage::unsigned(r(4), Namespace::DIRECT, b"deleted", NOW, expiry),
+                    NOW,
+                )
+                .unwrap();
+            assert_eq!(
+                s.delete_hashes(&r(4), Namespace::DIRECT, [ins.hash].into_iter(), NOW),
+                Ok(1)
+            );
+            s.backend_mut().commit().unwrap();
+            ins.hash
+        };
+        let mut s = open(dir.path());
+        let again = NewMessage::unsigned(r(4), Namespace::DIRECT, b"deleted", NOW, expiry);
+        assert_eq!(s.insert(again, NOW), Err(StoreError::Deleted));
+        assert_eq!(s.tombstone(&hash).unwrap().map(|t| t.until), Some(expiry));
+        s.expire(expiry.plus_millis(1), 10).unwrap();
+        s.backend_mut().commit().unwrap();
+        assert_eq!(s.tombstone(&hash), Ok(None));
     }
 }
