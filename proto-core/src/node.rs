@@ -7,7 +7,7 @@
 //! loop {
 //!     match next_event() {
 //!         onion packet on /v1/onion     => node.handle_onion(now, req, peer_ip, &mut packet),
-//!         peer request on /v1/peer      => node.handle_peer(now, req, &body),
+//!         peer request on /v1/peer      => node.handle_peer(now, req, peer_ip, &body),
 //!         answer to an outgoing request => node.handle_transmit_result(now, id, result),
 //!         storage committed             => node.handle_durable(now),
 //!         timer fired                   => node.handle_timeout(now),
@@ -110,6 +110,13 @@ pub struct NodeConfig {
     pub relay_rate: RateLimitConfig,
     /// Token bucket per recipient, for stores.
     pub recipient_rate: RateLimitConfig,
+    /// Token bucket per source address of `/v1/peer` requests and registrations that do
+    /// not come from a live node's address: the joining nodes' gossip, probes and
+    /// registrations, which cost a signature check each. Default 40 burst, 10 per second.
+    pub stranger_rate: RateLimitConfig,
+    /// Token bucket per live node's address for `/v1/peer` requests (replication,
+    /// anti-entropy, gossip, probes). Default 20,000 burst, 10,000 per second.
+    pub peer_rate: RateLimitConfig,
 }
 
 impl Default for NodeConfig {
@@ -138,6 +145,16 @@ impl Default for NodeConfig {
                 max_keys: 10_000,
             },
             recipient_rate: RateLimitConfig::default(),
+            stranger_rate: RateLimitConfig {
+                burst: 40,
+                per_second: 10,
+                max_keys: 10_000,
+            },
+            peer_rate: RateLimitConfig {
+                burst: 20_000,
+                per_second: 10_000,
+                max_keys: 10_000,
+            },
         }
     }
 }
@@ -254,6 +271,8 @@ pub struct NodeStats {
     pub packets_dropped: [u64; 6],
     /// Requests refused by a rate limit.
     pub rate_limited: u64,
+    /// `/v1/peer` requests and registrations refused by their source's rate limit.
+    pub peer_rate_limited: u64,
     /// Stores acknowledged to clients.
     pub stores_acked: u64,
     /// Stores that missed the write quorum.
@@ -309,6 +328,8 @@ pub enum RegisterError {
     OwnIdentity,
     /// The directory holds its maximum number of nodes.
     DirectoryFull,
+    /// The source address is over its registration budget.
+    RateLimited,
 }
 
 impl RegisterError {
@@ -322,6 +343,7 @@ impl RegisterError {
             Self::Stale => "stale_descriptor",
             Self::OwnIdentity => "own_identity",
             Self::DirectoryFull => "directory_full",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -337,6 +359,7 @@ impl core::fmt::Display for RegisterError {
             Self::Stale => f.write_str("a newer descriptor of that node is already known"),
             Self::OwnIdentity => f.write_str("the descriptor carries this node's own identity"),
             Self::DirectoryFull => f.write_str("the directory is full"),
+            Self::RateLimited => f.write_str("too many registrations from this address; retry later"),
         }
     }
 }
@@ -457,6 +480,8 @@ pub struct Node<B: MessageBackend> {
     /// IP addresses of known nodes, rebuilt when the directory's generation changes.
     node_ips: (u64, BTreeSet<IpAddr>),
     recipients: RateLimiter<RecipientId>,
+    strangers: RateLimiter<IpAddr>,
+    peers: RateLimiter<IpAddr>,
     /// Signed deletes and expiry updates applied within their window: never twice.
     seen_changes: SeenChanges,
     seeds: Vec<Address>,
@@ -514,6 +539,8 @@ impl<B: MessageBackend> Node<B> {
             digests: DigestCache::default(),
             node_ips: (u64::MAX, BTreeSet::new()),
             recipients: RateLimiter::new(config.recipient_rate.clone()),
+            strangers: RateLimiter::new(config.stranger_rate.clone()),
+            peers: RateLimiter::new(config.peer_rate.clone()),
             seen_changes: SeenChanges::new(DEFAULT_SEEN_CAPACITY),
             identity,
             onion,
@@ -1140,8 +1167,32 @@ impl<B: MessageBackend> Node<B> {
     // Peer requests
     // ----------------------------------------------------------------------------------
 
-    /// A peer request arrived on `/v1/peer`.
-    pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, bytes: &[u8]) {
+    /// Whether `source` is over its `/v1/peer` or registration budget. A request from a
+    /// live node's address, or naming a live node as its sender (nodes may advertise
+    /// host names, whose addresses are not known here), draws on the source's peer
+    /// budget; any other on its much smaller stranger budget. Checked before anything is
+    /// decoded or verified, so a flood costs a token-bucket lookup per request; a
+    /// stranger claiming a live node's ID still pays for its signature check out of its
+    /// own address's budget only.
+    fn peer_limited(&mut self, source: IpAddr, claimed: Option<NodeId>, now: Timestamp) -> bool {
+        let known =
+            claimed.is_some_and(|id| self.directory.contains(&id)) || self.is_node_address(source);
+        let limited = if known {
+            self.peers.check(source, now).is_err()
+        } else {
+            self.strangers.check(source, now).is_err()
+        };
+        if limited {
+            self.stats.peer_rate_limited += 1;
+        }
+        limited
+    }
+
+    /// A peer request arrived on `/v1/peer` from `source`.
+    pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, source: IpAddr, bytes: &[u8]) {
+        if self.peer_limited(source, peer::claimed_sender(bytes), now) {
+            return self.respond(req, Reply::PeerRefused(PeerError::RateLimited));
+        }
         let directory = &self.directory;
         let decoded = peer::decode_request(bytes, now, self.config.auth_window_ms, |id| {
             directory.contains(id)
@@ -1304,8 +1355,12 @@ impl<B: MessageBackend> Node<B> {
     pub fn handle_register(
         &mut self,
         now: Timestamp,
+        source: IpAddr,
         descriptor: UnverifiedDescriptor,
     ) -> Result<InsertOutcome, RegisterError> {
+        if self.peer_limited(source, None, now) {
+            return Err(RegisterError::RateLimited);
+        }
         let d = descriptor.verify().map_err(RegisterError::Invalid)?;
         self.directory.lift_quarantine(&d.node_id());
         let outcome = self.directory.insert(d, now);
@@ -1841,6 +1896,9 @@ mod tests {
     use rand_core::{Rng, SeedableRng};
 
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
+    /// Where peer requests come from in these tests (a stranger's address: the budget is
+    /// far above what a test sends).
+    const PEER_IP: IpAddr = IpAddr::V4(core::net::Ipv4Addr::new(198, 51, 100, 7));
 
     fn node_with_peers(rng: &mut ChaCha20Rng, peers: u8) -> Node<MemoryBackend> {
         let keys = NodeKeys {
@@ -1868,7 +1926,8 @@ mod tests {
                 Address::new(&alloc::format!("10.0.1.{i}:7100")).expect("valid"),
                 NOW.plus_millis(3_600_000),
             );
-            n.handle_register(NOW, d.into()).expect("registers");
+            n.handle_register(NOW, PEER_IP, d.into())
+                .expect("registers");
             // As if it answered its first probe.
             n.admit(&d.node_id(), NOW);
         }
@@ -1994,7 +2053,7 @@ mod tests {
         ms: Vec<WireMessage>,
     ) -> (Vec<MessageHash>, Vec<(MessageHash, CopyRefusal)>) {
         let bytes = PeerRequest::Replicate(ms).encode_signed(&peer_key(sender), NOW);
-        n.handle_peer(NOW, RequestId(77), &bytes);
+        n.handle_peer(NOW, RequestId(77), PEER_IP, &bytes);
         match answer(n, RequestId(77)) {
             PeerResponse::Stored { receipts, refused } => {
                 (receipts.into_iter().map(|(h, _)| h).collect(), refused)
@@ -2242,7 +2301,7 @@ mod tests {
             Response::Refused(RequestError::AlreadyApplied)
         );
         let relay = PeerRequest::Relay(delete_all.clone()).encode_signed(&peer_key(0), NOW);
-        n.handle_peer(NOW, RequestId(78), &relay);
+        n.handle_peer(NOW, RequestId(78), PEER_IP, &relay);
         assert_eq!(answer(&mut n, RequestId(78)), PeerResponse::Applied(0));
         assert!(
             kept.iter().all(|m| held(&n, m)),
@@ -2287,14 +2346,14 @@ mod tests {
             }),
         );
         let relay = PeerRequest::Relay(delete).encode_signed(&peer_key(1), NOW);
-        n.handle_peer(NOW, RequestId(80), &relay);
+        n.handle_peer(NOW, RequestId(80), PEER_IP, &relay);
         assert_eq!(answer(&mut n, RequestId(80)), PeerResponse::Applied(1));
 
         // Anti-entropy from the member that missed it: pushed as a handoff, and as the
         // answer to a fetch this node made. Neither brings it back.
         let later = NOW.plus_millis(30_000);
         let bytes = PeerRequest::Replicate(vec![m.clone()]).encode_signed(&peer_key(0), later);
-        n.handle_peer(later, RequestId(81), &bytes);
+        n.handle_peer(later, RequestId(81), PEER_IP, &bytes);
         n.handle_durable(later);
         let refused = core::iter::from_fn(|| n.poll_output()).find_map(|o| match o {
             Output::Respond {
@@ -2389,7 +2448,8 @@ mod tests {
             Address::new("10.0.2.1:7100").expect("valid"),
             NOW.plus_millis(3_600_000),
         );
-        n.handle_register(NOW, d.into()).expect("registers");
+        n.handle_register(NOW, PEER_IP, d.into())
+            .expect("registers");
         n.refresh_digests();
         assert_eq!(n.digests.ring_generation, Some(n.ring.generation()));
         assert_eq!(

@@ -311,6 +311,8 @@ pub enum PeerError {
     NotInSwarm,
     /// This node cannot serve now.
     Unavailable,
+    /// The source address sent more than its budget.
+    RateLimited,
 }
 
 impl PeerError {
@@ -324,6 +326,7 @@ impl PeerError {
             Self::UnknownSender => "unknown_sender",
             Self::NotInSwarm => "not_in_swarm",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -337,6 +340,7 @@ impl fmt::Display for PeerError {
             Self::UnknownSender => "peer is not a known node",
             Self::NotInSwarm => "peer is not a swarm member for this request",
             Self::Unavailable => "node unavailable",
+            Self::RateLimited => "too many peer requests from this address",
         })
     }
 }
@@ -443,6 +447,13 @@ impl From<WireError> for PeerError {
     fn from(_: WireError) -> Self {
         Self::Malformed
     }
+}
+
+/// The sender an envelope names, read without decoding or verifying anything else (for
+/// choosing a rate-limit budget before any work is spent on it).
+#[must_use]
+pub fn claimed_sender(bytes: &[u8]) -> Option<NodeId> {
+    bytes.get(2..34)?.try_into().ok().map(NodeId)
 }
 
 /// Decodes a peer request and verifies its envelope: a timestamp within `window_ms` of
@@ -615,6 +626,7 @@ impl PeerResponse {
                     PeerError::UnknownSender => 4,
                     PeerError::NotInSwarm => 5,
                     PeerError::Unavailable => 6,
+                    PeerError::RateLimited => 7,
                 });
             }
         }
@@ -632,6 +644,7 @@ impl PeerResponse {
                 4 => PeerError::UnknownSender,
                 5 => PeerError::NotInSwarm,
                 6 => PeerError::Unavailable,
+                7 => PeerError::RateLimited,
                 _ => return Err(PeerError::Malformed),
             }),
             1 => {

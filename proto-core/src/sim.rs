@@ -542,16 +542,9 @@ impl Sim {
                 if body.len() == PACKET_LEN {
                     packet.copy_from_slice(&body);
                 }
-                // Nodes are 10.x.y.z by index, clients 192.0.2.1 (sim addresses are names,
-                // so every source gets the per-source budget).
-                let source = sender.map_or(core::net::IpAddr::from([192, 0, 2, 1]), |s| {
-                    core::net::IpAddr::from(
-                        (0x0a00_0000_u32 | (s as u32 & 0x00ff_ffff)).to_be_bytes(),
-                    )
-                });
-                node.handle_onion(now, req, source, &mut packet);
+                node.handle_onion(now, req, source_ip(sender), &mut packet);
             }
-            EndpointKind::Peer => node.handle_peer(now, req, &body),
+            EndpointKind::Peer => node.handle_peer(now, req, source_ip(sender), &body),
             EndpointKind::Directory { .. } => {}
         }
         self.drain(to);
@@ -887,6 +880,15 @@ const DIRECTORY_PAGE: usize = 256;
 const CLIENT_PATIENCE_MS: u64 = 3_600_000;
 
 /// A verified descriptor as the wire would carry it (the client verifies it again).
+/// Where a request comes from: nodes are 10.x.y.z by index, clients 192.0.2.1. Sim
+/// addresses are names, so a node's budget follows the sender it names, as for nodes
+/// that advertise host names.
+fn source_ip(sender: Option<usize>) -> core::net::IpAddr {
+    sender.map_or(core::net::IpAddr::from([192, 0, 2, 1]), |s| {
+        core::net::IpAddr::from((0x0a00_0000_u32 | (s as u32 & 0x00ff_ffff)).to_be_bytes())
+    })
+}
+
 fn unverified(d: &crate::keys::Descriptor) -> UnverifiedDescriptor {
     let mut buf = [0u8; MAX_DESCRIPTOR_LEN];
     let n = d.encode(&mut buf).expect("a descriptor fits its maximum");

@@ -17,6 +17,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 const NOW: Timestamp = Timestamp(1_800_000_000_000);
+/// Where peer requests come from in these tests (a stranger's address: the budget is
+/// far above what a test sends).
+const PEER_IP: IpAddr = IpAddr::V4(core::net::Ipv4Addr::new(198, 51, 100, 7));
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const OTHER_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
 
@@ -121,7 +124,7 @@ fn a_known_node_address_gets_the_relay_budget_not_the_client_one() {
         Address::new("10.0.0.9:7100").unwrap(),
         NOW.plus_millis(3_600_000),
     );
-    n.handle_register(NOW, UnverifiedDescriptor::from(relay))
+    n.handle_register(NOW, PEER_IP, UnverifiedDescriptor::from(relay))
         .expect("a valid descriptor registers");
     let relay_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
     // Registered but not yet proven: its address is a client's like any other.
@@ -195,7 +198,7 @@ fn learn_next_hop(n: &mut Node<MemoryBackend>) -> NodeId {
         NOW.plus_millis(3_600_000),
     );
     let gossip = PeerRequest::Gossip(vec![d.into()]).encode_signed(&peer_id, NOW);
-    n.handle_peer(NOW, RequestId(1), &gossip);
+    n.handle_peer(NOW, RequestId(1), PEER_IP, &gossip);
     drain(n);
     peer_id.node_id()
 }
@@ -285,13 +288,15 @@ fn peer_requests_from_strangers_or_garbage_are_refused_but_probes_are_answered()
     n.handle_peer(
         NOW,
         RequestId(1),
+        PEER_IP,
         &PeerRequest::Fetch(vec![]).encode_signed(&stranger, NOW),
     );
-    n.handle_peer(NOW, RequestId(2), b"garbage");
+    n.handle_peer(NOW, RequestId(2), PEER_IP, b"garbage");
     let nonce = [6; PROBE_NONCE_LEN];
     n.handle_peer(
         NOW,
         RequestId(3),
+        PEER_IP,
         &PeerRequest::Probe { nonce }.encode_signed(&stranger, NOW),
     );
     let out = drain(&mut n);
@@ -385,7 +390,8 @@ fn a_registered_node_is_listed_only_after_answering_a_probe_at_its_address() {
         Address::new("10.0.0.21:7100").unwrap(),
         NOW.plus_millis(3_600_000),
     );
-    n.handle_register(NOW, d.into()).expect("registers");
+    n.handle_register(NOW, PEER_IP, d.into())
+        .expect("registers");
     assert!(
         !listed(&n, NOW, &key.node_id()),
         "listed before proving itself"
@@ -422,7 +428,8 @@ fn a_fake_identity_at_an_honest_nodes_address_is_evicted_and_stays_out() {
         Address::new(address).unwrap(),
         NOW.plus_millis(3_600_000),
     );
-    n.handle_register(NOW, honest.into()).expect("registers");
+    n.handle_register(NOW, PEER_IP, honest.into())
+        .expect("registers");
     n.handle_timeout(NOW);
     answer_probes(&mut n, NOW, address, &honest_key, &honest);
     assert!(listed(&n, NOW, &honest_key.node_id()));
@@ -439,7 +446,7 @@ fn a_fake_identity_at_an_honest_nodes_address_is_evicted_and_stays_out() {
             PeerRequest::Gossip(vec![honest.into(), fake.into()]).encode_signed(&honest_key, t);
         // Its own gossip only every other round: in between, others repeat it.
         let gossip = if (req / 2) % 2 == 0 { own } else { relayed };
-        n.handle_peer(t, RequestId(req), &gossip);
+        n.handle_peer(t, RequestId(req), PEER_IP, &gossip);
         req += 1;
         n.handle_timeout(t);
         answer_probes(&mut n, t, address, &honest_key, &honest);
@@ -458,4 +465,47 @@ fn a_fake_identity_at_an_honest_nodes_address_is_evicted_and_stays_out() {
     }
     assert!(quarantined_seen, "the fake was never evicted");
     assert!(n.stats().probes_failed > 0);
+}
+
+#[test]
+fn a_flood_of_peer_requests_from_one_address_is_cut_off_before_any_signature_check() {
+    let config = NodeConfig::default();
+    let burst = u64::from(config.stranger_rate.burst);
+    let (mut n, _) = node(config);
+    let flooder = IdentityKey::from_seed(&[40; 32]);
+    // Valid signatures would cost a check each; broken ones show the refusal comes first.
+    let mut gossip = PeerRequest::Gossip(vec![]).encode_signed(&flooder, NOW);
+    *gossip.last_mut().unwrap() ^= 1;
+    let flood_ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66));
+    let answers: Vec<Reply> = (0..burst + 10)
+        .map(|i| {
+            n.handle_peer(NOW, RequestId(1000 + i), flood_ip, &gossip);
+            only_reply(drain(&mut n), RequestId(1000 + i))
+        })
+        .collect();
+    let limited = answers
+        .iter()
+        .filter(|r| **r == Reply::PeerRefused(PeerError::RateLimited))
+        .count();
+    assert_eq!(limited, 10, "the burst passes, the rest is refused");
+    assert!(
+        answers[..usize::try_from(burst).unwrap()]
+            .iter()
+            .all(|r| *r == Reply::PeerRefused(PeerError::BadSignature))
+    );
+    assert_eq!(n.stats().peer_rate_limited, 10);
+    // Another address is not affected, and the budget refills with time.
+    n.handle_peer(NOW, RequestId(1), PEER_IP, &gossip);
+    assert_eq!(
+        only_reply(drain(&mut n), RequestId(1)),
+        Reply::PeerRefused(PeerError::BadSignature)
+    );
+    let later = NOW.plus_millis(1_000);
+    let mut fresh = PeerRequest::Gossip(vec![]).encode_signed(&flooder, later);
+    *fresh.last_mut().unwrap() ^= 1;
+    n.handle_peer(later, RequestId(2), flood_ip, &fresh);
+    assert_eq!(
+        only_reply(drain(&mut n), RequestId(2)),
+        Reply::PeerRefused(PeerError::BadSignature)
+    );
 }

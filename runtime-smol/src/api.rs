@@ -190,10 +190,10 @@ impl ApiError {
 
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> Self {
-        let status = if matches!(e, RegisterError::DirectoryFull) {
-            503
-        } else {
-            400
+        let status = match e {
+            RegisterError::DirectoryFull => 503,
+            RegisterError::RateLimited => 429,
+            _ => 400,
         };
         Self::new(status, e.code(), e.to_string())
     }
@@ -204,6 +204,7 @@ impl From<PeerError> for ApiError {
         let status = match e {
             PeerError::BadSignature | PeerError::UnknownSender | PeerError::NotInSwarm => 403,
             PeerError::Unavailable => 503,
+            PeerError::RateLimited => 429,
             _ => 400,
         };
         Self::new(status, e.label(), e.to_string())

@@ -114,6 +114,15 @@ pub struct NodeSection {
     pub recipient_rate_per_second: u32,
     /// Burst of stores allowed per recipient.
     pub recipient_rate_burst: u32,
+    /// `/v1/peer` requests per second allowed per source address of live nodes.
+    pub peer_rate_per_second: u32,
+    /// Burst of `/v1/peer` requests per live node's source address.
+    pub peer_rate_burst: u32,
+    /// `/v1/peer` requests and registrations per second allowed per other source
+    /// address (joining nodes, strangers).
+    pub stranger_rate_per_second: u32,
+    /// Burst of those per other source address.
+    pub stranger_rate_burst: u32,
 }
 
 impl Default for NodeSection {
@@ -139,6 +148,10 @@ impl Default for NodeSection {
             relay_rate_burst: core.relay_rate.burst,
             recipient_rate_per_second: core.recipient_rate.per_second,
             recipient_rate_burst: core.recipient_rate.burst,
+            peer_rate_per_second: core.peer_rate.per_second,
+            peer_rate_burst: core.peer_rate.burst,
+            stranger_rate_per_second: core.stranger_rate.per_second,
+            stranger_rate_burst: core.stranger_rate.burst,
         }
     }
 }
@@ -316,6 +329,16 @@ impl Config {
                 u64::from(n.recipient_rate_per_second),
             ),
             (
+                "node.peer_rate_per_second",
+                u64::from(n.peer_rate_per_second),
+            ),
+            ("node.peer_rate_burst", u64::from(n.peer_rate_burst)),
+            (
+                "node.stranger_rate_per_second",
+                u64::from(n.stranger_rate_per_second),
+            ),
+            ("node.stranger_rate_burst", u64::from(n.stranger_rate_burst)),
+            (
                 "node.recipient_rate_burst",
                 u64::from(n.recipient_rate_burst),
             ),
@@ -375,6 +398,16 @@ impl Config {
                 burst: n.recipient_rate_burst,
                 per_second: n.recipient_rate_per_second,
                 ..core.recipient_rate
+            },
+            peer_rate: RateLimitConfig {
+                burst: n.peer_rate_burst,
+                per_second: n.peer_rate_per_second,
+                ..core.peer_rate
+            },
+            stranger_rate: RateLimitConfig {
+                burst: n.stranger_rate_burst,
+                per_second: n.stranger_rate_per_second,
+                ..core.stranger_rate
             },
             ..core
         }

@@ -366,7 +366,7 @@ impl Host {
                     Err(e) => return problem(&e),
                 };
                 let result = api::parse_register(&body).and_then(|d| {
-                    self.with_node(|n, t| n.handle_register(t, d))
+                    self.with_node(|n, t| n.handle_register(t, peer.ip(), d))
                         .map_err(Into::into)
                 });
                 match result {
@@ -392,7 +392,9 @@ impl Host {
                     Ok(b) => b,
                     Err(e) => return problem(&e),
                 };
-                let reply = self.call(|n, t, r| n.handle_peer(t, r, &body)).await;
+                let reply = self
+                    .call(|n, t, r| n.handle_peer(t, r, peer.ip(), &body))
+                    .await;
                 reply_response(reply)
             }
         }

@@ -173,6 +173,12 @@ impl Collector for Snapshot {
         }
         counter(
             &mut e,
+            "peer_rate_limited",
+            "Peer requests and registrations refused by their source's rate limit.",
+            s.peer_rate_limited,
+        )?;
+        counter(
+            &mut e,
             "changes_already_applied",
             "Signed deletes and expiry updates refused as already applied (retries, replays).",
             s.changes_already_applied,
