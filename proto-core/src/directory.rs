@@ -19,7 +19,7 @@
 //! a valid signature); the node's own ID is never listed; at most `max_nodes` entries and
 //! `max_nodes` quarantined IDs; iteration order is deterministic (a `BTreeMap`).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use rand_core::Rng;
@@ -48,6 +48,9 @@ pub struct DirectoryConfig {
     pub max_nodes: usize,
     /// Nodes gossiped with per round (default 3).
     pub gossip_fanout: usize,
+    /// A closed network: only these node IDs are admitted at all (registration, gossip,
+    /// probes). `None` (the default): an open network.
+    pub allowlist: Option<BTreeSet<NodeId>>,
 }
 
 impl Default for DirectoryConfig {
@@ -57,6 +60,7 @@ impl Default for DirectoryConfig {
             evict_after_ms: 60_000,
             max_nodes: 10_000,
             gossip_fanout: 3,
+            allowlist: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub enum InsertOutcome {
     /// The node was evicted a short while ago; gossip about it is ignored until its
     /// quarantine ends.
     Quarantined,
+    /// A closed network and the node is not on its allowlist.
+    NotAdmitted,
     /// This node's own descriptor.
     Own,
 }
@@ -145,6 +151,9 @@ impl Directory {
         if id == self.own {
             return InsertOutcome::Own;
         }
+        if !self.admits(&id) {
+            return InsertOutcome::NotAdmitted;
+        }
         if self.quarantines(&id, d.epoch(), d.expires(), now) {
             return InsertOutcome::Quarantined;
         }
@@ -188,6 +197,15 @@ impl Directory {
         ds.into_iter()
             .filter(|d| self.insert(*d, now).is_changed())
             .count()
+    }
+
+    /// Whether `id` may be in this directory at all (always, in an open network).
+    #[must_use]
+    pub fn admits(&self, id: &NodeId) -> bool {
+        self.config
+            .allowlist
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(id))
     }
 
     /// Lifts the quarantine of `id`: the node itself asked to join (its own signed
@@ -604,6 +622,22 @@ mod tests {
         assert!(d.mark_live(&id, T0.plus_millis(120_003)));
         assert!(d.contains(&id) && d.len() == 1);
         assert_eq!(d.descriptors().count(), 1);
+    }
+
+    #[test]
+    fn a_closed_network_admits_only_its_allowlist() {
+        let allowed = descriptor(8, 1, T0.plus_millis(10_000));
+        let stranger = descriptor(9, 1, T0.plus_millis(10_000));
+        let mut d = Directory::new(
+            IdentityKey::from_seed(&[0; 32]).node_id(),
+            DirectoryConfig {
+                allowlist: Some([allowed.node_id()].into_iter().collect()),
+                ..DirectoryConfig::default()
+            },
+        );
+        assert_eq!(d.insert(stranger, T0), InsertOutcome::NotAdmitted);
+        assert!(!d.holds(&stranger.node_id()));
+        assert_eq!(d.insert(allowed, T0), InsertOutcome::Added);
     }
 
     #[test]

@@ -330,6 +330,8 @@ pub enum RegisterError {
     DirectoryFull,
     /// The source address is over its registration budget.
     RateLimited,
+    /// A closed network, and the node is not on this node's allowlist.
+    NotAdmitted,
 }
 
 impl RegisterError {
@@ -344,6 +346,7 @@ impl RegisterError {
             Self::OwnIdentity => "own_identity",
             Self::DirectoryFull => "directory_full",
             Self::RateLimited => "rate_limited",
+            Self::NotAdmitted => "not_admitted",
         }
     }
 }
@@ -360,6 +363,9 @@ impl core::fmt::Display for RegisterError {
             Self::OwnIdentity => f.write_str("the descriptor carries this node's own identity"),
             Self::DirectoryFull => f.write_str("the directory is full"),
             Self::RateLimited => f.write_str("too many registrations from this address; retry later"),
+            Self::NotAdmitted => f.write_str(
+                "this is a closed network and the node is not on its allowlist (node.allowlist_file)",
+            ),
         }
     }
 }
@@ -1190,8 +1196,13 @@ impl<B: MessageBackend> Node<B> {
 
     /// A peer request arrived on `/v1/peer` from `source`.
     pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, source: IpAddr, bytes: &[u8]) {
-        if self.peer_limited(source, peer::claimed_sender(bytes), now) {
+        let claimed = peer::claimed_sender(bytes);
+        if self.peer_limited(source, claimed, now) {
             return self.respond(req, Reply::PeerRefused(PeerError::RateLimited));
+        }
+        // A closed network talks to its members only, gossip and probes included.
+        if claimed.is_some_and(|id| !self.directory.admits(&id)) {
+            return self.respond(req, Reply::PeerRefused(PeerError::UnknownSender));
         }
         let directory = &self.directory;
         let decoded = peer::decode_request(bytes, now, self.config.auth_window_ms, |id| {
@@ -1367,6 +1378,7 @@ impl<B: MessageBackend> Node<B> {
         match outcome {
             InsertOutcome::Added | InsertOutcome::Updated | InsertOutcome::Unchanged => Ok(outcome),
             InsertOutcome::Quarantined => Err(RegisterError::Stale),
+            InsertOutcome::NotAdmitted => Err(RegisterError::NotAdmitted),
             InsertOutcome::Own => Err(RegisterError::OwnIdentity),
             InsertOutcome::Expired => Err(RegisterError::Expired),
             InsertOutcome::TooFarAhead => Err(RegisterError::TooFarAhead),
@@ -1382,8 +1394,11 @@ impl<B: MessageBackend> Node<B> {
             if id == self.node_id() || self.directory.get(&id).is_some_and(|known| u.is(known)) {
                 continue;
             }
-            // Cheap refusals before the signature check: gossip about a node evicted a
-            // moment ago is ignored whatever its signature.
+            // Cheap refusals before the signature check: gossip about a node outside a
+            // closed network, or evicted a moment ago, is ignored whatever its signature.
+            if !self.directory.admits(&id) {
+                continue;
+            }
             if self.directory.quarantines(&id, u.epoch(), u.expires(), now) {
                 continue;
             }

@@ -509,3 +509,49 @@ fn a_flood_of_peer_requests_from_one_address_is_cut_off_before_any_signature_che
         Reply::PeerRefused(PeerError::BadSignature)
     );
 }
+
+#[test]
+fn a_closed_network_ignores_everyone_off_its_allowlist() {
+    let member = IdentityKey::from_seed(&[50; 32]);
+    let outsider = IdentityKey::from_seed(&[51; 32]);
+    let mut config = NodeConfig::default();
+    config.directory.allowlist = Some([member.node_id()].into_iter().collect());
+    let (mut n, _) = node(config);
+    let mut rng = ChaCha20Rng::seed_from_u64(50);
+    let descriptor = |key: &IdentityKey, rng: &mut ChaCha20Rng| {
+        Descriptor::sign(
+            key,
+            &OnionKey::generate(Epoch(1), rng),
+            Address::new("10.0.0.50:7100").unwrap(),
+            NOW.plus_millis(3_600_000),
+        )
+    };
+    let theirs = descriptor(&outsider, &mut rng);
+    let ours = descriptor(&member, &mut rng);
+    n.handle_peer(
+        NOW,
+        RequestId(1),
+        PEER_IP,
+        &PeerRequest::Gossip(vec![theirs.into()]).encode_signed(&outsider, NOW),
+    );
+    assert_eq!(
+        only_reply(drain(&mut n), RequestId(1)),
+        Reply::PeerRefused(PeerError::UnknownSender)
+    );
+    assert_eq!(
+        n.handle_register(NOW, PEER_IP, theirs.into())
+            .unwrap_err()
+            .code(),
+        "not_admitted"
+    );
+    // A member's gossip relaying the outsider admits only the member (as a candidate).
+    n.handle_peer(
+        NOW,
+        RequestId(2),
+        PEER_IP,
+        &PeerRequest::Gossip(vec![ours.into(), theirs.into()]).encode_signed(&member, NOW),
+    );
+    drain(&mut n);
+    assert!(n.directory().holds(&member.node_id()));
+    assert!(!n.directory().holds(&outsider.node_id()));
+}

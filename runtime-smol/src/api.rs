@@ -193,6 +193,7 @@ impl From<RegisterError> for ApiError {
         let status = match e {
             RegisterError::DirectoryFull => 503,
             RegisterError::RateLimited => 429,
+            RegisterError::NotAdmitted => 403,
             _ => 400,
         };
         Self::new(status, e.code(), e.to_string())

@@ -6,15 +6,36 @@
 //! that says nothing gets exactly the core's defaults. Unknown keys are refused, so a typo
 //! is an error at start rather than a silently ignored setting.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proto_core::NodeId;
 use proto_core::directory::DirectoryConfig;
 use proto_core::node::NodeConfig;
 use proto_core::ratelimit::RateLimitConfig;
 use proto_core::store::StoreConfig;
 use serde::{Deserialize, Serialize};
+
+/// Node IDs, one per line (64 hex digits); blank lines and `#` comments are skipped.
+pub fn parse_allowlist(text: &str) -> Result<BTreeSet<NodeId>, String> {
+    let mut ids = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(line, &mut id)
+            .map_err(|_| format!("line {}: a node ID is 64 hex digits, not {line:?}", i + 1))?;
+        ids.insert(NodeId(id));
+    }
+    if ids.is_empty() {
+        return Err("lists no node ID: a closed network needs at least this node's".into());
+    }
+    Ok(ids)
+}
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -25,6 +46,17 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// Who may join the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// Any node that proves itself alive at its address.
+    #[default]
+    Open,
+    /// Only the node IDs of `node.allowlist_file`.
+    Allowlist,
 }
 
 /// Everything `ghostnode` reads from its configuration file. Every field has a default.
@@ -114,6 +146,12 @@ pub struct NodeSection {
     pub recipient_rate_per_second: u32,
     /// Burst of stores allowed per recipient.
     pub recipient_rate_burst: u32,
+    /// Who may join: `open` (anyone whose node answers probes) or `allowlist` (only the
+    /// node IDs listed in `allowlist_file`: a closed network).
+    pub admission: Admission,
+    /// With `admission = "allowlist"`: a file of node IDs, one per line (64 hex digits;
+    /// `#` starts a comment).
+    pub allowlist_file: Option<PathBuf>,
     /// `/v1/peer` requests per second allowed per source address of live nodes.
     pub peer_rate_per_second: u32,
     /// Burst of `/v1/peer` requests per live node's source address.
@@ -148,6 +186,8 @@ impl Default for NodeSection {
             relay_rate_burst: core.relay_rate.burst,
             recipient_rate_per_second: core.recipient_rate.per_second,
             recipient_rate_burst: core.recipient_rate.burst,
+            admission: Admission::Open,
+            allowlist_file: None,
             peer_rate_per_second: core.peer_rate.per_second,
             peer_rate_burst: core.peer_rate.burst,
             stranger_rate_per_second: core.stranger_rate.per_second,
@@ -265,9 +305,30 @@ impl Config {
         Ok(config)
     }
 
+    /// The node IDs of a closed network, read from `node.allowlist_file`; `None` for an
+    /// open network.
+    pub fn allowlist(&self) -> Result<Option<BTreeSet<NodeId>>, String> {
+        let n = &self.node;
+        if n.admission == Admission::Open {
+            return Ok(None);
+        }
+        let path = n
+            .allowlist_file
+            .as_ref()
+            .ok_or("node.admission = \"allowlist\" needs node.allowlist_file")?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read node.allowlist_file {}: {e}", path.display()))?;
+        parse_allowlist(&text)
+            .map(Some)
+            .map_err(|e| format!("node.allowlist_file {}: {e}", path.display()))
+    }
+
     /// Refuses settings the node could not run with, with a message saying what to fix.
     pub fn validate(&self) -> Result<(), String> {
         let n = &self.node;
+        if n.admission == Admission::Allowlist && n.allowlist_file.is_none() {
+            return Err("node.admission = \"allowlist\" needs node.allowlist_file".into());
+        }
         if n.swarm_size == 0 {
             return Err("node.swarm_size must be at least 1".into());
         }
@@ -417,6 +478,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_network_reads_its_allowlist_and_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allowlist");
+        let a = "ab".repeat(32);
+        let b = "CD".repeat(32);
+        std::fs::write(&file, format!("# our nodes\n{a}\n\n{b}  # the second\n")).unwrap();
+        let toml = format!(
+            "[node]\nadmission = \"allowlist\"\nallowlist_file = \"{}\"\n",
+            file.display()
+        );
+        let config = Config::from_toml(&toml).unwrap();
+        let ids = config.allowlist().unwrap().expect("a closed network");
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&NodeId([0xab; 32])) && ids.contains(&NodeId([0xcd; 32])));
+        assert_eq!(Config::from_toml("").unwrap().allowlist(), Ok(None));
+
+        let missing = Config::from_toml("[node]\nadmission = \"allowlist\"\n").unwrap_err();
+        assert!(missing.contains("node.allowlist_file"), "{missing}");
+        std::fs::write(&file, format!("{a}\nnot-an-id\n")).unwrap();
+        let bad = config.allowlist().unwrap_err();
+        assert!(bad.contains("line 2"), "{bad}");
+        std::fs::write(&file, "# nobody\n").unwrap();
+        assert!(config.allowlist().unwrap_err().contains("no node ID"));
+        assert!(Config::from_toml("[node]\nadmission = \"closed\"\n").is_err());
+    }
 
     #[test]
     fn empty_file_gives_the_core_defaults() {

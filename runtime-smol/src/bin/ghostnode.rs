@@ -163,7 +163,9 @@ fn run(config: Config) -> Result<(), String> {
         identity,
         address,
     };
-    let node = Node::new(config.node_config(), keys, seeds, backend, now(), &mut rng)
+    let mut node_config = config.node_config();
+    node_config.directory.allowlist = config.allowlist()?;
+    let node = Node::new(node_config, keys, seeds, backend, now(), &mut rng)
         .map_err(|e| format!("cannot open the store: {e}"))?;
     let node_id = node.node_id();
     let (messages, _) = node.store().totals();
