@@ -1,0 +1,166 @@
+//! `/v1/peer` under a flood from one address: three real `ghostnode` processes on
+//! 127.0.0.1, and a flooder on 127.0.0.2 sending strangers' signed gossip to the seed as
+//! fast as it can for a bounded time. Meanwhile `/health` keeps answering, a client's
+//! stores keep being replicated and acknowledged, and nearly all of the flood is refused
+//! with 429 before any signature is checked (counted in the node's metrics).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
+use proto_core::peer::PeerRequest;
+use proto_core::{Epoch, RecipientId};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use runtime_smol::client::{self, Client};
+use runtime_smol::host::now;
+use runtime_smol::local::LocalNetwork;
+
+const NODES: usize = 3;
+const STORES: usize = 30;
+/// The flood stops after this long even if the stores are not done.
+const FLOOD_LIMIT: Duration = Duration::from_secs(120);
+/// Flooding threads, all from 127.0.0.2.
+const FLOODERS: usize = 4;
+
+/// One request on a fresh connection from 127.0.0.2; the answer's status, or `None` when
+/// the connection failed or was cut.
+fn post_from_other_address(target: SocketAddr, body: &[u8]) -> Option<u16> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .ok()?;
+    let source: SocketAddr = "127.0.0.2:0".parse().ok()?;
+    socket.bind(&source.into()).ok()?;
+    socket
+        .connect_timeout(&target.into(), Duration::from_secs(5))
+        .ok()?;
+    let mut s = TcpStream::from(socket);
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head = format!(
+        "POST /v1/peer HTTP/1.1\r\nHost: {target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn metric(address: &str, name: &str) -> Option<f64> {
+    let text = String::from_utf8(client::get(address, "/metrics").ok()?).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on() {
+    let root = tempfile::tempdir().unwrap();
+    let mut net = LocalNetwork::start(
+        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
+        root.path(),
+        NODES,
+        0,
+        "",
+    )
+    .unwrap();
+    net.wait_ready(Duration::from_secs(30)).unwrap();
+    let seed: SocketAddr = net.seed().parse().unwrap();
+
+    // Strangers' gossip with valid signatures: each would cost a verification.
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let bodies: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| {
+            let key = IdentityKey::from_seed(&[i + 60; 32]);
+            let d = Descriptor::sign(
+                &key,
+                &OnionKey::generate(Epoch(1), &mut rng),
+                Address::new("127.0.0.2:9").unwrap(),
+                now().plus_millis(3_600_000),
+            );
+            PeerRequest::Gossip(vec![d.into()]).encode_signed(&key, now())
+        })
+        .collect();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let bodies = Arc::new(bodies);
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let done = Arc::clone(&done);
+            let bodies = Arc::clone(&bodies);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let (mut sent, mut refused, mut failed) = (0u64, 0u64, 0u64);
+                while !done.load(Ordering::Relaxed) && started.elapsed() < FLOOD_LIMIT {
+                    match post_from_other_address(seed, &bodies[(sent % 16) as usize]) {
+                        Some(429) => refused += 1,
+                        Some(_) => {}
+                        None => failed += 1,
+                    }
+                    sent += 1;
+                }
+                (sent, refused, failed, started.elapsed())
+            })
+        })
+        .collect();
+
+    let client = Client::connect(net.seed()).unwrap();
+    let mut health_checks = 0;
+    let mut slowest_health = Duration::ZERO;
+    let stores_started = Instant::now();
+    for i in 0..STORES {
+        let mut id = [0u8; 32];
+        rng.fill_bytes(&mut id);
+        let delivery = client
+            .store(&RecipientId(id), format!("during the flood {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("store {i} during the flood failed: {e}"));
+        assert!(delivery.ack.receipts.len() >= 2, "store {i}: no quorum");
+        let t = Instant::now();
+        let health = client::get(net.seed(), "/health")
+            .unwrap_or_else(|e| panic!("/health did not answer during the flood: {e}"));
+        slowest_health = slowest_health.max(t.elapsed());
+        let json: serde_json::Value = serde_json::from_slice(&health).unwrap();
+        assert_eq!(json["status"], "ok", "{json}");
+        health_checks += 1;
+    }
+    let stores_took = stores_started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let (mut sent, mut refused, mut failed, mut flooded_for) = (0, 0, 0, Duration::ZERO);
+    for f in flooders {
+        let (s, r, x, t) = f.join().unwrap();
+        (sent, refused, failed, flooded_for) =
+            (sent + s, refused + r, failed + x, flooded_for.max(t));
+    }
+
+    assert_eq!(health_checks, STORES);
+    assert!(sent > 100, "the flood sent only {sent} requests");
+    // Beyond the stranger burst (40) and the refill (10/s), everything is refused.
+    let allowed = 40 + 10 * flooded_for.as_secs() + 10;
+    assert!(
+        sent - refused - failed <= allowed,
+        "{} of {sent} flood requests got past the limit (at most {allowed} expected)",
+        sent - refused - failed
+    );
+    let counted = metric(net.seed(), "ghost_peer_rate_limited_total").unwrap_or(0.0);
+    assert!(
+        counted >= refused as f64,
+        "the node counted {counted} refusals, the flooder saw {refused}"
+    );
+    eprintln!(
+        "flood: {sent} requests in {flooded_for:?} ({:.0}/s), {refused} refused with 429, {failed} failed; \
+         {STORES} stores acknowledged in {stores_took:?}; slowest /health {slowest_health:?}",
+        sent as f64 / flooded_for.as_secs_f64()
+    );
+    net.stop();
+}
