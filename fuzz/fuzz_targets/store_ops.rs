@@ -4,8 +4,11 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeMap;
+
 use proto_core::store::{
-    MemoryBackend, MessageBackend, MessageStore, NewMessage, StoreConfig, message_hash,
+    MemoryBackend, MessageBackend, MessageStore, NewMessage, StoreConfig, StoreError,
+    message_hash,
 };
 use proto_core::{Namespace, RecipientId, Timestamp};
 
@@ -33,6 +36,9 @@ fuzz_target!(|ops: Vec<Op>| {
     // Model: (who, body, expiry, committed) in insertion order, and the durable copy.
     let mut live: Vec<(u8, u8, Timestamp, bool)> = Vec::new();
     let mut durable = live.clone();
+    // Tombstones: (who, body) → until; and the durable copy.
+    let mut tombs: BTreeMap<(u8, u8), Timestamp> = BTreeMap::new();
+    let mut durable_tombs = tombs.clone();
     let mut now = Timestamp(1_000_000);
     for op in ops.into_iter().take(200) {
         match op {
@@ -41,7 +47,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 let expiry = now.plus_millis(1 + u64::from(ttl));
                 let count = live.iter().filter(|(w, ..)| *w == who).count();
                 let exists = live.iter().any(|(w, b, ..)| (*w, *b) == (who, body));
-                match store.insert(NewMessage::unsigned(r(who), Namespace::DIRECT, &[body], now, expiry), now) {
+                let deleted = tombs.get(&(who, body)).is_some_and(|until| *until > now);
+                let result = store.insert(
+                    NewMessage::unsigned(r(who), Namespace::DIRECT, &[body], now, expiry),
+                    now,
+                );
+                if deleted {
+                    assert_eq!(result.map(|_| ()), Err(StoreError::Deleted));
+                    continue;
+                }
+                match result {
                     Ok(ins) => {
                         assert_eq!(ins.new, !exists);
                         if ins.new {
@@ -81,6 +96,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     .delete_hashes(&r(who), Namespace::DIRECT, [h].into_iter(), now)
                     .expect("memory");
                 let before = live.len();
+                let until = live
+                    .iter()
+                    .find(|(w, b, ..)| (*w, *b) == (who, body))
+                    .map_or(now.plus_millis(config.max_ttl_ms + 60_000), |m| m.2);
+                tombs.insert((who, body), until);
                 live.retain(|(w, b, ..)| (*w, *b) != (who, body));
                 assert_eq!(n, before - live.len());
             }
@@ -102,12 +122,14 @@ fuzz_target!(|ops: Vec<Op>| {
                 store.backend_mut().commit();
                 live.iter_mut().for_each(|e| e.3 = true);
                 durable = live.clone();
+                durable_tombs = tombs.clone();
             }
             Op::Crash => {
                 let mut backend = std::mem::take(store.backend_mut());
                 backend.crash();
                 store = MessageStore::open(backend, config.clone()).expect("reopens");
                 live = durable.clone();
+                tombs = durable_tombs.clone();
             }
         }
         assert_eq!(store.totals().0, live.len() as u64);
