@@ -400,7 +400,12 @@ enum Pending {
         peer: NodeId,
         nonce: [u8; peer::PROBE_NONCE_LEN],
     },
-    Relay,
+    /// A signed change relayed to `peer`, asked again until `until` unless confirmed.
+    Relay {
+        peer: NodeId,
+        change: Vec<u8>,
+        until: Timestamp,
+    },
 }
 
 /// A store waiting for its write quorum.
@@ -495,6 +500,8 @@ pub struct Node<B: MessageBackend> {
     transmit_deadlines: BTreeSet<(Timestamp, TransmitId)>,
     stores: BTreeMap<u64, PendingStore>,
     replica_acks: Vec<PendingReplicaAck>,
+    /// Relayed changes to send again: (when, to whom, the signed change, until when).
+    relay_retries: Vec<(Timestamp, NodeId, Vec<u8>, Timestamp)>,
     timers: [Timestamp; TIMERS],
     outputs: VecDeque<Output>,
     next_id: u64,
@@ -560,6 +567,7 @@ impl<B: MessageBackend> Node<B> {
             transmit_deadlines: BTreeSet::new(),
             stores: BTreeMap::new(),
             replica_acks: Vec::new(),
+            relay_retries: Vec::new(),
             // Everything is due at once: the first tick announces and starts timers.
             timers: [now; TIMERS],
             outputs: VecDeque::new(),
@@ -800,7 +808,24 @@ impl<B: MessageBackend> Node<B> {
         if let Some(d) = self.directory.next_wakeup() {
             consider(d);
         }
+        for (at, ..) in &self.relay_retries {
+            consider(*at);
+        }
         t
+    }
+
+    fn send_relay(&mut self, now: Timestamp, peer: NodeId, change: Vec<u8>, until: Timestamp) {
+        let request = PeerRequest::Relay(change.clone());
+        self.transmit_peer(
+            now,
+            peer,
+            &request,
+            Pending::Relay {
+                peer,
+                change,
+                until,
+            },
+        );
     }
 
     // ----------------------------------------------------------------------------------
@@ -972,12 +997,15 @@ impl<B: MessageBackend> Node<B> {
                     Ok(n) => n,
                     Err(e) => return self.refuse(req, &key, e),
                 };
-                // The other members apply the same signed request themselves.
-                let relay = PeerRequest::Relay(payload.to_vec());
+                // The other members apply the same signed request themselves; a member that
+                // does not confirm is asked again while the signature's window lasts.
+                let until = request
+                    .timestamp()
+                    .map_or(now, |ts| ts.plus_millis(self.config.auth_window_ms));
                 for peer in self.swarm_ids(&request.recipient().expect("changes name a recipient"))
                 {
                     if peer != self.node_id() {
-                        self.transmit_peer(now, peer, &relay, Pending::Relay);
+                        self.send_relay(now, peer, payload.to_vec(), until);
                     }
                 }
                 let r = match request {
@@ -1598,7 +1626,23 @@ impl<B: MessageBackend> Node<B> {
                     self.directory.record_failure(&peer, now);
                 }
             },
-            Pending::Handoff | Pending::Relay => {}
+            Pending::Relay {
+                peer,
+                change,
+                until,
+            } => {
+                // Applied, or refused for good (asking again would not change the
+                // answer): done. Unreachable, silent or garbled: ask again.
+                let answered = matches!(
+                    result.map(|b| PeerResponse::decode(&b)),
+                    Ok(Ok(PeerResponse::Applied(_) | PeerResponse::Refused(_)))
+                );
+                let retry = now.plus_millis(self.config.replication_retry_ms);
+                if !answered && retry <= until {
+                    self.relay_retries.push((retry, peer, change, until));
+                }
+            }
+            Pending::Handoff => {}
         }
     }
 
@@ -1702,6 +1746,13 @@ impl<B: MessageBackend> Node<B> {
         let ops: Vec<u64> = self.stores.keys().copied().collect();
         for op in ops {
             self.advance_store(now, op);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = core::mem::take(&mut self.relay_retries)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.relay_retries = later;
+        for (_, peer, change, until) in due {
+            self.send_relay(now, peer, change, until);
         }
         if self.timers[Timer::Descriptor as usize] <= now {
             self.timers[Timer::Descriptor as usize] =
@@ -2395,6 +2446,76 @@ mod tests {
         n.handle_transmit_result(later, TransmitId(501), Ok(answer.encode()));
         assert!(!matches!(n.store.get(&m.hash(), later), Ok(Some(_))));
         assert_eq!(n.stats.copies_refused[CopyRefusal::Deleted.index()], 2);
+    }
+
+    /// The relays of a signed change `n` has sent: (exchange, peer).
+    fn relays_sent(n: &mut Node<MemoryBackend>, now: Timestamp) -> Vec<(TransmitId, NodeId)> {
+        core::iter::from_fn(|| n.poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit {
+                    id,
+                    to: Some(peer),
+                    endpoint: Endpoint::Peer,
+                    body,
+                    ..
+                } => match peer::decode_request(&body, now, 60_000, |_| true) {
+                    Ok(a) if matches!(a.request, PeerRequest::Relay(_)) => Some((id, peer)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_relayed_delete_is_asked_again_until_confirmed_within_its_window() {
+        let mut rng = ChaCha20Rng::seed_from_u64(37);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let delete = signed(
+            &owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW,
+                selector: DeleteSelector::All,
+            }),
+        );
+        n.execute(NOW, RequestId(9), &delete, ReplyKey::new([3; 32]));
+        let first = relays_sent(&mut n, NOW);
+        assert_eq!(first.len(), 2, "one relay per other member");
+        // One member is down; the other confirms.
+        let (down_id, down) = first[0];
+        n.handle_transmit_result(NOW, down_id, Err(TransmitFailure::Unreachable));
+        n.handle_transmit_result(NOW, first[1].0, Ok(PeerResponse::Applied(0).encode()));
+        let retry_at = NOW.plus_millis(n.config.replication_retry_ms);
+        assert!(n.poll_timeout().is_some_and(|t| t <= retry_at));
+        n.handle_timeout(retry_at);
+        let again = relays_sent(&mut n, retry_at);
+        assert_eq!(again.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [down]);
+        // Still down until the window closes: no relay after that.
+        let mut t = retry_at;
+        let mut last = again[0].0;
+        let window_end = NOW.plus_millis(n.config.auth_window_ms);
+        let mut attempts = 1;
+        loop {
+            n.handle_transmit_result(t, last, Err(TransmitFailure::Timeout));
+            t = t.plus_millis(n.config.replication_retry_ms);
+            n.handle_timeout(t);
+            match relays_sent(&mut n, t).first() {
+                Some((id, _)) => {
+                    assert!(t <= window_end, "a relay after its window");
+                    last = *id;
+                    attempts += 1;
+                }
+                None => break,
+            }
+            assert!(attempts < 1_000, "relays never stop");
+        }
+        assert!(attempts > 10, "only {attempts} attempts in the window");
+        // Once confirmed, never again.
+        n.handle_timeout(t.plus_millis(60_000));
+        assert!(relays_sent(&mut n, t).is_empty());
     }
 
     #[test]
