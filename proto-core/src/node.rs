@@ -1554,10 +1554,8 @@ impl<B: MessageBackend> Node<B> {
                     Ok(PeerResponse::Stored { receipts, .. }) => Some(receipts),
                     _ => None,
                 });
-                if receipt.is_some() {
-                    self.directory.record_contact(&peer, now);
-                }
                 let retry = now.plus_millis(self.config.replication_retry_ms);
+                let mut proved = false;
                 if let Some(s) = self.stores.get_mut(&op) {
                     let valid = receipt.into_iter().flatten().find(|(h, r)| {
                         *h == s.hash
@@ -1566,6 +1564,9 @@ impl<B: MessageBackend> Node<B> {
                     });
                     match valid {
                         Some((_, r)) => {
+                            // A receipt signed by the peer, answered at its address: as good
+                            // as a probe answer for its liveness. Anything less is not.
+                            proved = true;
                             s.peers.remove(&peer);
                             if !s.receipts.iter().any(|x| x.node == r.node) {
                                 s.receipts.push(r);
@@ -1575,6 +1576,9 @@ impl<B: MessageBackend> Node<B> {
                             s.peers.insert(peer, Some(retry));
                         }
                     }
+                }
+                if proved {
+                    self.directory.record_contact(&peer, now);
                 }
                 self.advance_store(now, op);
             }
