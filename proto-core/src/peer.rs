@@ -5,7 +5,7 @@
 //! never touches the network. Invariants: decoding never panics; a [`PeerRequest`] is only
 //! handed out after its envelope signature verified; message integrity never depends on
 //! trusting the sender, because a [`WireMessage`] is content-addressed (the receiver
-//! recomputes its hash). Layouts: `docs/PROTOCOL.md`, section 7.
+//! recomputes its hash). Layouts: `docs/PROTOCOL.md`, section 8.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;

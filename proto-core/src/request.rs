@@ -10,7 +10,7 @@
 //! Invariants: decoding never panics and never reads past its input; a request that
 //! needs a signature cannot be decoded without one; the signature covers every byte of
 //! the request before it (version, method, parameters, timestamp), so no parameter can be
-//! changed without invalidating it. Layouts are in `docs/PROTOCOL.md`, section 6.
+//! changed without invalidating it. Layouts are in `docs/PROTOCOL.md`, section 7.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -602,7 +602,7 @@ impl Origin {
     }
 }
 
-/// Why a request (or a response) was refused. Each has its own wire code (section 6 of
+/// Why a request (or a response) was refused. Each has its own wire code (section 7 of
 /// `docs/PROTOCOL.md`), so clients can tell them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
