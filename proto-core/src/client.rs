@@ -579,6 +579,34 @@ struct Op {
     problems: Vec<AttemptFailure>,
 }
 
+impl Op {
+    /// A fresh turn on the current member: its attempt count and limit start over, and a
+    /// fetch walk starts over from the kept cursor.
+    fn start_turn(&mut self) {
+        self.tries = 0;
+        self.limit = None;
+        if let OpKind::Fetch(f) = &mut self.kind {
+            f.walk = None;
+        }
+    }
+
+    /// Gives up on the current member and turns to the next.
+    fn next_member(&mut self) {
+        self.member += 1;
+        self.start_turn();
+    }
+}
+
+/// How a member's redirect is judged once the client's ring is current: `Redirected` when
+/// the nodes it named are the client's swarm, `RedirectDisagrees` (misbehaviour) otherwise.
+fn redirect_problem(named: &[NodeId], swarm: &[NodeId]) -> Problem {
+    if named.len() == swarm.len() && named.iter().all(|n| swarm.contains(n)) {
+        Problem::Redirected
+    } else {
+        Problem::RedirectDisagrees
+    }
+}
+
 struct InFlight {
     op: OpId,
     keys: PathKeys,
@@ -1003,23 +1031,16 @@ impl Client {
             op.waiting_for_directory = false;
             if let Some(named) = op.pending_redirect.take() {
                 let member = op.members.get(op.member).copied().unwrap_or_default();
-                let agrees =
-                    named.len() == ring_swarm.len() && named.iter().all(|n| ring_swarm.contains(n));
                 op.problems.push(AttemptFailure {
                     member,
-                    problem: if agrees {
-                        Problem::Redirected
-                    } else {
-                        Problem::RedirectDisagrees
-                    },
+                    problem: redirect_problem(&named, &ring_swarm),
                 });
             }
             // Members are recomputed from the new ring; progress starts over on it, with
             // members that redirected left out.
             op.members.clear();
             op.member = 0;
-            op.tries = 0;
-            op.limit = None;
+            op.start_turn();
             self.advance(now, rng, id);
         }
     }
@@ -1083,21 +1104,18 @@ impl Client {
             self.ops.get_mut(&id).expect("looked up above").limit = Some(limit);
             let op = self.ops.get(&id).expect("looked up above");
             if op.tries >= limit {
-                let op = self.ops.get_mut(&id).expect("looked up above");
-                op.member += 1;
-                op.tries = 0;
-                op.limit = None;
-                if let OpKind::Fetch(f) = &mut op.kind {
-                    f.walk = None;
-                }
+                self.ops
+                    .get_mut(&id)
+                    .expect("looked up above")
+                    .next_member();
                 continue;
             }
             let Some(last) = self.nodes.get(&member).copied() else {
                 // The ring only holds directory nodes; skip anything else defensively.
-                let op = self.ops.get_mut(&id).expect("looked up above");
-                op.member += 1;
-                op.tries = 0;
-                op.limit = None;
+                self.ops
+                    .get_mut(&id)
+                    .expect("looked up above")
+                    .next_member();
                 continue;
             };
             let path = match self.choose_path(&last, now, rng) {
@@ -1214,13 +1232,7 @@ impl Client {
                 return self.finish(id, Err(ClientError::BodyTooLarge { len }));
             }
         };
-        let hops: Vec<PathHop> = path
-            .iter()
-            .map(|d| PathHop {
-                node: d.node_id(),
-                onion_key: d.onion_key(),
-            })
-            .collect();
+        let hops: Vec<PathHop> = path.iter().map(PathHop::from).collect();
         let mut packet = Box::new([0u8; PACKET_LEN]);
         let keys = match packet::build(
             &hops,
@@ -1458,12 +1470,7 @@ impl Client {
     ) {
         if let Some(op) = self.ops.get_mut(&id) {
             op.problems.push(AttemptFailure { member, problem });
-            op.member += 1;
-            op.tries = 0;
-            op.limit = None;
-            if let OpKind::Fetch(f) = &mut op.kind {
-                f.walk = None;
-            }
+            op.next_member();
         }
         self.advance(now, rng, id);
     }
@@ -1487,19 +1494,12 @@ impl Client {
                 let recipient = op.kind.recipient();
                 self.swarm_ids(&recipient)
             };
-            let agrees = named.len() == swarm.len() && named.iter().all(|n| swarm.contains(n));
             let op = self.ops.get_mut(&id).expect("caller checked");
             op.problems.push(AttemptFailure {
                 member,
-                problem: if agrees {
-                    Problem::Redirected
-                } else {
-                    Problem::RedirectDisagrees
-                },
+                problem: redirect_problem(&named, &swarm),
             });
-            op.member += 1;
-            op.tries = 0;
-            op.limit = None;
+            op.next_member();
             return self.advance(now, rng, id);
         }
         op.refreshed_for_redirect = true;

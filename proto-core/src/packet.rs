@@ -324,6 +324,16 @@ pub struct PathHop {
     pub onion_key: OnionPublicKey,
 }
 
+impl From<&crate::keys::Descriptor> for PathHop {
+    /// The hop a verified descriptor describes: its identity and current onion key.
+    fn from(d: &crate::keys::Descriptor) -> Self {
+        Self {
+            node: d.node_id(),
+            onion_key: d.onion_key(),
+        }
+    }
+}
+
 /// Why a packet could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

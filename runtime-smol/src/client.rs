@@ -499,13 +499,7 @@ pub fn build_packet(
     path: &[Descriptor],
     payload: &[u8],
 ) -> Result<([u8; PACKET_LEN], PathKeys), ClientError> {
-    let hops: Vec<PathHop> = path
-        .iter()
-        .map(|d| PathHop {
-            node: d.node_id(),
-            onion_key: d.onion_key(),
-        })
-        .collect();
+    let hops: Vec<PathHop> = path.iter().map(PathHop::from).collect();
     let mut packet = [0u8; PACKET_LEN];
     let keys = packet::build(
         &hops,
