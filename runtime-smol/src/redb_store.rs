@@ -368,6 +368,34 @@ impl RedbBackend {
         Ok(())
     }
 
+    /// Up to `limit` entries of a `time ‖ hash` index (`BY_EXPIRY`, `TOMBSTONES_BY_UNTIL`)
+    /// whose time is at or before `before`, oldest first.
+    fn due(
+        &self,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, MessageHash)>, StoreError> {
+        let to = expiry_key(before, &MessageHash([0xff; 32]));
+        with_table!(self, index, |t| {
+            let mut out = Vec::new();
+            for entry in t
+                .range(..=to.as_slice())
+                .map_err(backend_error)?
+                .take(limit)
+            {
+                let (k, _) = entry.map_err(backend_error)?;
+                let key = k.value();
+                let time = key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+                let hash = key.get(8..).and_then(|b| <[u8; 32]>::try_from(b).ok());
+                if let (Some(time), Some(hash)) = (time, hash) {
+                    out.push((Timestamp(u64::from_be_bytes(time)), MessageHash(hash)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn meta(&self, name: &str) -> Result<u64, StoreError> {
         with_table!(self, META, |t| Ok(t
             .get(name)
@@ -476,30 +504,20 @@ impl MessageBackend for RedbBackend {
     }
 
     fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
-        let to = expiry_key(before, &MessageHash([0xff; 32]));
-        let due: Vec<[u8; 40]> = with_table!(self, TOMBSTONES_BY_UNTIL, |t| {
-            let mut out = Vec::new();
-            for entry in t
-                .range(..=to.as_slice())
-                .map_err(backend_error)?
-                .take(limit)
-            {
-                let (k, _) = entry.map_err(backend_error)?;
-                if let Ok(key) = <[u8; 40]>::try_from(k.value()) {
-                    out.push(key);
-                }
-            }
-            Ok::<_, StoreError>(out)
-        })?;
+        let due = self.due(TOMBSTONES_BY_UNTIL, before, limit)?;
         if due.is_empty() {
             return Ok(0);
         }
         let txn = self.write()?;
         let mut by_until = txn.open_table(TOMBSTONES_BY_UNTIL).map_err(backend_error)?;
         let mut tombstones = txn.open_table(TOMBSTONES).map_err(backend_error)?;
-        for key in &due {
-            by_until.remove(key.as_slice()).map_err(backend_error)?;
-            tombstones.remove(&key[8..]).map_err(backend_error)?;
+        for (until, hash) in &due {
+            by_until
+                .remove(expiry_key(*until, hash).as_slice())
+                .map_err(backend_error)?;
+            tombstones
+                .remove(hash.as_bytes().as_slice())
+                .map_err(backend_error)?;
         }
         Ok(due.len())
     }
@@ -552,21 +570,11 @@ impl MessageBackend for RedbBackend {
     }
 
     fn expiring(&self, before: Timestamp, limit: usize) -> Result<Vec<MessageHash>, StoreError> {
-        let to = expiry_key(before, &MessageHash([0xff; 32]));
-        with_table!(self, BY_EXPIRY, |t| {
-            let mut out = Vec::new();
-            for entry in t
-                .range(..=to.as_slice())
-                .map_err(backend_error)?
-                .take(limit)
-            {
-                let (k, _) = entry.map_err(backend_error)?;
-                if let Ok(h) = <[u8; 32]>::try_from(&k.value()[8..]) {
-                    out.push(MessageHash(h));
-                }
-            }
-            Ok(out)
-        })
+        Ok(self
+            .due(BY_EXPIRY, before, limit)?
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect())
     }
 
     fn for_each(
