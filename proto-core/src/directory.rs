@@ -21,6 +21,7 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::ops::Bound;
 
 use rand_core::Rng;
 
@@ -422,6 +423,16 @@ impl Directory {
             .values()
             .filter(|e| e.live)
             .map(|e| &e.descriptor)
+    }
+
+    /// Live descriptors whose node IDs follow `after` (all, when `None`), in node-ID
+    /// order: a range of the map, so a page of a large directory costs its own length.
+    pub fn descriptors_after(&self, after: Option<NodeId>) -> impl Iterator<Item = &Descriptor> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.nodes
+            .range((from, Bound::Unbounded))
+            .filter(|(_, e)| e.live)
+            .map(|(_, e)| &e.descriptor)
     }
 
     /// Every live node's ID.

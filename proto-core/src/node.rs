@@ -665,19 +665,24 @@ impl<B: MessageBackend> Node<B> {
         after: Option<NodeId>,
         limit: usize,
     ) -> DirectoryPage {
-        let mut all: Vec<Descriptor> = self
-            .directory
-            .descriptors()
-            .copied()
-            .chain(core::iter::once(self.descriptor))
-            .filter(|d| d.is_valid_at(now) && after.is_none_or(|a| d.node_id() > a))
-            .collect();
-        all.sort_unstable_by_key(Descriptor::node_id);
         let limit = limit.max(1);
-        let next = (all.len() > limit).then(|| all[limit - 1].node_id());
-        all.truncate(limit);
+        // One more than a page tells whether another follows.
+        let mut page: Vec<Descriptor> = self
+            .directory
+            .descriptors_after(after)
+            .filter(|d| d.is_valid_at(now))
+            .take(limit + 1)
+            .copied()
+            .collect();
+        let own = self.descriptor;
+        if own.is_valid_at(now) && after.is_none_or(|a| own.node_id() > a) {
+            let at = page.partition_point(|d| d.node_id() < own.node_id());
+            page.insert(at, own);
+        }
+        let next = (page.len() > limit).then(|| page[limit - 1].node_id());
+        page.truncate(limit);
         DirectoryPage {
-            nodes: all,
+            nodes: page,
             next,
             pow_difficulty: self.config.pow_difficulty,
         }
@@ -2103,7 +2108,11 @@ mod tests {
     }
 
     fn answer(n: &mut Node<MemoryBackend>, req: RequestId) -> PeerResponse {
-        n.handle_durable(NOW);
+        answer_at(n, req, NOW)
+    }
+
+    fn answer_at(n: &mut Node<MemoryBackend>, req: RequestId, now: Timestamp) -> PeerResponse {
+        n.handle_durable(now);
         while let Some(o) = n.poll_output() {
             if let Output::Respond {
                 req: r,
@@ -2122,14 +2131,43 @@ mod tests {
         sender: u8,
         ms: Vec<WireMessage>,
     ) -> (Vec<MessageHash>, Vec<(MessageHash, CopyRefusal)>) {
-        let bytes = PeerRequest::Replicate(ms).encode_signed(&peer_key(sender), NOW);
-        n.handle_peer(NOW, RequestId(77), PEER_IP, &bytes);
-        match answer(n, RequestId(77)) {
+        replicate_at(n, sender, ms, NOW)
+    }
+
+    /// Peer `sender` replicates `ms` at `now`: the hashes stored and those refused, why.
+    fn replicate_at(
+        n: &mut Node<MemoryBackend>,
+        sender: u8,
+        ms: Vec<WireMessage>,
+        now: Timestamp,
+    ) -> (Vec<MessageHash>, Vec<(MessageHash, CopyRefusal)>) {
+        let bytes = PeerRequest::Replicate(ms).encode_signed(&peer_key(sender), now);
+        n.handle_peer(now, RequestId(77), PEER_IP, &bytes);
+        match answer_at(n, RequestId(77), now) {
             PeerResponse::Stored { receipts, refused } => {
                 (receipts.into_iter().map(|(h, _)| h).collect(), refused)
             }
             other => panic!("expected Stored, got {other:?}"),
         }
+    }
+
+    /// Peer `sender` answers, at `now`, an anti-entropy fetch that `n` made for `asked`
+    /// with the messages `ms`.
+    fn answer_fetch(
+        n: &mut Node<MemoryBackend>,
+        sender: u8,
+        asked: &[MessageHash],
+        ms: Vec<WireMessage>,
+        now: Timestamp,
+    ) {
+        let id = TransmitId(500);
+        let pending = Pending::Fetch {
+            peer: peer_key(sender).node_id(),
+            asked: asked.iter().copied().collect(),
+        };
+        n.pending.insert(id, pending);
+        let answer = PeerResponse::Messages(ms);
+        n.handle_transmit_result(now, id, Ok(answer.encode()));
     }
 
     fn held(n: &Node<MemoryBackend>, m: &WireMessage) -> bool {
@@ -2214,17 +2252,13 @@ mod tests {
         unsigned.origin.signature = None;
         let unasked = stored_by_client(&owner, Namespace::DIRECT, b"never asked for");
 
-        let peer = peer_key(2).node_id();
-        n.pending.insert(
-            TransmitId(500),
-            Pending::Fetch {
-                peer,
-                asked: [genuine.hash(), unsigned.hash()].into_iter().collect(),
-            },
+        answer_fetch(
+            &mut n,
+            2,
+            &[genuine.hash(), unsigned.hash()],
+            vec![genuine.clone(), unsigned.clone(), unasked.clone()],
+            NOW,
         );
-        let answer =
-            PeerResponse::Messages(vec![genuine.clone(), unsigned.clone(), unasked.clone()]);
-        n.handle_transmit_result(NOW, TransmitId(500), Ok(answer.encode()));
 
         assert!(held(&n, &genuine));
         assert!(
@@ -2422,32 +2456,11 @@ mod tests {
         // Anti-entropy from the member that missed it: pushed as a handoff, and as the
         // answer to a fetch this node made. Neither brings it back.
         let later = NOW.plus_millis(30_000);
-        let bytes = PeerRequest::Replicate(vec![m.clone()]).encode_signed(&peer_key(0), later);
-        n.handle_peer(later, RequestId(81), PEER_IP, &bytes);
-        n.handle_durable(later);
-        let refused = core::iter::from_fn(|| n.poll_output()).find_map(|o| match o {
-            Output::Respond {
-                req: RequestId(81),
-                reply: Reply::Peer(b),
-            } => PeerResponse::decode(&b).ok(),
-            _ => None,
-        });
         assert_eq!(
-            refused,
-            Some(PeerResponse::Stored {
-                receipts: vec![],
-                refused: vec![(m.hash(), CopyRefusal::Deleted)],
-            })
+            replicate_at(&mut n, 0, vec![m.clone()], later),
+            (vec![], vec![(m.hash(), CopyRefusal::Deleted)])
         );
-        n.pending.insert(
-            TransmitId(501),
-            Pending::Fetch {
-                peer: peer_key(0).node_id(),
-                asked: [m.hash()].into_iter().collect(),
-            },
-        );
-        let answer = PeerResponse::Messages(vec![m.clone()]);
-        n.handle_transmit_result(later, TransmitId(501), Ok(answer.encode()));
+        answer_fetch(&mut n, 0, &[m.hash()], vec![m.clone()], later);
         assert!(!matches!(n.store.get(&m.hash(), later), Ok(Some(_))));
         assert_eq!(n.stats.copies_refused[CopyRefusal::Deleted.index()], 2);
     }
