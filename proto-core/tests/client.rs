@@ -20,7 +20,7 @@ use proto_core::request::{
 };
 use proto_core::ring::Ring;
 use proto_core::store::message_hash;
-use proto_core::{Epoch, Namespace, NodeId, RecipientId, Timestamp};
+use proto_core::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -219,16 +219,31 @@ fn store_of(d: &Delivered) -> (RecipientId, Vec<u8>, u64) {
 fn honest_ack(net: &Net, d: &Delivered) -> StoreAck {
     let (recipient, body, ttl) = store_of(d);
     let hash = message_hash(&recipient, Namespace::DIRECT, &body);
-    let expiry = NOW.plus_millis(ttl);
-    let receipts = net.swarm(&recipient)[..2]
+    swarm_ack(net, &recipient, hash, NOW.plus_millis(ttl))
+}
+
+/// Valid receipts from the first W = 2 members of `recipient`'s swarm for `hash` and
+/// `expiry`, whether or not those are what the client stored.
+fn swarm_ack(net: &Net, recipient: &RecipientId, hash: MessageHash, expiry: Timestamp) -> StoreAck {
+    let receipts = net.swarm(recipient)[..2]
         .iter()
-        .map(|&i| Receipt::sign(&net.nodes[i].identity, &hash, &recipient, expiry))
+        .map(|&i| Receipt::sign(&net.nodes[i].identity, &hash, recipient, expiry))
         .collect();
     StoreAck {
         hash,
         expiry,
         receipts,
     }
+}
+
+/// A store for `recipient()` through a network whose final hops answer with `answer`.
+fn store_answered_by(
+    answer: impl FnMut(&Net, &Delivered) -> Response,
+) -> Result<proto_core::client::Delivery, ClientError> {
+    let mut net = Net::new();
+    let mut client = net.client();
+    start_store(&mut net, &mut client, recipient().recipient_id());
+    store_result(net.run(&mut client, answer))
 }
 
 fn start_store(net: &mut Net, client: &mut Client, recipient: RecipientId) {
@@ -347,11 +362,7 @@ fn redirect_that_the_refreshed_ring_confirms_is_followed() {
 
 #[test]
 fn receipts_from_non_members_do_not_count() {
-    let mut net = Net::new();
-    let mut client = net.client();
-    let owner = recipient().recipient_id();
-    start_store(&mut net, &mut client, owner);
-    let error = store_result(net.run(&mut client, |n, d| {
+    let error = store_answered_by(|n, d| {
         let mut ack = honest_ack(n, d);
         let (recipient, _, _) = store_of(d);
         let outsider = (0..n.nodes.len())
@@ -365,7 +376,7 @@ fn receipts_from_non_members_do_not_count() {
             ack.expiry,
         );
         Response::Stored(ack)
-    }))
+    })
     .expect_err("one member's receipt is not W = 2");
     for p in failures(&error) {
         assert!(
@@ -388,14 +399,11 @@ fn receipts_from_non_members_do_not_count() {
 
 #[test]
 fn duplicate_receipts_of_one_member_count_once() {
-    let mut net = Net::new();
-    let mut client = net.client();
-    start_store(&mut net, &mut client, recipient().recipient_id());
-    let error = store_result(net.run(&mut client, |n, d| {
+    let error = store_answered_by(|n, d| {
         let mut ack = honest_ack(n, d);
         ack.receipts[1] = ack.receipts[0];
         Response::Stored(ack)
-    }))
+    })
     .expect_err("one member twice is not W = 2");
     for p in failures(&error) {
         assert!(
@@ -415,24 +423,12 @@ fn duplicate_receipts_of_one_member_count_once() {
 
 #[test]
 fn acknowledged_expiry_shorter_than_requested_is_refused() {
-    let mut net = Net::new();
-    let mut client = net.client();
-    start_store(&mut net, &mut client, recipient().recipient_id());
-    let error = store_result(net.run(&mut client, |n, d| {
+    let error = store_answered_by(|n, d| {
         let (recipient, body, _) = store_of(d);
         let hash = message_hash(&recipient, Namespace::DIRECT, &body);
         // Valid receipts, but over a one-second lifetime.
-        let expiry = NOW.plus_millis(1_000);
-        let receipts = n.swarm(&recipient)[..2]
-            .iter()
-            .map(|&i| Receipt::sign(&n.nodes[i].identity, &hash, &recipient, expiry))
-            .collect();
-        Response::Stored(StoreAck {
-            hash,
-            expiry,
-            receipts,
-        })
-    }))
+        Response::Stored(swarm_ack(n, &recipient, hash, NOW.plus_millis(1_000)))
+    })
     .expect_err("a one-second lifetime is not what was asked");
     for p in failures(&error) {
         assert!(
@@ -448,23 +444,11 @@ fn acknowledged_expiry_shorter_than_requested_is_refused() {
 
 #[test]
 fn acknowledgement_of_another_message_is_refused() {
-    let mut net = Net::new();
-    let mut client = net.client();
-    start_store(&mut net, &mut client, recipient().recipient_id());
-    let error = store_result(net.run(&mut client, |n, d| {
+    let error = store_answered_by(|n, d| {
         let (recipient, _, ttl) = store_of(d);
         let hash = message_hash(&recipient, Namespace::DIRECT, b"something else");
-        let expiry = NOW.plus_millis(ttl);
-        let receipts = n.swarm(&recipient)[..2]
-            .iter()
-            .map(|&i| Receipt::sign(&n.nodes[i].identity, &hash, &recipient, expiry))
-            .collect();
-        Response::Stored(StoreAck {
-            hash,
-            expiry,
-            receipts,
-        })
-    }))
+        Response::Stored(swarm_ack(n, &recipient, hash, NOW.plus_millis(ttl)))
+    })
     .expect_err("receipts for another hash prove nothing about this message");
     for p in failures(&error) {
         assert_eq!(p, Problem::BadAcknowledgement(AckError::WrongMessage));

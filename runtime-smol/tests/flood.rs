@@ -17,7 +17,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use runtime_smol::client::{self, Client};
 use runtime_smol::host::now;
-use runtime_smol::local::LocalNetwork;
+
+mod processes;
+use processes::{metric, start_network};
 
 const NODES: usize = 3;
 const STORES: usize = 30;
@@ -57,25 +59,10 @@ fn post_from_other_address(target: SocketAddr, body: &[u8]) -> Option<u16> {
         .ok()
 }
 
-fn metric(address: &str, name: &str) -> Option<f64> {
-    let text = String::from_utf8(client::get(address, "/metrics").ok()?).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on() {
     let root = tempfile::tempdir().unwrap();
-    let mut net = LocalNetwork::start(
-        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
-        root.path(),
-        NODES,
-        0,
-        "",
-    )
-    .unwrap();
-    net.wait_ready(Duration::from_secs(30)).unwrap();
+    let mut net = start_network(root.path(), NODES);
     let seed: SocketAddr = net.seed().parse().unwrap();
 
     // Strangers' gossip with valid signatures: each would cost a verification.

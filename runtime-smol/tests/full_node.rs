@@ -10,14 +10,13 @@ use rand_core::SeedableRng;
 use runtime_smol::client::{self, Client, Cursors, RecipientKeys, seal_for};
 use runtime_smol::local::LocalNetwork;
 
+mod processes;
+
 /// `[store] node_max_messages` of every node.
 const LIMIT: usize = 5;
 
 fn messages_stored(address: &str) -> Option<u64> {
-    let text = String::from_utf8(client::get(address, "/metrics").ok()?).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ghost_messages_stored "))
-        .and_then(|v| v.trim().parse().ok())
+    processes::metric(address, "ghost_messages_stored").map(|v| v as u64)
 }
 
 /// Polls until every node reports `count` messages stored (the third replica of an

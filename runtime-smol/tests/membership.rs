@@ -20,7 +20,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use runtime_smol::client::{self, Client};
 use runtime_smol::host::{exchange, now};
-use runtime_smol::local::LocalNetwork;
+
+mod processes;
+use processes::{metric, start_network};
 
 const NODES: usize = 5;
 const STORES: usize = 100;
@@ -63,25 +65,10 @@ fn listed_ids(address: &str) -> Vec<String> {
     ids
 }
 
-fn metric(address: &str, name: &str) -> Option<f64> {
-    let text = String::from_utf8(client::get(address, "/metrics").ok()?).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding() {
     let root = tempfile::tempdir().unwrap();
-    let mut net = LocalNetwork::start(
-        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
-        root.path(),
-        NODES,
-        0,
-        "",
-    )
-    .unwrap();
-    net.wait_ready(Duration::from_secs(30)).unwrap();
+    let mut net = start_network(root.path(), NODES);
     let addresses: Vec<String> = net.nodes.iter().map(|n| n.address.clone()).collect();
 
     let mut rng = ChaCha20Rng::seed_from_u64(77);

@@ -11,22 +11,13 @@ use proto_core::Descriptor;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use runtime_smol::client::{self, Client, Cursors, RecipientKeys};
-use runtime_smol::local::LocalNetwork;
+
+mod processes;
+use processes::{metric, start_network, wait_for};
 
 const NODES: usize = 5;
 const RECIPIENTS: usize = 20;
 const PER_RECIPIENT: usize = 10;
-
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Everything `keys` can read from `member` from the start, decrypted, with duplicates
 /// kept (so "exactly once" can be checked).
@@ -46,10 +37,7 @@ fn read_all(net: &Client, member: &Descriptor, keys: &RecipientKeys) -> Option<V
 }
 
 fn messages_stored(address: &str) -> Option<u64> {
-    let text = String::from_utf8(client::get(address, "/metrics").ok()?).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ghost_messages_stored "))
-        .and_then(|v| v.trim().parse().ok())
+    metric(address, "ghost_messages_stored").map(|v| v as u64)
 }
 
 fn send(net: &Client, keys: &RecipientKeys, text: &str) {
@@ -64,15 +52,7 @@ fn send(net: &Client, keys: &RecipientKeys, text: &str) {
 #[test]
 fn messages_survive_a_killed_swarm_member_and_it_converges_after_restart() {
     let root = tempfile::tempdir().unwrap();
-    let mut net = LocalNetwork::start(
-        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
-        root.path(),
-        NODES,
-        0,
-        "",
-    )
-    .unwrap();
-    net.wait_ready(Duration::from_secs(30)).unwrap();
+    let mut net = start_network(root.path(), NODES);
     let client = Client::connect(net.seed()).unwrap();
     assert_eq!(client.nodes().len(), NODES);
 

@@ -31,6 +31,12 @@ use proto_core::RecipientId;
 use proto_core::sealed::Contact;
 use runtime_smol::local::LOCAL_CONFIG;
 
+mod processes;
+use processes::wait_for;
+
+/// Pause between two polls of a condition that has a deadline.
+const POLL: Duration = Duration::from_millis(20);
+
 const NODES: usize = 5;
 /// Longest wait for a node's "listening on" line, and for a proxy's target to be known.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,23 +46,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for the proxies to see every connection closed once the nodes are gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Pause between two polls of a condition that has a deadline.
-const POLL: Duration = Duration::from_millis(20);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Polls `probe` until it yields a value; panics naming `what` after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(POLL);
-    }
 }
 
 // ---------------------------------------------------------------------------------------
