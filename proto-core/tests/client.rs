@@ -609,14 +609,16 @@ fn forged_and_expired_descriptors_are_left_out_of_the_directory() {
     bytes[80] ^= 1;
     listing.nodes[1] = UnverifiedDescriptor::decode(&bytes[..n]).expect("well-formed");
     listing.nodes[2] = unverified(&fake_node(2, Timestamp(NOW.0 - 1)).descriptor);
+    // A lying seed's descriptor valid for ever (nodes refuse it too).
+    listing.nodes[3] = unverified(&fake_node(3, Timestamp(u64::MAX)).descriptor);
     client.refresh_directory(NOW);
     let t = client.poll_transmit().expect("a directory request");
     assert!(matches!(t.body, TransmitBody::Directory { after: None }));
     client.handle_directory(NOW, &mut net.rng, t.id, Ok(listing));
     let known: Vec<NodeId> = client.nodes().map(Descriptor::node_id).collect();
     let ids = net.ids();
-    assert_eq!(known.len(), 4);
-    assert!(!known.contains(&ids[1]) && !known.contains(&ids[2]));
+    assert_eq!(known.len(), 3);
+    assert!(!known.contains(&ids[1]) && !known.contains(&ids[2]) && !known.contains(&ids[3]));
     assert!(known.contains(&ids[0]), "the rest of the listing is kept");
 }
 

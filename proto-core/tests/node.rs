@@ -401,9 +401,30 @@ fn a_registered_node_is_listed_only_after_answering_a_probe_at_its_address() {
             .iter()
             .all(|m| m.node_id() != key.node_id())
     );
+    // A replayed answer (signed over another nonce) or one for another prober proves
+    // nothing.
     n.handle_timeout(NOW);
-    assert_eq!(answer_probes(&mut n, NOW, "10.0.0.21:7100", &key, &d), 1);
-    assert!(listed(&n, NOW, &key.node_id()));
+    let probes: Vec<(TransmitId, Vec<u8>)> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit { id, body, .. } => Some((id, body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes.len(), 1, "the candidate is probed at once");
+    let replayed = PeerResponse::Alive {
+        descriptor: Box::new(d.into()),
+        signature: peer::prove_alive(&key, &[0; PROBE_NONCE_LEN], &n.node_id()),
+    };
+    n.handle_transmit_result(NOW, probes[0].0, Ok(replayed.encode()));
+    assert!(
+        !listed(&n, NOW, &key.node_id()),
+        "a replayed probe answer was accepted"
+    );
+    let retry = NOW.plus_millis(NodeConfig::default().directory.probe_interval_ms);
+    n.handle_timeout(retry);
+    assert_eq!(answer_probes(&mut n, retry, "10.0.0.21:7100", &key, &d), 1);
+    assert!(listed(&n, retry, &key.node_id()));
 }
 
 #[test]
