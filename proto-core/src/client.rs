@@ -362,6 +362,9 @@ pub enum Problem {
     },
     /// The member kept saying "more" past [`MAX_PAGES_PER_WALK`] pages.
     TooManyPages,
+    /// The member cannot serve now (it did not reach its write quorum, or its storage
+    /// failed); another member may.
+    CannotServe(RequestError),
 }
 
 impl fmt::Display for Problem {
@@ -397,6 +400,7 @@ impl fmt::Display for Problem {
             Self::TooManyPages => {
                 write!(f, "kept answering \"more\" past {MAX_PAGES_PER_WALK} pages")
             }
+            Self::CannotServe(e) => write!(f, "cannot serve now: {e}"),
         }
     }
 }
@@ -1341,13 +1345,28 @@ impl Client {
             return self.redirected(now, rng, flight.op, member, named);
         }
         if let Response::Refused(error) = response {
+            if matches!(
+                error,
+                RequestError::QuorumNotReached | RequestError::Unavailable
+            ) {
+                // A member that cannot reach its quorum (its peers withhold, or are cut
+                // off from it) or whose storage failed says nothing of the others: the
+                // next member is asked, with the attempts of this one left unspent.
+                return self.skip_member(now, rng, flight.op, member, Problem::CannotServe(error));
+            }
             return self.finish(flight.op, Err(ClientError::Refused { member, error }));
         }
         let op = self.ops.get_mut(&flight.op).expect("checked above");
         match &mut op.kind {
             OpKind::Store(s) => {
                 let Response::Stored(ack) = response else {
-                    return self.misbehaved(now, rng, flight.op, member, Problem::UnexpectedAnswer);
+                    return self.skip_member(
+                        now,
+                        rng,
+                        flight.op,
+                        member,
+                        Problem::UnexpectedAnswer,
+                    );
                 };
                 let first = s.first_sent.unwrap_or(now);
                 let expiry =
@@ -1368,7 +1387,7 @@ impl Client {
                         });
                     }
                     Err(e) => {
-                        self.misbehaved(
+                        self.skip_member(
                             now,
                             rng,
                             flight.op,
@@ -1380,7 +1399,13 @@ impl Client {
             }
             OpKind::Fetch(f) => {
                 let Response::Messages { messages, more } = response else {
-                    return self.misbehaved(now, rng, flight.op, member, Problem::UnexpectedAnswer);
+                    return self.skip_member(
+                        now,
+                        rng,
+                        flight.op,
+                        member,
+                        Problem::UnexpectedAnswer,
+                    );
                 };
                 let recipient = f.identity.recipient_id();
                 let walk = f.walk.as_mut().expect("a retrieve is sent within a walk");
@@ -1390,17 +1415,17 @@ impl Client {
                             seq: m.seq,
                             after: walk.after,
                         };
-                        return self.misbehaved(now, rng, flight.op, member, problem);
+                        return self.skip_member(now, rng, flight.op, member, problem);
                     }
                     // The member could claim any hash (and poison the seen-list with it):
                     // only the body's own hash counts.
                     if message_hash(&recipient, Namespace::DIRECT, &m.body) != m.hash {
                         let problem = Problem::BodyHashMismatch { claimed: m.hash };
-                        return self.misbehaved(now, rng, flight.op, member, problem);
+                        return self.skip_member(now, rng, flight.op, member, problem);
                     }
                     if !walk.hashes.insert(m.hash) {
                         let problem = Problem::DuplicateMessage { hash: m.hash };
-                        return self.misbehaved(now, rng, flight.op, member, problem);
+                        return self.skip_member(now, rng, flight.op, member, problem);
                     }
                     walk.after = m.seq;
                     if !f.cursors.seen.contains(&m.hash) {
@@ -1409,7 +1434,7 @@ impl Client {
                 }
                 walk.pages += 1;
                 if more && walk.pages >= MAX_PAGES_PER_WALK {
-                    return self.misbehaved(now, rng, flight.op, member, Problem::TooManyPages);
+                    return self.skip_member(now, rng, flight.op, member, Problem::TooManyPages);
                 }
                 if more {
                     let path = walk.path.clone();
@@ -1458,9 +1483,9 @@ impl Client {
         self.advance(now, rng, id);
     }
 
-    /// The member answered something an honest member cannot: no other path to it will
-    /// do better, so the next member is tried.
-    fn misbehaved<R: CryptoRng + ?Sized>(
+    /// The member answered something an honest member cannot, or that it cannot serve
+    /// now: no other path to it will do better, so the next member is tried.
+    fn skip_member<R: CryptoRng + ?Sized>(
         &mut self,
         now: Timestamp,
         rng: &mut R,

@@ -52,6 +52,9 @@ pub struct DirectoryConfig {
     /// A closed network: only these node IDs are admitted at all (registration, gossip,
     /// probes). `None` (the default): an open network.
     pub allowlist: Option<BTreeSet<NodeId>>,
+    /// The work every admitted node ID must carry, in bits ([`crate::keys::node_id_work`];
+    /// at most [`crate::keys::MAX_JOIN_DIFFICULTY`]). 0 (the default): none.
+    pub join_difficulty: u8,
 }
 
 impl Default for DirectoryConfig {
@@ -62,6 +65,7 @@ impl Default for DirectoryConfig {
             max_nodes: 10_000,
             gossip_fanout: 3,
             allowlist: None,
+            join_difficulty: 0,
         }
     }
 }
@@ -200,13 +204,18 @@ impl Directory {
             .count()
     }
 
-    /// Whether `id` may be in this directory at all (always, in an open network).
+    /// Whether `id` may be in this directory at all: on the allowlist of a closed
+    /// network, and carrying the network's join work (cheap checks: a hash at most).
     #[must_use]
     pub fn admits(&self, id: &NodeId) -> bool {
-        self.config
+        let listed = self
+            .config
             .allowlist
             .as_ref()
-            .is_none_or(|allowed| allowed.contains(id))
+            .is_none_or(|allowed| allowed.contains(id));
+        listed
+            && (self.config.join_difficulty == 0
+                || crate::keys::node_id_work(id) >= u32::from(self.config.join_difficulty))
     }
 
     /// Lifts the quarantine of `id`: the node itself asked to join (its own signed
@@ -649,6 +658,34 @@ mod tests {
         assert_eq!(d.insert(stranger, T0), InsertOutcome::NotAdmitted);
         assert!(!d.holds(&stranger.node_id()));
         assert_eq!(d.insert(allowed, T0), InsertOutcome::Added);
+    }
+
+    #[test]
+    fn an_open_network_with_join_work_admits_only_worked_identities() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let worked = IdentityKey::generate_with_work(10, 1 << 20, &mut rng).expect("found");
+        assert!(crate::keys::node_id_work(&worked.node_id()) >= 10);
+        let lazy = (1..=255u8)
+            .map(|i| descriptor(i, 1, T0.plus_millis(10_000)))
+            .find(|d| crate::keys::node_id_work(&d.node_id()) < 10)
+            .expect("most keys carry little work");
+        let onion = OnionKey::generate(Epoch(1), &mut rng);
+        let good = Descriptor::sign(
+            &worked,
+            &onion,
+            Address::new("n:1").unwrap(),
+            T0.plus_millis(10_000),
+        );
+        let mut d = Directory::new(
+            IdentityKey::from_seed(&[0; 32]).node_id(),
+            DirectoryConfig {
+                join_difficulty: 10,
+                ..DirectoryConfig::default()
+            },
+        );
+        assert!(!d.admits(&lazy.node_id()));
+        assert_eq!(d.insert(lazy, T0), InsertOutcome::NotAdmitted);
+        assert_eq!(d.insert(good, T0), InsertOutcome::Added);
     }
 
     #[test]

@@ -29,6 +29,34 @@ pub(crate) const HOP_KDF_SALT: &[u8] = b"ghostnodes/v1/hop-kem";
 /// Domain-separation prefix of the bytes an identity key signs for a descriptor.
 pub const DESCRIPTOR_SIGNING_CONTEXT: &[u8] = b"ghostnodes/v1/descriptor";
 
+/// Domain separation of a node ID's work ([`node_id_work`]).
+pub const NODE_ID_WORK_CONTEXT: &[u8] = b"ghostnodes/v1/node-id-work";
+
+/// The most work a network may ask of a node ID: 2^32 key generations is days of CPU.
+pub const MAX_JOIN_DIFFICULTY: u8 = 32;
+
+/// The work a node ID carries: the number of leading zero bits of
+/// `SHA-256(NODE_ID_WORK_CONTEXT ‖ node id)`. Finding an identity key with `d` bits takes
+/// about 2^d key generations, and grinding one that also lands next to a chosen recipient
+/// on the ring multiplies that, so an open network that asks for `d` bits makes joins,
+/// and above all targeted joins, cost CPU (docs/PROTOCOL.md, section 8.1).
+#[must_use]
+pub fn node_id_work(id: &NodeId) -> u32 {
+    use sha2::Digest as _;
+    let digest = Sha256::new()
+        .chain_update(NODE_ID_WORK_CONTEXT)
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut bits = 0;
+    for byte in digest {
+        bits += byte.leading_zeros();
+        if byte != 0 {
+            break;
+        }
+    }
+    bits
+}
+
 /// Version byte that opens an encoded descriptor.
 pub const DESCRIPTOR_VERSION: u8 = 1;
 
@@ -55,6 +83,19 @@ impl IdentityKey {
         let key = Self::from_seed(&seed);
         seed.zeroize();
         key
+    }
+
+    /// Generates identity keys until one's node ID carries `difficulty` bits of work
+    /// ([`node_id_work`]); `None` after `max_tries` without one (about 2^difficulty
+    /// tries are needed on average).
+    pub fn generate_with_work<R: CryptoRng + ?Sized>(
+        difficulty: u8,
+        max_tries: u64,
+        rng: &mut R,
+    ) -> Option<Self> {
+        (0..max_tries)
+            .map(|_| Self::generate(rng))
+            .find(|k| node_id_work(&k.node_id()) >= u32::from(difficulty))
     }
 
     /// Rebuilds an identity key from its 32-byte Ed25519 seed (as stored on disk).

@@ -41,15 +41,15 @@ use crate::directory::{Directory, DirectoryConfig, InsertOutcome};
 use crate::keys::{Address, Descriptor, IdentityKey, OnionKey, UnverifiedDescriptor};
 use crate::packet::{self, PACKET_LEN, PeelError, Peeled};
 use crate::peer::{
-    self, CopyRefusal, Digest, MAX_BATCH, MAX_HASH_LIST, PeerError, PeerRequest, PeerResponse,
-    WireMessage,
+    self, CopyRefusal, Digest, MAX_BATCH, MAX_DIFF_BUCKETS, MAX_HASH_LIST, PeerError, PeerRequest,
+    PeerResponse, WireMessage,
 };
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::replay::{BUCKETS, DEFAULT_WORDS_PER_BUCKET, ReplayFilter};
 use crate::reply::{self, HopFailure, ReplyKey, ReplyStatus};
 use crate::request::{
-    DeleteSelector, MessageView, Origin, OriginError, Receipt, Request, RequestError, Response,
-    SignedRequest, StoreAck, pow_satisfied,
+    MessageView, Origin, OriginError, Receipt, Request, RequestError, Response, SignedRequest,
+    StoreAck, pow_satisfied,
 };
 use crate::ring::Ring;
 use crate::seen::{DEFAULT_SEEN_CAPACITY, SeenChanges};
@@ -115,7 +115,8 @@ pub struct NodeConfig {
     /// registrations, which cost a signature check each. Default 40 burst, 10 per second.
     pub stranger_rate: RateLimitConfig,
     /// Token bucket per live node's address for `/v1/peer` requests (replication,
-    /// anti-entropy, gossip, probes). Default 20,000 burst, 10,000 per second.
+    /// anti-entropy, gossip, probes), and the same again per node identity once its
+    /// envelope's signature verified. Default 20,000 burst, 10,000 per second.
     pub peer_rate: RateLimitConfig,
 }
 
@@ -310,6 +311,10 @@ pub struct NodeStats {
     /// Copies from peers (replication, anti-entropy) not stored, by
     /// [`CopyRefusal::ALL`] index.
     pub copies_refused: [u64; CopyRefusal::ALL.len()],
+    /// Owners' deletes shown to peers that still held the deleted message (anti-entropy).
+    pub tombstones_shown: u64,
+    /// Messages deleted here on an owner's delete shown by a peer.
+    pub deletes_learned: u64,
 }
 
 /// Why [`Node::handle_register`] refused a descriptor.
@@ -493,6 +498,10 @@ pub struct Node<B: MessageBackend> {
     recipients: RateLimiter<RecipientId>,
     strangers: RateLimiter<IpAddr>,
     peers: RateLimiter<IpAddr>,
+    /// The same budget per node identity, charged once its envelope's signature verified
+    /// (so nobody spends another node's budget by naming it): an identity cannot
+    /// multiply its budget by sending from many addresses.
+    identities: RateLimiter<NodeId>,
     /// Signed deletes and expiry updates applied within their window: never twice.
     seen_changes: SeenChanges,
     seeds: Vec<Address>,
@@ -554,6 +563,7 @@ impl<B: MessageBackend> Node<B> {
             recipients: RateLimiter::new(config.recipient_rate.clone()),
             strangers: RateLimiter::new(config.stranger_rate.clone()),
             peers: RateLimiter::new(config.peer_rate.clone()),
+            identities: RateLimiter::new(config.peer_rate.clone()),
             seen_changes: SeenChanges::new(DEFAULT_SEEN_CAPACITY),
             identity,
             onion,
@@ -998,7 +1008,7 @@ impl<B: MessageBackend> Node<B> {
                 if !self.first_application(now, &request, signature) {
                     return self.refuse(req, &key, RequestError::AlreadyApplied);
                 }
-                let count = match self.apply_change(now, &request) {
+                let count = match self.apply_change(now, &request, payload) {
                     Ok(n) => n,
                     Err(e) => return self.refuse(req, &key, e),
                 };
@@ -1044,19 +1054,16 @@ impl<B: MessageBackend> Node<B> {
         first
     }
 
-    /// Applies an authenticated delete or expiry update to the local store.
-    fn apply_change(&mut self, now: Timestamp, request: &Request<'_>) -> Result<u32, RequestError> {
+    /// Applies an authenticated delete or expiry update (`signed`: its bytes as the owner
+    /// signed them, kept with a delete's tombstones as evidence) to the local store.
+    fn apply_change(
+        &mut self,
+        now: Timestamp,
+        request: &Request<'_>,
+        signed: &[u8],
+    ) -> Result<u32, RequestError> {
         let n = match request {
-            Request::Delete(d) => match d.selector {
-                DeleteSelector::Hashes(h) => {
-                    self.store
-                        .delete_hashes(&d.recipient, d.namespace, h.iter(), now)
-                }
-                DeleteSelector::All => self.store.delete_all(&d.recipient, d.namespace, now),
-                DeleteSelector::Before(t) => {
-                    self.store.delete_before(&d.recipient, d.namespace, t, now)
-                }
-            },
+            Request::Delete(d) => self.store.apply_delete(d, signed, now),
             Request::UpdateExpiry(u) => {
                 let latest = now.plus_millis(self.config.store.max_ttl_ms);
                 if u.expiry > latest {
@@ -1246,6 +1253,10 @@ impl<B: MessageBackend> Node<B> {
             // Not an envelope from a node at all: refused outright, nothing is decoded further.
             Err(e) => return self.respond(req, Reply::PeerRefused(e)),
         };
+        if self.identities.check(auth.sender, now).is_err() {
+            self.stats.peer_rate_limited += 1;
+            return self.respond(req, Reply::PeerRefused(PeerError::RateLimited));
+        }
         let known = self.directory.contains(&auth.sender);
         let response = match auth.request {
             PeerRequest::Gossip(ds) => {
@@ -1273,7 +1284,7 @@ impl<B: MessageBackend> Node<B> {
             },
             _ if !known => PeerResponse::Refused(PeerError::UnknownSender),
             PeerRequest::Replicate(ms) => return self.accept_replicas(now, req, auth.sender, ms),
-            PeerRequest::Digest(d) => self.digest_diff(&auth.sender, &d),
+            PeerRequest::Digest { digest, start } => self.digest_diff(&auth.sender, &digest, start),
             PeerRequest::Fetch(hashes) => {
                 let ms = hashes
                     .iter()
@@ -1284,6 +1295,7 @@ impl<B: MessageBackend> Node<B> {
                 PeerResponse::Messages(ms)
             }
             PeerRequest::Relay(bytes) => self.apply_relay(now, &bytes),
+            PeerRequest::Tombstones(entries) => self.apply_tombstones(now, &entries),
         };
         self.respond(req, Reply::Peer(response.encode()));
     }
@@ -1301,10 +1313,84 @@ impl<B: MessageBackend> Node<B> {
         if !self.first_application(now, &signed.request, signed.signature()) {
             return PeerResponse::Applied(0);
         }
-        match self.apply_change(now, &signed.request) {
+        match self.apply_change(now, &signed.request, bytes) {
             Ok(n) => PeerResponse::Applied(n),
             Err(_) => PeerResponse::Refused(PeerError::Malformed),
         }
+    }
+
+    /// A peer shows the owners' signed deletes of messages this node still holds (it
+    /// missed them: down, cut off, or not yet on the swarm's ring). Each is checked as
+    /// evidence, not executed as a request: the owner's signature whatever its age, and
+    /// that it reaches this copy (recipient, namespace, the hash listed or stored before
+    /// the delete was signed). Nothing else is deleted, so a peer cannot remove a message
+    /// its owner did not.
+    fn apply_tombstones(
+        &mut self,
+        now: Timestamp,
+        entries: &[(MessageHash, Vec<u8>)],
+    ) -> PeerResponse {
+        let mut deleted = 0u32;
+        // One delete-all shown for many messages costs one signature check.
+        let mut verified: Option<&[u8]> = None;
+        for (hash, evidence) in entries.iter().take(MAX_BATCH) {
+            let Ok(signed) = SignedRequest::decode(evidence) else {
+                continue;
+            };
+            let Request::Delete(d) = signed.request else {
+                continue;
+            };
+            // Cheap checks first: a signature is checked only for a copy held here that
+            // the delete reaches.
+            let reaches = matches!(
+                self.store.get(hash, now),
+                Ok(Some(m)) if crate::store::delete_covers(&d, &m)
+            );
+            if !reaches {
+                continue;
+            }
+            if verified != Some(evidence.as_slice()) {
+                if signed.signature().is_none() || signed.verify_owner_signature().is_err() {
+                    continue;
+                }
+                verified = Some(evidence);
+            }
+            if let Ok(true) = self.store.apply_delete_to(hash, &d, evidence) {
+                deleted += 1;
+            }
+        }
+        self.stats.deletes_learned += u64::from(deleted);
+        PeerResponse::Applied(deleted)
+    }
+
+    /// Shows `peer` the owners' deletes of the copies it sent that this node refused as
+    /// deleted (from the message's tombstone, or the owner's delete of everything before
+    /// a time), so it deletes its own copy.
+    fn show_deletes(&mut self, now: Timestamp, peer: NodeId, copies: &[&WireMessage]) {
+        let mut entries = Vec::new();
+        for m in copies.iter().take(MAX_BATCH) {
+            let hash = m.hash();
+            let evidence = match self.store.tombstone(&hash) {
+                Ok(Some(t)) if !t.evidence.is_empty() => Some(t.evidence),
+                _ => match self.store.delete_range(&m.recipient, m.namespace) {
+                    Ok(Some(r)) if !r.evidence.is_empty() => Some(r.evidence),
+                    _ => None,
+                },
+            };
+            if let Some(e) = evidence {
+                entries.push((hash, e));
+            }
+        }
+        if entries.is_empty() {
+            return;
+        }
+        self.stats.tombstones_shown += entries.len() as u64;
+        self.transmit_peer(
+            now,
+            peer,
+            &PeerRequest::Tombstones(entries),
+            Pending::Handoff,
+        );
     }
 
     fn accept_replicas(
@@ -1317,15 +1403,22 @@ impl<B: MessageBackend> Node<B> {
         let mut items = Vec::new();
         let mut refused = Vec::new();
         let mut max_seq = 0;
+        let mut deleted = Vec::new();
         for m in &ms {
             match self.accept_copy(m, &sender, now) {
                 Ok(ins) => {
                     max_seq = max_seq.max(ins.seq);
                     items.push((ins.hash, m.recipient, ins.expiry));
                 }
-                Err(why) => refused.push((m.hash(), why)),
+                Err(why) => {
+                    if why == CopyRefusal::Deleted {
+                        deleted.push(m);
+                    }
+                    refused.push((m.hash(), why));
+                }
             }
         }
+        self.show_deletes(now, sender, &deleted);
         self.replica_acks.push(PendingReplicaAck {
             req,
             max_seq,
@@ -1519,21 +1612,39 @@ impl<B: MessageBackend> Node<B> {
         out
     }
 
-    fn digest_diff(&mut self, sender: &NodeId, theirs: &Digest) -> PeerResponse {
+    /// Lists the shared hashes of the buckets where `theirs` differs from this node's
+    /// digest, bucket by bucket from `start` on: at most [`MAX_DIFF_BUCKETS`] buckets
+    /// read and [`MAX_HASH_LIST`] hashes listed, so one request never costs a scan of
+    /// the whole store; the asker pages on with its next rounds.
+    fn digest_diff(&mut self, sender: &NodeId, theirs: &Digest, start: u8) -> PeerResponse {
         self.refresh_digests();
         let (mine, _) = self.digest_with(sender);
-        let differing = mine.differing(theirs);
-        let mut hashes = if differing.is_empty() {
-            Vec::new()
-        } else {
-            self.shared_in_buckets(sender, &differing, MAX_HASH_LIST, |_| true)
-        };
-        let truncated = hashes.len() > MAX_HASH_LIST;
-        hashes.truncate(MAX_HASH_LIST);
+        let mut differing = mine.differing(theirs);
+        let first = differing.partition_point(|&b| b < start);
+        differing.rotate_left(first);
+        let mut hashes = Vec::new();
+        let mut covered = Vec::new();
+        let mut truncated = false;
+        for &bucket in differing.iter().take(MAX_DIFF_BUCKETS) {
+            let mut listed = self.shared_in_buckets(sender, &[bucket], MAX_HASH_LIST, |_| true);
+            if hashes.len() + listed.len() > MAX_HASH_LIST {
+                if covered.is_empty() {
+                    // One bucket alone overflows an answer: its first part, not covered.
+                    listed.truncate(MAX_HASH_LIST);
+                    hashes = listed;
+                }
+                truncated = true;
+                break;
+            }
+            hashes.extend(listed);
+            covered.push(bucket);
+        }
+        truncated |= covered.len() < differing.len();
         PeerResponse::DigestDiff {
             digest: mine,
             hashes,
             truncated,
+            covered,
         }
     }
 
@@ -1588,10 +1699,14 @@ impl<B: MessageBackend> Node<B> {
                 self.advance_store(now, op);
             }
             Pending::Digest { peer, mine } => {
-                if let Ok(Ok(PeerResponse::DigestDiff { digest, hashes, .. })) =
-                    result.map(|b| PeerResponse::decode(&b))
+                if let Ok(Ok(PeerResponse::DigestDiff {
+                    digest,
+                    hashes,
+                    covered,
+                    ..
+                })) = result.map(|b| PeerResponse::decode(&b))
                 {
-                    self.reconcile(now, peer, &mine, &digest, &hashes);
+                    self.reconcile(now, peer, &mine, &digest, &hashes, &covered);
                 } else {
                     self.directory.record_failure(&peer, now);
                 }
@@ -1599,14 +1714,18 @@ impl<B: MessageBackend> Node<B> {
             Pending::Fetch { peer, asked } => {
                 if let Ok(Ok(PeerResponse::Messages(ms))) = result.map(|b| PeerResponse::decode(&b))
                 {
+                    let mut deleted = Vec::new();
                     for m in &ms {
                         if asked.contains(&m.hash()) {
-                            let _ = self.accept_copy(m, &peer, now);
+                            if self.accept_copy(m, &peer, now) == Err(CopyRefusal::Deleted) {
+                                deleted.push(m);
+                            }
                         } else {
                             let why = CopyRefusal::Unrequested;
                             self.stats.copies_refused[why.index()] += 1;
                         }
                     }
+                    self.show_deletes(now, peer, &deleted);
                 }
             }
             Pending::Gossip => {
@@ -1687,13 +1806,35 @@ impl<B: MessageBackend> Node<B> {
         my_digest: &Digest,
         digest: &Digest,
         theirs: &[MessageHash],
+        covered: &[u8],
     ) {
-        // What the peer holds that we lack (`theirs` is at most MAX_HASH_LIST long).
-        let missing: Vec<MessageHash> = theirs
-            .iter()
-            .filter(|h| !matches!(self.store.get(h, now), Ok(Some(_))))
-            .copied()
-            .collect();
+        // What the peer holds that we lack (`theirs` is at most MAX_HASH_LIST long). What
+        // we lack because its owner deleted it here, the peer is shown the owner's delete
+        // for; the rest we fetch.
+        let mut missing = Vec::new();
+        let mut deleted = Vec::new();
+        for h in theirs {
+            if matches!(self.store.get(h, now), Ok(Some(_))) {
+                continue;
+            }
+            match self.store.tombstone(h) {
+                Ok(Some(t)) if t.until > now => {
+                    if !t.evidence.is_empty() && deleted.len() < MAX_BATCH {
+                        deleted.push((*h, t.evidence));
+                    }
+                }
+                _ => missing.push(*h),
+            }
+        }
+        if !deleted.is_empty() {
+            self.stats.tombstones_shown += deleted.len() as u64;
+            self.transmit_peer(
+                now,
+                peer,
+                &PeerRequest::Tombstones(deleted),
+                Pending::Handoff,
+            );
+        }
         for chunk in missing.chunks(MAX_BATCH) {
             self.transmit_peer(
                 now,
@@ -1706,13 +1847,18 @@ impl<B: MessageBackend> Node<B> {
             );
         }
         // What we hold that the peer lacks. `theirs` lists everything the peer holds in the
-        // buckets where the digests differ; in the other buckets both sides agree, so a
-        // message of ours missing from `theirs` is only pushed when its bucket differs. At
-        // most MAX_HANDOFF_PER_ROUND go per round, so a peer that lacks everything (a new
-        // or wiped node) is filled over several rounds with bounded memory.
-        // `my_digest` is the one sent this round: a message stored since then is not
-        // pushed now but by the next round.
-        let differing = my_digest.differing(digest);
+        // `covered` buckets, which differ; in the other buckets both sides agree or the
+        // peer did not list them this time, so a message of ours missing from `theirs` is
+        // only pushed when its bucket is covered and differs. At most
+        // MAX_HANDOFF_PER_ROUND go per round, so a peer that lacks everything (a new or
+        // wiped node) is filled over several rounds with bounded memory. `my_digest` is
+        // the one sent this round: a message stored since then is not pushed now but by
+        // the next round.
+        let differing: Vec<u8> = my_digest
+            .differing(digest)
+            .into_iter()
+            .filter(|b| covered.contains(b))
+            .collect();
         if differing.is_empty() {
             return;
         }
@@ -1865,10 +2011,14 @@ impl<B: MessageBackend> Node<B> {
             if shared == 0 && !self.ring_neighbour(&peer) {
                 continue;
             }
+            let start = self.rng.next_u32().to_be_bytes()[0];
             self.transmit_peer(
                 now,
                 peer,
-                &PeerRequest::Digest(digest.clone()),
+                &PeerRequest::Digest {
+                    digest: digest.clone(),
+                    start,
+                },
                 Pending::Digest {
                     peer,
                     mine: Box::new(digest),
@@ -1963,7 +2113,7 @@ fn store_error(e: StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{DeleteRequest, HashList, StoreRequest, solve_pow};
+    use crate::request::{DeleteRequest, DeleteSelector, HashList, StoreRequest, solve_pow};
     use crate::store::MemoryBackend;
     use crate::types::Namespace;
     use crate::{Epoch, OnionKey};
@@ -2375,13 +2525,15 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(35);
         let mut n = node_with_peers(&mut rng, 6);
         let owner = owner_where(&n, 0, true);
-        let put = |n: &mut Node<MemoryBackend>, body: &[u8]| {
-            let m = stored_by_client(&owner, Namespace::DIRECT, body);
-            n.store.insert(new_message(&m), NOW).expect("stored");
+        let put = |n: &mut Node<MemoryBackend>, body: &[u8], at: Timestamp| {
+            let mut m = stored_by_client(&owner, Namespace::DIRECT, body);
+            m.stored_at = at;
+            m.origin.timestamp = at;
+            n.store.insert(new_message(&m), at).expect("stored");
             m
         };
         for i in 0..3u8 {
-            put(&mut n, &[i; 4]);
+            put(&mut n, &[i; 4], NOW);
         }
         let delete_all = signed(
             &owner,
@@ -2399,7 +2551,11 @@ mod tests {
 
         // New mail arrives; the same signed delete-all comes again inside its window:
         // through another path, and relayed by a swarm member that captured it.
-        let kept = [put(&mut n, b"new one"), put(&mut n, b"another")];
+        let later = NOW.plus_millis(1_000);
+        let kept = [
+            put(&mut n, b"new one", later),
+            put(&mut n, b"another", later),
+        ];
         assert_eq!(
             final_hop_answer(&mut n, &delete_all),
             Response::Refused(RequestError::AlreadyApplied)
@@ -2413,13 +2569,13 @@ mod tests {
         );
         assert_eq!(n.stats.changes_already_applied, 2);
 
-        // A new request, signed again, does apply.
+        // A new request, signed again after the new mail came, does apply.
         let again = signed(
             &owner,
             &Request::Delete(DeleteRequest {
                 recipient: owner.recipient_id(),
                 namespace: Namespace::DIRECT,
-                timestamp: NOW.plus_millis(1),
+                timestamp: NOW.plus_millis(2_000),
                 selector: DeleteSelector::All,
             }),
         );
@@ -2427,6 +2583,36 @@ mod tests {
             final_hop_answer(&mut n, &again),
             Response::Deleted { count: 2 }
         );
+    }
+
+    #[test]
+    fn a_delete_all_applied_late_spares_mail_stored_after_it_was_signed() {
+        let mut rng = ChaCha20Rng::seed_from_u64(37);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let old = stored_by_client(&owner, Namespace::DIRECT, b"before the delete");
+        n.store.insert(new_message(&old), NOW).expect("stored");
+        let delete_all = signed(
+            &owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW,
+                selector: DeleteSelector::All,
+            }),
+        );
+        // Mail stored after the request was signed, then the relay of the delete arrives
+        // late (retried after this member was unreachable for a while).
+        let later = NOW.plus_millis(20_000);
+        let mut new = stored_by_client(&owner, Namespace::DIRECT, b"after the delete");
+        new.stored_at = NOW.plus_millis(10_000);
+        new.origin.timestamp = new.stored_at;
+        n.store.insert(new_message(&new), later).expect("stored");
+        let relay = PeerRequest::Relay(delete_all).encode_signed(&peer_key(1), later);
+        n.handle_peer(later, RequestId(79), PEER_IP, &relay);
+        assert_eq!(answer(&mut n, RequestId(79)), PeerResponse::Applied(1));
+        assert!(!held(&n, &old), "the delete removed the older message");
+        assert!(held(&n, &new), "the late delete removed newer mail");
     }
 
     #[test]
@@ -2463,6 +2649,304 @@ mod tests {
         answer_fetch(&mut n, 0, &[m.hash()], vec![m.clone()], later);
         assert!(!matches!(n.store.get(&m.hash(), later), Ok(Some(_))));
         assert_eq!(n.stats.copies_refused[CopyRefusal::Deleted.index()], 2);
+    }
+
+    #[test]
+    fn an_identity_has_one_peer_budget_whatever_address_it_sends_from() {
+        let mut rng = ChaCha20Rng::seed_from_u64(40);
+        let mut n = node_with_peers(&mut rng, 6);
+        n.identities = RateLimiter::new(RateLimitConfig {
+            burst: 3,
+            per_second: 1,
+            max_keys: 16,
+        });
+        let digest = |sender: u8| {
+            PeerRequest::Digest {
+                digest: Digest::default(),
+                start: 0,
+            }
+            .encode_signed(&peer_key(sender), NOW)
+        };
+        let refused = |n: &mut Node<MemoryBackend>, req: u64| {
+            core::iter::from_fn(|| n.poll_output()).any(|o| {
+                matches!(
+                    o,
+                    Output::Respond {
+                        req: r,
+                        reply: Reply::PeerRefused(PeerError::RateLimited),
+                    } if r == RequestId(req)
+                )
+            })
+        };
+        // Peer 0 spreads its requests over five live nodes' addresses: its fourth is
+        // refused all the same.
+        for k in 0..5u8 {
+            let source = IpAddr::from([10, 0, 1, k]);
+            n.handle_peer(NOW, RequestId(u64::from(k)), source, &digest(0));
+            assert_eq!(refused(&mut n, u64::from(k)), k >= 3, "request {k}");
+        }
+        // Another identity from the same address is not charged for it; and naming
+        // peer 1 in an envelope that does not verify spends none of peer 1's budget.
+        let mut forged = digest(1);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        for k in 10..13 {
+            n.handle_peer(NOW, RequestId(k), IpAddr::from([10, 0, 1, 0]), &forged);
+        }
+        while n.poll_output().is_some() {}
+        for k in 20..23 {
+            n.handle_peer(NOW, RequestId(k), IpAddr::from([10, 0, 1, 0]), &digest(1));
+            assert!(!refused(&mut n, k));
+        }
+    }
+
+    #[test]
+    fn a_digest_that_differs_everywhere_is_answered_in_pages_of_buckets() {
+        let mut rng = ChaCha20Rng::seed_from_u64(41);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let mut held = BTreeSet::new();
+        for i in 0..600u32 {
+            let m = stored_by_client(&owner, Namespace::DIRECT, &i.to_be_bytes());
+            n.store.insert(new_message(&m), NOW).expect("stored");
+            held.insert(m.hash());
+        }
+        // A peer that holds nothing: every bucket differs.
+        let ask = |n: &mut Node<MemoryBackend>, start: u8| {
+            let bytes = PeerRequest::Digest {
+                digest: Digest::default(),
+                start,
+            }
+            .encode_signed(&peer_key(0), NOW);
+            n.handle_peer(NOW, RequestId(90), PEER_IP, &bytes);
+            match answer(n, RequestId(90)) {
+                PeerResponse::DigestDiff {
+                    hashes,
+                    truncated,
+                    covered,
+                    ..
+                } => (hashes, truncated, covered),
+                other => panic!("expected a digest diff, got {other:?}"),
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let mut start = 250u8;
+        for page in 0..20 {
+            let (hashes, truncated, covered) = ask(&mut n, start);
+            assert!(
+                covered.len() <= MAX_DIFF_BUCKETS,
+                "page {page} read too much"
+            );
+            assert!(truncated, "256 differing buckets do not fit one page");
+            // Cyclic order from `start` (250..=255, then 0, 1, ...), skipping the buckets
+            // where both sides agree (empty on both).
+            let first = (0..=255u8)
+                .map(|k| start.wrapping_add(k))
+                .find(|b| held.iter().any(|h| h.as_bytes()[0] == *b));
+            assert_eq!(covered.first().copied(), first);
+            let expected: BTreeSet<MessageHash> = held
+                .iter()
+                .filter(|h| covered.contains(&h.as_bytes()[0]))
+                .copied()
+                .collect();
+            assert_eq!(hashes.iter().copied().collect::<BTreeSet<_>>(), expected);
+            seen.extend(hashes);
+            start = covered[covered.len() - 1].wrapping_add(1);
+        }
+        assert_eq!(
+            seen, held,
+            "pages from successive starts cover every bucket"
+        );
+    }
+
+    #[test]
+    fn a_member_that_held_nothing_when_everything_was_deleted_refuses_older_copies_later() {
+        let mut rng = ChaCha20Rng::seed_from_u64(42);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let delete_all = signed(
+            &owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW,
+                selector: DeleteSelector::All,
+            }),
+        );
+        assert_eq!(
+            final_hop_answer(&mut n, &delete_all),
+            Response::Deleted { count: 0 }
+        );
+        while n.poll_output().is_some() {}
+        // A copy of a message stored before the delete reaches this member afterwards
+        // (replication was still retrying): refused, and its sender is shown the delete.
+        let later = NOW.plus_millis(30_000);
+        let old = stored_by_client(&owner, Namespace::DIRECT, b"stored before");
+        let mut new = stored_by_client(&owner, Namespace::DIRECT, b"stored after");
+        new.stored_at = NOW.plus_millis(5_000);
+        new.origin.timestamp = new.stored_at;
+        let bytes = PeerRequest::Replicate(vec![old.clone(), new.clone()])
+            .encode_signed(&peer_key(0), later);
+        n.handle_peer(later, RequestId(91), PEER_IP, &bytes);
+        n.handle_durable(later);
+        let outputs: Vec<Output> = core::iter::from_fn(|| n.poll_output()).collect();
+        let answer = outputs.iter().find_map(|o| match o {
+            Output::Respond {
+                req: RequestId(91),
+                reply: Reply::Peer(b),
+            } => PeerResponse::decode(b).ok(),
+            _ => None,
+        });
+        let Some(PeerResponse::Stored { receipts, refused }) = answer else {
+            panic!("expected stored, got {answer:?}");
+        };
+        assert_eq!(
+            receipts.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+            vec![new.hash()]
+        );
+        assert_eq!(refused, vec![(old.hash(), CopyRefusal::Deleted)]);
+        let shown: Vec<PeerRequest> = outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Transmit {
+                    to: Some(to),
+                    endpoint: Endpoint::Peer,
+                    body,
+                    ..
+                } if to == peer_key(0).node_id() => {
+                    peer::decode_request(&body, later, 60_000, |_| true)
+                        .ok()
+                        .map(|a| a.request)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![PeerRequest::Tombstones(vec![(old.hash(), delete_all)])]
+        );
+    }
+
+    /// The owner's signed delete of `m`, as a client sends it at `ts`.
+    fn delete_of(owner: &IdentityKey, m: &WireMessage, ts: Timestamp) -> Vec<u8> {
+        signed(
+            owner,
+            &Request::Delete(DeleteRequest {
+                recipient: owner.recipient_id(),
+                namespace: m.namespace,
+                timestamp: ts,
+                selector: DeleteSelector::Hashes(
+                    HashList::from_bytes(m.hash().as_bytes()).expect("one hash"),
+                ),
+            }),
+        )
+    }
+
+    /// Peer `sender` shows `entries` (hash, owner's delete) at `now`; the answer.
+    fn show_tombstones(
+        n: &mut Node<MemoryBackend>,
+        sender: u8,
+        entries: Vec<(MessageHash, Vec<u8>)>,
+        now: Timestamp,
+    ) -> PeerResponse {
+        let bytes = PeerRequest::Tombstones(entries).encode_signed(&peer_key(sender), now);
+        n.handle_peer(now, RequestId(81), PEER_IP, &bytes);
+        answer_at(n, RequestId(81), now)
+    }
+
+    #[test]
+    fn a_member_that_applied_a_delete_shows_it_to_a_peer_still_holding_the_message() {
+        let mut rng = ChaCha20Rng::seed_from_u64(38);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let m = stored_by_client(&owner, Namespace::DIRECT, b"to be deleted");
+        n.store.insert(new_message(&m), NOW).expect("stored");
+        let delete = delete_of(&owner, &m, NOW);
+        let relay = PeerRequest::Relay(delete.clone()).encode_signed(&peer_key(1), NOW);
+        n.handle_peer(NOW, RequestId(80), PEER_IP, &relay);
+        assert_eq!(answer(&mut n, RequestId(80)), PeerResponse::Applied(1));
+        while n.poll_output().is_some() {}
+
+        // Anti-entropy with peer 0, which still lists the message: this node does not
+        // fetch it back but shows peer 0 the owner's delete, long after its window.
+        let later = NOW.plus_millis(600_000);
+        let digest = Digest::default();
+        n.reconcile(
+            later,
+            peer_key(0).node_id(),
+            &digest,
+            &digest,
+            &[m.hash()],
+            &[],
+        );
+        let sent: Vec<PeerRequest> = core::iter::from_fn(|| n.poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit {
+                    endpoint: Endpoint::Peer,
+                    body,
+                    ..
+                } => peer::decode_request(&body, later, 60_000, |_| true)
+                    .ok()
+                    .map(|a| a.request),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![PeerRequest::Tombstones(vec![(m.hash(), delete)])]
+        );
+        assert_eq!(n.stats.tombstones_shown, 1);
+    }
+
+    #[test]
+    fn a_member_that_missed_a_delete_deletes_its_copy_only_on_the_owners_own_delete() {
+        let mut rng = ChaCha20Rng::seed_from_u64(39);
+        let mut n = node_with_peers(&mut rng, 6);
+        let owner = owner_where(&n, 0, true);
+        let m = stored_by_client(&owner, Namespace::DIRECT, b"missed the delete");
+        let kept = stored_by_client(&owner, Namespace::DIRECT, b"never deleted");
+        for x in [&m, &kept] {
+            n.store.insert(new_message(x), NOW).expect("stored");
+        }
+        let later = NOW.plus_millis(600_000);
+        let delete_all = |ts: Timestamp, by: &IdentityKey| {
+            signed(
+                by,
+                &Request::Delete(DeleteRequest {
+                    recipient: owner.recipient_id(),
+                    namespace: Namespace::DIRECT,
+                    timestamp: ts,
+                    selector: DeleteSelector::All,
+                }),
+            )
+        };
+        // What a peer cannot make it delete: a delete signed by another key, one of
+        // another message, a delete-all signed before the message was stored, something
+        // that is not a delete, and bytes that are not a request.
+        let forged = [
+            (m.hash(), delete_all(NOW, &peer_key(0))),
+            (kept.hash(), delete_of(&owner, &m, NOW)),
+            (m.hash(), delete_all(Timestamp(NOW.0 - 1), &owner)),
+            (m.hash(), signed(&owner, &Request::Info)),
+            (m.hash(), vec![1, 3, 0]),
+        ];
+        assert_eq!(
+            show_tombstones(&mut n, 0, forged.to_vec(), later),
+            PeerResponse::Applied(0)
+        );
+        assert!(held(&n, &m) && held(&n, &kept));
+
+        // The owner's own delete, ten minutes old: applied, with its tombstone and the
+        // evidence kept for the next member that missed it.
+        let delete = delete_of(&owner, &m, NOW);
+        assert_eq!(
+            show_tombstones(&mut n, 0, vec![(m.hash(), delete.clone())], later),
+            PeerResponse::Applied(1)
+        );
+        assert!(!held(&n, &m) && held(&n, &kept));
+        let t = n.store.tombstone(&m.hash()).unwrap().expect("a tombstone");
+        assert_eq!(t.evidence, delete);
+        assert_eq!(n.stats.deletes_learned, 1);
     }
 
     /// The relays of a signed change `n` has sent: (exchange, peer).

@@ -26,13 +26,19 @@ pub const DIGEST_BUCKETS: usize = 256;
 pub const MAX_BATCH: usize = 256;
 /// Most hashes in one digest reply or fetch request.
 pub const MAX_HASH_LIST: usize = 4096;
+/// Most differing buckets one digest-diff answer reads (1/16 of the store at most).
+pub const MAX_DIFF_BUCKETS: usize = 16;
 /// Most descriptors in one gossip exchange.
 pub const MAX_GOSSIP: usize = 64;
 /// Kind byte of a gossip envelope: a stranger may send it (how a node introduces itself).
-const KIND_GOSSIP: u8 = 4;
+pub(crate) const KIND_GOSSIP: u8 = 4;
 /// Kind byte of a probe: a stranger may send it too (a candidate proves itself to its
 /// prober, and probes its prober in turn).
-const KIND_PROBE: u8 = 5;
+pub(crate) const KIND_PROBE: u8 = 5;
+/// Kind byte of a tombstones envelope.
+const KIND_TOMBSTONES: u8 = 7;
+/// Longest owner's delete a tombstones envelope carries: a request fits one packet.
+pub const MAX_EVIDENCE: usize = crate::packet::MAX_PAYLOAD;
 /// Length of a probe's nonce.
 pub const PROBE_NONCE_LEN: usize = 16;
 /// Signing context of a probe answer.
@@ -205,8 +211,16 @@ impl Digest {
 pub enum PeerRequest {
     /// Store these messages (the sender is a swarm member); answer with receipts once durable.
     Replicate(Vec<WireMessage>),
-    /// Compare this digest of the messages we should both hold.
-    Digest(Digest),
+    /// Compare this digest of the messages we should both hold; list the differing
+    /// buckets from bucket `start` on (cyclically) as far as one answer's bounds allow.
+    Digest {
+        /// The sender's digest.
+        digest: Digest,
+        /// The bucket to start listing from: the sender varies it from round to round, so
+        /// buckets that cannot converge (a copy the receiver refuses) never starve the
+        /// rest.
+        start: u8,
+    },
     /// Send me these messages.
     Fetch(Vec<MessageHash>),
     /// Here are descriptors I know (my own first); send me some of yours. The receiver
@@ -222,17 +236,23 @@ pub enum PeerRequest {
     /// A recipient-signed delete or expiry update, relayed as the client sent it, so the
     /// receiver verifies the recipient's signature itself.
     Relay(Vec<u8>),
+    /// Messages the receiver holds and the sender's owners deleted: each hash with the
+    /// owner's signed delete that covers it, as signed. The receiver verifies the owner's
+    /// signature and that the delete reaches its copy, whatever the delete's age (anti-
+    /// entropy: a member that missed a delete learns it from one that applied it).
+    Tombstones(Vec<(MessageHash, Vec<u8>)>),
 }
 
 impl PeerRequest {
     fn kind(&self) -> u8 {
         match self {
             Self::Replicate(_) => 1,
-            Self::Digest(_) => 2,
+            Self::Digest { .. } => 2,
             Self::Fetch(_) => 3,
             Self::Gossip(_) => KIND_GOSSIP,
             Self::Probe { .. } => KIND_PROBE,
             Self::Relay(_) => 6,
+            Self::Tombstones(_) => KIND_TOMBSTONES,
         }
     }
 
@@ -241,11 +261,12 @@ impl PeerRequest {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Replicate(_) => "replicate",
-            Self::Digest(_) => "digest",
+            Self::Digest { .. } => "digest",
             Self::Fetch(_) => "fetch",
             Self::Gossip(_) => "gossip",
             Self::Probe { .. } => "probe",
             Self::Relay(_) => "relay",
+            Self::Tombstones(_) => "tombstones",
         }
     }
 
@@ -264,11 +285,12 @@ impl PeerRequest {
                     m.encode(&mut out);
                 }
             }
-            Self::Digest(d) => {
-                for b in &d.buckets {
+            Self::Digest { digest, start } => {
+                for b in &digest.buckets {
                     out.extend_from_slice(&b.count.to_be_bytes());
                     out.extend_from_slice(&b.xor);
                 }
+                out.push(*start);
             }
             Self::Fetch(hashes) => put_hashes(&mut out, hashes),
             Self::Gossip(ds) => put_descriptors(&mut out, ds),
@@ -276,6 +298,14 @@ impl PeerRequest {
             Self::Relay(bytes) => {
                 put_count(&mut out, bytes.len());
                 out.extend_from_slice(bytes);
+            }
+            Self::Tombstones(entries) => {
+                put_count(&mut out, entries.len().min(MAX_BATCH));
+                for (hash, evidence) in entries.iter().take(MAX_BATCH) {
+                    out.extend_from_slice(hash.as_bytes());
+                    put_count(&mut out, evidence.len());
+                    out.extend_from_slice(evidence);
+                }
             }
         }
         let sig = sender.sign(PEER_SIGNING_CONTEXT, &out);
@@ -494,12 +524,15 @@ pub fn decode_request(
             PeerRequest::Replicate(ms)
         }
         2 => {
-            let mut d = Digest::default();
-            for b in &mut d.buckets {
+            let mut digest = Digest::default();
+            for b in &mut digest.buckets {
                 b.count = r.u32()?;
                 b.xor = r.array()?;
             }
-            PeerRequest::Digest(d)
+            PeerRequest::Digest {
+                digest,
+                start: r.u8()?,
+            }
         }
         3 => PeerRequest::Fetch(read_hashes(&mut r)?),
         KIND_GOSSIP => PeerRequest::Gossip(read_descriptors(&mut r)?),
@@ -507,6 +540,16 @@ pub fn decode_request(
         6 => {
             let n = read_count(&mut r, usize::from(u16::MAX))?;
             PeerRequest::Relay(r.take(n)?.to_vec())
+        }
+        KIND_TOMBSTONES => {
+            let n = read_count(&mut r, MAX_BATCH)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let hash = MessageHash(r.array()?);
+                let len = read_count(&mut r, MAX_EVIDENCE)?;
+                entries.push((hash, r.take(len)?.to_vec()));
+            }
+            PeerRequest::Tombstones(entries)
         }
         _ => return Err(PeerError::Malformed),
     };
@@ -533,15 +576,20 @@ pub enum PeerResponse {
         /// (hash, reason) for each refused one.
         refused: Vec<(MessageHash, CopyRefusal)>,
     },
-    /// The hashes this node holds in the buckets where the digests differ, plus its own
-    /// digest; `truncated` when more hashes exist than one reply carries.
+    /// The hashes this node holds in some of the buckets where the digests differ, plus
+    /// its own digest. At most [`MAX_DIFF_BUCKETS`] buckets are read per answer, so a
+    /// digest that differs everywhere never costs a whole-store scan.
     DigestDiff {
         /// The responder's digest of the shared set.
         digest: Digest,
-        /// Hashes held in differing buckets.
+        /// Hashes held in the `covered` buckets (or, when one bucket alone holds more
+        /// than [`MAX_HASH_LIST`], the first of them).
         hashes: Vec<MessageHash>,
-        /// Whether the list was cut at [`MAX_HASH_LIST`].
+        /// Whether differing buckets were left out, or a bucket's list was cut.
         truncated: bool,
+        /// The differing buckets whose hashes are all listed: only for those may the
+        /// asker conclude that a message it holds and the list lacks is missing there.
+        covered: Vec<u8>,
     },
     /// The requested messages this node has.
     Messages(Vec<WireMessage>),
@@ -585,6 +633,7 @@ impl PeerResponse {
                 digest,
                 hashes,
                 truncated,
+                covered,
             } => {
                 out.push(2);
                 for b in &digest.buckets {
@@ -593,6 +642,8 @@ impl PeerResponse {
                 }
                 put_hashes(&mut out, hashes);
                 out.push(u8::from(*truncated));
+                out.extend_from_slice(&u16::try_from(covered.len()).unwrap_or(0).to_be_bytes());
+                out.extend_from_slice(covered);
             }
             Self::Messages(ms) => {
                 out.push(3);
@@ -680,10 +731,16 @@ impl PeerResponse {
                     1 => true,
                     _ => return Err(PeerError::Malformed),
                 };
+                let n = usize::from(r.u16()?);
+                if n > 256 {
+                    return Err(PeerError::Malformed);
+                }
+                let covered = r.take(n)?.to_vec();
                 Self::DigestDiff {
                     digest,
                     hashes,
                     truncated,
+                    covered,
                 }
             }
             3 => {
@@ -812,13 +869,20 @@ mod tests {
         d.add(&msg(1).hash());
         vec![
             PeerRequest::Replicate(vec![msg(1), msg(2)]),
-            PeerRequest::Digest(d),
+            PeerRequest::Digest {
+                digest: d,
+                start: 77,
+            },
             PeerRequest::Fetch(vec![msg(3).hash()]),
             PeerRequest::Gossip(vec![descriptor(1), descriptor(2)]),
             PeerRequest::Probe {
                 nonce: [5; PROBE_NONCE_LEN],
             },
             PeerRequest::Relay(vec![1, 2, 3]),
+            PeerRequest::Tombstones(vec![
+                (msg(4).hash(), vec![4, 5, 6]),
+                (msg(5).hash(), vec![]),
+            ]),
         ]
     }
 
@@ -897,6 +961,7 @@ mod tests {
                 digest: Digest::default(),
                 hashes: vec![m.hash()],
                 truncated: true,
+                covered: vec![0, 9, 255],
             },
             PeerResponse::Messages(vec![m.clone(), msg(6), msg(7)]),
             PeerResponse::Descriptors(vec![descriptor(3)]),

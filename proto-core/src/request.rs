@@ -420,6 +420,13 @@ impl<'a> SignedRequest<'a> {
                 return Err(RequestError::StaleTimestamp);
             }
         }
+        self.verify_owner_signature()
+    }
+
+    /// Checks the recipient's signature, where there is one, whatever the request's age:
+    /// for evidence of what an owner asked (a delete shown to a member that missed it),
+    /// never for executing a request.
+    pub fn verify_owner_signature(&self) -> Result<(), RequestError> {
         if let Some(sig) = &self.signature {
             let recipient = self
                 .request

@@ -91,11 +91,22 @@ impl Ring {
         if self.contains(&node) {
             return false;
         }
-        // vnodes is a small configuration value.
-        for i in 0..self.vnodes as u32 {
-            self.points.push((node_point(&node, i), node));
+        // vnodes is a small configuration value: its points are sorted on their own and
+        // merged in one pass, so a join costs O(ring + vnodes log vnodes), not a sort of
+        // the whole ring.
+        let mut fresh: Vec<(u64, NodeId)> = (0..self.vnodes as u32)
+            .map(|i| (node_point(&node, i), node))
+            .collect();
+        fresh.sort_unstable();
+        let old = core::mem::take(&mut self.points);
+        self.points.reserve(old.len() + fresh.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), fresh.into_iter().peekable());
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            let next = if x <= y { a.next() } else { b.next() };
+            self.points.extend(next);
         }
-        self.points.sort_unstable();
+        self.points.extend(a);
+        self.points.extend(b);
         self.nodes += 1;
         self.generation += 1;
         true

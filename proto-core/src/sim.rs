@@ -22,16 +22,22 @@ use crate::client::{
     self, Client, ClientConfig, ClientError, Delivery, DirectoryAnswer, FetchCursors, FetchSpec,
     StoreSpec, TransmitBody, TransportError,
 };
-use crate::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey, UnverifiedDescriptor};
+use crate::keys::{
+    Address, Descriptor, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey, UnverifiedDescriptor,
+};
 use crate::node::{
     Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure, TransmitId,
 };
 use crate::packet::{self, PACKET_LEN, PathHop};
+use crate::peer::{self, PeerRequest, PeerResponse, WireMessage};
 use crate::reply::{self, Opened};
-use crate::request::{Request, RequestError, Response};
+use crate::request::{
+    DeleteRequest, DeleteSelector, HashList, Origin as RequestOrigin, Request, RequestError,
+    Response,
+};
 use crate::ring::Ring;
-use crate::store::MemoryBackend;
-use crate::types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp};
+use crate::store::{MemoryBackend, StoredMessage};
+use crate::types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 
 /// Network and timing parameters of a simulation.
 #[derive(Clone, Debug)]
@@ -50,6 +56,8 @@ pub struct SimConfig {
     pub node: NodeConfig,
     /// Configuration of the client.
     pub client: ClientConfig,
+    /// How often an adversarial node misbehaves, ms.
+    pub adversary_round_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -80,6 +88,7 @@ impl Default for SimConfig {
                 ..ClientConfig::default()
             },
             node,
+            adversary_round_ms: 1_000,
         }
     }
 }
@@ -98,6 +107,10 @@ enum Origin {
     /// A hand-made request of [`Sim::send_via`].
     Raw {
         op: u64,
+    },
+    /// Something an adversarial node made up or replayed; the answer is dropped.
+    Forged {
+        node: usize,
     },
 }
 
@@ -121,6 +134,8 @@ enum Event {
     Wake { node: usize, generation: u64 },
     /// A directory listing reaches the client (kept in `Sim::directory_answers`).
     DirectoryAnswer { id: client::TransmitId },
+    /// An adversarial node's round of misbehaviour.
+    Misbehave { node: usize, generation: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,6 +165,9 @@ struct SimNode {
     next_req: u64,
     /// The one wake-up scheduled for this node, so timers do not pile up.
     wake_at: Option<Timestamp>,
+    /// Addresses of the nodes it knew when it went down: extra seeds at its restart, as
+    /// the peers file the node binary keeps.
+    known_peers: Vec<Address>,
 }
 
 impl SimNode {
@@ -169,6 +187,7 @@ impl SimNode {
             inbound: BTreeMap::new(),
             next_req: 0,
             wake_at: None,
+            known_peers: Vec::new(),
         }
     }
 }
@@ -189,6 +208,45 @@ pub enum ClientOutcome {
     Lost,
 }
 
+/// How an adversarial node misbehaves. It runs the real node state machine, keys and
+/// all, so it is a live member that answers probes and serves onion traffic; the
+/// simulation adds what it makes up or replays and withholds what it should pass on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adversary {
+    /// Takes part in membership and onion traffic but neither answers nor sends
+    /// replication, anti-entropy or relayed changes: it hands nothing over.
+    Withholding,
+    /// Sends copies that break the store rules (owner-only without the owner's signature,
+    /// stretched TTLs, store times in the future, valid messages for swarms it is not in),
+    /// deletes signed with its own key, its own descriptor valid for years, and adds
+    /// unrequested messages to its fetch answers.
+    Lying,
+    /// Records the envelopes and onion packets it sees and sends them again later, as
+    /// they were and, for relayed deletes, re-wrapped in its own envelope.
+    Replaying,
+    /// Gossips descriptors of nodes that are down and of identities at addresses where
+    /// nothing answers, every round.
+    GossipingTheDead,
+}
+
+/// Every message an adversary makes up carries this at the start of its body, so a test
+/// can tell that none was stored by an honest node.
+pub const FORGED_MARK: &[u8] = b"forged by an adversary";
+
+/// What an adversarial node knows besides its node.
+struct AdversaryState {
+    how: Adversary,
+    /// (target, endpoint, body) of envelopes and onion packets seen, newest last.
+    recorded: Vec<(usize, EndpointKind, Vec<u8>)>,
+    /// Recipient-signed changes seen inside relays.
+    changes: Vec<Vec<u8>>,
+    /// Made-up identities whose descriptors name addresses nobody answers at.
+    fakes: Vec<(IdentityKey, OnionKey, Address)>,
+}
+
+/// How much an adversary remembers for replaying.
+const ADVERSARY_MEMORY: usize = 32;
+
 /// A whole simulated network.
 pub struct Sim {
     config: SimConfig,
@@ -207,6 +265,8 @@ pub struct Sim {
     client_events: BTreeMap<client::OpId, client::Event>,
     /// Event log for replaying a failing seed, when enabled.
     trace: Option<Vec<String>>,
+    /// Adversarial nodes by index.
+    adversaries: BTreeMap<usize, AdversaryState>,
 }
 
 const START: Timestamp = Timestamp(1_800_000_000_000);
@@ -235,6 +295,7 @@ impl Sim {
             directory_answers: BTreeMap::new(),
             client_events: BTreeMap::new(),
             trace: None,
+            adversaries: BTreeMap::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.start(i);
@@ -278,7 +339,8 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let backend = n.crashed_backend.take().unwrap_or_default();
-        let seeds = vec![sim_address(0)];
+        let mut seeds = vec![sim_address(0)];
+        seeds.extend(core::mem::take(&mut n.known_peers));
         let mut rng = ChaCha20Rng::from_seed(n.identity_seed);
         let keys = NodeKeys {
             identity: IdentityKey::from_seed(&n.identity_seed),
@@ -307,6 +369,16 @@ impl Sim {
                 generation,
             },
         );
+        if self.adversaries.contains_key(&i) {
+            let at = self.now.plus_millis(self.config.adversary_round_ms);
+            self.push(
+                at,
+                Event::Misbehave {
+                    node: i,
+                    generation,
+                },
+            );
+        }
     }
 
     /// Adds a node to the running network (it announces itself to node 0).
@@ -317,12 +389,77 @@ impl Sim {
         i
     }
 
+    /// Adds an adversarial node to the running network (it announces itself to node 0
+    /// like any other and misbehaves `how` every `adversary_round_ms` from then on).
+    pub fn add_adversary(&mut self, how: Adversary) -> usize {
+        let i = self.nodes.len();
+        let mut fakes = Vec::new();
+        if how == Adversary::GossipingTheDead {
+            for k in 0..3 {
+                let identity = IdentityKey::generate(&mut self.rng);
+                let onion = OnionKey::generate(Epoch(0), &mut self.rng);
+                fakes.push((identity, onion, named_address("dead", k)));
+            }
+        }
+        self.adversaries.insert(
+            i,
+            AdversaryState {
+                how,
+                recorded: Vec::new(),
+                changes: Vec::new(),
+                fakes,
+            },
+        );
+        self.nodes.push(SimNode::fresh(i, &mut self.rng));
+        self.start(i);
+        i
+    }
+
+    /// Whether node `i` is adversarial.
+    #[must_use]
+    pub fn is_adversary(&self, i: usize) -> bool {
+        self.adversaries.contains_key(&i)
+    }
+
+    /// Whether node `i` is running (not crashed).
+    #[must_use]
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].node.is_some()
+    }
+
+    /// Whether every running node counts every other running node as live (the network
+    /// has formed: every node's ring is the whole ring).
+    #[must_use]
+    pub fn fully_joined(&self) -> bool {
+        let ids = self.node_ids();
+        let up: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect();
+        up.iter().all(|&i| {
+            let node = self.nodes[i].node.as_ref().expect("up");
+            let live: BTreeSet<NodeId> = node.directory().live_ids().collect();
+            up.iter().all(|&j| j == i || live.contains(&ids[j]))
+        })
+    }
+
+    /// The made-up identities adversaries gossip, at addresses nobody answers at.
+    #[must_use]
+    pub fn fake_ids(&self) -> Vec<NodeId> {
+        self.adversaries
+            .values()
+            .flat_map(|a| a.fakes.iter().map(|(k, ..)| k.node_id()))
+            .collect()
+    }
+
     /// Crashes node `i`: its memory and non-durable writes are gone; requests in flight
     /// to it fail.
     pub fn crash(&mut self, i: usize) {
         self.note(format_args!("crash {i}"));
         let n = &mut self.nodes[i];
         if let Some(mut node) = n.node.take() {
+            n.known_peers = node
+                .directory()
+                .live_ids()
+                .filter_map(|id| node.directory().get(&id).map(|d| *d.address()))
+                .collect();
             let mut backend = core::mem::take(node.backend_mut());
             backend.crash();
             n.crashed_backend = Some(backend);
@@ -451,6 +588,7 @@ impl Sim {
                 Event::Commit { node, .. } => alloc::format!("commit {node}"),
                 Event::Wake { node, .. } => alloc::format!("wake {node}"),
                 Event::DirectoryAnswer { id } => alloc::format!("directory -> client {id:?}"),
+                Event::Misbehave { node, .. } => alloc::format!("misbehave {node}"),
             };
             self.note(format_args!("{summary}"));
         }
@@ -480,6 +618,13 @@ impl Sim {
                     self.drain(node);
                 }
             }
+            Event::Misbehave { node, generation } => {
+                if self.nodes[node].generation == generation && self.nodes[node].node.is_some() {
+                    self.misbehave(node);
+                    let at = self.now.plus_millis(self.config.adversary_round_ms);
+                    self.push(at, Event::Misbehave { node, generation });
+                }
+            }
             Event::Wake { node, generation } => {
                 let now = self.now;
                 let n = &mut self.nodes[node];
@@ -499,6 +644,7 @@ impl Sim {
         let now = self.now;
         let sender = match from {
             Origin::Node { node, .. } => Some(node),
+            Origin::Forged { node } => Some(node),
             Origin::Client { .. } | Origin::Raw { .. } => None,
         };
         if let (EndpointKind::Directory { after }, Origin::Client { id }) = (endpoint, from) {
@@ -519,6 +665,10 @@ impl Sim {
                 self.directory_answers.insert(id, answer);
                 self.push(at, Event::DirectoryAnswer { id });
             }
+            return;
+        }
+        if endpoint == EndpointKind::Peer && !self.adversary_takes(to, &body) {
+            // Withheld: the sender learns by its own timeout.
             return;
         }
         let n = &mut self.nodes[to];
@@ -570,6 +720,7 @@ impl Sim {
                     .handle_onion_answer(now, &mut self.rng, id, answer);
                 self.drain_client();
             }
+            Origin::Forged { .. } => {}
             Origin::Raw { op } => {
                 if let Some((keys, outcome)) = self.raw_ops.get_mut(&op) {
                     *outcome = Some(match result {
@@ -611,6 +762,10 @@ impl Sim {
                         Endpoint::Onion => EndpointKind::Onion,
                         Endpoint::Peer => EndpointKind::Peer,
                     };
+                    if !self.adversary_sends(i, target, endpoint, &body) {
+                        self.note(format_args!("withheld: node {i} -> {target:?}"));
+                        continue;
+                    }
                     let at = self.delay();
                     match target {
                         Some(t) if self.can_talk(Some(i), Some(t)) && !self.lost() => {
@@ -634,11 +789,12 @@ impl Sim {
                         continue;
                     };
                     let body = match reply {
-                        Reply::Onion(b) | Reply::Peer(b) => b,
+                        Reply::Onion(b) => b,
+                        Reply::Peer(b) => self.adversary_answers(i, b),
                         Reply::Dropped | Reply::RateLimited | Reply::PeerRefused(_) => Vec::new(),
                     };
                     let receiver = match origin {
-                        Origin::Node { node, .. } => Some(node),
+                        Origin::Node { node, .. } | Origin::Forged { node } => Some(node),
                         Origin::Client { .. } | Origin::Raw { .. } => None,
                     };
                     let at = self.delay();
@@ -685,6 +841,300 @@ impl Sim {
                     },
                 );
             }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Adversaries
+    // ----------------------------------------------------------------------------------
+
+    /// Whether node `to` takes in a peer envelope (a withholding adversary takes only
+    /// gossip and probes); a replaying adversary records what it takes.
+    fn adversary_takes(&mut self, to: usize, body: &[u8]) -> bool {
+        let now = self.now;
+        let window = self.config.node.auth_window_ms;
+        let Some(a) = self.adversaries.get_mut(&to) else {
+            return true;
+        };
+        match a.how {
+            Adversary::Withholding => is_membership(body),
+            Adversary::Replaying => {
+                if let Ok(envelope) = peer::decode_request(body, now, window, |_| true)
+                    && let PeerRequest::Relay(change) = envelope.request
+                {
+                    remember(&mut a.changes, change);
+                }
+                remember(&mut a.recorded, (to, EndpointKind::Peer, body.to_vec()));
+                true
+            }
+            Adversary::Lying | Adversary::GossipingTheDead => true,
+        }
+    }
+
+    /// Whether node `i` really sends what its state machine asks for (a withholding
+    /// adversary sends only gossip and probes); a replaying adversary records the onion
+    /// packets it forwards.
+    fn adversary_sends(
+        &mut self,
+        i: usize,
+        target: Option<usize>,
+        endpoint: EndpointKind,
+        body: &[u8],
+    ) -> bool {
+        let Some(a) = self.adversaries.get_mut(&i) else {
+            return true;
+        };
+        match (a.how, endpoint, target) {
+            (Adversary::Withholding, EndpointKind::Peer, _) => is_membership(body),
+            (Adversary::Replaying, EndpointKind::Onion, Some(t)) => {
+                remember(&mut a.recorded, (t, endpoint, body.to_vec()));
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// What node `i` answers a peer: a lying adversary adds a message nobody asked for to
+    /// every fetch answer (valid in every other respect).
+    fn adversary_answers(&mut self, i: usize, body: Vec<u8>) -> Vec<u8> {
+        if self.adversaries.get(&i).map(|a| a.how) != Some(Adversary::Lying) {
+            return body;
+        }
+        match PeerResponse::decode(&body) {
+            Ok(PeerResponse::Messages(mut ms)) if !ms.is_empty() => {
+                let extra = self.made_up(ms[0].recipient, Namespace::DIRECT, self.now, 3_600_000);
+                ms.push(extra);
+                PeerResponse::Messages(ms).encode()
+            }
+            _ => body,
+        }
+    }
+
+    /// One round of node `i`'s misbehaviour.
+    fn misbehave(&mut self, i: usize) {
+        let Some(how) = self.adversaries.get(&i).map(|a| a.how) else {
+            return;
+        };
+        let honest: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| !self.adversaries.contains_key(&j) && self.nodes[j].node.is_some())
+            .collect();
+        if honest.is_empty() {
+            return;
+        }
+        let identity = IdentityKey::from_seed(&self.nodes[i].identity_seed);
+        match how {
+            Adversary::Withholding => {}
+            Adversary::Lying => self.lie(i, &identity, &honest),
+            Adversary::Replaying => self.replay(i, &identity, &honest),
+            Adversary::GossipingTheDead => self.gossip_the_dead(i, &identity, &honest),
+        }
+    }
+
+    fn lie(&mut self, i: usize, identity: &IdentityKey, honest: &[usize]) {
+        let now = self.now;
+        let held = self.held_by(i, 2);
+        for m in &held {
+            let targets: Vec<usize> = self
+                .swarm_of(&m.recipient)
+                .into_iter()
+                .filter(|j| honest.contains(j))
+                .collect();
+            // Copies that break the store rules, from a member of their swarm.
+            let max_ttl = self.config.node.store.max_ttl_ms;
+            let mut owner_only = self.made_up(
+                m.recipient,
+                Namespace(Namespace::FIRST_OWNER_ONLY),
+                now,
+                3_600_000,
+            );
+            owner_only.origin.signature = Some([7; 64]);
+            let stretched = self.made_up(m.recipient, Namespace::DIRECT, now, 2 * max_ttl);
+            let future = self.made_up(
+                m.recipient,
+                Namespace::DIRECT,
+                now.plus_millis(600_000),
+                3_600_000,
+            );
+            let replicate = PeerRequest::Replicate(vec![owner_only, stretched, future])
+                .encode_signed(identity, now);
+            // A delete of a real message, signed with the adversary's own key.
+            let delete = Request::Delete(DeleteRequest {
+                recipient: m.recipient,
+                namespace: m.namespace,
+                timestamp: now,
+                selector: DeleteSelector::Hashes(
+                    HashList::from_bytes(m.hash.as_bytes()).expect("one hash"),
+                ),
+            });
+            let mut payload = [0u8; packet::MAX_PAYLOAD];
+            let len = delete
+                .encode(Some(identity), &mut payload)
+                .expect("a one-hash delete fits");
+            let relay = PeerRequest::Relay(payload[..len].to_vec()).encode_signed(identity, now);
+            for &t in &targets {
+                self.forge(i, t, EndpointKind::Peer, replicate.clone());
+                self.forge(i, t, EndpointKind::Peer, relay.clone());
+            }
+        }
+        // A message valid in every respect, for a swarm the adversary is not in by the
+        // receivers' own rings, sent to that swarm's members that count the adversary as
+        // live (so a probe answered meanwhile cannot put it into the swarm).
+        let me = identity.node_id();
+        for _ in 0..8 {
+            let mut key = [0u8; 32];
+            self.rng.fill_bytes(&mut key);
+            let recipient = RecipientId(key);
+            let targets: Vec<usize> = self
+                .swarm_of(&recipient)
+                .into_iter()
+                .filter(|j| honest.contains(j))
+                .filter(|&j| {
+                    self.nodes[j].node.as_ref().is_some_and(|n| {
+                        n.directory().live_ids().any(|id| id == me)
+                            && n.swarm_of(&recipient).iter().all(|d| d.node_id() != me)
+                    })
+                })
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let m = self.made_up(recipient, Namespace::DIRECT, now, 3_600_000);
+            let body = PeerRequest::Replicate(vec![m]).encode_signed(identity, now);
+            for t in targets {
+                self.forge(i, t, EndpointKind::Peer, body.clone());
+            }
+            break;
+        }
+        // Its own descriptor, valid for ten years.
+        let onion = OnionKey::from_secret_bytes(
+            self.nodes[i].onion_secret,
+            Epoch(u32::try_from(self.nodes[i].generation).unwrap_or(u32::MAX)),
+        );
+        let forever = Descriptor::sign(
+            identity,
+            &onion,
+            self.nodes[i].address,
+            now.plus_millis(10 * 365 * 24 * 3_600_000),
+        );
+        let gossip = PeerRequest::Gossip(vec![unverified(&forever)]).encode_signed(identity, now);
+        for &t in honest {
+            self.forge(i, t, EndpointKind::Peer, gossip.clone());
+        }
+    }
+
+    fn replay(&mut self, i: usize, identity: &IdentityKey, honest: &[usize]) {
+        let now = self.now;
+        let Some(a) = self.adversaries.get(&i) else {
+            return;
+        };
+        let (recorded, changes) = (a.recorded.clone(), a.changes.clone());
+        for _ in 0..2 {
+            if recorded.is_empty() {
+                break;
+            }
+            let pick = self.rng.next_u64() as usize % recorded.len();
+            let (target, endpoint, body) = recorded[pick].clone();
+            let to = match endpoint {
+                // To the next hop it was meant for: the packet itself is replayed.
+                EndpointKind::Onion => target,
+                _ => honest[self.rng.next_u64() as usize % honest.len()],
+            };
+            self.forge(i, to, endpoint, body);
+        }
+        // A recipient-signed change it relayed or saw relayed, in its own envelope now.
+        if !changes.is_empty() {
+            let pick = self.rng.next_u64() as usize % changes.len();
+            let relay = PeerRequest::Relay(changes[pick].clone()).encode_signed(identity, now);
+            for &t in honest {
+                self.forge(i, t, EndpointKind::Peer, relay.clone());
+            }
+        }
+    }
+
+    fn gossip_the_dead(&mut self, i: usize, identity: &IdentityKey, honest: &[usize]) {
+        let now = self.now;
+        let ids = self.node_ids();
+        let Some(node) = self.nodes[i].node.as_ref() else {
+            return;
+        };
+        let mut ds = vec![unverified(node.descriptor())];
+        // The genuine descriptors of nodes that are down, as the adversary last knew them.
+        for (j, n) in self.nodes.iter().enumerate() {
+            if n.node.is_none()
+                && let Some(d) = node.directory().get(&ids[j])
+            {
+                ds.push(unverified(d));
+            }
+        }
+        // Identities it made up, freshly signed, at addresses nobody answers at.
+        if let Some(a) = self.adversaries.get(&i) {
+            for (key, onion, address) in &a.fakes {
+                let d = Descriptor::sign(key, onion, *address, now.plus_millis(3_600_000));
+                ds.push(unverified(&d));
+            }
+        }
+        let gossip = PeerRequest::Gossip(ds).encode_signed(identity, now);
+        for &t in honest {
+            self.forge(i, t, EndpointKind::Peer, gossip.clone());
+        }
+    }
+
+    /// Up to `max` messages node `i` holds.
+    fn held_by(&self, i: usize, max: usize) -> Vec<StoredMessage> {
+        let Some(node) = self.nodes[i].node.as_ref() else {
+            return Vec::new();
+        };
+        let mut hashes = Vec::new();
+        let _ = node.store().for_each_hash(&mut |h, _| {
+            if hashes.len() < max {
+                hashes.push(*h);
+            }
+        });
+        hashes
+            .iter()
+            .filter_map(|h| node.store().get(h, self.now).ok().flatten())
+            .collect()
+    }
+
+    /// A message an adversary made up, with an origin consistent with its times (so only
+    /// the rule a test aims at is broken).
+    fn made_up(
+        &mut self,
+        recipient: RecipientId,
+        namespace: Namespace,
+        stored_at: Timestamp,
+        ttl_ms: u64,
+    ) -> WireMessage {
+        let mut body = FORGED_MARK.to_vec();
+        body.extend_from_slice(&self.rng.next_u64().to_be_bytes());
+        WireMessage {
+            recipient,
+            namespace,
+            stored_at,
+            expiry: stored_at.plus_millis(ttl_ms),
+            body,
+            origin: RequestOrigin {
+                timestamp: stored_at,
+                ttl_ms,
+                pow_nonce: 0,
+                signature: None,
+            },
+        }
+    }
+
+    /// Sends something adversary `from` made up or replayed; the answer is dropped.
+    fn forge(&mut self, from: usize, to: usize, endpoint: EndpointKind, body: Vec<u8>) {
+        if self.can_talk(Some(from), Some(to)) && !self.lost() {
+            let at = self.delay();
+            self.push(
+                at,
+                Event::Request {
+                    to,
+                    from: Origin::Forged { node: from },
+                    endpoint,
+                    body,
+                },
+            );
         }
     }
 
@@ -758,6 +1208,53 @@ impl Sim {
             );
         }
         op
+    }
+
+    /// Sends `owner`'s signed delete of `hashes` (of every direct message when `None`) to
+    /// node `member` through two other running nodes and waits for the answer.
+    pub fn delete(
+        &mut self,
+        member: usize,
+        owner: &IdentityKey,
+        hashes: Option<&[MessageHash]>,
+    ) -> ClientOutcome {
+        let flat: Vec<u8> = hashes
+            .unwrap_or(&[])
+            .iter()
+            .flat_map(|h| h.as_bytes().iter().copied())
+            .collect();
+        let selector = match hashes {
+            Some(_) => DeleteSelector::Hashes(
+                HashList::from_bytes(&flat).expect("at most the hashes one delete carries"),
+            ),
+            None => DeleteSelector::All,
+        };
+        let request = Request::Delete(DeleteRequest {
+            recipient: owner.recipient_id(),
+            namespace: Namespace::DIRECT,
+            timestamp: self.now,
+            selector,
+        });
+        let relays: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| j != member && self.is_up(j))
+            .collect();
+        if relays.len() < 2 {
+            return ClientOutcome::Lost;
+        }
+        // A hop that cannot reach the next one (just restarted, not yet live again) is
+        // routed around, as a client would, a few times.
+        let mut outcome = ClientOutcome::Lost;
+        for _ in 0..3 {
+            let mut pool = relays.clone();
+            let first = pool.remove(self.rng.next_u64() as usize % pool.len());
+            let second = pool[self.rng.next_u64() as usize % pool.len()];
+            let op = self.send_via(&[first, second, member], &request, Some(owner));
+            outcome = self.wait(op, 30_000);
+            if matches!(outcome, ClientOutcome::Response(_)) {
+                break;
+            }
+        }
+        outcome
     }
 
     /// What a [`Sim::send_via`] request ended with, once answered.
@@ -897,6 +1394,11 @@ fn unverified(d: &crate::keys::Descriptor) -> UnverifiedDescriptor {
 
 /// A recognisable fake address for simulated node `i`.
 fn sim_address(i: usize) -> Address {
+    named_address("sim", i)
+}
+
+/// `{prefix}-{i}:1`.
+fn named_address(prefix: &str, i: usize) -> Address {
     let mut text = [0u8; 24];
     let s = {
         use core::fmt::Write;
@@ -904,10 +1406,26 @@ fn sim_address(i: usize) -> Address {
             buf: &mut text,
             len: 0,
         };
-        let _ = write!(w, "sim-{i}:1");
+        let _ = write!(w, "{prefix}-{i}:1");
         w.len
     };
     Address::new(core::str::from_utf8(&text[..s]).expect("ASCII")).expect("short printable address")
+}
+
+/// Whether a peer envelope is gossip or a probe (how a node stays a member).
+fn is_membership(envelope: &[u8]) -> bool {
+    matches!(
+        envelope.get(1),
+        Some(&peer::KIND_GOSSIP | &peer::KIND_PROBE)
+    )
+}
+
+/// Keeps the newest [`ADVERSARY_MEMORY`] items.
+fn remember<T>(memory: &mut Vec<T>, item: T) {
+    if memory.len() == ADVERSARY_MEMORY {
+        memory.remove(0);
+    }
+    memory.push(item);
 }
 
 struct FixedWriter<'a> {

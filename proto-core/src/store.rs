@@ -20,7 +20,7 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::request::Origin;
+use crate::request::{DeleteRequest, DeleteSelector, Origin};
 use crate::types::{MessageHash, Namespace, RecipientId, Timestamp};
 
 /// Longest TTL a store accepts: 14 days.
@@ -112,7 +112,7 @@ impl<'a> NewMessage<'a> {
 /// What is left of a message its owner deleted: kept until the message would have
 /// expired, so no copy of it (replication, anti-entropy, a replayed store) is stored
 /// again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tombstone {
     /// The deleted message's hash.
     pub hash: MessageHash,
@@ -122,6 +122,27 @@ pub struct Tombstone {
     pub namespace: Namespace,
     /// When the tombstone may go (the message's expiry).
     pub until: Timestamp,
+    /// The owner's signed delete request that removed it, as signed (empty when it is
+    /// not known): shown to a member that still holds the message, which checks the
+    /// owner's signature itself and deletes its copy.
+    pub evidence: Vec<u8>,
+}
+
+/// What is left of an owner's delete of everything (or everything stored before a time)
+/// in one namespace: a copy stored before `cut` arriving later (a member that held
+/// nothing yet when the delete came) is refused until it would have expired anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRange {
+    /// Whose messages.
+    pub recipient: RecipientId,
+    /// Which namespace.
+    pub namespace: Namespace,
+    /// Messages stored before this were deleted.
+    pub cut: Timestamp,
+    /// When the range may go: every message it reaches has expired by then.
+    pub until: Timestamp,
+    /// The owner's signed delete, as signed.
+    pub evidence: Vec<u8>,
 }
 
 /// The ordered key-value operations the store's rules need from a backend.
@@ -135,6 +156,21 @@ pub trait MessageBackend {
     /// Removes up to `limit` tombstones whose `until` is at or before `before`; returns
     /// how many.
     fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError>;
+    /// The delete range of `(recipient, namespace)`.
+    fn delete_range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+    ) -> Result<Option<DeleteRange>, StoreError>;
+    /// Records a delete range (replacing the one of the same recipient and namespace).
+    fn put_delete_range(&mut self, r: DeleteRange) -> Result<(), StoreError>;
+    /// Removes up to `limit` delete ranges whose `until` is at or before `before`;
+    /// returns how many.
+    fn expire_delete_ranges(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
     /// Inserts `m` (whose hash is absent).
     fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError>;
     /// Removes the record with this hash, returning it.
@@ -364,6 +400,12 @@ impl<B: MessageBackend> MessageStore<B> {
         {
             return Err(StoreError::Deleted);
         }
+        if let Some(r) = self.backend.delete_range(&recipient, namespace)?
+            && stored_at < r.cut
+            && r.until > now
+        {
+            return Err(StoreError::Deleted);
+        }
         if let Some(existing) = self.backend.get(&hash)? {
             return Ok(Inserted {
                 hash,
@@ -473,11 +515,91 @@ impl<B: MessageBackend> MessageStore<B> {
         hashes: impl Iterator<Item = MessageHash>,
         now: Timestamp,
     ) -> Result<usize, StoreError> {
+        self.delete_listed(recipient, namespace, hashes, now, &[])
+    }
+
+    /// Applies the owner's signed delete `d`, whose signed bytes are `evidence` (kept with
+    /// each tombstone). A delete reaches no message stored after it was signed, so
+    /// applying it late (a relay retried, a member that restarted and forgot what it
+    /// applied, a replay) never removes newer mail.
+    pub fn apply_delete(
+        &mut self,
+        d: &DeleteRequest<'_>,
+        evidence: &[u8],
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        match d.selector {
+            DeleteSelector::Hashes(h) => {
+                self.delete_listed(&d.recipient, d.namespace, h.iter(), now, evidence)
+            }
+            DeleteSelector::All | DeleteSelector::Before(_) => {
+                let n = self.delete_matching(&d.recipient, d.namespace, evidence, |m| {
+                    delete_covers(d, m)
+                })?;
+                // Copies of what it reached may still arrive (a member that held nothing
+                // yet): they are refused while they could live.
+                let cut = match d.selector {
+                    DeleteSelector::Before(t) => t.min(d.timestamp.plus_millis(1)),
+                    _ => d.timestamp.plus_millis(1),
+                };
+                let known = self.backend.delete_range(&d.recipient, d.namespace)?;
+                if known.is_none_or(|k| k.cut < cut) {
+                    self.backend.put_delete_range(DeleteRange {
+                        recipient: d.recipient,
+                        namespace: d.namespace,
+                        cut,
+                        until: cut
+                            .max(now)
+                            .plus_millis(self.config.max_ttl_ms + EXPIRY_SLACK_MS),
+                        evidence: evidence.to_vec(),
+                    })?;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// The delete range of `(recipient, namespace)`, if its owner deleted everything (or
+    /// everything before a time) there.
+    pub fn delete_range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+    ) -> Result<Option<DeleteRange>, StoreError> {
+        self.backend.delete_range(recipient, namespace)
+    }
+
+    /// Deletes the message `hash` when the owner's signed delete `d` (bytes `evidence`)
+    /// covers it: a member that missed the delete, shown it by one that applied it.
+    /// Whether it was deleted.
+    pub fn apply_delete_to(
+        &mut self,
+        hash: &MessageHash,
+        d: &DeleteRequest<'_>,
+        evidence: &[u8],
+    ) -> Result<bool, StoreError> {
+        match self.backend.get(hash)? {
+            Some(m) if delete_covers(d, &m) => {
+                self.remove_deleted(&m, evidence)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn delete_listed(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+        hashes: impl Iterator<Item = MessageHash>,
+        now: Timestamp,
+        evidence: &[u8],
+    ) -> Result<usize, StoreError> {
         let mut n = 0;
         for h in hashes {
             match self.backend.get(&h)? {
                 Some(m) if m.recipient == *recipient && m.namespace == namespace => {
-                    self.remove_deleted(&m)?;
+                    self.remove_deleted(&m, evidence)?;
                     n += 1;
                 }
                 // Another recipient's message: the owner of this request cannot touch it.
@@ -489,6 +611,7 @@ impl<B: MessageBackend> MessageStore<B> {
                     recipient: *recipient,
                     namespace,
                     until: now.plus_millis(self.config.max_ttl_ms + EXPIRY_SLACK_MS),
+                    evidence: evidence.to_vec(),
                 })?,
             }
         }
@@ -496,13 +619,14 @@ impl<B: MessageBackend> MessageStore<B> {
     }
 
     /// Removes a message its owner deleted and leaves its tombstone.
-    fn remove_deleted(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+    fn remove_deleted(&mut self, m: &StoredMessage, evidence: &[u8]) -> Result<(), StoreError> {
         self.remove_record(&m.hash)?;
         self.backend.put_tombstone(Tombstone {
             hash: m.hash,
             recipient: m.recipient,
             namespace: m.namespace,
             until: m.expiry,
+            evidence: evidence.to_vec(),
         })
     }
 
@@ -516,9 +640,9 @@ impl<B: MessageBackend> MessageStore<B> {
         &mut self,
         recipient: &RecipientId,
         namespace: Namespace,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<usize, StoreError> {
-        self.delete_matching(recipient, namespace, now, |_| true)
+        self.delete_matching(recipient, namespace, &[], |_| true)
     }
 
     /// Deletes the messages of `(recipient, namespace)` stored before `before`.
@@ -527,16 +651,16 @@ impl<B: MessageBackend> MessageStore<B> {
         recipient: &RecipientId,
         namespace: Namespace,
         before: Timestamp,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<usize, StoreError> {
-        self.delete_matching(recipient, namespace, now, |m| m.stored_at < before)
+        self.delete_matching(recipient, namespace, &[], |m| m.stored_at < before)
     }
 
     fn delete_matching(
         &mut self,
         recipient: &RecipientId,
         namespace: Namespace,
-        _now: Timestamp,
+        evidence: &[u8],
         matches: impl Fn(&StoredMessage) -> bool,
     ) -> Result<usize, StoreError> {
         let mut n = 0;
@@ -548,7 +672,7 @@ impl<B: MessageBackend> MessageStore<B> {
             };
             cursor = last.seq;
             for m in batch.iter().filter(|m| matches(m)) {
-                self.remove_deleted(m)?;
+                self.remove_deleted(m, evidence)?;
                 n += 1;
             }
         }
@@ -588,6 +712,8 @@ impl<B: MessageBackend> MessageStore<B> {
         // Tombstones outlive nothing: a message past its expiry is refused anyway.
         self.backend
             .expire_tombstones(Timestamp(now.0.saturating_sub(1)), max)?;
+        self.backend
+            .expire_delete_ranges(Timestamp(now.0.saturating_sub(1)), max)?;
         Ok(due.len())
     }
 
@@ -659,6 +785,21 @@ impl<B: MessageBackend> MessageStore<B> {
     }
 }
 
+/// Whether the owner's delete `d` reaches message `m`: its recipient and namespace, and
+/// for `all` and `before`, stored no later than the request was signed.
+#[must_use]
+pub fn delete_covers(d: &DeleteRequest<'_>, m: &StoredMessage) -> bool {
+    if m.recipient != d.recipient || m.namespace != d.namespace {
+        return false;
+    }
+    let signed_until = d.timestamp.plus_millis(1);
+    match d.selector {
+        DeleteSelector::Hashes(h) => h.iter().any(|x| x == m.hash),
+        DeleteSelector::All => m.stored_at < signed_until,
+        DeleteSelector::Before(t) => m.stored_at < t.min(signed_until),
+    }
+}
+
 /// The records and indexes of a memory backend. Records live in the recipient index, so
 /// a cursor retrieval reads them in one range scan.
 #[derive(Clone, Debug, Default)]
@@ -671,6 +812,8 @@ struct Tables {
     last_seq: u64,
     tombstones: BTreeMap<MessageHash, Tombstone>,
     tombstones_by_until: BTreeSet<(Timestamp, MessageHash)>,
+    delete_ranges: BTreeMap<(RecipientId, Namespace), DeleteRange>,
+    delete_ranges_by_until: BTreeSet<(Timestamp, RecipientId, Namespace)>,
 }
 
 impl Tables {
@@ -710,15 +853,32 @@ impl Tables {
     }
 
     fn put_tombstone(&mut self, t: Tombstone) {
+        let key = (t.until, t.hash);
         if let Some(old) = self.tombstones.insert(t.hash, t) {
             self.tombstones_by_until.remove(&(old.until, old.hash));
         }
-        self.tombstones_by_until.insert((t.until, t.hash));
+        self.tombstones_by_until.insert(key);
     }
 
     fn remove_tombstone(&mut self, hash: &MessageHash) {
         if let Some(old) = self.tombstones.remove(hash) {
             self.tombstones_by_until.remove(&(old.until, old.hash));
+        }
+    }
+
+    fn put_delete_range(&mut self, r: DeleteRange) {
+        let key = (r.until, r.recipient, r.namespace);
+        if let Some(old) = self.delete_ranges.insert((r.recipient, r.namespace), r) {
+            self.delete_ranges_by_until
+                .remove(&(old.until, old.recipient, old.namespace));
+        }
+        self.delete_ranges_by_until.insert(key);
+    }
+
+    fn remove_delete_range(&mut self, recipient: RecipientId, namespace: Namespace) {
+        if let Some(old) = self.delete_ranges.remove(&(recipient, namespace)) {
+            self.delete_ranges_by_until
+                .remove(&(old.until, old.recipient, old.namespace));
         }
     }
 
@@ -741,6 +901,8 @@ enum Op {
     SetExpiry(MessageHash, Timestamp),
     PutTombstone(Tombstone),
     RemoveTombstone(MessageHash),
+    PutDeleteRange(DeleteRange),
+    RemoveDeleteRange(RecipientId, Namespace),
 }
 
 /// An in-memory backend with an explicit commit, modelling a disk with group commit:
@@ -778,6 +940,8 @@ impl MemoryBackend {
                 }
                 Op::PutTombstone(t) => self.durable.put_tombstone(t),
                 Op::RemoveTombstone(h) => self.durable.remove_tombstone(&h),
+                Op::PutDeleteRange(r) => self.durable.put_delete_range(r),
+                Op::RemoveDeleteRange(r, ns) => self.durable.remove_delete_range(r, ns),
             }
         }
     }
@@ -805,12 +969,12 @@ impl MessageBackend for MemoryBackend {
     }
 
     fn tombstone(&self, hash: &MessageHash) -> Result<Option<Tombstone>, StoreError> {
-        Ok(self.live.tombstones.get(hash).copied())
+        Ok(self.live.tombstones.get(hash).cloned())
     }
 
     fn put_tombstone(&mut self, t: Tombstone) -> Result<(), StoreError> {
+        self.log(Op::PutTombstone(t.clone()));
         self.live.put_tombstone(t);
-        self.log(Op::PutTombstone(t));
         Ok(())
     }
 
@@ -826,6 +990,44 @@ impl MessageBackend for MemoryBackend {
         for h in &due {
             self.live.remove_tombstone(h);
             self.log(Op::RemoveTombstone(*h));
+        }
+        Ok(due.len())
+    }
+
+    fn delete_range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+    ) -> Result<Option<DeleteRange>, StoreError> {
+        Ok(self
+            .live
+            .delete_ranges
+            .get(&(*recipient, namespace))
+            .cloned())
+    }
+
+    fn put_delete_range(&mut self, r: DeleteRange) -> Result<(), StoreError> {
+        self.log(Op::PutDeleteRange(r.clone()));
+        self.live.put_delete_range(r);
+        Ok(())
+    }
+
+    fn expire_delete_ranges(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let due: Vec<(RecipientId, Namespace)> = self
+            .live
+            .delete_ranges_by_until
+            .iter()
+            .take_while(|(u, ..)| *u <= before)
+            .take(limit)
+            .map(|(_, r, ns)| (*r, *ns))
+            .collect();
+        for (r, ns) in &due {
+            self.live.remove_delete_range(*r, *ns);
+            self.log(Op::RemoveDeleteRange(*r, *ns));
         }
         Ok(due.len())
     }

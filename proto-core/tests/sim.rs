@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto_core::keys::IdentityKey;
+use proto_core::packet::PeelError;
+use proto_core::peer::CopyRefusal;
 use proto_core::request::{Request, RequestError, Response, StoreRequest};
-use proto_core::sim::{ClientOutcome, Sim, SimConfig};
+use proto_core::sim::{Adversary, ClientOutcome, FORGED_MARK, Sim, SimConfig};
 use proto_core::store::message_hash;
 use proto_core::{MessageHash, Namespace};
 
@@ -14,6 +16,8 @@ use proto_core::{MessageHash, Namespace};
 const SETTLE_MS: u64 = 40_000;
 /// The same for the mixed workload, whose nodes all announce to the seed at once.
 const MIXED_SETTLE_MS: u64 = 20_000;
+/// How long after that every node must know every other as live.
+const MAX_FORMING_MS: u64 = 180_000;
 
 fn owner(i: u8) -> IdentityKey {
     IdentityKey::from_seed(&[i.wrapping_add(100); 32])
@@ -220,10 +224,217 @@ fn joined_node_receives_its_share() {
     );
 }
 
+/// A settled network of five honest nodes and one adversary; the adversary's index.
+fn with_adversary(how: Adversary, seed: u64) -> (Sim, usize) {
+    let mut sim = Sim::new(
+        SimConfig {
+            nodes: 5,
+            ..SimConfig::default()
+        },
+        seed,
+    );
+    let adversary = sim.add_adversary(how);
+    sim.run_for(SETTLE_MS);
+    (sim, adversary)
+}
+
+/// Owners whose swarm holds node `member`.
+fn owners_served_by(sim: &Sim, member: usize, n: usize) -> Vec<IdentityKey> {
+    (50..250)
+        .map(owner)
+        .filter(|o| sim.swarm_of(&o.recipient_id()).contains(&member))
+        .take(n)
+        .collect()
+}
+
+/// A statistic summed over the honest nodes that are up.
+fn honest_sum(sim: &Sim, stat: impl Fn(&proto_core::node::NodeStats) -> u64) -> u64 {
+    (0..sim.len())
+        .filter(|&i| !sim.is_adversary(i))
+        .filter_map(|i| sim.node(i))
+        .map(|n| stat(n.stats()))
+        .sum()
+}
+
+/// Every honest member of `o`'s swarm serves every hash of `expected` and none of `gone`.
+fn honest_members_agree(
+    sim: &mut Sim,
+    o: &IdentityKey,
+    expected: &[MessageHash],
+    gone: &[MessageHash],
+) {
+    for member in sim.swarm_of(&o.recipient_id()) {
+        if sim.is_adversary(member) {
+            continue;
+        }
+        let held = hashes_at(sim, member, o).expect("answered");
+        for h in expected {
+            assert!(
+                held.contains(h),
+                "node {member} lacks an acknowledged message"
+            );
+        }
+        for h in gone {
+            assert!(!held.contains(h), "node {member} serves a deleted message");
+        }
+    }
+}
+
+#[test]
+fn a_lying_member_is_refused_by_every_rule_and_believed_in_nothing() {
+    let (mut sim, liar) = with_adversary(Adversary::Lying, 21);
+    let owners = owners_served_by(&sim, liar, 3);
+    // One honest member misses the stores, so afterwards it fetches them from the others,
+    // the liar included.
+    let cut_off = sim
+        .swarm_of(&owners[0].recipient_id())
+        .into_iter()
+        .find(|&m| m != liar)
+        .expect("an honest member");
+    sim.partition(cut_off);
+    let mut acked = Vec::new();
+    for (k, o) in owners.iter().enumerate() {
+        let entry = sim
+            .swarm_of(&o.recipient_id())
+            .into_iter()
+            .find(|&m| m != liar && m != cut_off)
+            .expect("an honest member still reachable");
+        let body = [k as u8 + 1; 32];
+        let delivery = sim.store(entry, o, &body).expect("acknowledged");
+        acked.push((k, delivery.ack.hash));
+    }
+    sim.heal();
+    sim.run_for(2 * 30_000 + 5_000);
+    for reason in [
+        CopyRefusal::BadSignature,
+        CopyRefusal::TtlTooLong,
+        CopyRefusal::InconsistentTimes,
+        CopyRefusal::SenderNotInSwarm,
+        CopyRefusal::Unrequested,
+    ] {
+        assert!(
+            honest_sum(&sim, |s| s.copies_refused[reason.index()]) > 0,
+            "no {reason:?} refusal: the liar's copies never arrived"
+        );
+    }
+    honest_nodes_believed_no_lie(&sim).expect("no lie believed");
+    // Its deletes, signed with its own key, deleted nothing.
+    for (k, h) in acked {
+        honest_members_agree(&mut sim, &owners[k], &[h], &[]);
+    }
+}
+
+#[test]
+fn replayed_envelopes_packets_and_deletes_change_nothing() {
+    let (mut sim, replayer) = with_adversary(Adversary::Replaying, 22);
+    let o = &owners_served_by(&sim, replayer, 1)[0];
+    let honest_entry = |sim: &Sim| {
+        sim.swarm_of(&o.recipient_id())
+            .into_iter()
+            .find(|&m| m != replayer)
+            .expect("an honest member")
+    };
+    let entry = honest_entry(&sim);
+    let first = sim.store(entry, o, b"deleted soon").expect("acknowledged");
+    assert!(delete_everywhere(&mut sim, o, Some(&[first.ack.hash])));
+    sim.run_for(2_000);
+    let second = sim
+        .store(entry, o, b"stored after the delete")
+        .expect("acknowledged");
+    // The replayer sends what it recorded again, inside the signature window and after.
+    sim.run_for(90_000);
+    assert!(
+        honest_sum(&sim, |s| s.changes_already_applied) > 0,
+        "no relayed delete was replayed"
+    );
+    let replayed = PeelError::ALL
+        .iter()
+        .position(|e| *e == PeelError::Replayed)
+        .expect("a reason");
+    assert!(
+        honest_sum(&sim, |s| s.packets_dropped[replayed]) > 0,
+        "no onion packet was replayed"
+    );
+    honest_members_agree(&mut sim, o, &[second.ack.hash], &[first.ack.hash]);
+}
+
+#[test]
+fn gossiped_dead_and_made_up_nodes_stay_out_while_stores_go_on() {
+    let (mut sim, gossiper) = with_adversary(Adversary::GossipingTheDead, 23);
+    let dead = (1..5).find(|&i| i != gossiper).expect("an honest node");
+    let dead_id = sim.node_ids()[dead];
+    sim.crash(dead);
+    // Past eviction (60 s without proof), with the dead node's descriptor and three
+    // made-up ones gossiped every second all along.
+    sim.run_for(90_000);
+    for i in (0..sim.len()).filter(|&i| i != dead && !sim.is_adversary(i)) {
+        let node = sim.node(i).expect("up");
+        let live: Vec<_> = node.directory().live_ids().collect();
+        assert!(
+            !live.contains(&dead_id),
+            "node {i} still lists the dead node"
+        );
+    }
+    honest_nodes_believed_no_lie(&sim).expect("no made-up node listed");
+    assert!(honest_sum(&sim, |s| s.probes_failed) > 0);
+    // Stores go on, their swarms made of nodes that answer.
+    for k in 0..10u8 {
+        let o = owner(150 + k);
+        let entry = sim
+            .swarm_of(&o.recipient_id())
+            .into_iter()
+            .find(|&m| m != dead && m != gossiper)
+            .expect("a live honest member");
+        sim.store(entry, &o, &[k; 20]).expect("acknowledged");
+    }
+}
+
+#[test]
+fn a_withholding_member_costs_retries_but_no_acknowledged_message() {
+    let (mut sim, withholder) = with_adversary(Adversary::Withholding, 24);
+    let owners = owners_served_by(&sim, withholder, 5);
+    let mut acked = Vec::new();
+    for (k, o) in owners.iter().enumerate() {
+        // The withholding member asked first: it cannot reach its quorum, so the client
+        // moves on to an honest member.
+        let delivery = sim
+            .store(withholder, o, &[k as u8 + 7; 16])
+            .expect("acknowledged by honest members");
+        assert!(
+            delivery
+                .ack
+                .receipts
+                .iter()
+                .filter(|r| r.node != sim.node_ids()[withholder])
+                .count()
+                >= 2
+        );
+        acked.push(delivery.ack.hash);
+    }
+    sim.run_for(2 * 30_000 + 5_000);
+    for (o, h) in owners.iter().zip(&acked) {
+        honest_members_agree(&mut sim, o, &[*h], &[]);
+    }
+}
+
+/// The adversary a seed's network has: none for one seed in five, else one of each kind.
+fn adversary_of(seed: u64) -> Option<Adversary> {
+    match seed % 5 {
+        1 => Some(Adversary::Withholding),
+        2 => Some(Adversary::Lying),
+        3 => Some(Adversary::Replaying),
+        4 => Some(Adversary::GossipingTheDead),
+        _ => None,
+    }
+}
+
 /// One random mixed workload; returns a description of the first violated property.
 /// With `GHOST_SIM_TRACE` set, a failing run prints its last events.
 fn mixed_workload(seed: u64) -> Result<(), String> {
     let mut sim = Sim::new(mixed_config(seed), seed);
+    if let Some(how) = adversary_of(seed) {
+        sim.add_adversary(how);
+    }
     if std::env::var_os("GHOST_SIM_TRACE").is_some() {
         sim.enable_trace();
     }
@@ -245,13 +456,45 @@ fn mixed_config(seed: u64) -> SimConfig {
     // store, replication and anti-entropy timers keep their defaults.
     config.node.directory.probe_interval_ms = 20_000;
     config.node.gossip_interval_ms = 30_000;
+    // An adversary's envelopes each cost real signature checks: one round in five
+    // seconds keeps 10,000 runs affordable and still reaches every node many times.
+    config.adversary_round_ms = 5_000;
     config
 }
 
+/// Sends `owner`'s delete to every member of its swarm (as a careful client does: one
+/// member could keep it to itself); whether an honest member confirmed it.
+fn delete_everywhere(sim: &mut Sim, owner: &IdentityKey, hashes: Option<&[MessageHash]>) -> bool {
+    let mut confirmed = false;
+    for member in sim.swarm_of(&owner.recipient_id()) {
+        let answer = sim.delete(member, owner, hashes);
+        let applied = matches!(
+            answer,
+            ClientOutcome::Response(
+                Response::Deleted { .. } | Response::Refused(RequestError::AlreadyApplied)
+            )
+        );
+        confirmed |= applied && !sim.is_adversary(member);
+    }
+    confirmed
+}
+
 fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
+    // The workload starts on a formed network: stores acknowledged while rings are
+    // partial land in swarms the whole ring does not give, and a message whose holders
+    // all leave its swarm is not handed over (docs/ARCHITECTURE.md, "Simulation").
     sim.run_for(MIXED_SETTLE_MS);
+    let mut waited = 0;
+    while !sim.fully_joined() {
+        if waited >= MAX_FORMING_MS {
+            return Err(format!("the network did not form in {MAX_FORMING_MS} ms"));
+        }
+        sim.run_for(1_000);
+        waited += 1_000;
+    }
     let owners: Vec<IdentityKey> = (0..3).map(|i| owner(i + (seed % 50) as u8)).collect();
     let mut acked: Vec<(usize, MessageHash)> = Vec::new();
+    let mut deleted: Vec<(usize, MessageHash)> = Vec::new();
     let mut crashed: Option<usize> = None;
     for step in 0..8u64 {
         let who = (seed.wrapping_mul(31).wrapping_add(step) % owners.len() as u64) as usize;
@@ -278,6 +521,25 @@ fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
                     sim.restart(v);
                 }
             }
+            // The owner deletes its oldest acknowledged message. Unconfirmed, it may or
+            // may not be gone: it is then expected neither kept nor deleted.
+            3 => {
+                if let Some(pos) = acked.iter().position(|(w, _)| *w == who) {
+                    let (_, h) = acked.remove(pos);
+                    if delete_everywhere(sim, o, Some(&[h])) {
+                        deleted.push((who, h));
+                    }
+                }
+            }
+            // Every fourth seed, the owner deletes everything it has; what it stores
+            // afterwards must survive the delete however late a member applies it.
+            4 if seed.is_multiple_of(4) => {
+                let (mine, rest): (Vec<_>, Vec<_>) = acked.iter().partition(|(w, _)| *w == who);
+                acked = rest;
+                if delete_everywhere(sim, o, None) {
+                    deleted.extend(mine);
+                }
+            }
             _ => {}
         }
         sim.run_for(500);
@@ -293,10 +555,18 @@ fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
             .filter(|(w, _)| *w == who)
             .map(|(_, h)| *h)
             .collect();
-        if expected.is_empty() {
+        let gone: BTreeSet<MessageHash> = deleted
+            .iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, h)| *h)
+            .collect();
+        if expected.is_empty() && gone.is_empty() {
             continue;
         }
         for member in sim.swarm_of(&o.recipient_id()) {
+            if sim.is_adversary(member) {
+                continue;
+            }
             let got = match sim.retrieve_all(member, o) {
                 Ok(got) => got,
                 Err(answer) => {
@@ -320,6 +590,37 @@ fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
                     "owner {who}: node {member} lost acknowledged {missing:?}"
                 ));
             }
+            if let Some(back) = gone.iter().find(|h| unique.contains(h)) {
+                return Err(format!(
+                    "owner {who}: node {member} serves deleted {back:?}"
+                ));
+            }
+        }
+    }
+    honest_nodes_believed_no_lie(sim)
+}
+
+/// No honest node stores a message an adversary made up or lists an identity it made up.
+fn honest_nodes_believed_no_lie(sim: &Sim) -> Result<(), String> {
+    let fakes = sim.fake_ids();
+    for i in (0..sim.len()).filter(|&i| !sim.is_adversary(i)) {
+        let Some(node) = sim.node(i) else {
+            continue;
+        };
+        let mut hashes = Vec::new();
+        node.store()
+            .for_each_hash(&mut |h, _| hashes.push(*h))
+            .map_err(|e| format!("node {i}: store scan failed: {e:?}"))?;
+        let now = sim.now();
+        for h in hashes {
+            if let Ok(Some(m)) = node.store().get(&h, now)
+                && m.body.starts_with(FORGED_MARK)
+            {
+                return Err(format!("node {i} stored a made-up message {h:?}"));
+            }
+        }
+        if let Some(fake) = node.directory().live_ids().find(|id| fakes.contains(id)) {
+            return Err(format!("node {i} lists a made-up node {fake:?} as live"));
         }
     }
     Ok(())

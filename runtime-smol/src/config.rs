@@ -152,6 +152,10 @@ pub struct NodeSection {
     /// With `admission = "allowlist"`: a file of node IDs, one per line (64 hex digits;
     /// `#` starts a comment).
     pub allowlist_file: Option<PathBuf>,
+    /// Bits of work every node ID must carry to join (0: none; at most 32): an open
+    /// network's price of a new, and above all of a targeted, identity. The same on
+    /// every node.
+    pub join_difficulty: u8,
     /// `/v1/peer` requests per second allowed per source address of live nodes.
     pub peer_rate_per_second: u32,
     /// Burst of `/v1/peer` requests per live node's source address.
@@ -188,6 +192,7 @@ impl Default for NodeSection {
             recipient_rate_burst: core.recipient_rate.burst,
             admission: Admission::Open,
             allowlist_file: None,
+            join_difficulty: core.directory.join_difficulty,
             peer_rate_per_second: core.peer_rate.per_second,
             peer_rate_burst: core.peer_rate.burst,
             stranger_rate_per_second: core.stranger_rate.per_second,
@@ -246,6 +251,10 @@ pub struct HttpSection {
     pub body_timeout_ms: u64,
     /// Connections served at once; more wait in the listen queue. Default 1,024.
     pub max_connections: usize,
+    /// Connections served at once from one IP address; more are closed as soon as they
+    /// are accepted, so one address (slow requests, slow forwards) cannot hold every
+    /// permit. Default 256.
+    pub max_connections_per_address: usize,
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, ms. Default
     /// 10,000.
     pub shutdown_grace_ms: u64,
@@ -262,6 +271,7 @@ impl Default for HttpSection {
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             max_connections: 1024,
+            max_connections_per_address: 256,
             shutdown_grace_ms: 10_000,
             peer_timeout_ms: 20_000,
             peer_idle_connections: 8,
@@ -332,6 +342,12 @@ impl Config {
         if n.swarm_size == 0 {
             return Err("node.swarm_size must be at least 1".into());
         }
+        if n.join_difficulty > proto_core::keys::MAX_JOIN_DIFFICULTY {
+            return Err(format!(
+                "node.join_difficulty must be at most {} bits",
+                proto_core::keys::MAX_JOIN_DIFFICULTY
+            ));
+        }
         if n.write_quorum == 0 || n.write_quorum > n.swarm_size {
             return Err(format!(
                 "node.write_quorum must be between 1 and node.swarm_size ({})",
@@ -364,6 +380,9 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return Err("http.max_connections must be at least 1".into());
+        }
+        if self.http.max_connections_per_address == 0 {
+            return Err("http.max_connections_per_address must be at least 1".into());
         }
         // Zero periods would spin a timer; zero rates would lock sources out for good.
         let at_least_one = [
@@ -443,6 +462,7 @@ impl Config {
             directory: DirectoryConfig {
                 probe_interval_ms: n.probe_interval_ms,
                 evict_after_ms: n.evict_after_ms,
+                join_difficulty: n.join_difficulty,
                 ..core.directory
             },
             source_rate: RateLimitConfig {

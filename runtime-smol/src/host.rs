@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,7 +71,45 @@ struct Shared {
     commit_interval: Duration,
     pool: Pool,
     connections: Arc<Semaphore>,
+    /// Connections open per source IP address.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections closed at once because their address had too many open.
+    connections_refused: AtomicU64,
     in_flight: AtomicUsize,
+}
+
+/// One open connection of an address, released when dropped.
+struct AddressSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `ip`, or `None` when it holds its maximum already.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let mut open = lock(&shared.per_address);
+        let n = open.entry(ip).or_default();
+        if *n >= shared.http.max_connections_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.shared.per_address);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A running node: shared state plus the executor its tasks run on.
@@ -145,6 +183,8 @@ impl Host {
             })),
             shared: Arc::new(Shared {
                 connections: Arc::new(Semaphore::new(http.max_connections)),
+                per_address: Mutex::new(HashMap::new()),
+                connections_refused: AtomicU64::new(0),
                 http,
                 commit_interval,
                 pool: Pool::default(),
@@ -222,10 +262,19 @@ impl Host {
                         continue;
                     }
                 };
+                let Some(slot) = AddressSlot::take(&self.shared, peer.ip()) else {
+                    // Closed unread: the permit goes back at once.
+                    self.shared
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "too many connections from this address");
+                    continue;
+                };
                 let host = self.clone();
                 self.ex
                     .spawn(async move {
                         let _permit = permit;
+                        let _slot = slot;
                         host.serve_connection(stream, peer).await;
                     })
                     .detach();
@@ -440,6 +489,7 @@ impl Host {
             pending_exchanges: node.pending_exchanges(),
             replay_fill: f64::from(node.replay_fill_ratio()),
             http_responses: st.http_responses.clone(),
+            connections_refused: self.shared.connections_refused.load(Ordering::Relaxed),
         }
     }
 

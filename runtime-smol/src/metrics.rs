@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub replay_fill: f64,
     /// HTTP answers sent, by status code.
     pub http_responses: BTreeMap<u16, u64>,
+    /// Connections closed on accept because their address had too many open.
+    pub connections_refused: u64,
 }
 
 impl Snapshot {
@@ -191,6 +193,18 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut e,
+            "tombstones_shown",
+            "Owners' deletes shown to peers that still held the deleted message.",
+            s.tombstones_shown,
+        )?;
+        counter(
+            &mut e,
+            "deletes_learned",
+            "Messages deleted here on an owner's delete shown by a peer.",
+            s.deletes_learned,
+        )?;
+        counter(
+            &mut e,
             "replications_sent",
             "Replication exchanges sent.",
             s.replications_sent,
@@ -307,6 +321,12 @@ impl Collector for Snapshot {
                 ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
             }
         }
+        counter(
+            &mut e,
+            "connections_refused",
+            "Connections closed on accept: their address had http.max_connections_per_address open.",
+            self.connections_refused,
+        )?;
         Ok(())
     }
 }

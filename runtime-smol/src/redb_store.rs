@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use proto_core::request::Origin;
-use proto_core::store::{MessageBackend, StoreError, StoredMessage, Tombstone};
+use proto_core::store::{DeleteRange, MessageBackend, StoreError, StoredMessage, Tombstone};
 use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -26,8 +26,15 @@ const BY_HASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("by_hash");
 const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
 const USAGE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("usage");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// `hash → recipient (32) ‖ namespace (2) ‖ until (8)`: messages their owners deleted.
+/// `hash → recipient (32) ‖ namespace (2) ‖ until (8) ‖ the owner's signed delete`: messages their
+/// owners deleted (the delete is absent in tombstones written before it was kept).
 const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+/// `recipient (32) ‖ namespace (2) → cut (8) ‖ until (8) ‖ the owner's signed delete`:
+/// owners' deletes of everything (before a time) in a namespace.
+const DELETE_RANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("delete_ranges");
+/// `until (8) ‖ recipient (32) ‖ namespace (2)`: the delete ranges in the order they may go.
+const DELETE_RANGES_BY_UNTIL: TableDefinition<&[u8], ()> =
+    TableDefinition::new("delete_ranges_by_until");
 /// `until (8) ‖ hash (32)`: the tombstones in the order they may go.
 const TOMBSTONES_BY_UNTIL: TableDefinition<&[u8], ()> = TableDefinition::new("tombstones_by_until");
 
@@ -49,6 +56,22 @@ fn message_key(recipient: &RecipientId, namespace: Namespace, seq: u64) -> Messa
     k[..32].copy_from_slice(recipient.as_bytes());
     k[32..34].copy_from_slice(&namespace.0.to_be_bytes());
     k[34..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `recipient (32) ‖ namespace (2)`.
+fn range_key(recipient: &RecipientId, namespace: Namespace) -> [u8; 34] {
+    let mut k = [0u8; 34];
+    k[..32].copy_from_slice(recipient.as_bytes());
+    k[32..].copy_from_slice(&namespace.0.to_be_bytes());
+    k
+}
+
+/// `until (8) ‖ key`.
+fn until_key(until: Timestamp, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&until.0.to_be_bytes());
+    k.extend_from_slice(key);
     k
 }
 
@@ -172,6 +195,8 @@ fn decode_tombstone(hash: &MessageHash, value: &[u8]) -> Option<Tombstone> {
         recipient: RecipientId(value.get(..32)?.try_into().ok()?),
         namespace: Namespace(u16::from_be_bytes(value.get(32..34)?.try_into().ok()?)),
         until: Timestamp(u64::from_be_bytes(value.get(34..42)?.try_into().ok()?)),
+        // The owner's signed delete follows; tombstones written before it was kept end here.
+        evidence: value.get(42..).unwrap_or_default().to_vec(),
     })
 }
 
@@ -253,6 +278,8 @@ impl RedbBackend {
             w.open_table(META)?;
             w.open_table(TOMBSTONES)?;
             w.open_table(TOMBSTONES_BY_UNTIL)?;
+            w.open_table(DELETE_RANGES)?;
+            w.open_table(DELETE_RANGES_BY_UNTIL)?;
         }
         upgrade_format(&w)?;
         w.commit()?;
@@ -376,7 +403,24 @@ impl RedbBackend {
         before: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, MessageHash)>, StoreError> {
-        let to = expiry_key(before, &MessageHash([0xff; 32]));
+        Ok(self
+            .due_keys(index, before, limit)?
+            .into_iter()
+            .filter_map(|(time, rest)| Some((time, MessageHash(rest.try_into().ok()?))))
+            .collect())
+    }
+
+    /// Up to `limit` entries of a `time ‖ rest` index whose time is at or before
+    /// `before`, oldest first, as (time, rest).
+    fn due_keys(
+        &self,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, Vec<u8>)>, StoreError> {
+        // Past every key of that time: the longest key is 8 + 34 bytes.
+        let mut to = [0xff; 8 + 64];
+        to[..8].copy_from_slice(&before.0.to_be_bytes());
         with_table!(self, index, |t| {
             let mut out = Vec::new();
             for entry in t
@@ -386,10 +430,8 @@ impl RedbBackend {
             {
                 let (k, _) = entry.map_err(backend_error)?;
                 let key = k.value();
-                let time = key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
-                let hash = key.get(8..).and_then(|b| <[u8; 32]>::try_from(b).ok());
-                if let (Some(time), Some(hash)) = (time, hash) {
-                    out.push((Timestamp(u64::from_be_bytes(time)), MessageHash(hash)));
+                if let Some(time) = key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                    out.push((Timestamp(u64::from_be_bytes(time)), key[8..].to_vec()));
                 }
             }
             Ok(out)
@@ -492,15 +534,86 @@ impl MessageBackend for RedbBackend {
         by_until
             .insert(expiry_key(t.until, &t.hash).as_slice(), ())
             .map_err(backend_error)?;
-        let mut value = [0u8; 42];
-        value[..32].copy_from_slice(t.recipient.as_bytes());
-        value[32..34].copy_from_slice(&t.namespace.0.to_be_bytes());
-        value[34..].copy_from_slice(&t.until.0.to_be_bytes());
+        let mut value = Vec::with_capacity(42 + t.evidence.len());
+        value.extend_from_slice(t.recipient.as_bytes());
+        value.extend_from_slice(&t.namespace.0.to_be_bytes());
+        value.extend_from_slice(&t.until.0.to_be_bytes());
+        value.extend_from_slice(&t.evidence);
         txn.open_table(TOMBSTONES)
             .map_err(backend_error)?
             .insert(t.hash.as_bytes().as_slice(), value.as_slice())
             .map_err(backend_error)?;
         Ok(())
+    }
+
+    fn delete_range(
+        &self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+    ) -> Result<Option<DeleteRange>, StoreError> {
+        let key = range_key(recipient, namespace);
+        with_table!(self, DELETE_RANGES, |t| Ok(t
+            .get(key.as_slice())
+            .map_err(backend_error)?
+            .and_then(|v| {
+                let v = v.value();
+                Some(DeleteRange {
+                    recipient: *recipient,
+                    namespace,
+                    cut: Timestamp(u64::from_be_bytes(v.get(..8)?.try_into().ok()?)),
+                    until: Timestamp(u64::from_be_bytes(v.get(8..16)?.try_into().ok()?)),
+                    evidence: v.get(16..)?.to_vec(),
+                })
+            })))
+    }
+
+    fn put_delete_range(&mut self, r: DeleteRange) -> Result<(), StoreError> {
+        let old = self.delete_range(&r.recipient, r.namespace)?;
+        let key = range_key(&r.recipient, r.namespace);
+        let txn = self.write()?;
+        let mut by_until = txn
+            .open_table(DELETE_RANGES_BY_UNTIL)
+            .map_err(backend_error)?;
+        if let Some(old) = old {
+            by_until
+                .remove(until_key(old.until, &key).as_slice())
+                .map_err(backend_error)?;
+        }
+        by_until
+            .insert(until_key(r.until, &key).as_slice(), ())
+            .map_err(backend_error)?;
+        let mut value = Vec::with_capacity(16 + r.evidence.len());
+        value.extend_from_slice(&r.cut.0.to_be_bytes());
+        value.extend_from_slice(&r.until.0.to_be_bytes());
+        value.extend_from_slice(&r.evidence);
+        txn.open_table(DELETE_RANGES)
+            .map_err(backend_error)?
+            .insert(key.as_slice(), value.as_slice())
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    fn expire_delete_ranges(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let due = self.due_keys(DELETE_RANGES_BY_UNTIL, before, limit)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.write()?;
+        let mut by_until = txn
+            .open_table(DELETE_RANGES_BY_UNTIL)
+            .map_err(backend_error)?;
+        let mut ranges = txn.open_table(DELETE_RANGES).map_err(backend_error)?;
+        for (until, key) in &due {
+            by_until
+                .remove(until_key(*until, key).as_slice())
+                .map_err(backend_error)?;
+            ranges.remove(key.as_slice()).map_err(backend_error)?;
+        }
+        Ok(due.len())
     }
 
     fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
@@ -645,6 +758,7 @@ impl MessageBackend for RedbBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto_core::request::{DeleteRequest, DeleteSelector};
     use proto_core::store::{MessageStore, NewMessage, StoreConfig};
 
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
@@ -878,9 +992,59 @@ mod tests {
         let mut s = open(dir.path());
         let again = NewMessage::unsigned(r(4), Namespace::DIRECT, b"deleted", NOW, expiry);
         assert_eq!(s.insert(again, NOW), Err(StoreError::Deleted));
-        assert_eq!(s.tombstone(&hash).unwrap().map(|t| t.until), Some(expiry));
+        let t = s.tombstone(&hash).unwrap().expect("kept");
+        assert_eq!(t.until, expiry);
+        assert!(t.evidence.is_empty(), "no owner's delete was given");
         s.expire(expiry.plus_millis(1), 10).unwrap();
         s.backend_mut().commit().unwrap();
         assert_eq!(s.tombstone(&hash), Ok(None));
+    }
+
+    #[test]
+    fn a_tombstone_keeps_the_owners_delete_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let expiry = NOW.plus_millis(60_000);
+        // The store keeps the signed bytes as given; the node checks them.
+        let evidence: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let hash = {
+            let mut s = open(dir.path());
+            let ins = s
+                .insert(
+                    NewMessage::unsigned(r(5), Namespace::DIRECT, b"deleted", NOW, expiry),
+                    NOW,
+                )
+                .unwrap();
+            let delete = DeleteRequest {
+                recipient: r(5),
+                namespace: Namespace::DIRECT,
+                timestamp: NOW,
+                selector: DeleteSelector::All,
+            };
+            assert_eq!(s.apply_delete(&delete, &evidence, NOW), Ok(1));
+            s.backend_mut().commit().unwrap();
+            ins.hash
+        };
+        let mut s = open(dir.path());
+        let t = s.tombstone(&hash).unwrap().expect("kept");
+        assert_eq!((t.recipient, t.until), (r(5), expiry));
+        assert_eq!(t.evidence, evidence);
+        // The delete of everything is kept too: a copy stored before it is refused,
+        // one stored after is not, until the range could reach nothing.
+        let range = s
+            .delete_range(&r(5), Namespace::DIRECT)
+            .unwrap()
+            .expect("kept");
+        assert_eq!(
+            (range.cut, range.evidence.clone()),
+            (NOW.plus_millis(1), evidence)
+        );
+        let before = NewMessage::unsigned(r(5), Namespace::DIRECT, b"older", NOW, expiry);
+        assert_eq!(s.insert(before, NOW), Err(StoreError::Deleted));
+        let after_delete = NOW.plus_millis(2);
+        let newer = NewMessage::unsigned(r(5), Namespace::DIRECT, b"newer", after_delete, expiry);
+        assert!(s.insert(newer, after_delete).is_ok());
+        s.expire(range.until.plus_millis(1), 10).unwrap();
+        s.backend_mut().commit().unwrap();
+        assert_eq!(s.delete_range(&r(5), Namespace::DIRECT), Ok(None));
     }
 }

@@ -151,3 +151,80 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on()
     );
     net.stop();
 }
+
+/// A connection from 127.0.0.2 that sends nothing.
+fn idle_connection_from_other_address(target: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    let source: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    socket.bind(&source.into()).unwrap();
+    socket
+        .connect_timeout(&target.into(), Duration::from_secs(5))
+        .unwrap();
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    s
+}
+
+/// Whether the node closed `s` (end of stream or reset), as opposed to waiting for a
+/// request on it.
+fn closed_by_node(s: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let root = tempfile::tempdir().unwrap();
+    let net = runtime_smol::local::LocalNetwork::start(
+        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
+        root.path(),
+        1,
+        0,
+        "[http]\nmax_connections_per_address = 4\n",
+    )
+    .expect("the node starts");
+    net.wait_ready(Duration::from_secs(30)).expect("ready");
+    let seed: SocketAddr = net.seed().parse().unwrap();
+
+    // Ten idle connections from one address: four are served (waiting for a request),
+    // the node closes the other six as soon as it accepts them.
+    let mut held: Vec<TcpStream> = (0..10)
+        .map(|_| idle_connection_from_other_address(seed))
+        .collect();
+    let closed = processes::wait_for("six connections closed", Duration::from_secs(10), || {
+        let closed = held.iter_mut().map(closed_by_node).filter(|c| *c).count();
+        (closed >= 6).then_some(closed)
+    });
+    assert_eq!(closed, 6, "the four within the limit stay open");
+    // Other addresses are served meanwhile; the refusals are counted.
+    let health = client::get(net.seed(), "/health").expect("health answers");
+    assert!(String::from_utf8_lossy(&health).contains("\"status\""));
+    let refused = metric(net.seed(), "ghost_connections_refused_total").expect("reported");
+    assert!(refused >= 6.0, "{refused}");
+    // Once they go, the address is served again.
+    drop(held);
+    processes::wait_for("the address served again", Duration::from_secs(10), || {
+        let mut s = idle_connection_from_other_address(seed);
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: {seed}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).ok()?;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    });
+}

@@ -174,3 +174,58 @@ fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
     let saved = std::fs::read_to_string(dir_a.path().join("peers.txt")).unwrap();
     assert_eq!(saved.lines().collect::<Vec<_>>(), [addr_b.as_str()]);
 }
+
+#[test]
+fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[node]\njoin_difficulty = 12\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Running)
+        .expect("ghostnode starts");
+    let key = dir.path().join("identity.key");
+    let seed = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(bytes) = std::fs::read(&key)
+                && bytes.len() == 32
+            {
+                break <[u8; 32]>::try_from(bytes).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no identity key written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    drop(out);
+    let id = proto_core::keys::IdentityKey::from_seed(&seed).node_id();
+    let work = proto_core::keys::node_id_work(&id);
+    assert!(work >= 12, "the new identity carries {work} bits");
+
+    // The network now asks for more than this key carries: the node says so and stops.
+    std::fs::write(&config, format!("[node]\njoin_difficulty = {}\n", work + 1)).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("node.join_difficulty"), "{err}");
+    // Beyond the documented bound the configuration itself is refused.
+    std::fs::write(&config, "[node]\njoin_difficulty = 33\n").unwrap();
+    let too_much = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&too_much.stderr).contains("at most 32"));
+}

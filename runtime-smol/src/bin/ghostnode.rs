@@ -117,7 +117,8 @@ fn run(config: Config) -> Result<(), String> {
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
-    let identity = load_or_create_identity(&data_dir.join("identity.key"))?;
+    let identity =
+        load_or_create_identity(&data_dir.join("identity.key"), config.node.join_difficulty)?;
     let listener = TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let bound = listener
@@ -239,21 +240,43 @@ fn write_peers(path: &Path, addresses: &[String]) {
     }
 }
 
-/// Reads the 32-byte identity seed, or creates it (readable by the owner only).
-fn load_or_create_identity(path: &Path) -> Result<IdentityKey, String> {
-    match fs::read(path) {
+/// Reads the 32-byte identity seed, or creates it (readable by the owner only) carrying
+/// the network's join work (`node.join_difficulty` bits: about 2^bits key generations).
+fn load_or_create_identity(path: &Path, join_difficulty: u8) -> Result<IdentityKey, String> {
+    let key = match fs::read(path) {
         Ok(bytes) => {
             let seed: [u8; 32] = bytes
                 .as_slice()
                 .try_into()
                 .map_err(|_| format!("{} is not a 32-byte identity key", path.display()))?;
-            Ok(IdentityKey::from_seed(&seed))
+            IdentityKey::from_seed(&seed)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = IdentityKey::generate(&mut UnwrapErr(getrandom::SysRng));
+            if join_difficulty > 0 {
+                tracing::info!(
+                    bits = join_difficulty,
+                    "generating an identity key with join work"
+                );
+            }
+            let key = IdentityKey::generate_with_work(
+                join_difficulty,
+                u64::MAX,
+                &mut UnwrapErr(getrandom::SysRng),
+            )
+            .expect("tries without bound find a key");
             runtime_smol::client::write_private(path, &key.to_seed()[..])?;
-            Ok(key)
+            key
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let work = proto_core::keys::node_id_work(&key.node_id());
+    if work < u32::from(join_difficulty) {
+        return Err(format!(
+            "the identity key in {} carries {work} bits of join work, the network asks for \
+             node.join_difficulty = {join_difficulty}: move it away to generate a new identity \
+             (the node rejoins under a new node ID)",
+            path.display()
+        ));
     }
+    Ok(key)
 }
