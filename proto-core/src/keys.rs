@@ -14,7 +14,7 @@
 
 use core::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hkdf::HkdfExtract;
 use rand_core::CryptoRng;
 use sha2::Sha256;
@@ -157,7 +157,9 @@ pub fn verify_signature(signer: &[u8; 32], context: &[u8], message: &[u8], sig: 
     };
     let mut prehashed = Sha256Writer::new(context);
     prehashed.update(message);
-    key.verify(&prehashed.finish(), &Signature::from_bytes(sig))
+    // Strict: refuses small-order keys and non-canonical encodings, so one signature
+    // cannot be made to verify under several keys or in several forms.
+    key.verify_strict(&prehashed.finish(), &Signature::from_bytes(sig))
         .is_ok()
 }
 

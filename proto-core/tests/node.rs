@@ -562,7 +562,7 @@ fn a_closed_network_ignores_everyone_off_its_allowlist() {
     assert_eq!(
         n.handle_register(NOW, PEER_IP, theirs.into())
             .unwrap_err()
-            .code(),
+            .label(),
         "not_admitted"
     );
     // A member's gossip relaying the outsider admits only the member (as a candidate).

@@ -196,7 +196,7 @@ impl From<RegisterError> for ApiError {
             RegisterError::NotAdmitted => 403,
             _ => 400,
         };
-        Self::new(status, e.code(), e.to_string())
+        Self::new(status, e.label(), e.to_string())
     }
 }
 

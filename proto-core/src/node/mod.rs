@@ -349,14 +349,16 @@ pub enum RegisterError {
     DirectoryFull,
     /// The source address is over its registration budget.
     RateLimited,
-    /// A closed network, and the node is not on this node's allowlist.
+    /// The node is not on this closed network's allowlist, or its node ID lacks the
+    /// network's join work.
     NotAdmitted,
 }
 
 impl RegisterError {
-    /// A stable machine-readable name (used as the HTTP error code).
+    /// A stable machine-readable name (the HTTP error name); `label` across the crate,
+    /// `code` being the wire byte where an error has one.
     #[must_use]
-    pub const fn code(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid_descriptor",
             Self::Expired => "expired_descriptor",
