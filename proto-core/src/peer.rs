@@ -343,6 +343,8 @@ pub enum PeerError {
     Unavailable,
     /// The source address sent more than its budget.
     RateLimited,
+    /// An envelope of another protocol version than [`PEER_VERSION`].
+    UnsupportedVersion,
 }
 
 impl PeerError {
@@ -357,6 +359,7 @@ impl PeerError {
             Self::NotInSwarm => "not_in_swarm",
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
+            Self::UnsupportedVersion => "unsupported_version",
         }
     }
 }
@@ -371,6 +374,9 @@ impl fmt::Display for PeerError {
             Self::NotInSwarm => "peer is not a swarm member for this request",
             Self::Unavailable => "node unavailable",
             Self::RateLimited => "too many peer requests from this address",
+            Self::UnsupportedVersion => {
+                "peer envelope of another protocol version (this node speaks version 1)"
+            }
         })
     }
 }
@@ -503,7 +509,7 @@ pub fn decode_request(
     let (signed, sig) = bytes.split_at(signed_len);
     let mut r = Reader::new(signed);
     if r.u8()? != PEER_VERSION {
-        return Err(PeerError::Malformed);
+        return Err(PeerError::UnsupportedVersion);
     }
     let kind = r.u8()?;
     let sender = NodeId(r.array()?);
@@ -678,6 +684,7 @@ impl PeerResponse {
                     PeerError::NotInSwarm => 5,
                     PeerError::Unavailable => 6,
                     PeerError::RateLimited => 7,
+                    PeerError::UnsupportedVersion => 8,
                 });
             }
         }
@@ -696,6 +703,7 @@ impl PeerResponse {
                 5 => PeerError::NotInSwarm,
                 6 => PeerError::Unavailable,
                 7 => PeerError::RateLimited,
+                8 => PeerError::UnsupportedVersion,
                 _ => return Err(PeerError::Malformed),
             }),
             1 => {

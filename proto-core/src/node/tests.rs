@@ -713,6 +713,39 @@ fn a_member_that_held_nothing_when_everything_was_deleted_refuses_older_copies_l
     );
 }
 
+#[test]
+fn requests_and_envelopes_of_another_protocol_version_are_refused_by_name() {
+    let mut rng = ChaCha20Rng::seed_from_u64(43);
+    let mut n = node_with_peers(&mut rng, 3);
+    // A final-hop request whose version byte is 2: sealed back as unsupported_version.
+    let mut info = [0u8; 8];
+    let len = Request::Info.encode(None, &mut info).expect("fits");
+    let mut request = info[..len].to_vec();
+    request[0] = 2;
+    assert_eq!(
+        final_hop_answer(&mut n, &request),
+        Response::Refused(RequestError::UnsupportedVersion)
+    );
+    // A peer envelope whose version byte is 2, from a live node: refused by name,
+    // before anything else is read.
+    let mut envelope = PeerRequest::Fetch(vec![]).encode_signed(&peer_key(0), NOW);
+    envelope[0] = 2;
+    n.handle_peer(NOW, RequestId(92), PEER_IP, &envelope);
+    let refused = core::iter::from_fn(|| n.poll_output()).any(|o| {
+        matches!(
+            o,
+            Output::Respond {
+                req: RequestId(92),
+                reply: Reply::PeerRefused(PeerError::UnsupportedVersion),
+            }
+        )
+    });
+    assert!(
+        refused,
+        "a version-2 envelope was not refused as unsupported_version"
+    );
+}
+
 /// The owner's signed delete of `m`, as a client sends it at `ts`.
 fn delete_of(owner: &IdentityKey, m: &WireMessage, ts: Timestamp) -> Vec<u8> {
     signed(
