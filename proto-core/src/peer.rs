@@ -18,6 +18,10 @@ use crate::wire::{Reader, WireError};
 
 /// Version byte opening every peer request.
 pub const PEER_VERSION: u8 = 1;
+/// Highest version byte answered as `unsupported_version` rather than `malformed`.
+const MAX_PLAUSIBLE_VERSION: u8 = 15;
+/// Version, kind, sender, time and signature: the shortest envelope of this version.
+const MIN_ENVELOPE_LEN: usize = 1 + 1 + 32 + 8 + SIGNATURE_LEN;
 /// Signing context of peer envelopes.
 pub const PEER_SIGNING_CONTEXT: &[u8] = b"ghostnodes/v1/peer";
 /// Anti-entropy digest buckets (by the first byte of a message hash).
@@ -508,8 +512,14 @@ pub fn decode_request(
         .ok_or(PeerError::Malformed)?;
     let (signed, sig) = bytes.split_at(signed_len);
     let mut r = Reader::new(signed);
-    if r.u8()? != PEER_VERSION {
-        return Err(PeerError::UnsupportedVersion);
+    match r.u8()? {
+        PEER_VERSION => {}
+        // A later version (a small number in an envelope at least as long as this
+        // version's shortest) is named as such; anything else is noise.
+        2..=MAX_PLAUSIBLE_VERSION if bytes.len() >= MIN_ENVELOPE_LEN => {
+            return Err(PeerError::UnsupportedVersion);
+        }
+        _ => return Err(PeerError::Malformed),
     }
     let kind = r.u8()?;
     let sender = NodeId(r.array()?);
