@@ -395,7 +395,7 @@ impl RedbBackend {
         Ok(())
     }
 
-    /// Up to `limit` entries of a `time ‖ hash` index (`BY_EXPIRY`, `TOMBSTONES_BY_UNTIL`)
+    /// Up to `limit` entries of a `time ‖ hash` index (`BY_EXPIRY`)
     /// whose time is at or before `before`, oldest first.
     fn due(
         &self,
@@ -408,6 +408,60 @@ impl RedbBackend {
             .into_iter()
             .filter_map(|(time, rest)| Some((time, MessageHash(rest.try_into().ok()?))))
             .collect())
+    }
+
+    /// Writes `value` under `key` in `table` and indexes it by `until` in `index`
+    /// (`until ‖ key`), replacing the index entry of the record it replaces (`old`).
+    /// Tombstones and delete ranges are kept this way until they can reach nothing.
+    fn put_until(
+        &mut self,
+        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        key: &[u8],
+        old: Option<Timestamp>,
+        until: Timestamp,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        let mut by_until = txn.open_table(index).map_err(backend_error)?;
+        if let Some(old) = old {
+            by_until
+                .remove(until_key(old, key).as_slice())
+                .map_err(backend_error)?;
+        }
+        by_until
+            .insert(until_key(until, key).as_slice(), ())
+            .map_err(backend_error)?;
+        txn.open_table(table)
+            .map_err(backend_error)?
+            .insert(key, value)
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    /// Removes up to `limit` records of `table` whose `index` time is at or before
+    /// `before` (written by [`RedbBackend::put_until`]); returns how many.
+    fn expire_until(
+        &mut self,
+        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let due = self.due_keys(index, before, limit)?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.write()?;
+        let mut by_until = txn.open_table(index).map_err(backend_error)?;
+        let mut records = txn.open_table(table).map_err(backend_error)?;
+        for (until, key) in &due {
+            by_until
+                .remove(until_key(*until, key).as_slice())
+                .map_err(backend_error)?;
+            records.remove(key.as_slice()).map_err(backend_error)?;
+        }
+        Ok(due.len())
     }
 
     /// Up to `limit` entries of a `time ‖ rest` index whose time is at or before
@@ -523,27 +577,14 @@ impl MessageBackend for RedbBackend {
     }
 
     fn put_tombstone(&mut self, t: Tombstone) -> Result<(), StoreError> {
-        let old = self.tombstone(&t.hash)?;
-        let txn = self.write()?;
-        let mut by_until = txn.open_table(TOMBSTONES_BY_UNTIL).map_err(backend_error)?;
-        if let Some(old) = old {
-            by_until
-                .remove(expiry_key(old.until, &old.hash).as_slice())
-                .map_err(backend_error)?;
-        }
-        by_until
-            .insert(expiry_key(t.until, &t.hash).as_slice(), ())
-            .map_err(backend_error)?;
+        let old = self.tombstone(&t.hash)?.map(|old| old.until);
         let mut value = Vec::with_capacity(42 + t.evidence.len());
         value.extend_from_slice(t.recipient.as_bytes());
         value.extend_from_slice(&t.namespace.0.to_be_bytes());
         value.extend_from_slice(&t.until.0.to_be_bytes());
         value.extend_from_slice(&t.evidence);
-        txn.open_table(TOMBSTONES)
-            .map_err(backend_error)?
-            .insert(t.hash.as_bytes().as_slice(), value.as_slice())
-            .map_err(backend_error)?;
-        Ok(())
+        let key = t.hash.as_bytes().as_slice();
+        self.put_until(TOMBSTONES, TOMBSTONES_BY_UNTIL, key, old, t.until, &value)
     }
 
     fn delete_range(
@@ -568,29 +609,22 @@ impl MessageBackend for RedbBackend {
     }
 
     fn put_delete_range(&mut self, r: DeleteRange) -> Result<(), StoreError> {
-        let old = self.delete_range(&r.recipient, r.namespace)?;
-        let key = range_key(&r.recipient, r.namespace);
-        let txn = self.write()?;
-        let mut by_until = txn
-            .open_table(DELETE_RANGES_BY_UNTIL)
-            .map_err(backend_error)?;
-        if let Some(old) = old {
-            by_until
-                .remove(until_key(old.until, &key).as_slice())
-                .map_err(backend_error)?;
-        }
-        by_until
-            .insert(until_key(r.until, &key).as_slice(), ())
-            .map_err(backend_error)?;
+        let old = self
+            .delete_range(&r.recipient, r.namespace)?
+            .map(|old| old.until);
         let mut value = Vec::with_capacity(16 + r.evidence.len());
         value.extend_from_slice(&r.cut.0.to_be_bytes());
         value.extend_from_slice(&r.until.0.to_be_bytes());
         value.extend_from_slice(&r.evidence);
-        txn.open_table(DELETE_RANGES)
-            .map_err(backend_error)?
-            .insert(key.as_slice(), value.as_slice())
-            .map_err(backend_error)?;
-        Ok(())
+        let key = range_key(&r.recipient, r.namespace);
+        self.put_until(
+            DELETE_RANGES,
+            DELETE_RANGES_BY_UNTIL,
+            &key,
+            old,
+            r.until,
+            &value,
+        )
     }
 
     fn expire_delete_ranges(
@@ -598,41 +632,11 @@ impl MessageBackend for RedbBackend {
         before: Timestamp,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        let due = self.due_keys(DELETE_RANGES_BY_UNTIL, before, limit)?;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let txn = self.write()?;
-        let mut by_until = txn
-            .open_table(DELETE_RANGES_BY_UNTIL)
-            .map_err(backend_error)?;
-        let mut ranges = txn.open_table(DELETE_RANGES).map_err(backend_error)?;
-        for (until, key) in &due {
-            by_until
-                .remove(until_key(*until, key).as_slice())
-                .map_err(backend_error)?;
-            ranges.remove(key.as_slice()).map_err(backend_error)?;
-        }
-        Ok(due.len())
+        self.expire_until(DELETE_RANGES, DELETE_RANGES_BY_UNTIL, before, limit)
     }
 
     fn expire_tombstones(&mut self, before: Timestamp, limit: usize) -> Result<usize, StoreError> {
-        let due = self.due(TOMBSTONES_BY_UNTIL, before, limit)?;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let txn = self.write()?;
-        let mut by_until = txn.open_table(TOMBSTONES_BY_UNTIL).map_err(backend_error)?;
-        let mut tombstones = txn.open_table(TOMBSTONES).map_err(backend_error)?;
-        for (until, hash) in &due {
-            by_until
-                .remove(expiry_key(*until, hash).as_slice())
-                .map_err(backend_error)?;
-            tombstones
-                .remove(hash.as_bytes().as_slice())
-                .map_err(backend_error)?;
-        }
-        Ok(due.len())
+        self.expire_until(TOMBSTONES, TOMBSTONES_BY_UNTIL, before, limit)
     }
 
     fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> Result<bool, StoreError> {

@@ -31,18 +31,7 @@ const FLOODERS: usize = 4;
 /// One request on a fresh connection from 127.0.0.2; the answer's status, or `None` when
 /// the connection failed or was cut.
 fn post_from_other_address(target: SocketAddr, body: &[u8]) -> Option<u16> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .ok()?;
-    let source: SocketAddr = "127.0.0.2:0".parse().ok()?;
-    socket.bind(&source.into()).ok()?;
-    socket
-        .connect_timeout(&target.into(), Duration::from_secs(5))
-        .ok()?;
-    let mut s = TcpStream::from(socket);
+    let mut s = connect_from_other_address(target)?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let head = format!(
         "POST /v1/peer HTTP/1.1\r\nHost: {target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -152,20 +141,25 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on()
     net.stop();
 }
 
-/// A connection from 127.0.0.2 that sends nothing.
-fn idle_connection_from_other_address(target: SocketAddr) -> TcpStream {
+/// A TCP connection to `target` from 127.0.0.2, or `None` when it cannot be made.
+fn connect_from_other_address(target: SocketAddr) -> Option<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )
-    .unwrap();
-    let source: SocketAddr = "127.0.0.2:0".parse().unwrap();
-    socket.bind(&source.into()).unwrap();
+    .ok()?;
+    let source: SocketAddr = "127.0.0.2:0".parse().ok()?;
+    socket.bind(&source.into()).ok()?;
     socket
         .connect_timeout(&target.into(), Duration::from_secs(5))
-        .unwrap();
-    let s = TcpStream::from(socket);
+        .ok()?;
+    Some(TcpStream::from(socket))
+}
+
+/// A connection from 127.0.0.2 that sends nothing.
+fn idle_connection_from_other_address(target: SocketAddr) -> TcpStream {
+    let s = connect_from_other_address(target).expect("connects from 127.0.0.2");
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     s
 }

@@ -223,15 +223,7 @@ impl<B: MessageBackend> Node<B> {
                 _ => missing.push(*h),
             }
         }
-        if !deleted.is_empty() {
-            self.stats.tombstones_shown += deleted.len() as u64;
-            self.transmit_peer(
-                now,
-                peer,
-                &PeerRequest::Tombstones(deleted),
-                Pending::Handoff,
-            );
-        }
+        self.send_tombstones(now, peer, deleted);
         for chunk in missing.chunks(MAX_BATCH) {
             self.transmit_peer(
                 now,

@@ -371,6 +371,16 @@ impl<B: MessageBackend> Node<B> {
                 entries.push((hash, e));
             }
         }
+        self.send_tombstones(now, peer, entries);
+    }
+
+    /// Shows `peer` the owners' deletes of messages it still holds, if any.
+    pub(super) fn send_tombstones(
+        &mut self,
+        now: Timestamp,
+        peer: NodeId,
+        entries: Vec<(MessageHash, Vec<u8>)>,
+    ) {
         if entries.is_empty() {
             return;
         }

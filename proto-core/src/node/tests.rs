@@ -421,15 +421,7 @@ fn a_replayed_signed_delete_all_deletes_nothing_the_second_time() {
     for i in 0..3u8 {
         put(&mut n, &[i; 4], NOW);
     }
-    let delete_all = signed(
-        &owner,
-        &Request::Delete(DeleteRequest {
-            recipient: owner.recipient_id(),
-            namespace: Namespace::DIRECT,
-            timestamp: NOW,
-            selector: DeleteSelector::All,
-        }),
-    );
+    let delete_all = delete_all_of(&owner, &owner, NOW);
     assert_eq!(
         final_hop_answer(&mut n, &delete_all),
         Response::Deleted { count: 3 }
@@ -456,15 +448,7 @@ fn a_replayed_signed_delete_all_deletes_nothing_the_second_time() {
     assert_eq!(n.stats.changes_already_applied, 2);
 
     // A new request, signed again after the new mail came, does apply.
-    let again = signed(
-        &owner,
-        &Request::Delete(DeleteRequest {
-            recipient: owner.recipient_id(),
-            namespace: Namespace::DIRECT,
-            timestamp: NOW.plus_millis(2_000),
-            selector: DeleteSelector::All,
-        }),
-    );
+    let again = delete_all_of(&owner, &owner, NOW.plus_millis(2_000));
     assert_eq!(
         final_hop_answer(&mut n, &again),
         Response::Deleted { count: 2 }
@@ -478,15 +462,7 @@ fn a_delete_all_applied_late_spares_mail_stored_after_it_was_signed() {
     let owner = owner_where(&n, 0, true);
     let old = stored_by_client(&owner, Namespace::DIRECT, b"before the delete");
     n.store.insert(new_message(&old), NOW).expect("stored");
-    let delete_all = signed(
-        &owner,
-        &Request::Delete(DeleteRequest {
-            recipient: owner.recipient_id(),
-            namespace: Namespace::DIRECT,
-            timestamp: NOW,
-            selector: DeleteSelector::All,
-        }),
-    );
+    let delete_all = delete_all_of(&owner, &owner, NOW);
     // Mail stored after the request was signed, then the relay of the delete arrives
     // late (retried after this member was unreachable for a while).
     let later = NOW.plus_millis(20_000);
@@ -650,15 +626,7 @@ fn a_member_that_held_nothing_when_everything_was_deleted_refuses_older_copies_l
     let mut rng = ChaCha20Rng::seed_from_u64(42);
     let mut n = node_with_peers(&mut rng, 6);
     let owner = owner_where(&n, 0, true);
-    let delete_all = signed(
-        &owner,
-        &Request::Delete(DeleteRequest {
-            recipient: owner.recipient_id(),
-            namespace: Namespace::DIRECT,
-            timestamp: NOW,
-            selector: DeleteSelector::All,
-        }),
-    );
+    let delete_all = delete_all_of(&owner, &owner, NOW);
     assert_eq!(
         final_hop_answer(&mut n, &delete_all),
         Response::Deleted { count: 0 }
@@ -746,6 +714,20 @@ fn requests_and_envelopes_of_another_protocol_version_are_refused_by_name() {
     );
 }
 
+/// A delete of every direct message of `owner`, signed by `signer` (the owner itself,
+/// unless a test forges it) at `ts`.
+fn delete_all_of(owner: &IdentityKey, signer: &IdentityKey, ts: Timestamp) -> Vec<u8> {
+    signed(
+        signer,
+        &Request::Delete(DeleteRequest {
+            recipient: owner.recipient_id(),
+            namespace: Namespace::DIRECT,
+            timestamp: ts,
+            selector: DeleteSelector::All,
+        }),
+    )
+}
+
 /// The owner's signed delete of `m`, as a client sends it at `ts`.
 fn delete_of(owner: &IdentityKey, m: &WireMessage, ts: Timestamp) -> Vec<u8> {
     signed(
@@ -828,17 +810,7 @@ fn a_member_that_missed_a_delete_deletes_its_copy_only_on_the_owners_own_delete(
         n.store.insert(new_message(x), NOW).expect("stored");
     }
     let later = NOW.plus_millis(600_000);
-    let delete_all = |ts: Timestamp, by: &IdentityKey| {
-        signed(
-            by,
-            &Request::Delete(DeleteRequest {
-                recipient: owner.recipient_id(),
-                namespace: Namespace::DIRECT,
-                timestamp: ts,
-                selector: DeleteSelector::All,
-            }),
-        )
-    };
+    let delete_all = |ts: Timestamp, by: &IdentityKey| delete_all_of(&owner, by, ts);
     // What a peer cannot make it delete: a delete signed by another key, one of
     // another message, a delete-all signed before the message was stored, something
     // that is not a delete, and bytes that are not a request.
@@ -892,15 +864,7 @@ fn a_relayed_delete_is_asked_again_until_confirmed_within_its_window() {
     let mut rng = ChaCha20Rng::seed_from_u64(37);
     let mut n = node_with_peers(&mut rng, 6);
     let owner = owner_where(&n, 0, true);
-    let delete = signed(
-        &owner,
-        &Request::Delete(DeleteRequest {
-            recipient: owner.recipient_id(),
-            namespace: Namespace::DIRECT,
-            timestamp: NOW,
-            selector: DeleteSelector::All,
-        }),
-    );
+    let delete = delete_all_of(&owner, &owner, NOW);
     n.execute(NOW, RequestId(9), &delete, ReplyKey::new([3; 32]));
     let first = relays_sent(&mut n, NOW);
     assert_eq!(first.len(), 2, "one relay per other member");
