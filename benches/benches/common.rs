@@ -38,6 +38,7 @@ pub fn three_hop_packet(seed: u64) -> ([u8; PACKET_LEN], PathKeys) {
         &path(&keys),
         &[7u8; 1024],
         NOW.plus_millis(60_000),
+        1024,
         &mut rng,
         &mut buf,
     )

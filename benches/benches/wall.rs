@@ -26,6 +26,7 @@ fn onion(c: &mut Criterion) {
                 black_box(&path),
                 &[7u8; 1024],
                 common::NOW.plus_millis(60_000),
+                1024,
                 &mut rng,
                 &mut buf,
             )
@@ -56,8 +57,8 @@ fn onion(c: &mut Criterion) {
         let mut wire = [0u8; 1024];
         b.iter(|| {
             reply::seal(&hop_keys[2], ReplyStatus::Response, b"stored", &mut wire).expect("fits");
-            reply::add_layer(&hop_keys[1], &mut wire).expect("bucket");
-            reply::add_layer(&hop_keys[0], &mut wire).expect("bucket");
+            reply::add_layer(&hop_keys[1], &mut wire, 1024).expect("bucket");
+            reply::add_layer(&hop_keys[0], &mut wire, 1024).expect("bucket");
             black_box(reply::open(client.reply_keys(), &mut wire).is_ok())
         })
     });

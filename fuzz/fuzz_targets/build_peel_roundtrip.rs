@@ -8,8 +8,8 @@ use ghost_fuzz::FuzzRng;
 use libfuzzer_sys::fuzz_target;
 use proto_core::keys::OnionKey;
 use proto_core::packet::{self, MAX_HOPS, MAX_PAYLOAD, PACKET_LEN, PathHop, Peeled};
-use proto_core::replay::{BUCKETS, MAX_PACKET_LIFETIME_MS, ReplayFilter};
-use proto_core::reply::{self, Opened, ReplyStatus};
+use proto_core::replay::{BUCKETS, EXPIRY_GRID_MS, MAX_PACKET_LIFETIME_MS, ReplayFilter};
+use proto_core::reply::{self, Opened, REPLY_BUCKETS, ReplyStatus};
 use proto_core::{Epoch, NodeId, ReplyKey, Timestamp};
 
 #[derive(Arbitrary, Debug)]
@@ -20,6 +20,7 @@ struct Input {
     payload: Vec<u8>,
     lifetime_ms: u32,
     rng_seed: u64,
+    reply_bucket: u8,
     response: Vec<u8>,
 }
 
@@ -38,10 +39,12 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     let payload = &input.payload[..input.payload.len().min(MAX_PAYLOAD)];
-    let expiry = NOW.plus_millis(u64::from(input.lifetime_ms) % (MAX_PACKET_LIFETIME_MS + 1));
+    let steps = MAX_PACKET_LIFETIME_MS / EXPIRY_GRID_MS + 1;
+    let expiry = NOW.plus_millis(u64::from(input.lifetime_ms) % steps * EXPIRY_GRID_MS);
+    let reply_len = REPLY_BUCKETS[usize::from(input.reply_bucket) % REPLY_BUCKETS.len()];
     let mut rng = FuzzRng(input.rng_seed);
     let mut buf = [0u8; PACKET_LEN];
-    let Ok(client) = packet::build(&path, payload, expiry, &mut rng, &mut buf) else {
+    let Ok(client) = packet::build(&path, payload, expiry, reply_len, &mut rng, &mut buf) else {
         // Only a small-order onion key can fail here; clamped secrets never give one.
         return;
     };
@@ -52,8 +55,10 @@ fuzz_target!(|input: Input| {
             Peeled::Forward {
                 next_hop,
                 reply_key,
+                reply_len: asked,
                 ..
             } => {
+                assert_eq!(asked, reply_len, "every hop learns the reply length");
                 assert!(i + 1 < hops, "forwarded past the last hop");
                 assert_eq!(next_hop, path[i + 1].node);
                 hop_keys.push(reply_key);
@@ -61,25 +66,28 @@ fuzz_target!(|input: Input| {
             Peeled::Deliver {
                 payload: got,
                 reply_key,
+                reply_len: asked,
             } => {
+                assert_eq!(asked, reply_len, "every hop learns the reply length");
                 assert_eq!(i + 1, hops, "delivered early");
                 assert_eq!(got, payload);
                 hop_keys.push(reply_key);
             }
         }
     }
-    let response = &input.response[..input.response.len().min(8000)];
-    let mut wire = vec![0u8; reply::MAX_REPLY_LEN];
-    let len = reply::seal(
+    let fits = reply::body_capacity(reply_len).min(8000);
+    let response = &input.response[..input.response.len().min(fits)];
+    let mut wire = vec![0u8; reply_len];
+    reply::seal(
         &hop_keys[hops - 1],
         ReplyStatus::Response,
         response,
         &mut wire,
     )
     .expect("fits");
-    let wire = &mut wire[..len];
+    let wire = &mut wire[..];
     for key in hop_keys[..hops - 1].iter().rev() {
-        reply::add_layer(key, wire).expect("bucket sized");
+        reply::add_layer(key, wire, reply_len).expect("the length asked for");
     }
     assert_eq!(
         reply::open(client.reply_keys(), wire),

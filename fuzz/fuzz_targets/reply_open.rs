@@ -23,6 +23,8 @@ struct Input {
 }
 
 const NOW: Timestamp = Timestamp(1_800_000_000_000);
+/// The reply length the path asks for: room for the fuzzer's bodies.
+const REPLY_LEN: usize = 4096;
 
 /// A real 3-hop path, built once: the client's keys and each hop's.
 fn path() -> &'static (PathKeys, Vec<ReplyKey>) {
@@ -46,7 +48,8 @@ fn build_path() -> (PathKeys, Vec<ReplyKey>) {
     let client = packet::build(
         &hops,
         b"q",
-        NOW.plus_millis(1000),
+        NOW.plus_millis(10_000),
+        REPLY_LEN,
         &mut FuzzRng(1),
         &mut buf,
     )
@@ -80,11 +83,11 @@ fuzz_target!(|input: Input| {
     } else {
         ReplyStatus::Failed(failure)
     };
-    let mut wire = vec![0u8; reply::MAX_REPLY_LEN];
-    let n = reply::seal(&hop_keys[sealer], status, body, &mut wire).expect("fits");
-    let wire = &mut wire[..n];
+    let mut wire = vec![0u8; REPLY_LEN];
+    reply::seal(&hop_keys[sealer], status, body, &mut wire).expect("fits");
+    let wire = &mut wire[..];
     for k in hop_keys[..sealer].iter().rev() {
-        reply::add_layer(k, wire).expect("bucket");
+        reply::add_layer(k, wire, REPLY_LEN).expect("the length asked for");
     }
     let opened = reply::open(client.reply_keys(), wire).expect("authentic");
     match status {

@@ -44,7 +44,9 @@ fn main() {
     let now = Timestamp(1_800_000_000_000);
     let request = b"store: hello through three hops";
     let mut buf = [0u8; PACKET_LEN];
-    let client = packet::build(&path, request, now.plus_millis(60_000), &mut rng, &mut buf)
+    let expiry = packet::grid_expiry(now, 30_000);
+    let reply_len = 1024;
+    let client = packet::build(&path, request, expiry, reply_len, &mut rng, &mut buf)
         .expect("three hops and a short payload are valid");
     println!(
         "client: built a {PACKET_LEN}-byte packet for {} hops",
@@ -59,6 +61,7 @@ fn main() {
                 next_hop,
                 reply_key,
                 packet,
+                ..
             }) => {
                 let next = path
                     .iter()
@@ -71,7 +74,9 @@ fn main() {
                 );
                 reply_keys.push(reply_key);
             }
-            Ok(Peeled::Deliver { payload, reply_key }) => {
+            Ok(Peeled::Deliver {
+                payload, reply_key, ..
+            }) => {
                 println!(
                     "{:>8}: received {first}…, delivers {:?}",
                     relay.name,
@@ -87,19 +92,20 @@ fn main() {
         }
     }
 
-    let mut wire = vec![0u8; reply::MAX_REPLY_LEN];
-    let len = reply::seal(
+    // The reply is exactly the length the client asked for, whatever it says.
+    let mut wire = vec![0u8; reply_len];
+    reply::seal(
         reply_keys.last().expect("three hops"),
         ReplyStatus::Response,
         b"stored",
         &mut wire,
     )
     .expect("short body fits");
-    let wire = &mut wire[..len];
+    let (len, wire) = (wire.len(), &mut wire[..]);
     // Every hop but the last adds its layer on the way back, nearest to the client last.
     let forwarders = reply_keys.len() - 1;
     for (key, relay) in reply_keys.iter().zip(&relays).take(forwarders).rev() {
-        reply::add_layer(key, wire).expect("bucket-sized reply");
+        reply::add_layer(key, wire, reply_len).expect("the length asked for");
         println!("{:>8}: adds its layer to the {len}-byte reply", relay.name);
     }
     match reply::open(client.reply_keys(), wire) {

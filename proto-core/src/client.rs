@@ -45,7 +45,7 @@ use core::fmt;
 use rand_core::CryptoRng;
 
 use crate::keys::{Address, Descriptor, IdentityKey, UnverifiedDescriptor};
-use crate::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
+use crate::packet::{self, BuildError, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
 use crate::reply::{self, HopFailure, Opened};
 use crate::request::{
     AckError, DEFAULT_AUTH_WINDOW_MS, MessageView, Request, RequestError, Response,
@@ -75,8 +75,17 @@ pub struct ClientConfig {
     pub write_quorum: usize,
     /// Hops of every path (default 3).
     pub path_hops: usize,
-    /// How long a packet stays valid, ms (default 60,000).
+    /// How long a packet stays valid, ms (default 30,000): its expiry is `now` plus this,
+    /// rounded down to the 10-second expiry grid. Hops accept at most 60 s, so the nodes'
+    /// clocks may be up to 30 s behind ours.
     pub packet_lifetime_ms: u64,
+    /// Length of the reply asked for every request but fetches (default 4,096 bytes: a
+    /// store's receipts, a redirect to a swarm of up to 16 members).
+    pub reply_len: usize,
+    /// Length of the reply asked for fetches (default 16,384 bytes, about eleven of the
+    /// longest messages): the node fits its page of messages to it and says when more
+    /// remain. Every fetch costs this much on every hop, whatever it returns.
+    pub fetch_reply_len: usize,
     /// How long one exchange may take before it counts as failed, ms (default 30,000).
     pub request_timeout_ms: u64,
     /// Fresh paths tried per swarm member before moving to the next (default 3); a member
@@ -109,7 +118,9 @@ impl Default for ClientConfig {
             vnodes: DEFAULT_VNODES,
             write_quorum: 2,
             path_hops: 3,
-            packet_lifetime_ms: 60_000,
+            packet_lifetime_ms: 30_000,
+            reply_len: 4096,
+            fetch_reply_len: 16 * 1024,
             request_timeout_ms: 30_000,
             attempts_per_member: 3,
             directory_max_age_ms: 300_000,
@@ -440,6 +451,8 @@ pub enum ClientError {
         /// Leading zero bits asked for.
         difficulty: u8,
     },
+    /// The configuration cannot build a packet (a reply length that is no reply bucket).
+    BadConfig(BuildError),
     /// Every member and path was tried; the failures, oldest first.
     Failed {
         /// What went wrong with each attempt.
@@ -457,6 +470,7 @@ impl fmt::Display for ClientError {
                 }
                 f.write_str(")")
             }
+            Self::BadConfig(e) => write!(f, "the client configuration cannot build a packet: {e}"),
             Self::TooFewNodes { nodes, needed } => write!(
                 f,
                 "the network has {nodes} nodes; a {needed}-hop path needs {needed}"
@@ -1236,16 +1250,24 @@ impl Client {
                 return self.finish(id, Err(ClientError::BodyTooLarge { len }));
             }
         };
+        let reply_len = match &op.kind {
+            OpKind::Store(_) => self.config.reply_len,
+            OpKind::Fetch(_) => self.config.fetch_reply_len,
+        };
         let hops: Vec<PathHop> = path.iter().map(PathHop::from).collect();
         let mut packet = Box::new([0u8; PACKET_LEN]);
         let keys = match packet::build(
             &hops,
             &payload[..len],
-            now.plus_millis(self.config.packet_lifetime_ms),
+            packet::grid_expiry(now, self.config.packet_lifetime_ms),
+            reply_len,
             rng,
             &mut packet,
         ) {
             Ok(k) => k,
+            Err(e @ (BuildError::NotAReplyBucket { .. } | BuildError::ExpiryOffGrid)) => {
+                return self.finish(id, Err(ClientError::BadConfig(e)));
+            }
             Err(_) => {
                 // A descriptor with an unusable onion key (all-zero shared secret): the
                 // attempt fails like an unreachable hop, and the next path avoids it.
@@ -1316,11 +1338,17 @@ impl Client {
                 Ok(Opened::Failed { hop, failure, .. }) => {
                     if matches!(
                         failure,
-                        HopFailure::NextHopUnreachable | HopFailure::NextHopTimeout
+                        HopFailure::NextHopUnreachable
+                            | HopFailure::NextHopTimeout
+                            | HopFailure::NextHopBadReply
+                            | HopFailure::NextHopRefused
                     ) && let Some(next) = path.get(hop + 1)
                     {
-                        // Either the next hop is down or the reporting hop cannot reach
-                        // it (it may not know it yet): avoid both for a while.
+                        // A failure report blames a link, not a node: the next hop may
+                        // be down or busy, or the reporting hop may not reach it (it may
+                        // not know it yet) or lie to discredit it. Both are avoided for a
+                        // while, the same, so a lying hop costs itself as much as the
+                        // node it accuses.
                         self.suspects.insert(next.node_id(), now);
                         self.suspects.insert(path[hop].node_id(), now);
                     }

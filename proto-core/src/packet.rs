@@ -35,8 +35,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::keys::{HOP_KDF_SALT, OnionKey, OnionPublicKey, fixed};
-use crate::replay::{REPLAY_TAG_LEN, ReplayError, ReplayFilter, ReplayTag};
-use crate::reply::ReplyKey;
+use crate::replay::{EXPIRY_GRID_MS, REPLAY_TAG_LEN, ReplayError, ReplayFilter, ReplayTag};
+use crate::reply::{REPLY_BUCKETS, ReplyKey};
 use crate::types::{NodeId, Timestamp};
 
 /// Size of every packet on the wire, in bytes.
@@ -66,10 +66,11 @@ const EPH_AT: usize = MAC_LEN;
 const ROUTING_AT: usize = EPH_AT + EPH_LEN;
 const PAYLOAD_AT: usize = HEADER_LEN;
 
-/// Slot layout: `kind (1) ‖ reserved, zero (7) ‖ expiry ms, big-endian (8) ‖ next node (32)
-/// ‖ next eph_pk (32) ‖ next mac (16)`.
+/// Slot layout: `kind (1) ‖ reply bucket (1) ‖ reserved, zero (6) ‖ expiry ms, big-endian
+/// (8) ‖ next node (32) ‖ next eph_pk (32) ‖ next mac (16)`.
 const SLOT_KIND: usize = 0;
-const SLOT_RESERVED: core::ops::Range<usize> = 1..8;
+const SLOT_REPLY_BUCKET: usize = 1;
+const SLOT_RESERVED: core::ops::Range<usize> = 2..8;
 const SLOT_EXPIRY: core::ops::Range<usize> = 8..16;
 const SLOT_NEXT_NODE: core::ops::Range<usize> = 16..48;
 const SLOT_NEXT_EPH: core::ops::Range<usize> = 48..80;
@@ -172,18 +173,21 @@ pub enum PeelError {
     Expired,
     /// The packet claims to be valid for longer than a hop accepts.
     ExpiryTooFar,
+    /// The packet's expiry is not on the expiry grid.
+    ExpiryOffGrid,
     /// This hop has already seen this packet within its validity window.
     Replayed,
 }
 
 impl PeelError {
     /// Every variant, for pre-registering metric labels.
-    pub const ALL: [PeelError; 6] = [
+    pub const ALL: [PeelError; 7] = [
         Self::SmallOrderKey,
         Self::BadMac,
         Self::Malformed,
         Self::Expired,
         Self::ExpiryTooFar,
+        Self::ExpiryOffGrid,
         Self::Replayed,
     ];
 
@@ -196,6 +200,7 @@ impl PeelError {
             Self::Malformed => "malformed",
             Self::Expired => "expired",
             Self::ExpiryTooFar => "expiry_too_far",
+            Self::ExpiryOffGrid => "expiry_off_grid",
             Self::Replayed => "replayed",
         }
     }
@@ -209,6 +214,7 @@ impl fmt::Display for PeelError {
             Self::Malformed => "routing information is malformed",
             Self::Expired => "packet expired",
             Self::ExpiryTooFar => "packet expiry too far in the future",
+            Self::ExpiryOffGrid => "packet expiry not on the expiry grid",
             Self::Replayed => "packet replayed",
         })
     }
@@ -229,6 +235,9 @@ pub enum Peeled<'a> {
         packet: &'a [u8; PACKET_LEN],
         /// This hop's key for the reply layer (or for an error it originates).
         reply_key: ReplyKey,
+        /// The reply length the client asked for (one of [`REPLY_BUCKETS`]): an answer
+        /// of any other length from the next hop is not passed back.
+        reply_len: usize,
     },
     /// This hop is the last: execute `payload` and seal the answer with `reply_key`.
     Deliver {
@@ -236,19 +245,47 @@ pub enum Peeled<'a> {
         payload: &'a [u8],
         /// This hop's key for sealing the response.
         reply_key: ReplyKey,
+        /// The reply length the client asked for (one of [`REPLY_BUCKETS`]): the response
+        /// is sealed to exactly this length.
+        reply_len: usize,
     },
 }
 
 /// Peels one layer of `packet` in place with this node's onion key.
 ///
-/// Exactly one X25519 scalar multiplication, no heap allocation. On `Err` the buffer's
-/// contents are unspecified and the packet must be dropped silently.
+/// Exactly one X25519 scalar multiplication, no heap allocation. On `Err` the packet must
+/// be dropped silently; on `SmallOrderKey` and `BadMac` the buffer is untouched, otherwise
+/// its contents are unspecified.
 pub fn peel<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
     key: &OnionKey,
     replay: &mut ReplayFilter<S>,
     now: Timestamp,
     packet: &'a mut [u8; PACKET_LEN],
 ) -> Result<Peeled<'a>, PeelError> {
+    let keys = authenticate(key, packet)?;
+    open_authenticated(&keys, replay, now, packet)
+}
+
+/// [`peel`] for a hop that holds its current onion key and, for a grace period after a
+/// rotation, the previous one (packets built from a descriptor a client fetched before the
+/// rotation). The current key is tried first, so a packet for it costs exactly what
+/// [`peel`] costs; only a packet that fails it costs a second X25519.
+pub fn peel_with_previous<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
+    current: &OnionKey,
+    previous: Option<&OnionKey>,
+    replay: &mut ReplayFilter<S>,
+    now: Timestamp,
+    packet: &'a mut [u8; PACKET_LEN],
+) -> Result<Peeled<'a>, PeelError> {
+    let keys = match (authenticate(current, packet), previous) {
+        (Err(PeelError::BadMac), Some(previous)) => authenticate(previous, packet)?,
+        (result, _) => result?,
+    };
+    open_authenticated(&keys, replay, now, packet)
+}
+
+/// The hop's keys for `packet` under `key`, once its MAC verifies; reads the packet only.
+fn authenticate(key: &OnionKey, packet: &[u8; PACKET_LEN]) -> Result<HopKeys, PeelError> {
     let eph_pk: [u8; EPH_LEN] = fixed(&packet[EPH_AT..ROUTING_AT]);
     let shared = key
         .diffie_hellman(&eph_pk)
@@ -260,7 +297,16 @@ pub fn peel<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
     if !bool::from(expected.ct_eq(&packet[..MAC_LEN])) {
         return Err(PeelError::BadMac);
     }
+    Ok(keys)
+}
 
+/// The rest of [`peel`] for a packet whose MAC verified under `keys`.
+fn open_authenticated<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
+    keys: &HopKeys,
+    replay: &mut ReplayFilter<S>,
+    now: Timestamp,
+    packet: &'a mut [u8; PACKET_LEN],
+) -> Result<Peeled<'a>, PeelError> {
     let mut header = keys.header_cipher();
     let mut slot = Zeroizing::new([0u8; SLOT_LEN]);
     slot.copy_from_slice(&packet[ROUTING_AT..ROUTING_AT + SLOT_LEN]);
@@ -269,6 +315,9 @@ pub fn peel<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
     if slot[SLOT_RESERVED].iter().any(|&b| b != 0) {
         return Err(PeelError::Malformed);
     }
+    let reply_len = *REPLY_BUCKETS
+        .get(usize::from(slot[SLOT_REPLY_BUCKET]))
+        .ok_or(PeelError::Malformed)?;
     let expiry = Timestamp(u64::from_be_bytes(fixed(&slot[SLOT_EXPIRY])));
     let kind = slot[SLOT_KIND];
     if kind != KIND_FORWARD && kind != KIND_DELIVER {
@@ -280,6 +329,7 @@ pub fn peel<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
             ReplayError::Replayed => PeelError::Replayed,
             ReplayError::Expired => PeelError::Expired,
             ReplayError::TooFarAhead => PeelError::ExpiryTooFar,
+            ReplayError::OffGrid => PeelError::ExpiryOffGrid,
         })?;
 
     keys.payload_cipher()
@@ -293,7 +343,11 @@ pub fn peel<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
             return Err(PeelError::Malformed);
         }
         let payload = &packet[data_at..data_at + len];
-        return Ok(Peeled::Deliver { payload, reply_key });
+        return Ok(Peeled::Deliver {
+            payload,
+            reply_key,
+            reply_len,
+        });
     }
 
     // The header stream continues where the slot left off: decrypt the rest, shift it
@@ -312,6 +366,7 @@ pub fn peel<'a, S: AsRef<[u64]> + AsMut<[u64]>>(
         next_hop,
         packet,
         reply_key,
+        reply_len,
     })
 }
 
@@ -353,6 +408,13 @@ pub enum BuildError {
         /// Index of the hop in the path.
         hop: usize,
     },
+    /// The expiry is not a multiple of [`EXPIRY_GRID_MS`] (see [`grid_expiry`]).
+    ExpiryOffGrid,
+    /// The reply length is not one of [`REPLY_BUCKETS`].
+    NotAReplyBucket {
+        /// The length given.
+        len: usize,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -365,6 +427,12 @@ impl fmt::Display for BuildError {
                 write!(f, "payload of {len} bytes exceeds {MAX_PAYLOAD}")
             }
             Self::BadOnionKey { hop } => write!(f, "onion key of hop {hop} is invalid"),
+            Self::ExpiryOffGrid => {
+                write!(f, "expiry is not a multiple of {EXPIRY_GRID_MS} ms")
+            }
+            Self::NotAReplyBucket { len } => {
+                write!(f, "reply length {len} is not one of {REPLY_BUCKETS:?}")
+            }
         }
     }
 }
@@ -388,13 +456,25 @@ impl PathKeys {
     }
 }
 
-/// Builds a packet for `path` carrying `payload`, valid until `expiry`, into `out`.
+/// The expiry of a packet built at `now` to live about `lifetime_ms`: `now + lifetime_ms`
+/// rounded down to the expiry grid, so every packet built in the same [`EXPIRY_GRID_MS`]
+/// carries the same expiry. Choose `lifetime_ms` at least two grid steps and well below
+/// [`crate::replay::MAX_PACKET_LIFETIME_MS`], so clocks a little apart still agree.
+#[must_use]
+pub fn grid_expiry(now: Timestamp, lifetime_ms: u64) -> Timestamp {
+    Timestamp(now.plus_millis(lifetime_ms).0 / EXPIRY_GRID_MS * EXPIRY_GRID_MS)
+}
+
+/// Builds a packet for `path` carrying `payload`, valid until `expiry` (on the expiry grid:
+/// see [`grid_expiry`]), whose answer comes back exactly `reply_len` bytes long (one of
+/// [`REPLY_BUCKETS`]), into `out`.
 ///
 /// Each hop gets a fresh ephemeral key from `rng`. The returned [`PathKeys`] unwrap the reply.
 pub fn build<R: CryptoRng + ?Sized>(
     path: &[PathHop],
     payload: &[u8],
     expiry: Timestamp,
+    reply_len: usize,
     rng: &mut R,
     out: &mut [u8; PACKET_LEN],
 ) -> Result<PathKeys, BuildError> {
@@ -405,6 +485,28 @@ pub fn build<R: CryptoRng + ?Sized>(
     if payload.len() > MAX_PAYLOAD {
         return Err(BuildError::PayloadTooLarge { len: payload.len() });
     }
+    if !expiry.0.is_multiple_of(EXPIRY_GRID_MS) {
+        return Err(BuildError::ExpiryOffGrid);
+    }
+    let bucket = REPLY_BUCKETS
+        .iter()
+        .position(|&b| b == reply_len)
+        .ok_or(BuildError::NotAReplyBucket { len: reply_len })?;
+    // At most 5 buckets: the index fits a byte.
+    build_unchecked(path, payload, expiry, bucket as u8, rng, out)
+}
+
+/// [`build`] without the expiry and reply-length checks (the path and payload are checked
+/// by [`build`] only too): unit tests build what a careless sender would.
+fn build_unchecked<R: CryptoRng + ?Sized>(
+    path: &[PathHop],
+    payload: &[u8],
+    expiry: Timestamp,
+    bucket: u8,
+    rng: &mut R,
+    out: &mut [u8; PACKET_LEN],
+) -> Result<PathKeys, BuildError> {
+    let hops = path.len();
 
     let extract = HkdfExtract::<Sha256>::new(Some(HOP_KDF_SALT));
     let mut eph_pks = [[0u8; EPH_LEN]; MAX_HOPS];
@@ -454,6 +556,7 @@ pub fn build<R: CryptoRng + ?Sized>(
     let routing = &mut out[ROUTING_AT..PAYLOAD_AT];
     routing[..SLOT_LEN].fill(0);
     routing[SLOT_KIND] = KIND_DELIVER;
+    routing[SLOT_REPLY_BUCKET] = bucket;
     routing[SLOT_EXPIRY].copy_from_slice(&expiry.0.to_be_bytes());
     rng.fill_bytes(&mut routing[SLOT_LEN..open_len]);
     key(last)
@@ -467,6 +570,7 @@ pub fn build<R: CryptoRng + ?Sized>(
             // Hop i's slot points at hop i+1, whose eph_pk and mac are in the header now.
             let mut slot = [0u8; SLOT_LEN];
             slot[SLOT_KIND] = KIND_FORWARD;
+            slot[SLOT_REPLY_BUCKET] = bucket;
             slot[SLOT_EXPIRY].copy_from_slice(&expiry.0.to_be_bytes());
             slot[SLOT_NEXT_NODE].copy_from_slice(path[i + 1].node.as_bytes());
             slot[SLOT_NEXT_EPH].copy_from_slice(&out[EPH_AT..ROUTING_AT]);
@@ -491,4 +595,57 @@ pub fn build<R: CryptoRng + ?Sized>(
         *k = ReplyKey::new(key(i).reply);
     }
     Ok(PathKeys { keys, hops })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::BUCKETS;
+    use std::vec;
+
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    /// A one-hop packet as a sender that ignores the rules would build it, and the hop's
+    /// key and filter.
+    fn careless(expiry: Timestamp, bucket: u8) -> ([u8; PACKET_LEN], OnionKey) {
+        let key = OnionKey::from_secret_bytes([1; 32], crate::Epoch(1));
+        let hop = PathHop {
+            node: NodeId([7; 32]),
+            onion_key: key.public(),
+        };
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed([5; 32]);
+        let mut buf = [0u8; PACKET_LEN];
+        build_unchecked(&[hop], b"x", expiry, bucket, &mut rng, &mut buf).unwrap();
+        (buf, key)
+    }
+
+    #[test]
+    fn a_hop_drops_an_expiry_off_the_grid() {
+        let mut filter = ReplayFilter::new(vec![0u64; BUCKETS * 64]).unwrap();
+        for off in [1, 4_999, 9_999] {
+            let (mut packet, key) = careless(NOW.plus_millis(20_000 + off), 0);
+            assert_eq!(
+                peel(&key, &mut filter, NOW, &mut packet).unwrap_err(),
+                PeelError::ExpiryOffGrid
+            );
+        }
+        let (mut packet, key) = careless(NOW.plus_millis(20_000), 0);
+        assert!(peel(&key, &mut filter, NOW, &mut packet).is_ok());
+    }
+
+    #[test]
+    fn a_hop_drops_a_reply_bucket_it_does_not_know() {
+        let mut filter = ReplayFilter::new(vec![0u64; BUCKETS * 64]).unwrap();
+        let last = (REPLY_BUCKETS.len() - 1) as u8;
+        let (mut packet, key) = careless(NOW.plus_millis(20_000), last);
+        match peel(&key, &mut filter, NOW, &mut packet).unwrap() {
+            Peeled::Deliver { reply_len, .. } => assert_eq!(reply_len, REPLY_BUCKETS[4]),
+            Peeled::Forward { .. } => panic!("one hop delivers"),
+        }
+        let (mut packet, key) = careless(NOW.plus_millis(20_000), last + 1);
+        assert_eq!(
+            peel(&key, &mut filter, NOW, &mut packet).unwrap_err(),
+            PeelError::Malformed
+        );
+    }
 }

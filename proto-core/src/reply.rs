@@ -2,7 +2,9 @@
 //!
 //! The hop that answers (the last hop with a response, or any hop that cannot forward,
 //! with an error) *seals* the answer with ChaCha20-Poly1305 under its reply key and pads
-//! it to one of a few fixed sizes ([`REPLY_BUCKETS`]). Every hop it passes on the way
+//! it to the one of a few fixed sizes ([`REPLY_BUCKETS`]) that the client chose when it
+//! built the packet; every hop drops an answer of another length, so no hop can tag a
+//! reply by its length. Every hop it passes on the way
 //! back *adds a layer*: a ChaCha20 stream from that hop's reply key. The client, holding
 //! every hop's reply key, *opens* the reply by trying each hop's AEAD in path order and
 //! peeling that hop's layer when it does not verify: the first hop whose AEAD verifies is
@@ -11,7 +13,10 @@
 //!
 //! This module never allocates and never interprets a body. Invariants: every reply on
 //! the wire is exactly one bucket long; a reply key is zeroized on drop and used for one
-//! packet only, which is why fixed nonces are safe.
+//! packet only, which is why fixed nonces are safe: the key comes from the packet's
+//! one-time ephemeral key, a hop peels a packet at most once per onion key (the replay
+//! filter, whose clock never steps back), and onion keys never outlive the process that
+//! holds the filter.
 
 use core::fmt;
 
@@ -48,13 +53,6 @@ impl ReplyKey {
     pub(crate) fn new(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
-
-    /// Test vectors only: the raw key bytes.
-    #[doc(hidden)]
-    #[must_use]
-    pub fn bytes_for_test_vectors_only(&self) -> [u8; 32] {
-        self.0
-    }
 }
 
 impl fmt::Debug for ReplyKey {
@@ -75,6 +73,8 @@ pub enum HopFailure {
     NextHopBadReply,
     /// This hop is overloaded or shutting down.
     Unavailable,
+    /// The next hop answered with a refusal (its rate limit for this hop was spent).
+    NextHopRefused,
     /// A code this version does not know.
     Other(u8),
 }
@@ -86,6 +86,7 @@ impl HopFailure {
             Self::NextHopTimeout => 2,
             Self::NextHopBadReply => 3,
             Self::Unavailable => 4,
+            Self::NextHopRefused => 5,
             Self::Other(c) => c,
         }
     }
@@ -96,6 +97,7 @@ impl HopFailure {
             2 => Self::NextHopTimeout,
             3 => Self::NextHopBadReply,
             4 => Self::Unavailable,
+            5 => Self::NextHopRefused,
             c => Self::Other(c),
         }
     }
@@ -108,6 +110,7 @@ impl fmt::Display for HopFailure {
             Self::NextHopTimeout => f.write_str("next hop timed out"),
             Self::NextHopBadReply => f.write_str("next hop answered with a malformed reply"),
             Self::Unavailable => f.write_str("hop unavailable"),
+            Self::NextHopRefused => f.write_str("next hop refused the packet"),
             Self::Other(c) => write!(f, "hop failure code {c}"),
         }
     }
@@ -131,11 +134,6 @@ pub enum ReplyError {
         /// The length given.
         len: usize,
     },
-    /// The caller's buffer cannot hold the sealed reply.
-    BufferTooSmall {
-        /// Bytes needed.
-        required: usize,
-    },
     /// The reply's length is not one of [`REPLY_BUCKETS`].
     NotABucket {
         /// The length seen.
@@ -157,9 +155,6 @@ impl fmt::Display for ReplyError {
             Self::BodyTooLarge { len } => {
                 write!(f, "reply body of {len} bytes exceeds {MAX_REPLY_BODY}")
             }
-            Self::BufferTooSmall { required } => {
-                write!(f, "buffer too small for reply: {required} bytes required")
-            }
             Self::NotABucket { len } => write!(f, "reply of {len} bytes is not a bucket size"),
             Self::Unauthentic => f.write_str("reply does not authenticate under any hop's key"),
             Self::Malformed { hop } => write!(f, "reply sealed by hop {hop} is malformed"),
@@ -179,24 +174,32 @@ pub fn bucket_for(body_len: usize) -> Option<usize> {
         .find(|&b| b >= body_len + REPLY_TAG_LEN + REPLY_PREFIX_LEN)
 }
 
-/// Seals `body` with `status` under `key` into `out`, padded to the smallest bucket that
-/// fits; returns the bucket length (bytes of `out` to send).
+/// The largest body a reply of `reply_len` bytes carries.
+#[must_use]
+pub const fn body_capacity(reply_len: usize) -> usize {
+    reply_len.saturating_sub(REPLY_TAG_LEN + REPLY_PREFIX_LEN)
+}
+
+/// Seals `body` with `status` under `key` into all of `out`, whose length is the reply
+/// length the packet asked for (one of [`REPLY_BUCKETS`]); zeros pad the rest.
 pub fn seal(
     key: &ReplyKey,
     status: ReplyStatus,
     body: &[u8],
     out: &mut [u8],
-) -> Result<usize, ReplyError> {
-    let len = bucket_for(body.len()).ok_or(ReplyError::BodyTooLarge { len: body.len() })?;
-    if out.len() < len {
-        return Err(ReplyError::BufferTooSmall { required: len });
+) -> Result<(), ReplyError> {
+    if !REPLY_BUCKETS.contains(&out.len()) {
+        return Err(ReplyError::NotABucket { len: out.len() });
     }
-    let (tag, plain) = out[..len].split_at_mut(REPLY_TAG_LEN);
+    if body.len() > body_capacity(out.len()) {
+        return Err(ReplyError::BodyTooLarge { len: body.len() });
+    }
+    let (tag, plain) = out.split_at_mut(REPLY_TAG_LEN);
     plain[0] = match status {
         ReplyStatus::Response => 0,
         ReplyStatus::Failed(f) => f.code(),
     };
-    // body.len() ≤ MAX_REPLY_BODY < 2^32, checked by bucket_for.
+    // body.len() ≤ MAX_REPLY_BODY < 2^32, checked above.
     plain[1..REPLY_PREFIX_LEN].copy_from_slice(&(body.len() as u32).to_be_bytes());
     plain[REPLY_PREFIX_LEN..REPLY_PREFIX_LEN + body.len()].copy_from_slice(body);
     plain[REPLY_PREFIX_LEN + body.len()..].fill(0);
@@ -204,15 +207,17 @@ pub fn seal(
         .encrypt_inout_detached(&SEAL_NONCE.into(), SEAL_AAD, plain.into())
         .expect("a reply of at most 256 KiB is far below the AEAD's length limit");
     tag.copy_from_slice(&sealed);
-    Ok(len)
+    Ok(())
 }
 
-/// Adds this hop's layer to a reply coming back from further along the path.
+/// Adds this hop's layer to a reply of `reply_len` bytes (the length the packet asked
+/// for) coming back from further along the path.
 ///
-/// A reply whose length is not a bucket is refused: the hop should then seal
-/// [`HopFailure::NextHopBadReply`] itself, so the client learns where the path broke.
-pub fn add_layer(key: &ReplyKey, reply: &mut [u8]) -> Result<(), ReplyError> {
-    if !REPLY_BUCKETS.contains(&reply.len()) {
+/// A reply of any other length is refused: the hop then seals
+/// [`HopFailure::NextHopBadReply`] itself, so the client learns where the path broke and
+/// a hop further along cannot mark the reply by its length.
+pub fn add_layer(key: &ReplyKey, reply: &mut [u8], reply_len: usize) -> Result<(), ReplyError> {
+    if reply.len() != reply_len || !REPLY_BUCKETS.contains(&reply.len()) {
         return Err(ReplyError::NotABucket { len: reply.len() });
     }
     ChaCha20::new(&key.0.into(), &LAYER_NONCE.into()).apply_keystream(reply);
@@ -255,7 +260,8 @@ pub fn open<'a>(keys: &[ReplyKey], reply: &'a mut [u8]) -> Result<Opened<'a>, Re
         );
         if opened.is_err() {
             // Not sealed by this hop: peel its layer and try the next.
-            add_layer(key, reply)?;
+            let len = reply.len();
+            add_layer(key, reply, len)?;
             continue;
         }
         let plain = &reply[REPLY_TAG_LEN..];

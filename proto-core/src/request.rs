@@ -652,6 +652,9 @@ pub enum RequestError {
     /// The owner deleted this message: it is not stored again (until it would have
     /// expired).
     Deleted,
+    /// The response does not fit the reply size the packet asked for: ask again with a
+    /// larger reply bucket.
+    ReplyTooSmall,
     /// An output buffer was too small.
     BufferTooSmall {
         /// Bytes needed.
@@ -682,6 +685,7 @@ impl RequestError {
             Self::Unavailable => 25,
             Self::AlreadyApplied => 26,
             Self::Deleted => 27,
+            Self::ReplyTooSmall => 28,
         }
     }
 
@@ -707,6 +711,7 @@ impl RequestError {
             25 => Self::Unavailable,
             26 => Self::AlreadyApplied,
             27 => Self::Deleted,
+            28 => Self::ReplyTooSmall,
             _ => return None,
         })
     }
@@ -733,6 +738,7 @@ impl RequestError {
             Self::Unavailable => "unavailable",
             Self::AlreadyApplied => "already_applied",
             Self::Deleted => "deleted",
+            Self::ReplyTooSmall => "reply_too_small",
             Self::BufferTooSmall { .. } => "buffer_too_small",
         }
     }
@@ -759,6 +765,9 @@ impl fmt::Display for RequestError {
             Self::Unavailable => f.write_str("node unavailable"),
             Self::AlreadyApplied => f.write_str("this signed change was already applied"),
             Self::Deleted => f.write_str("the owner deleted this message; it is not stored again"),
+            Self::ReplyTooSmall => {
+                f.write_str("the response does not fit the reply size the packet asked for")
+            }
             Self::BufferTooSmall { required } => {
                 write!(f, "buffer too small: {required} bytes required")
             }

@@ -5,9 +5,10 @@
 //! [`EncryptionKey`] that is generated on its own and never derived from the identity seed.
 //! A sender who knows both public halves — a [`Contact`] — [`seal`]s a body with a fresh
 //! ephemeral X25519 key, one HKDF-SHA256 and one ChaCha20-Poly1305; only the holder of the
-//! encryption key can [`open`] it. Format: `eph_pk (32) ‖ ciphertext ‖ tag (16)`, so a sealed
-//! body is exactly [`SEAL_OVERHEAD`] bytes longer than its plaintext (see `docs/PROTOCOL.md`,
-//! "Sealed message bodies").
+//! encryption key can [`open`] it. Format: `eph_pk (32) ‖ ciphertext ‖ tag (16)`, where the
+//! plaintext is `len (4) ‖ message ‖ zeros`, padded so the sealed body is one of a few fixed
+//! lengths ([`sealed_len`]): the swarm and every relay see the bucket, not the message's
+//! length (see `docs/PROTOCOL.md`, "Sealed message bodies").
 //!
 //! This module owns the sealed-body format and its key schedule. It never allocates, never
 //! reads an RNG it does not own (the ephemeral key comes from the caller's [`CryptoRng`]),
@@ -44,6 +45,33 @@ pub const SEAL_EPH_LEN: usize = 32;
 pub const SEAL_TAG_LEN: usize = 16;
 /// Bytes a sealed body adds to its plaintext: ephemeral public key and tag.
 pub const SEAL_OVERHEAD: usize = SEAL_EPH_LEN + SEAL_TAG_LEN;
+/// Bytes of the message length in front of the message, inside the plaintext.
+pub const SEAL_LEN_PREFIX: usize = 4;
+
+/// The lengths a sealed body is padded to, smallest first; the last is the default store
+/// body limit (`store::DEFAULT_MAX_BODY`), so the longest message one store takes fills it.
+/// Longer bodies are padded to a multiple of [`SEALED_STEP`].
+pub const SEALED_BUCKETS: [usize; 3] = [128, 512, 1392];
+/// Above the last of [`SEALED_BUCKETS`], sealed bodies are a multiple of this.
+pub const SEALED_STEP: usize = 1024;
+/// The longest message that seals into the default store body limit (1,340 bytes).
+pub const MAX_MESSAGE_IN_ONE_BODY: usize =
+    SEALED_BUCKETS[SEALED_BUCKETS.len() - 1] - SEAL_OVERHEAD - SEAL_LEN_PREFIX;
+
+/// The length of the sealed body of a `message_len`-byte message: the smallest of
+/// [`SEALED_BUCKETS`] that holds `message_len + SEAL_LEN_PREFIX + SEAL_OVERHEAD`, or above
+/// them the next multiple of [`SEALED_STEP`]. `None` beyond a 32-bit length.
+#[must_use]
+pub fn sealed_len(message_len: usize) -> Option<usize> {
+    if u32::try_from(message_len).is_err() {
+        return None;
+    }
+    let needed = message_len.checked_add(SEAL_LEN_PREFIX + SEAL_OVERHEAD)?;
+    match SEALED_BUCKETS.iter().find(|&&b| b >= needed) {
+        Some(&b) => Some(b),
+        None => needed.checked_next_multiple_of(SEALED_STEP),
+    }
+}
 
 /// Length of a [`Contact`]'s text form: two 32-byte keys as hex.
 pub const CONTACT_TEXT_LEN: usize = 2 * (RecipientId::LEN + 32);
@@ -197,7 +225,8 @@ pub enum SealError {
         /// Bytes needed.
         required: usize,
     },
-    /// The sealed body is shorter than [`SEAL_OVERHEAD`], so it cannot be one.
+    /// The sealed body is shorter than [`SEAL_OVERHEAD`] plus the length prefix, so it
+    /// cannot be one.
     TooShort {
         /// The length seen.
         len: usize,
@@ -233,7 +262,8 @@ impl fmt::Display for SealError {
             }
             Self::TooShort { len } => write!(
                 f,
-                "sealed body of {len} bytes is shorter than the {SEAL_OVERHEAD}-byte overhead"
+                "sealed body of {len} bytes is shorter than the {}-byte overhead",
+                SEAL_OVERHEAD + SEAL_LEN_PREFIX
             ),
             Self::Unauthentic => f.write_str("sealed body does not authenticate"),
             Self::WeakRecipientKey => {
@@ -276,23 +306,20 @@ fn body_cipher(
     ChaCha20Poly1305::new(&(*key).into())
 }
 
-/// Seals `plaintext` to `to` into `out`, returning the bytes written
-/// (`plaintext.len() + SEAL_OVERHEAD`).
+/// Seals `message` to `to` into `out`, returning the bytes written
+/// ([`sealed_len`]`(message.len())`: the message, its length and zero padding, encrypted).
 ///
-/// Draws one fresh ephemeral X25519 key from `rng`, so sealing the same plaintext twice
+/// Draws one fresh ephemeral X25519 key from `rng`, so sealing the same message twice
 /// gives unrelated outputs. Fails with [`SealError::BufferTooSmall`] when `out` is short
 /// (nothing is drawn from `rng` then) and [`SealError::WeakRecipientKey`] when the contact's
 /// encryption key is of small order.
 pub fn seal<R: CryptoRng + ?Sized>(
     to: &Contact,
-    plaintext: &[u8],
+    message: &[u8],
     rng: &mut R,
     out: &mut [u8],
 ) -> Result<usize, SealError> {
-    let required = plaintext
-        .len()
-        .checked_add(SEAL_OVERHEAD)
-        .ok_or(SealError::PlaintextTooLong)?;
+    let required = sealed_len(message.len()).ok_or(SealError::PlaintextTooLong)?;
     if out.len() < required {
         return Err(SealError::BufferTooSmall { required });
     }
@@ -306,23 +333,32 @@ pub fn seal<R: CryptoRng + ?Sized>(
     }
     let cipher = body_cipher(shared.as_bytes(), &eph_pk, &to.encryption, &to.recipient);
     let (head, rest) = out[..required].split_at_mut(SEAL_EPH_LEN);
-    let (ciphertext, tag) = rest.split_at_mut(plaintext.len());
-    let buffer = InOutBuf::new(plaintext, ciphertext).expect("both slices are plaintext.len()");
+    let (plaintext, tag) = rest.split_at_mut(required - SEAL_OVERHEAD);
+    // sealed_len refused lengths beyond 32 bits.
+    plaintext[..SEAL_LEN_PREFIX].copy_from_slice(&(message.len() as u32).to_be_bytes());
+    let (body, padding) = plaintext[SEAL_LEN_PREFIX..].split_at_mut(message.len());
+    body.copy_from_slice(message);
+    padding.fill(0);
     let sealed_tag = cipher
-        .encrypt_inout_detached(&SEAL_NONCE.into(), to.recipient.as_bytes(), buffer)
+        .encrypt_inout_detached(
+            &SEAL_NONCE.into(),
+            to.recipient.as_bytes(),
+            plaintext.into(),
+        )
         .map_err(|_| SealError::PlaintextTooLong)?;
     head.copy_from_slice(&eph_pk);
     tag.copy_from_slice(&sealed_tag);
     Ok(required)
 }
 
-/// Opens a body sealed to `recipient` under `key` into `out`, returning the plaintext
-/// (borrowed from `out`).
+/// Opens a body sealed to `recipient` under `key` into `out`, returning the message
+/// (borrowed from `out`, which also receives the length prefix and padding).
 ///
-/// Fails with [`SealError::TooShort`] for input shorter than [`SEAL_OVERHEAD`],
-/// [`SealError::BufferTooSmall`] when `out` cannot hold `sealed.len() - SEAL_OVERHEAD`
-/// bytes, and otherwise, for any cause, [`SealError::Unauthentic`]; on failure `out` is left
-/// untouched, so no unauthenticated plaintext is ever released.
+/// Fails with [`SealError::TooShort`] for input shorter than `SEAL_OVERHEAD +
+/// SEAL_LEN_PREFIX`, [`SealError::BufferTooSmall`] when `out` cannot hold
+/// `sealed.len() - SEAL_OVERHEAD` bytes, and otherwise, for any cause (the tag, a length
+/// past the end, non-zero padding), [`SealError::Unauthentic`]; when the tag fails `out`
+/// is left untouched, so no unauthenticated plaintext is ever released.
 pub fn open<'a>(
     recipient: &RecipientId,
     key: &EncryptionKey,
@@ -332,6 +368,7 @@ pub fn open<'a>(
     let len = sealed
         .len()
         .checked_sub(SEAL_OVERHEAD)
+        .filter(|&n| n >= SEAL_LEN_PREFIX)
         .ok_or(SealError::TooShort { len: sealed.len() })?;
     if out.len() < len {
         return Err(SealError::BufferTooSmall { required: len });
@@ -356,7 +393,13 @@ pub fn open<'a>(
             &Tag::from(fixed::<SEAL_TAG_LEN>(tag)),
         )
         .map_err(|_| SealError::Unauthentic)?;
-    Ok(plaintext)
+    let (prefix, rest) = plaintext.split_at(SEAL_LEN_PREFIX);
+    let message_len = u32::from_be_bytes(fixed(prefix)) as usize;
+    if message_len > rest.len() || rest[message_len..].iter().any(|&b| b != 0) {
+        // Only the sender could have written this: its own malformed body.
+        return Err(SealError::Unauthentic);
+    }
+    Ok(&plaintext[SEAL_LEN_PREFIX..SEAL_LEN_PREFIX + message_len])
 }
 
 #[cfg(test)]
@@ -400,11 +443,11 @@ mod tests {
     fn sealed_body_opens_to_its_plaintext_at_every_length() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let bob = Recipient::new(&mut rng);
-        for len in [0, 1, 100, MAX_BODY - SEAL_OVERHEAD] {
+        for len in [0, 1, 76, 77, 100, 460, 461, MAX_MESSAGE_IN_ONE_BODY] {
             let plaintext: vec::Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut sealed = [0u8; MAX_BODY];
             let n = seal(&bob.contact(), &plaintext, &mut rng, &mut sealed).unwrap();
-            assert_eq!(n, len + SEAL_OVERHEAD);
+            assert_eq!(Some(n), sealed_len(len));
             let mut out = [0u8; MAX_BODY];
             let opened = open(&bob.id, &bob.key, &sealed[..n], &mut out).unwrap();
             assert_eq!(opened, &plaintext[..]);
@@ -412,13 +455,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_body_shows_its_bucket_not_its_length() {
+        let mut rng = ChaCha20Rng::seed_from_u64(15);
+        let bob = Recipient::new(&mut rng);
+        let mut lengths = std::collections::BTreeSet::new();
+        for len in 0..=MAX_MESSAGE_IN_ONE_BODY {
+            let n = seal(
+                &bob.contact(),
+                &vec![1u8; len],
+                &mut rng,
+                &mut [0u8; MAX_BODY],
+            )
+            .unwrap();
+            lengths.insert(n);
+        }
+        assert_eq!(lengths.into_iter().collect::<vec::Vec<_>>(), SEALED_BUCKETS);
+        assert_eq!(sealed_len(MAX_MESSAGE_IN_ONE_BODY + 1), Some(2048));
+        assert_eq!(sealed_len(64 * 1024), Some(65 * 1024));
+        assert_eq!(
+            MAX_MESSAGE_IN_ONE_BODY,
+            MAX_BODY - SEAL_OVERHEAD - SEAL_LEN_PREFIX
+        );
+    }
+
+    #[test]
     fn wrong_encryption_key_is_unauthentic() {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let bob = Recipient::new(&mut rng);
         let eve = EncryptionKey::generate(&mut rng);
-        let mut sealed = [0u8; 64];
+        let mut sealed = [0u8; 128];
         let n = seal(&bob.contact(), b"hello", &mut rng, &mut sealed).unwrap();
-        let mut out = [0u8; 64];
+        let mut out = [0u8; 128];
         assert_eq!(
             open(&bob.id, &eve, &sealed[..n], &mut out),
             Err(SealError::Unauthentic)
@@ -430,9 +497,9 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let bob = Recipient::new(&mut rng);
         let other = IdentityKey::generate(&mut rng).recipient_id();
-        let mut sealed = [0u8; 64];
+        let mut sealed = [0u8; 128];
         let n = seal(&bob.contact(), b"hello", &mut rng, &mut sealed).unwrap();
-        let mut out = [0u8; 64];
+        let mut out = [0u8; 128];
         assert_eq!(
             open(&other, &bob.key, &sealed[..n], &mut out),
             Err(SealError::Unauthentic)
@@ -443,14 +510,14 @@ mod tests {
     fn flipped_byte_is_unauthentic() {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let bob = Recipient::new(&mut rng);
-        let mut sealed = [0u8; 64];
+        let mut sealed = [0u8; 128];
         let n = seal(&bob.contact(), &[0x5a; 16], &mut rng, &mut sealed).unwrap();
-        assert_eq!(n, 64);
+        assert_eq!(n, 128);
         for i in 0..n {
             for bit in [0x01, 0x80] {
                 let mut bad = sealed;
                 bad[i] ^= bit;
-                let mut out = [0u8; 64];
+                let mut out = [0u8; 128];
                 assert_eq!(
                     open(&bob.id, &bob.key, &bad, &mut out),
                     Err(SealError::Unauthentic),
@@ -461,25 +528,72 @@ mod tests {
     }
 
     #[test]
+    fn a_length_past_the_end_or_non_zero_padding_is_unauthentic() {
+        // Sealed with a valid tag by a sender that breaks the framing: opening refuses it
+        // like any forgery, so a reader never sees a half-framed message.
+        let mut rng = ChaCha20Rng::seed_from_u64(16);
+        let bob = Recipient::new(&mut rng);
+        let seal_raw = |plain: &[u8], rng: &mut ChaCha20Rng| {
+            let eph_sk = EphemeralSecret::random_from_rng(rng);
+            let eph_pk = PublicKey::from(&eph_sk).to_bytes();
+            let shared = eph_sk.diffie_hellman(&PublicKey::from(bob.key.public().0));
+            let cipher = body_cipher(shared.as_bytes(), &eph_pk, &bob.key.public(), &bob.id);
+            let mut out = vec::Vec::from(eph_pk);
+            let mut body = plain.to_vec();
+            let tag = cipher
+                .encrypt_inout_detached(
+                    &SEAL_NONCE.into(),
+                    bob.id.as_bytes(),
+                    (&mut body[..]).into(),
+                )
+                .unwrap();
+            out.extend_from_slice(&body);
+            out.extend_from_slice(&tag);
+            out
+        };
+        let mut good = [0u8; 80];
+        good[..4].copy_from_slice(&3u32.to_be_bytes());
+        good[4..7].copy_from_slice(b"abc");
+        let mut out = [0u8; 128];
+        assert_eq!(
+            open(&bob.id, &bob.key, &seal_raw(&good, &mut rng), &mut out),
+            Ok(&b"abc"[..])
+        );
+        let mut long = good;
+        long[..4].copy_from_slice(&77u32.to_be_bytes());
+        assert_eq!(
+            open(&bob.id, &bob.key, &seal_raw(&long, &mut rng), &mut out),
+            Err(SealError::Unauthentic)
+        );
+        let mut dirty = good;
+        dirty[79] = 1;
+        assert_eq!(
+            open(&bob.id, &bob.key, &seal_raw(&dirty, &mut rng), &mut out),
+            Err(SealError::Unauthentic)
+        );
+    }
+
+    #[test]
     fn truncated_or_extended_body_is_refused() {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let bob = Recipient::new(&mut rng);
-        let mut sealed = [0u8; 64];
+        let mut sealed = [0u8; 128];
         let n = seal(&bob.contact(), &[7; 16], &mut rng, &mut sealed).unwrap();
-        let mut out = [0u8; 64];
-        for len in SEAL_OVERHEAD..n {
+        let mut out = [0u8; 128];
+        for len in SEAL_OVERHEAD + SEAL_LEN_PREFIX..n {
             assert_eq!(
                 open(&bob.id, &bob.key, &sealed[..len], &mut out),
                 Err(SealError::Unauthentic)
             );
         }
-        let mut longer = [0u8; 65];
+        let mut longer = [0u8; 129];
         longer[..n].copy_from_slice(&sealed[..n]);
+        let mut out = [0u8; 129];
         assert_eq!(
             open(&bob.id, &bob.key, &longer, &mut out),
             Err(SealError::Unauthentic)
         );
-        for len in 0..SEAL_OVERHEAD {
+        for len in 0..SEAL_OVERHEAD + SEAL_LEN_PREFIX {
             assert_eq!(
                 open(&bob.id, &bob.key, &sealed[..len], &mut out),
                 Err(SealError::TooShort { len })
@@ -491,19 +605,19 @@ mod tests {
     fn failed_open_leaves_output_untouched() {
         let mut rng = ChaCha20Rng::seed_from_u64(6);
         let bob = Recipient::new(&mut rng);
-        let mut sealed = [0u8; 64];
+        let mut sealed = [0u8; 128];
         let n = seal(&bob.contact(), &[1; 16], &mut rng, &mut sealed).unwrap();
         sealed[n - 1] ^= 1;
-        let mut out = [0xee; 16];
+        let mut out = [0xee; 80];
         assert!(open(&bob.id, &bob.key, &sealed[..n], &mut out).is_err());
-        assert_eq!(out, [0xee; 16]);
+        assert_eq!(out, [0xee; 80]);
     }
 
     #[test]
     fn sealing_twice_gives_different_bodies() {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let bob = Recipient::new(&mut rng);
-        let (mut a, mut b) = ([0u8; 80], [0u8; 80]);
+        let (mut a, mut b) = ([0u8; 128], [0u8; 128]);
         let n = seal(&bob.contact(), &[0; 32], &mut rng, &mut a).unwrap();
         seal(&bob.contact(), &[0; 32], &mut rng, &mut b).unwrap();
         assert_ne!(a[..SEAL_EPH_LEN], b[..SEAL_EPH_LEN]);
@@ -524,7 +638,7 @@ mod tests {
                 recipient: bob.id,
                 encryption: EncryptionPublicKey(weak),
             };
-            let mut out = [0u8; 64];
+            let mut out = [0u8; 128];
             assert_eq!(
                 seal(&to, b"secret", &mut rng, &mut out),
                 Err(SealError::WeakRecipientKey)
@@ -536,8 +650,8 @@ mod tests {
     fn small_order_ephemeral_key_is_unauthentic() {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         let bob = Recipient::new(&mut rng);
-        let forged = [0u8; 64];
-        let mut out = [0u8; 64];
+        let forged = [0u8; 128];
+        let mut out = [0u8; 128];
         assert_eq!(
             open(&bob.id, &bob.key, &forged, &mut out),
             Err(SealError::Unauthentic)
@@ -548,12 +662,10 @@ mod tests {
     fn seal_into_small_buffer_reports_required_size() {
         let mut rng = ChaCha20Rng::seed_from_u64(10);
         let bob = Recipient::new(&mut rng);
-        let mut out = [0u8; 100 + SEAL_OVERHEAD - 1];
+        let mut out = [0u8; 511];
         assert_eq!(
             seal(&bob.contact(), &[0; 100], &mut rng, &mut out),
-            Err(SealError::BufferTooSmall {
-                required: 100 + SEAL_OVERHEAD
-            })
+            Err(SealError::BufferTooSmall { required: 512 })
         );
     }
 
@@ -561,12 +673,14 @@ mod tests {
     fn open_into_small_buffer_reports_required_size() {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         let bob = Recipient::new(&mut rng);
-        let mut sealed = [0u8; 148];
+        let mut sealed = [0u8; 512];
         let n = seal(&bob.contact(), &[0; 100], &mut rng, &mut sealed).unwrap();
         let mut out = [0u8; 99];
         assert_eq!(
             open(&bob.id, &bob.key, &sealed[..n], &mut out),
-            Err(SealError::BufferTooSmall { required: 100 })
+            Err(SealError::BufferTooSmall {
+                required: 512 - SEAL_OVERHEAD
+            })
         );
     }
 
@@ -655,14 +769,15 @@ mod tests {
         #[test]
         fn any_plaintext_round_trips(
             seed in any::<u64>(),
-            plaintext in proptest::collection::vec(any::<u8>(), 0..=MAX_BODY),
+            plaintext in proptest::collection::vec(any::<u8>(), 0..=2 * MAX_BODY),
         ) {
             let mut rng = ChaCha20Rng::seed_from_u64(seed);
             let bob = Recipient::new(&mut rng);
-            let mut sealed = [0u8; MAX_BODY + SEAL_OVERHEAD];
+            let mut sealed = [0u8; 3 * SEALED_STEP];
             let n = seal(&bob.contact(), &plaintext, &mut rng, &mut sealed).unwrap();
-            prop_assert_eq!(n, plaintext.len() + SEAL_OVERHEAD);
-            let mut out = [0u8; MAX_BODY];
+            prop_assert_eq!(Some(n), sealed_len(plaintext.len()));
+            prop_assert!(SEALED_BUCKETS.contains(&n) || n % SEALED_STEP == 0);
+            let mut out = [0u8; 3 * SEALED_STEP];
             let opened = open(&bob.id, &bob.key, &sealed[..n], &mut out).unwrap();
             prop_assert_eq!(opened, &plaintext[..]);
         }

@@ -344,9 +344,12 @@ impl Sim {
         let mut rng = ChaCha20Rng::from_seed(n.identity_seed);
         let keys = NodeKeys {
             identity: IdentityKey::from_seed(&n.identity_seed),
+            // As the node binary does: the start time in seconds, here plus the number of
+            // restarts so a restart within the second still starts a higher epoch (above
+            // any key the node rotated to before it went down).
             onion: OnionKey::from_secret_bytes(
                 n.onion_secret,
-                Epoch(u32::try_from(n.generation).unwrap_or(u32::MAX)),
+                Epoch(u32::try_from(self.now.0 / 1000 + n.generation).unwrap_or(u32::MAX)),
             ),
             address: n.address,
         };
@@ -1005,11 +1008,12 @@ impl Sim {
             }
             break;
         }
-        // Its own descriptor, valid for ten years.
-        let onion = OnionKey::from_secret_bytes(
-            self.nodes[i].onion_secret,
-            Epoch(u32::try_from(self.nodes[i].generation).unwrap_or(u32::MAX)),
-        );
+        // Its own descriptor, with its current key and epoch, valid for ten years.
+        let epoch = self.nodes[i]
+            .node
+            .as_ref()
+            .map_or(Epoch(0), |n| n.descriptor().epoch());
+        let onion = OnionKey::from_secret_bytes(self.nodes[i].onion_secret, epoch);
         let forever = Descriptor::sign(
             identity,
             &onion,
@@ -1159,6 +1163,9 @@ impl Sim {
             .collect()
     }
 
+    /// Reply length [`Sim::send_via`] asks for: room for a page of messages.
+    pub const SEND_VIA_REPLY_LEN: usize = 64 * 1024;
+
     /// Sends `request` through the given node path, built from the nodes' current keys;
     /// returns a handle for [`Sim::outcome`]. For tests of node behaviour: it decides
     /// nothing (stores and fetches go through [`Sim::store`] and [`Sim::retrieve_all`],
@@ -1173,9 +1180,15 @@ impl Sim {
             .iter()
             .map(|&i| {
                 let n = &self.nodes[i];
+                // The node's current key (it rotates); a node that is down gets the key it
+                // started with, which no packet will meet anyway.
+                let onion_key = n.node.as_ref().map_or_else(
+                    || OnionKey::from_secret_bytes(n.onion_secret, Epoch(0)).public(),
+                    |node| node.descriptor().onion_key(),
+                );
                 PathHop {
                     node: IdentityKey::from_seed(&n.identity_seed).node_id(),
-                    onion_key: OnionKey::from_secret_bytes(n.onion_secret, Epoch(0)).public(),
+                    onion_key,
                 }
             })
             .collect();
@@ -1187,7 +1200,8 @@ impl Sim {
         let keys = packet::build(
             &path,
             &payload[..len],
-            self.now.plus_millis(60_000),
+            packet::grid_expiry(self.now, 30_000),
+            Self::SEND_VIA_REPLY_LEN,
             &mut self.rng,
             &mut buf,
         )

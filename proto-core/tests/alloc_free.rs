@@ -71,18 +71,25 @@ fn peel_and_reply_layers_perform_zero_heap_allocations() {
     let hops: Vec<_> = net.iter().map(|r| r.hop()).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let mut buf = [0u8; PACKET_LEN];
-    packet::build(&hops, &[5u8; 1000], EXPIRY, &mut rng, &mut buf).unwrap();
+    packet::build(&hops, &[5u8; 1000], EXPIRY, 1024, &mut rng, &mut buf).unwrap();
     let mut reply_buf = vec![0u8; reply::MAX_REPLY_LEN];
 
     for (i, relay) in net.iter_mut().enumerate() {
         let (n, outcome) = allocations_during(|| match relay.peel(NOW, &mut buf) {
-            Ok(Peeled::Forward { reply_key, .. }) => {
-                reply::add_layer(&reply_key, &mut reply_buf[..1024]).map(|()| 0)
-            }
-            Ok(Peeled::Deliver { reply_key, payload }) => {
+            Ok(Peeled::Forward {
+                reply_key,
+                reply_len,
+                ..
+            }) => reply::add_layer(&reply_key, &mut reply_buf[..reply_len], reply_len).map(|()| 0),
+            Ok(Peeled::Deliver {
+                reply_key,
+                payload,
+                reply_len,
+            }) => {
                 let body_len = payload.len();
                 let status = ReplyStatus::Response;
-                reply::seal(&reply_key, status, &[1u8; 900], &mut reply_buf).map(|l| l + body_len)
+                let out = &mut reply_buf[..reply_len];
+                reply::seal(&reply_key, status, &[1u8; 900], out).map(|()| body_len)
             }
             Err(e) => panic!("honest packet refused: {e}"),
         });
@@ -92,7 +99,7 @@ fn peel_and_reply_layers_perform_zero_heap_allocations() {
 
     // Errors are allocation-free too: a tampered packet is dropped without the heap.
     let mut tampered = [0u8; PACKET_LEN];
-    packet::build(&hops, b"x", EXPIRY, &mut rng, &mut tampered).unwrap();
+    packet::build(&hops, b"x", EXPIRY, 1024, &mut rng, &mut tampered).unwrap();
     tampered[100] ^= 1;
     let (n, outcome) = allocations_during(|| net[0].peel(NOW, &mut tampered).is_err());
     assert!(outcome);

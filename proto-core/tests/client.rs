@@ -51,6 +51,8 @@ fn fake_node(i: u8, expires: Timestamp) -> FakeNode {
 /// What the final hop saw: the request it executed.
 struct Delivered {
     request: Vec<u8>,
+    /// The reply length the client asked for.
+    reply_len: usize,
 }
 
 /// A network of fake nodes that peel for real and answer as `answer` says.
@@ -151,10 +153,14 @@ impl Net {
                         .position(|id| *id == next_hop)
                         .expect("paths use listed nodes");
                 }
-                Peeled::Deliver { payload, reply_key } => {
+                Peeled::Deliver {
+                    payload,
+                    reply_key,
+                    reply_len,
+                } => {
                     let request = payload.to_vec();
                     keys.push(reply_key);
-                    return (Delivered { request }, keys);
+                    return (Delivered { request, reply_len }, keys);
                 }
             }
         }
@@ -187,7 +193,7 @@ impl Net {
                     let response = answer(self, &delivered);
                     let mut body = Vec::new();
                     response.encode(&mut body);
-                    let mut out = vec![0u8; reply::bucket_for(body.len()).expect("fits")];
+                    let mut out = vec![0u8; delivered.reply_len];
                     reply::seal(
                         keys.last().expect("three hops"),
                         ReplyStatus::Response,
@@ -196,7 +202,7 @@ impl Net {
                     )
                     .expect("bucket sized");
                     for k in keys[..keys.len() - 1].iter().rev() {
-                        reply::add_layer(k, &mut out).expect("a bucket");
+                        reply::add_layer(k, &mut out, delivered.reply_len).expect("a bucket");
                     }
                     client.handle_onion_answer(NOW, &mut self.rng, t.id, Ok(&mut out));
                 }

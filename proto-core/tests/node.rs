@@ -166,7 +166,16 @@ fn a_known_node_address_gets_the_relay_budget_not_the_client_one() {
 }
 
 fn packet_through(n_onion: &OnionKey, next: NodeId) -> ([u8; PACKET_LEN], packet::PathKeys) {
-    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    packet_through_seeded(n_onion, next, 3)
+}
+
+/// [`packet_through`] with other ephemeral keys: another packet, not a replay.
+fn packet_through_seeded(
+    n_onion: &OnionKey,
+    next: NodeId,
+    seed: u64,
+) -> ([u8; PACKET_LEN], packet::PathKeys) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let first = PathHop {
         node: IdentityKey::from_seed(&[1; 32]).node_id(),
         onion_key: n_onion.public(),
@@ -180,6 +189,7 @@ fn packet_through(n_onion: &OnionKey, next: NodeId) -> ([u8; PACKET_LEN], packet
         &[first, second],
         b"x",
         NOW.plus_millis(30_000),
+        1024,
         &mut rng,
         &mut buf,
     )
@@ -279,6 +289,163 @@ fn next_hop_answering_garbage_is_reported_as_a_bad_reply() {
     // A late answer to an exchange already closed is ignored.
     n.handle_transmit_result(NOW, id, Err(TransmitFailure::Unreachable));
     assert!(drain(&mut n).is_empty());
+}
+
+/// Forwards a fresh packet (asking for a 1 KiB reply) to the known next hop `next` and
+/// returns the exchange's id and the client's keys.
+fn forwarded(
+    n: &mut Node<MemoryBackend>,
+    onion: &OnionKey,
+    next: NodeId,
+    req: u64,
+) -> (TransmitId, packet::PathKeys) {
+    let (mut buf, keys) = packet_through_seeded(onion, next, 1000 + req);
+    n.handle_onion(NOW, RequestId(req), CLIENT, &mut buf);
+    let id = drain(n)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Transmit { id, .. } => Some(id),
+            _ => None,
+        })
+        .expect("forwarded");
+    (id, keys)
+}
+
+#[test]
+fn a_reply_of_another_bucket_than_the_client_asked_for_is_not_passed_back() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let next = learn_next_hop(&mut n);
+    for (req, other) in [(10, 4096), (11, 16 * 1024), (12, 0)] {
+        let (id, keys) = forwarded(&mut n, &onion, next, req);
+        // A well-formed bucket, just not the one asked for (1 KiB): a hop marking the
+        // reply by its length. Or nothing at all: the next hop dropped the packet.
+        n.handle_transmit_result(NOW, id, Ok(vec![0x5a; other]));
+        let reply = only_reply(drain(&mut n), RequestId(req));
+        let Reply::Onion(ref body) = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(
+            body.len(),
+            1024,
+            "the failure comes back in the bucket asked for"
+        );
+        assert_eq!(
+            failure_seen_by_client(reply, &keys),
+            (0, HopFailure::NextHopBadReply)
+        );
+    }
+    assert_eq!(n.stats().replies_refused, 3);
+    // The bucket asked for is layered and passed back.
+    let (id, _) = forwarded(&mut n, &onion, next, 13);
+    n.handle_transmit_result(NOW, id, Ok(vec![0x5a; 1024]));
+    let Reply::Onion(body) = only_reply(drain(&mut n), RequestId(13)) else {
+        panic!("an onion reply");
+    };
+    assert_eq!(body.len(), 1024);
+    assert_ne!(body, vec![0x5a; 1024], "layered");
+    assert_eq!(n.stats().replies_refused, 3);
+}
+
+#[test]
+fn a_next_hop_refusal_is_reported_as_such_not_as_unreachable() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let next = learn_next_hop(&mut n);
+    let (id, keys) = forwarded(&mut n, &onion, next, 14);
+    n.handle_transmit_result(NOW, id, Err(TransmitFailure::Refused { status: 429 }));
+    let reply = only_reply(drain(&mut n), RequestId(14));
+    assert_eq!(
+        failure_seen_by_client(reply, &keys),
+        (0, HopFailure::NextHopRefused)
+    );
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_reopen_a_replay_at_the_node() {
+    let (mut n, onion) = node(NodeConfig::default());
+    let next = learn_next_hop(&mut n);
+    let (packet, _) = packet_through(&onion, next);
+    let mut first = packet;
+    n.handle_onion(NOW, RequestId(15), CLIENT, &mut first);
+    drain(&mut n);
+    let replayed = n.stats().packets_dropped;
+    // The clock jumps back two minutes; the same packet arrives again.
+    let mut again = packet;
+    let back = Timestamp(NOW.0 - 120_000);
+    n.handle_onion(back, RequestId(16), CLIENT, &mut again);
+    assert_eq!(only_reply(drain(&mut n), RequestId(16)), Reply::Dropped);
+    let i = PeelError::ALL
+        .iter()
+        .position(|e| *e == PeelError::Replayed)
+        .unwrap();
+    assert_eq!(n.stats().packets_dropped[i], replayed[i] + 1);
+}
+
+/// A one-hop packet to the node `to` under its onion key `onion`, built at `at`.
+fn final_hop_packet(
+    to: NodeId,
+    onion: proto_core::keys::OnionPublicKey,
+    at: Timestamp,
+    seed: u64,
+) -> [u8; PACKET_LEN] {
+    let hop = PathHop {
+        node: to,
+        onion_key: onion,
+    };
+    let mut buf = [0u8; PACKET_LEN];
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let expiry = packet::grid_expiry(at, 30_000);
+    packet::build(&[hop], b"x", expiry, 1024, &mut rng, &mut buf).unwrap();
+    buf
+}
+
+/// Whether `n` peeled `packet` at `at` (rather than dropping it).
+fn peels(n: &mut Node<MemoryBackend>, at: Timestamp, mut packet: [u8; PACKET_LEN]) -> bool {
+    let before = n.stats().packets_peeled;
+    n.handle_onion(at, RequestId(99), CLIENT, &mut packet);
+    drain(n);
+    n.stats().packets_peeled == before + 1
+}
+
+#[test]
+fn the_onion_key_rotates_and_the_previous_one_works_only_for_its_grace_period() {
+    let config = NodeConfig::default();
+    let (rotation, grace) = (config.onion_key_rotation_ms, config.onion_key_grace_ms);
+    let (mut n, first_key) = node(config);
+    let (id, old) = (n.node_id(), first_key.public());
+    let first = *n.descriptor();
+    assert!(peels(&mut n, NOW, final_hop_packet(id, old, NOW, 1)));
+
+    // Just before the period ends nothing changes; at its end a new key and descriptor.
+    n.handle_timeout(NOW.plus_millis(rotation - 1));
+    assert_eq!(n.descriptor().onion_key(), first.onion_key());
+    let rotated_at = NOW.plus_millis(rotation);
+    assert!(n.poll_timeout().is_some_and(|t| t <= rotated_at));
+    n.handle_timeout(rotated_at);
+    let second = *n.descriptor();
+    let new = second.onion_key();
+    assert_ne!(new, old);
+    assert!(second.epoch() > first.epoch());
+    assert!(second.is_valid_at(rotated_at));
+    assert_eq!(n.stats().onion_keys_rotated, 1);
+    drain(&mut n);
+
+    // During the grace period a client holding the old descriptor still gets through, and
+    // one holding the new one too.
+    let late = rotated_at.plus_millis(grace - 60_000);
+    assert!(peels(&mut n, late, final_hop_packet(id, old, late, 2)));
+    assert!(peels(&mut n, late, final_hop_packet(id, new, late, 3)));
+
+    // After it, the old key is gone: its packets fail the MAC like any stranger's.
+    let after = rotated_at.plus_millis(grace);
+    n.handle_timeout(after);
+    let bad_mac = PeelError::ALL
+        .iter()
+        .position(|e| *e == PeelError::BadMac)
+        .unwrap();
+    let dropped = n.stats().packets_dropped[bad_mac];
+    assert!(!peels(&mut n, after, final_hop_packet(id, old, after, 4)));
+    assert_eq!(n.stats().packets_dropped[bad_mac], dropped + 1);
+    assert!(peels(&mut n, after, final_hop_packet(id, new, after, 5)));
 }
 
 #[test]

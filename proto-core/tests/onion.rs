@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use common::{EXPIRY, NOW, Relay, relays};
 use proptest::prelude::*;
 use proto_core::packet::{self, BuildError, MAX_HOPS, MAX_PAYLOAD, PACKET_LEN, PeelError, Peeled};
+use proto_core::replay::EXPIRY_GRID_MS;
 use proto_core::reply::{self, HopFailure, Opened, REPLY_BUCKETS, ReplyStatus};
 use proto_core::{NodeId, ReplyKey};
 use rand_chacha::ChaCha20Rng;
@@ -21,8 +22,12 @@ struct Trip {
     delivered: Vec<u8>,
 }
 
-/// Sends `payload` through `path` (indices into `net`), asserting each hop forwards to
-/// the next one and the last delivers.
+/// The reply length [`travel`] asks for: room for a body of up to 16 KiB minus 21 bytes.
+const TRAVEL_REPLY_LEN: usize = 16 * 1024;
+
+/// Sends `payload` through `path` (indices into `net`), asking for a reply of
+/// [`TRAVEL_REPLY_LEN`], asserting each hop forwards to the next one, the last delivers
+/// and every hop learns the reply length.
 fn travel(
     net: &mut [Relay],
     path: &[usize],
@@ -32,7 +37,8 @@ fn travel(
     let hops: Vec<_> = path.iter().map(|&i| net[i].hop()).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut buf = [0u8; PACKET_LEN];
-    let keys = packet::build(&hops, payload, EXPIRY, &mut rng, &mut buf).expect("valid path");
+    let keys = packet::build(&hops, payload, EXPIRY, TRAVEL_REPLY_LEN, &mut rng, &mut buf)
+        .expect("valid path");
     let mut arrivals = Vec::new();
     let mut hop_reply_keys = Vec::new();
     for (pos, &i) in path.iter().enumerate() {
@@ -43,7 +49,9 @@ fn travel(
                 next_hop,
                 packet,
                 reply_key,
+                reply_len,
             } => {
+                assert_eq!(reply_len, TRAVEL_REPLY_LEN);
                 assert!(pos + 1 < path.len(), "hop {pos} forwarded past the end");
                 assert_eq!(next_hop, hops[pos + 1].node);
                 assert_eq!(packet.len(), PACKET_LEN);
@@ -52,7 +60,9 @@ fn travel(
             Peeled::Deliver {
                 payload: got,
                 reply_key,
+                reply_len,
             } => {
+                assert_eq!(reply_len, TRAVEL_REPLY_LEN);
                 assert_eq!(pos + 1, path.len(), "hop {pos} delivered early");
                 hop_reply_keys.push(reply_key);
                 let delivered = got.to_vec();
@@ -95,13 +105,13 @@ proptest! {
         let mut net = relays(MAX_HOPS as u8);
         let path: Vec<usize> = (0..hops).collect();
         let (trip, client) = travel(&mut net, &path, b"req", seed);
-        let mut out = vec![0u8; reply::MAX_REPLY_LEN];
+        let mut out = vec![0u8; TRAVEL_REPLY_LEN];
         let last = trip.hop_reply_keys.last().expect("at least one hop");
-        let len = reply::seal(last, ReplyStatus::Response, &body, &mut out).expect("fits");
-        prop_assert!(REPLY_BUCKETS.contains(&len));
-        let wire = &mut out[..len];
+        reply::seal(last, ReplyStatus::Response, &body, &mut out).expect("fits");
+        prop_assert!(REPLY_BUCKETS.contains(&out.len()));
+        let wire = &mut out[..];
         for key in trip.hop_reply_keys[..hops - 1].iter().rev() {
-            reply::add_layer(key, wire).expect("bucket-sized");
+            reply::add_layer(key, wire, TRAVEL_REPLY_LEN).expect("the length asked for");
         }
         let opened = reply::open(client.reply_keys(), wire).expect("authentic");
         prop_assert_eq!(opened, Opened::Response { body: &body });
@@ -117,13 +127,13 @@ proptest! {
         let mut net = relays(MAX_HOPS as u8);
         let path: Vec<usize> = (0..hops).collect();
         let (trip, client) = travel(&mut net, &path, b"req", seed);
-        let mut out = vec![0u8; 1024];
+        let mut out = vec![0u8; TRAVEL_REPLY_LEN];
         let status = ReplyStatus::Failed(HopFailure::NextHopTimeout);
-        let len = reply::seal(&trip.hop_reply_keys[failing], status, b"late", &mut out).expect("fits");
+        reply::seal(&trip.hop_reply_keys[failing], status, b"late", &mut out).expect("fits");
         for key in trip.hop_reply_keys[..failing].iter().rev() {
-            reply::add_layer(key, &mut out[..len]).expect("bucket-sized");
+            reply::add_layer(key, &mut out, TRAVEL_REPLY_LEN).expect("the length asked for");
         }
-        let opened = reply::open(client.reply_keys(), &mut out[..len]).expect("authentic");
+        let opened = reply::open(client.reply_keys(), &mut out).expect("authentic");
         prop_assert_eq!(opened, Opened::Failed { hop: failing, failure: HopFailure::NextHopTimeout, detail: b"late" });
     }
 }
@@ -155,13 +165,20 @@ fn replayed_packet_is_refused_within_window() {
     let hops: Vec<_> = net.iter().map(Relay::hop).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let mut original = [0u8; PACKET_LEN];
-    packet::build(&hops, b"once", EXPIRY, &mut rng, &mut original).unwrap();
+    packet::build(&hops, b"once", EXPIRY, 1024, &mut rng, &mut original).unwrap();
     let mut first = original;
     assert!(net[0].peel(NOW, &mut first).is_ok());
     let mut again = original;
     let later = proto_core::Timestamp(EXPIRY.0 - 1);
     assert_eq!(
         net[0].peel(later, &mut again).unwrap_err(),
+        PeelError::Replayed
+    );
+    // A clock stepped back an hour does not reopen the window.
+    let mut again = original;
+    let back = proto_core::Timestamp(NOW.0 - 3_600_000);
+    assert_eq!(
+        net[0].peel(back, &mut again).unwrap_err(),
         PeelError::Replayed
     );
     // Another hop has its own filter and key: the same bytes are simply not for it.
@@ -178,7 +195,7 @@ fn expired_packet_is_refused() {
     let hops = [net[0].hop()];
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let mut buf = [0u8; PACKET_LEN];
-    packet::build(&hops, b"late", EXPIRY, &mut rng, &mut buf).unwrap();
+    packet::build(&hops, b"late", EXPIRY, 1024, &mut rng, &mut buf).unwrap();
     let after = proto_core::Timestamp(EXPIRY.0 + 1);
     assert_eq!(
         net[0].peel(after, &mut buf).unwrap_err(),
@@ -192,12 +209,40 @@ fn packet_valid_too_far_ahead_is_refused() {
     let hops = [net[0].hop()];
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let mut buf = [0u8; PACKET_LEN];
-    let far = NOW.plus_millis(proto_core::replay::MAX_PACKET_LIFETIME_MS + 1);
-    packet::build(&hops, b"far", far, &mut rng, &mut buf).unwrap();
+    let far = NOW.plus_millis(proto_core::replay::MAX_PACKET_LIFETIME_MS + EXPIRY_GRID_MS);
+    packet::build(&hops, b"far", far, 1024, &mut rng, &mut buf).unwrap();
     assert_eq!(
         net[0].peel(NOW, &mut buf).unwrap_err(),
         PeelError::ExpiryTooFar
     );
+}
+
+#[test]
+fn expiry_off_the_grid_is_refused_by_the_builder_and_dropped_by_a_hop() {
+    let mut net = relays(1);
+    let hops = [net[0].hop()];
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut buf = [0u8; PACKET_LEN];
+    let off = NOW.plus_millis(20_001);
+    assert_eq!(
+        packet::build(&hops, b"off", off, 1024, &mut rng, &mut buf).unwrap_err(),
+        BuildError::ExpiryOffGrid
+    );
+    // Hops drop what a builder that ignores the rule sends (packet.rs unit tests build
+    // one below the public API); the helper puts clients on the grid.
+    let on = packet::grid_expiry(NOW, 25_000);
+    assert_eq!(on.0 % EXPIRY_GRID_MS, 0);
+    assert!(on > NOW.plus_millis(15_000) && on <= NOW.plus_millis(25_000));
+    let built_at = |t: u64| packet::grid_expiry(proto_core::Timestamp(NOW.0 + t), 25_000);
+    // NOW + 25 s is mid-step: builds from NOW + 5 s to NOW + 15 s share one expiry.
+    assert_eq!(
+        built_at(5_000),
+        built_at(5_000 + EXPIRY_GRID_MS - 1),
+        "packets built within one grid step carry the same expiry"
+    );
+    assert_ne!(built_at(4_999), built_at(5_000));
+    packet::build(&hops, b"on", on, 1024, &mut rng, &mut buf).unwrap();
+    assert!(net[0].peel(NOW, &mut buf).is_ok());
 }
 
 #[test]
@@ -248,11 +293,11 @@ fn builder_refuses_bad_paths_and_payloads() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let mut buf = [0u8; PACKET_LEN];
     assert_eq!(
-        packet::build(&[], b"", EXPIRY, &mut rng, &mut buf).unwrap_err(),
+        packet::build(&[], b"", EXPIRY, 1024, &mut rng, &mut buf).unwrap_err(),
         BuildError::BadPathLength { hops: 0 }
     );
     assert_eq!(
-        packet::build(&hops, b"", EXPIRY, &mut rng, &mut buf).unwrap_err(),
+        packet::build(&hops, b"", EXPIRY, 1024, &mut rng, &mut buf).unwrap_err(),
         BuildError::BadPathLength { hops: MAX_HOPS + 1 }
     );
     assert_eq!(
@@ -260,6 +305,7 @@ fn builder_refuses_bad_paths_and_payloads() {
             &hops[..3],
             &[0; MAX_PAYLOAD + 1],
             EXPIRY,
+            1024,
             &mut rng,
             &mut buf
         )
@@ -271,9 +317,15 @@ fn builder_refuses_bad_paths_and_payloads() {
     let mut bad = hops[0];
     bad.onion_key.0 = [0; 32];
     assert_eq!(
-        packet::build(&[bad], b"", EXPIRY, &mut rng, &mut buf).unwrap_err(),
+        packet::build(&[bad], b"", EXPIRY, 1024, &mut rng, &mut buf).unwrap_err(),
         BuildError::BadOnionKey { hop: 0 }
     );
+    for len in [0, 1000, 2048, 1 << 20] {
+        assert_eq!(
+            packet::build(&hops[..3], b"", EXPIRY, len, &mut rng, &mut buf).unwrap_err(),
+            BuildError::NotAReplyBucket { len }
+        );
+    }
 }
 
 #[test]
@@ -292,7 +344,8 @@ fn small_order_ephemeral_key_is_refused() {
 fn reply_of_wrong_size_or_corrupted_is_refused() {
     let mut net = relays(3);
     let (trip, client) = travel(&mut net, &[0, 1, 2], b"q", 5);
-    let mut out = vec![0u8; 1024];
+    let asked = TRAVEL_REPLY_LEN;
+    let mut out = vec![0u8; asked];
     reply::seal(
         &trip.hop_reply_keys[2],
         ReplyStatus::Response,
@@ -300,8 +353,8 @@ fn reply_of_wrong_size_or_corrupted_is_refused() {
         &mut out,
     )
     .unwrap();
-    reply::add_layer(&trip.hop_reply_keys[1], &mut out).unwrap();
-    reply::add_layer(&trip.hop_reply_keys[0], &mut out).unwrap();
+    reply::add_layer(&trip.hop_reply_keys[1], &mut out, asked).unwrap();
+    reply::add_layer(&trip.hop_reply_keys[0], &mut out, asked).unwrap();
     let mut corrupted = out.clone();
     corrupted[500] ^= 1;
     assert_eq!(
@@ -309,11 +362,27 @@ fn reply_of_wrong_size_or_corrupted_is_refused() {
         Err(reply::ReplyError::Unauthentic)
     );
     assert_eq!(
-        reply::add_layer(&trip.hop_reply_keys[0], &mut out[..1000]),
+        reply::add_layer(&trip.hop_reply_keys[0], &mut out[..1000], asked),
         Err(reply::ReplyError::NotABucket { len: 1000 })
     );
+    // A hop that answers in another bucket than the client asked for (to mark the
+    // reply by its length) is not passed back: the previous hop refuses to layer it.
+    for other in REPLY_BUCKETS.into_iter().filter(|&b| b != asked) {
+        let mut marked = vec![0u8; other];
+        reply::seal(
+            &trip.hop_reply_keys[2],
+            ReplyStatus::Response,
+            b"m",
+            &mut marked,
+        )
+        .unwrap();
+        assert_eq!(
+            reply::add_layer(&trip.hop_reply_keys[1], &mut marked, asked),
+            Err(reply::ReplyError::NotABucket { len: other })
+        );
+    }
     // A relay cannot pass itself off as the final responder.
-    let mut forged = vec![0u8; 1024];
+    let mut forged = vec![0u8; asked];
     reply::seal(
         &trip.hop_reply_keys[1],
         ReplyStatus::Response,
@@ -321,7 +390,7 @@ fn reply_of_wrong_size_or_corrupted_is_refused() {
         &mut forged,
     )
     .unwrap();
-    reply::add_layer(&trip.hop_reply_keys[0], &mut forged).unwrap();
+    reply::add_layer(&trip.hop_reply_keys[0], &mut forged, asked).unwrap();
     assert_eq!(
         reply::open(client.reply_keys(), &mut forged),
         Err(reply::ReplyError::Malformed { hop: 1 })

@@ -12,12 +12,14 @@ use std::fmt::Write as _;
 
 use common::{EXPIRY, NOW, relays};
 use proto_core::packet::{self, PACKET_LEN, Peeled};
-use proto_core::reply::{self, Opened, ReplyStatus};
+use proto_core::reply::{self, HopFailure, Opened, ReplyStatus};
 use rand_core::{TryCryptoRng, TryRng};
 
 const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/onion-v1.txt");
 const PAYLOAD: &[u8] = b"ghostnodes test vector";
 const RESPONSE: &[u8] = b"pong";
+/// The reply length every vector packet asks for (bucket index 0).
+const REPLY_LEN: usize = 1024;
 
 /// The vectors' "randomness": byte k of the stream is `k mod 256`. Predictable on
 /// purpose, so anyone can reproduce the vectors; never use it for real packets.
@@ -77,6 +79,7 @@ fn render() -> String {
     writeln!(out, "expiry_ms = {}", EXPIRY.0).unwrap();
     writeln!(out, "payload = {}", hex(PAYLOAD)).unwrap();
     writeln!(out, "response = {}", hex(RESPONSE)).unwrap();
+    writeln!(out, "reply_len = {REPLY_LEN}").unwrap();
     for hops in [1usize, 3, 5] {
         let mut net = relays(hops as u8);
         let path: Vec<_> = net.iter().map(|r| r.hop()).collect();
@@ -86,31 +89,64 @@ fn render() -> String {
         }
         let mut rng = CountingRngForTestVectorsOnly(0);
         let mut buf = [0u8; PACKET_LEN];
-        let client = packet::build(&path, PAYLOAD, EXPIRY, &mut rng, &mut buf).unwrap();
+        let client = packet::build(&path, PAYLOAD, EXPIRY, REPLY_LEN, &mut rng, &mut buf).unwrap();
         let mut hop_keys = Vec::new();
         for (i, relay) in net.iter_mut().enumerate() {
             writeln!(out, "packet_at_hop_{i} = {}", hex(&buf)).unwrap();
             match relay.peel(NOW, &mut buf).unwrap() {
-                Peeled::Forward { reply_key, .. } => hop_keys.push(reply_key),
-                Peeled::Deliver { payload, reply_key } => {
-                    assert_eq!(payload, PAYLOAD);
+                Peeled::Forward {
+                    reply_key,
+                    reply_len,
+                    ..
+                } => {
+                    assert_eq!(reply_len, REPLY_LEN);
+                    hop_keys.push(reply_key);
+                }
+                Peeled::Deliver {
+                    payload,
+                    reply_key,
+                    reply_len,
+                } => {
+                    assert_eq!((payload, reply_len), (PAYLOAD, REPLY_LEN));
                     hop_keys.push(reply_key);
                 }
             }
         }
+        // Each hop's reply key, shown by what it seals: an empty failure "next hop
+        // unreachable" (code 1), as a relay that cannot forward answers. The client's key
+        // for the hop seals the same bytes.
         for (i, k) in hop_keys.iter().enumerate() {
+            let failure = ReplyStatus::Failed(HopFailure::NextHopUnreachable);
+            let mut sealed = vec![0u8; REPLY_LEN];
+            reply::seal(k, failure, &[], &mut sealed).unwrap();
+            let mut by_client = vec![0u8; REPLY_LEN];
+            reply::seal(&client.reply_keys()[i], failure, &[], &mut by_client).unwrap();
             assert_eq!(
-                k.bytes_for_test_vectors_only(),
-                client.reply_keys()[i].bytes_for_test_vectors_only()
+                sealed, by_client,
+                "hop {i} and the client share the reply key"
             );
-            writeln!(
-                out,
-                "reply_key_{i} = {}",
-                hex(&k.bytes_for_test_vectors_only())
-            )
-            .unwrap();
+            writeln!(out, "failure_sealed_by_hop_{i} = {}", hex(&sealed)).unwrap();
         }
-        let mut wire = vec![0u8; 1024];
+        if hops > 1 {
+            // The last relay reports its next hop unreachable; the hops before it layer.
+            let failing = hops - 2;
+            let mut wire = vec![0u8; REPLY_LEN];
+            let failure = ReplyStatus::Failed(HopFailure::NextHopUnreachable);
+            reply::seal(&hop_keys[failing], failure, &[], &mut wire).unwrap();
+            for k in hop_keys[..failing].iter().rev() {
+                reply::add_layer(k, &mut wire, REPLY_LEN).unwrap();
+            }
+            writeln!(out, "failure_of_hop_{failing}_at_client = {}", hex(&wire)).unwrap();
+            assert_eq!(
+                reply::open(client.reply_keys(), &mut wire).unwrap(),
+                Opened::Failed {
+                    hop: failing,
+                    failure: HopFailure::NextHopUnreachable,
+                    detail: &[],
+                }
+            );
+        }
+        let mut wire = vec![0u8; REPLY_LEN];
         reply::seal(
             &hop_keys[hops - 1],
             ReplyStatus::Response,
@@ -119,7 +155,7 @@ fn render() -> String {
         )
         .unwrap();
         for k in hop_keys[..hops - 1].iter().rev() {
-            reply::add_layer(k, &mut wire).unwrap();
+            reply::add_layer(k, &mut wire, REPLY_LEN).unwrap();
         }
         writeln!(out, "reply_at_client = {}", hex(&wire)).unwrap();
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The HTTP API in one place: the route table, the JSON bodies of the directory endpoints,
 //! and the one mapping from a problem to an HTTP status and a JSON error body.
 //!
-//! Runtimes call [`route`] with the method and path they read and [`ApiError::body`] to
+//! Runtimes call [`route`] with the listener, method and path they read and [`ApiError::body`] to
 //! answer a problem; nothing here touches a socket, so a second runtime uses the same
 //! table and the same error names. Invariants: every error answer is a 4xx or 5xx with a
 //! JSON body `{"error": code, "message": text}` whose `code` is a stable snake_case name;
@@ -22,9 +22,12 @@ pub enum Route {
     Onion,
     /// `POST /v1/peer`: a signed node-to-node envelope.
     Peer,
-    /// `GET /health`: readiness.
+    /// `GET /health` on the public listener: up or not, and nothing else.
     Health,
-    /// `GET /metrics`: Prometheus text format.
+    /// `GET /health` on the admin listener: readiness with the node, its peer count and
+    /// the database state.
+    HealthDetail,
+    /// `GET /metrics` on the admin listener: Prometheus text format.
     Metrics,
     /// `GET /v1/nodes/bootstrap`: signed descriptors for a client's first view.
     Bootstrap,
@@ -35,23 +38,40 @@ pub enum Route {
     Register,
 }
 
-/// Every path the node serves, with the one method it accepts.
-const ROUTES: [(&str, &str); 7] = [
+/// Which of the node's two listeners a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The address clients and nodes use: the protocol and a bare `/health`.
+    Public,
+    /// The operator's address (loopback by default): metrics and detailed health, which
+    /// would let an outsider watch the node's traffic.
+    Admin,
+}
+
+/// Every path the public listener serves, with the one method it accepts.
+const PUBLIC_ROUTES: [(&str, &str); 6] = [
     ("/v1/onion", "POST"),
     ("/v1/peer", "POST"),
     ("/health", "GET"),
-    ("/metrics", "GET"),
     ("/v1/nodes/bootstrap", "GET"),
     ("/v1/nodes/directory", "GET"),
     ("/v1/nodes/register", "POST"),
 ];
 
+/// Every path the admin listener serves, with the one method it accepts.
+const ADMIN_ROUTES: [(&str, &str); 2] = [("/health", "GET"), ("/metrics", "GET")];
+
 /// Descriptors per page of `GET /v1/nodes/directory` (about 40 KiB of JSON).
 pub const DIRECTORY_PAGE_LEN: usize = 256;
 
-/// Finds the route for `method` and `path` (the path without its query string).
-pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
-    let Some(&(_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+/// Finds the route for `method` and `path` (the path without its query string) on
+/// `listener`.
+pub fn route(listener: Listener, method: &str, path: &str) -> Result<Route, ApiError> {
+    let routes: &[(&str, &str)] = match listener {
+        Listener::Public => &PUBLIC_ROUTES,
+        Listener::Admin => &ADMIN_ROUTES,
+    };
+    let Some(&(_, allowed)) = routes.iter().find(|(p, _)| *p == path) else {
         return Err(ApiError::new(
             404,
             "unknown_route",
@@ -64,6 +84,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     Ok(match path {
         "/v1/onion" => Route::Onion,
         "/v1/peer" => Route::Peer,
+        "/health" if listener == Listener::Admin => Route::HealthDetail,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/v1/nodes/bootstrap" => Route::Bootstrap,
@@ -221,8 +242,21 @@ struct HealthJson {
     database: &'static str,
 }
 
-/// Status and body of `GET /health`: 200 while the database answers (`ready` once another
-/// node is known, so the node can relay and replicate), 503 once it is closed.
+/// Status and body of the public `GET /health`: 200 `{"status":"ok"}` while the database
+/// answers, 503 `{"status":"unavailable"}` once it is closed. A load balancer needs no
+/// more, and an outsider learns no more.
+#[must_use]
+pub fn public_health_body(database_open: bool) -> (u16, String) {
+    if database_open {
+        (200, r#"{"status":"ok"}"#.to_owned())
+    } else {
+        (503, r#"{"status":"unavailable"}"#.to_owned())
+    }
+}
+
+/// Status and body of the admin `GET /health`: 200 while the database answers (`ready`
+/// once another node is known, so the node can relay and replicate), 503 once it is
+/// closed.
 #[must_use]
 pub fn health_body(node: NodeId, peers: usize, database_open: bool) -> (u16, String) {
     let body = HealthJson {
@@ -413,20 +447,60 @@ mod tests {
 
     #[test]
     fn every_route_answers_its_method_and_refuses_the_others() {
-        for (path, method) in ROUTES {
-            assert!(route(method, path).is_ok(), "{method} {path}");
-            let other = if method == "GET" { "POST" } else { "GET" };
-            assert_eq!(route(other, path).unwrap_err().status, 405);
+        for (listener, routes) in [
+            (Listener::Public, &PUBLIC_ROUTES[..]),
+            (Listener::Admin, &ADMIN_ROUTES[..]),
+        ] {
+            for &(path, method) in routes {
+                assert!(route(listener, method, path).is_ok(), "{method} {path}");
+                let other = if method == "GET" { "POST" } else { "GET" };
+                assert_eq!(route(listener, other, path).unwrap_err().status, 405);
+            }
+            assert_eq!(route(listener, "GET", "/nope").unwrap_err().status, 404);
         }
-        assert_eq!(route("GET", "/nope").unwrap_err().status, 404);
-        assert_eq!(route("DELETE", "/v1/onion").unwrap_err().status, 405);
+        let public = Listener::Public;
+        assert_eq!(
+            route(public, "DELETE", "/v1/onion").unwrap_err().status,
+            405
+        );
+    }
+
+    #[test]
+    fn traffic_counts_and_health_detail_are_only_on_the_admin_listener() {
+        assert_eq!(
+            route(Listener::Public, "GET", "/metrics")
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            route(Listener::Public, "GET", "/health").unwrap(),
+            Route::Health
+        );
+        assert_eq!(
+            route(Listener::Admin, "GET", "/health").unwrap(),
+            Route::HealthDetail
+        );
+        for path in ["/v1/onion", "/v1/peer", "/v1/nodes/register"] {
+            assert_eq!(
+                route(Listener::Admin, "POST", path).unwrap_err().status,
+                404
+            );
+        }
+        assert_eq!(public_health_body(true), (200, r#"{"status":"ok"}"#.into()));
+        assert_eq!(public_health_body(false).0, 503);
     }
 
     #[test]
     fn no_route_names_a_recipient() {
         // A plain request naming a recipient would tell the node (and the wire) who the
         // client writes to or reads as: such questions travel only inside onions.
-        let e = route("GET", &format!("/v1/nodes/swarm/{}", "ab".repeat(32))).unwrap_err();
+        let e = route(
+            Listener::Public,
+            "GET",
+            &format!("/v1/nodes/swarm/{}", "ab".repeat(32)),
+        )
+        .unwrap_err();
         assert_eq!((e.status, e.code), (404, "unknown_route"));
     }
 

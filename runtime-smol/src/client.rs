@@ -24,10 +24,11 @@ use proto_core::node::{Endpoint, TransmitFailure};
 use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
 use proto_core::reply::{self, Opened};
 use proto_core::request::{Request, Response};
-use proto_core::sealed::{self, Contact, EncryptionKey, SEAL_OVERHEAD};
+use proto_core::sealed::{self, Contact, EncryptionKey};
 use proto_core::{MessageHash, NodeId, RecipientId};
 use rand_core::{CryptoRng, Rng, UnwrapErr};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::api;
 use crate::host::{exchange, now};
@@ -37,8 +38,12 @@ pub const PATH_HOPS: usize = 3;
 /// How long one exchange may take before the client gives up on it (the core's
 /// `request_timeout_ms`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a packet stays valid (hops refuse it afterwards).
-const PACKET_LIFETIME_MS: u64 = 60_000;
+/// How long a packet stays valid (hops refuse it afterwards), before rounding down to the
+/// expiry grid.
+const PACKET_LIFETIME_MS: u64 = 30_000;
+/// Reply length asked for by hand-made requests ([`Client::request`]): room for a page of
+/// messages.
+pub const HAND_MADE_REPLY_LEN: usize = 64 * 1024;
 /// How long stored messages live unless the sender says otherwise: 14 days, the maximum.
 pub const DEFAULT_TTL_MS: u64 = proto_core::store::MAX_TTL_MS;
 
@@ -71,8 +76,8 @@ pub struct RecipientKeys {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyFile {
-    identity: String,
-    encryption: String,
+    identity: Zeroizing<String>,
+    encryption: Zeroizing<String>,
 }
 
 impl RecipientKeys {
@@ -93,35 +98,40 @@ impl RecipientKeys {
         }
     }
 
-    /// Saves the keys to a new private file (refuses to overwrite one).
+    /// Saves the keys to a new private file (refuses to overwrite one). Every buffer
+    /// that held the secrets in hex is wiped before it is freed.
     pub fn save(&self, path: &Path) -> Result<(), String> {
         let file = KeyFile {
-            identity: hex::encode(&self.identity.to_seed()[..]),
-            encryption: hex::encode(&self.encryption.to_secret_bytes()[..]),
+            identity: Zeroizing::new(hex::encode(&self.identity.to_seed()[..])),
+            encryption: Zeroizing::new(hex::encode(&self.encryption.to_secret_bytes()[..])),
         };
-        let text = format!(
+        let toml_text =
+            Zeroizing::new(toml::to_string(&file).expect("two strings always serialize"));
+        let text = Zeroizing::new(format!(
             "# GhostNodes recipient keys: keep this file private.\n# contact: {}\n{}",
             self.contact(),
-            toml::to_string(&file).expect("two strings always serialize")
-        );
+            toml_text.as_str()
+        ));
         write_private(path, text.as_bytes())
     }
 
     /// Loads keys saved by [`RecipientKeys::save`].
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?,
+        );
         let file: KeyFile = toml::from_str(&text)
             .map_err(|e| format!("{} is not a ghost key file: {e}", path.display()))?;
-        let secret = |name: &str, hex_text: &str| -> Result<[u8; 32], String> {
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(hex_text, &mut out)
+        let secret = |name: &str, hex_text: &str| -> Result<Zeroizing<[u8; 32]>, String> {
+            let mut out = Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(hex_text, &mut out[..])
                 .map_err(|_| format!("{}: {name} is not 64 hex digits", path.display()))?;
             Ok(out)
         };
         Ok(Self {
-            identity: IdentityKey::from_seed(&secret("identity", &file.identity)?),
-            encryption: EncryptionKey::from_secret_bytes(secret("encryption", &file.encryption)?),
+            identity: IdentityKey::from_seed(&*secret("identity", &file.identity)?),
+            encryption: EncryptionKey::from_secret_bytes(*secret("encryption", &file.encryption)?),
         })
     }
 }
@@ -397,6 +407,9 @@ impl Client {
                         Err(e) => {
                             let error = match e {
                                 TransmitFailure::Timeout => TransportError::Timeout,
+                                TransmitFailure::Refused { status } => {
+                                    TransportError::Status(status)
+                                }
                                 _ => TransportError::Unreachable,
                             };
                             core.handle_onion_answer(now(), &mut rng(), t.id, Err(error));
@@ -494,7 +507,8 @@ fn rng() -> UnwrapErr<getrandom::SysRng> {
 }
 
 /// Builds an onion packet carrying `payload` along `path` with fresh ephemeral keys,
-/// valid for a minute; the keys open the answer.
+/// valid for about half a minute, asking for a reply of [`HAND_MADE_REPLY_LEN`] bytes; the
+/// keys open the answer.
 pub fn build_packet(
     path: &[Descriptor],
     payload: &[u8],
@@ -504,7 +518,8 @@ pub fn build_packet(
     let keys = packet::build(
         &hops,
         payload,
-        now().plus_millis(PACKET_LIFETIME_MS),
+        packet::grid_expiry(now(), PACKET_LIFETIME_MS),
+        HAND_MADE_REPLY_LEN,
         &mut UnwrapErr(getrandom::SysRng),
         &mut packet,
     )
@@ -514,14 +529,15 @@ pub fn build_packet(
 
 /// Seals `text` for `to` (end-to-end: only the recipient's encryption key opens it).
 pub fn seal_for(to: &Contact, text: &[u8]) -> Result<Vec<u8>, ClientError> {
-    let max = proto_core::store::DEFAULT_MAX_BODY - SEAL_OVERHEAD;
+    let max = sealed::MAX_MESSAGE_IN_ONE_BODY;
     if text.len() > max {
         return fail(format!(
             "the message is {} bytes; at most {max} fit in one packet",
             text.len()
         ));
     }
-    let mut out = vec![0u8; text.len() + SEAL_OVERHEAD];
+    let len = sealed::sealed_len(text.len()).expect("at most MAX_MESSAGE_IN_ONE_BODY");
+    let mut out = vec![0u8; len];
     let n = sealed::seal(to, text, &mut UnwrapErr(getrandom::SysRng), &mut out)
         .map_err(|e| ClientError(format!("cannot seal the message: {e}")))?;
     out.truncate(n);

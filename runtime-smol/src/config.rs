@@ -59,6 +59,50 @@ pub enum Admission {
     Allowlist,
 }
 
+/// Where the admin listener binds: an address, or nowhere (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl AdminListen {
+    /// The default admin address: loopback, port 9710.
+    pub const DEFAULT: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9710);
+}
+
+impl Default for AdminListen {
+    fn default() -> Self {
+        Self(Some(Self::DEFAULT))
+    }
+}
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        text.parse().map(|a| Self(Some(a))).map_err(|_| {
+            format!("admin_listen must be host:port (an IP address) or \"off\", not {text:?}")
+        })
+    }
+}
+
+impl TryFrom<String> for AdminListen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<AdminListen> for String {
+    fn from(admin: AdminListen) -> Self {
+        admin.0.map_or_else(|| "off".to_owned(), |a| a.to_string())
+    }
+}
+
 /// Everything `ghostnode` reads from its configuration file. Every field has a default.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +113,10 @@ pub struct Config {
     /// Address other nodes and clients use to reach this node. Default: the bound
     /// listening address.
     pub advertise: Option<String>,
+    /// Address of the operator's listener, which alone serves `/metrics` and the detailed
+    /// `/health` (`host:port`, or `off`). Default `127.0.0.1:9710`: loopback, because
+    /// per-node traffic counts tell an outsider when a node forwards and stores.
+    pub admin_listen: AdminListen,
     /// Directory holding the identity key and the message database. Default `ghost-data`.
     pub data_dir: PathBuf,
     /// Nodes to join through at start. Default: none (a first node).
@@ -91,6 +139,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
             advertise: None,
+            admin_listen: AdminListen::default(),
             data_dir: PathBuf::from("ghost-data"),
             seeds: Vec::new(),
             log_format: LogFormat::Human,
@@ -156,6 +205,13 @@ pub struct NodeSection {
     /// network's price of a new, and above all of a targeted, identity. The same on
     /// every node.
     pub join_difficulty: u8,
+    /// How long one onion key is used before a new one is made and published, ms (0: keep
+    /// the start-up key while the node runs). Default 3,600,000 (1 hour).
+    pub onion_key_rotation_ms: u64,
+    /// How long packets for the previous onion key are accepted after a rotation, ms; then
+    /// the key is erased. Default 600,000 (10 minutes); at least 60,000 (a packet's
+    /// lifetime) and below `onion_key_rotation_ms`.
+    pub onion_key_grace_ms: u64,
     /// `/v1/peer` requests per second allowed per source address of live nodes.
     pub peer_rate_per_second: u32,
     /// Burst of `/v1/peer` requests per live node's source address.
@@ -193,6 +249,8 @@ impl Default for NodeSection {
             admission: Admission::Open,
             allowlist_file: None,
             join_difficulty: core.directory.join_difficulty,
+            onion_key_rotation_ms: core.onion_key_rotation_ms,
+            onion_key_grace_ms: core.onion_key_grace_ms,
             peer_rate_per_second: core.peer_rate.per_second,
             peer_rate_burst: core.peer_rate.burst,
             stranger_rate_per_second: core.stranger_rate.per_second,
@@ -357,6 +415,18 @@ impl Config {
         if n.vnodes == 0 {
             return Err("node.vnodes must be at least 1".into());
         }
+        let lifetime = proto_core::replay::MAX_PACKET_LIFETIME_MS;
+        if n.onion_key_grace_ms < lifetime {
+            return Err(format!(
+                "node.onion_key_grace_ms must be at least {lifetime} (a packet's lifetime)"
+            ));
+        }
+        if n.onion_key_rotation_ms != 0 && n.onion_key_rotation_ms <= n.onion_key_grace_ms {
+            return Err(
+                "node.onion_key_rotation_ms must be 0 (no rotation) or longer than node.onion_key_grace_ms"
+                    .into(),
+            );
+        }
         if self.store.max_ttl_ms > proto_core::store::MAX_TTL_MS {
             return Err(format!(
                 "store.max_ttl_ms must be at most {} (14 days)",
@@ -451,6 +521,8 @@ impl Config {
             anti_entropy_interval_ms: n.anti_entropy_interval_ms,
             gossip_interval_ms: n.gossip_interval_ms,
             expiry_sweep_interval_ms: n.expiry_sweep_interval_ms,
+            onion_key_rotation_ms: n.onion_key_rotation_ms,
+            onion_key_grace_ms: n.onion_key_grace_ms,
             store: StoreConfig {
                 max_ttl_ms: s.max_ttl_ms,
                 max_body: s.max_body,
@@ -573,6 +645,36 @@ mod tests {
     }
 
     #[test]
+    fn admin_listener_is_loopback_by_default_and_can_be_moved_or_turned_off() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.admin_listen.0.is_some_and(|a| a.ip().is_loopback()));
+        let moved = Config::from_toml("admin_listen = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(moved.admin_listen.0, Some("127.0.0.1:0".parse().unwrap()));
+        let off = Config::from_toml("admin_listen = \"off\"\n").unwrap();
+        assert_eq!(off.admin_listen, AdminListen(None));
+        let e = Config::from_toml("admin_listen = \"localhost\"\n").unwrap_err();
+        assert!(e.contains("admin_listen"), "{e}");
+    }
+
+    #[test]
+    fn onion_key_rotation_reaches_the_core_and_a_grace_too_short_is_refused() {
+        let config = Config::from_toml(
+            "[node]\nonion_key_rotation_ms = 7200000\nonion_key_grace_ms = 900000\n",
+        )
+        .unwrap();
+        let core = config.node_config();
+        assert_eq!(
+            (core.onion_key_rotation_ms, core.onion_key_grace_ms),
+            (7_200_000, 900_000)
+        );
+        let e = Config::from_toml("[node]\nonion_key_grace_ms = 1000\n").unwrap_err();
+        assert!(e.contains("node.onion_key_grace_ms"), "{e}");
+        let e = Config::from_toml("[node]\nonion_key_rotation_ms = 600000\n").unwrap_err();
+        assert!(e.contains("node.onion_key_rotation_ms"), "{e}");
+        assert!(Config::from_toml("[node]\nonion_key_rotation_ms = 0\n").is_ok());
+    }
+
+    #[test]
     fn wrong_type_is_refused() {
         assert!(Config::from_toml("listen = 7100\n").is_err());
     }
@@ -582,6 +684,7 @@ mod tests {
         let text = toml::to_string(&Config::default()).unwrap();
         let back = Config::from_toml(&text).unwrap();
         assert_eq!(back.listen, Config::default().listen);
+        assert_eq!(back.admin_listen, AdminListen::default());
         assert_eq!(back.http.max_body_bytes, 1 << 20);
     }
 }

@@ -1,6 +1,7 @@
 //! Drives a `proto-core` [`Node`] with real sockets: an HTTP/1.1 server (hyper on smol),
 //! a keep-alive HTTP client for the node's outgoing exchanges, a timer, group commit of
-//! the disk store, `/metrics`, `/health` and graceful shutdown.
+//! the disk store, the admin listener (`/metrics`, detailed `/health`) and graceful
+//! shutdown.
 //!
 //! Every protocol decision stays in the core; this module only carries out [`Output`]s
 //! and feeds inputs back, **draining the node after every input**. Routes, error names
@@ -31,7 +32,7 @@ use smol::lock::Semaphore;
 use smol::{Async, Executor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
-use crate::api::{self, ApiError, Route};
+use crate::api::{self, ApiError, Listener, Route};
 use crate::config::HttpSection;
 use crate::metrics::{self, Snapshot};
 use crate::redb_store::RedbBackend;
@@ -39,6 +40,9 @@ use crate::redb_store::RedbBackend;
 /// Most header bytes (names and values) a request may carry; no endpoint needs more than
 /// a few hundred.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Connections the admin listener serves at once: scrapers and health checks, a few.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 
 /// How many nodes `GET /v1/nodes/bootstrap` lists at most.
 pub const BOOTSTRAP_NODES: usize = 64;
@@ -71,6 +75,7 @@ struct Shared {
     commit_interval: Duration,
     pool: Pool,
     connections: Arc<Semaphore>,
+    admin_connections: Arc<Semaphore>,
     /// Connections open per source IP address.
     per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Connections closed at once because their address had too many open.
@@ -183,6 +188,7 @@ impl Host {
             })),
             shared: Arc::new(Shared {
                 connections: Arc::new(Semaphore::new(http.max_connections)),
+                admin_connections: Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS)),
                 per_address: Mutex::new(HashMap::new()),
                 connections_refused: AtomicU64::new(0),
                 http,
@@ -275,7 +281,7 @@ impl Host {
                     .spawn(async move {
                         let _permit = permit;
                         let _slot = slot;
-                        host.serve_connection(stream, peer).await;
+                        host.serve_connection(stream, peer, Listener::Public).await;
                     })
                     .detach();
             }
@@ -297,6 +303,31 @@ impl Host {
         self.close_database();
     }
 
+    /// Serves the admin listener (`/metrics`, detailed `/health`) on `listener` for as
+    /// long as the executor runs; spawn it beside [`Host::serve_until`]. Its connections
+    /// are few and separate from the public ones, so a flood on the public address does
+    /// not lock the operator out.
+    pub async fn serve_admin(self, listener: Async<TcpListener>) {
+        loop {
+            let permit = self.shared.admin_connections.acquire_arc().await;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    Timer::after(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let host = self.clone();
+            self.ex
+                .spawn(async move {
+                    let _permit = permit;
+                    host.serve_connection(stream, peer, Listener::Admin).await;
+                })
+                .detach();
+        }
+    }
+
     /// Commits pending writes and closes the database: later stores are refused and
     /// `/health` reports the node unavailable.
     pub fn close_database(&self) {
@@ -311,13 +342,18 @@ impl Host {
         self.drain(&mut st);
     }
 
-    async fn serve_connection(&self, stream: Async<TcpStream>, peer: SocketAddr) {
+    async fn serve_connection(
+        &self,
+        stream: Async<TcpStream>,
+        peer: SocketAddr,
+        listener: Listener,
+    ) {
         let host = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let host = host.clone();
             async move {
                 let _in_flight = InFlight::new(&host.shared.in_flight);
-                let response = host.handle(req, peer).await;
+                let response = host.handle(req, peer, listener).await;
                 *lock(&host.state)
                     .http_responses
                     .entry(response.status().as_u16())
@@ -375,7 +411,12 @@ impl Host {
             .detach();
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        listener: Listener,
+    ) -> Response<Body> {
         let header_bytes: usize = req
             .headers()
             .iter()
@@ -384,12 +425,13 @@ impl Host {
         if header_bytes > MAX_HEADER_BYTES {
             return problem(&ApiError::headers_too_large(MAX_HEADER_BYTES));
         }
-        let route = match api::route(req.method().as_str(), req.uri().path()) {
+        let route = match api::route(listener, req.method().as_str(), req.uri().path()) {
             Ok(r) => r,
             Err(e) => return problem(&e),
         };
         match route {
             Route::Health => self.health(),
+            Route::HealthDetail => self.health_detail(),
             Route::Metrics => respond(
                 StatusCode::OK,
                 metrics::CONTENT_TYPE,
@@ -450,6 +492,13 @@ impl Host {
     }
 
     fn health(&self) -> Response<Body> {
+        let open = self.lock().node.store().backend().is_healthy();
+        let (status, body) = api::public_health_body(open);
+        let status = StatusCode::from_u16(status).expect("200 or 503");
+        respond(status, "application/json", body)
+    }
+
+    fn health_detail(&self) -> Response<Body> {
         let st = self.lock();
         let (status, body) = api::health_body(
             st.node.node_id(),
@@ -656,8 +705,9 @@ async fn post(
         .await
         .map_err(|mut e| (TransmitFailure::Unreachable, e.take_message()))?;
     if !resp.status().is_success() {
-        // A refusal (429, 4xx) carries no reply layer: to the core it is a failed hop.
-        return Err((TransmitFailure::Unreachable, None));
+        // A refusal (429, 4xx) carries no reply layer: the core reports it as such.
+        let status = resp.status().as_u16();
+        return Err((TransmitFailure::Refused { status }, None));
     }
     let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()

@@ -35,6 +35,8 @@ pub struct LocalNode {
     pub dir: PathBuf,
     /// The address it listens on.
     pub address: String,
+    /// The address of its admin listener (`/metrics`, detailed `/health`).
+    pub admin: String,
     /// Its node ID (hex).
     pub id: String,
     child: Option<Child>,
@@ -88,9 +90,9 @@ impl LocalNetwork {
                 Some(seed) => format!("seeds = [\"{}\"]\n", seed.address),
                 None => String::new(),
             };
-            let config = |listen: &str| {
+            let config = |listen: &str, admin: &str| {
                 format!(
-                    "listen = \"{listen}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}{extra_config}",
+                    "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}{extra_config}",
                     dir.display()
                 )
             };
@@ -98,10 +100,10 @@ impl LocalNetwork {
                 std::fs::write(dir.join("ghostnode.toml"), text)
                     .map_err(|e| format!("cannot write the config of node {i}: {e}"))
             };
-            write(config(&format!("127.0.0.1:{port}")))?;
+            write(config(&format!("127.0.0.1:{port}"), "127.0.0.1:0"))?;
             let node = net.spawn(&dir)?;
-            // A restart comes back on the same address, as a real node would.
-            write(config(&node.address))?;
+            // A restart comes back on the same addresses, as a real node would.
+            write(config(&node.address, &node.admin))?;
             net.nodes.push(node);
         }
         Ok(net)
@@ -121,19 +123,34 @@ impl LocalNetwork {
             .env_remove("GHOST_SEEDS")
             .env_remove("GHOST_ADVERTISE")
             .env_remove("GHOST_CONFIG")
+            .env_remove("GHOST_ADMIN_LISTEN")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let mut line = String::new();
-        // The node prints its listening line once bound, or exits with a message on stderr.
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut lines = String::new();
+        // The node prints its listening and admin lines once bound, or exits with a
+        // message on stderr.
+        let mut stdout = BufReader::new(stdout);
+        let _ = stdout.read_line(&mut lines);
+        let _ = stdout.read_line(&mut lines);
+        let words: Vec<&str> = lines.split_whitespace().collect();
         match words.as_slice() {
-            ["listening", "on", address, "as", "node", id] => Ok(LocalNode {
+            [
+                "listening",
+                "on",
+                address,
+                "as",
+                "node",
+                id,
+                "admin",
+                "on",
+                admin,
+            ] => Ok(LocalNode {
                 dir: dir.to_owned(),
                 address: (*address).to_owned(),
+                admin: (*admin).to_owned(),
                 id: (*id).to_owned(),
                 child: Some(child),
             }),
@@ -156,14 +173,14 @@ impl LocalNetwork {
         &self.nodes[0].address
     }
 
-    /// Waits until every running node answers `/health` and knows all other running
-    /// nodes, or `timeout` passes.
+    /// Waits until every running node answers its admin `/health` and knows all other
+    /// running nodes, or `timeout` passes.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let running = self.nodes.iter().filter(|n| n.is_running()).count();
         let deadline = Instant::now() + timeout;
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             loop {
-                let peers = get(&node.address, "/health")
+                let peers = get(&node.admin, "/health")
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                     .and_then(|v| v["peers"].as_u64());

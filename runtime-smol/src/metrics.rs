@@ -121,6 +121,18 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut e,
+            "onion_keys_rotated",
+            "Onion keys replaced by a fresh one (a new descriptor published each time).",
+            s.onion_keys_rotated,
+        )?;
+        counter(
+            &mut e,
+            "replies_refused",
+            "Answers from a next hop not passed back: empty (it dropped the packet) or of another length than the packet asked for.",
+            s.replies_refused,
+        )?;
+        counter(
+            &mut e,
             "rate_limited",
             "Requests refused by a rate limit.",
             s.rate_limited,

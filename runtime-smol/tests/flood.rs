@@ -128,7 +128,7 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on()
         "{} of {sent} flood requests got past the limit (at most {allowed} expected)",
         sent - refused - failed
     );
-    let counted = metric(net.seed(), "ghost_peer_rate_limited_total").unwrap_or(0.0);
+    let counted = metric(&net.nodes[0].admin, "ghost_peer_rate_limited_total").unwrap_or(0.0);
     assert!(
         counted >= refused as f64,
         "the node counted {counted} refusals, the flooder saw {refused}"
@@ -205,7 +205,7 @@ fn one_address_cannot_hold_every_connection() {
     // Other addresses are served meanwhile; the refusals are counted.
     let health = client::get(net.seed(), "/health").expect("health answers");
     assert!(String::from_utf8_lossy(&health).contains("\"status\""));
-    let refused = metric(net.seed(), "ghost_connections_refused_total").expect("reported");
+    let refused = metric(&net.nodes[0].admin, "ghost_connections_refused_total").expect("reported");
     assert!(refused >= 6.0, "{refused}");
     // Once they go, the address is served again.
     drop(held);

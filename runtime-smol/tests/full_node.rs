@@ -15,8 +15,8 @@ mod processes;
 /// `[store] node_max_messages` of every node.
 const LIMIT: usize = 5;
 
-fn messages_stored(address: &str) -> Option<u64> {
-    processes::metric(address, "ghost_messages_stored").map(|v| v as u64)
+fn messages_stored(admin: &str) -> Option<u64> {
+    processes::metric(admin, "ghost_messages_stored").map(|v| v as u64)
 }
 
 /// Polls until every node reports `count` messages stored (the third replica of an
@@ -25,7 +25,7 @@ fn wait_all_hold(net: &LocalNetwork, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in &net.nodes {
         loop {
-            let held = messages_stored(&node.address);
+            let held = messages_stored(&node.admin);
             if held == Some(count as u64) {
                 break;
             }

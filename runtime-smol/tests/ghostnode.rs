@@ -1,5 +1,6 @@
 //! The `ghostnode` binary as a user runs it: first start creates a private identity key,
-//! the node answers `/health`, a restart keeps the identity, bad flags get a clear error.
+//! the node answers `/health`, a restart keeps the identity, bad flags get a clear error,
+//! and traffic counts are served only on the admin listener.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -14,41 +15,69 @@ impl Drop for Running {
     }
 }
 
-/// Starts the node on a free port; returns it and its "listening on ADDR as node ID" line.
-fn start(data_dir: &std::path::Path) -> (Running, String, String) {
+/// A started node: the process, its public address, its ID and its admin address.
+struct Started {
+    process: Running,
+    address: String,
+    id: String,
+    admin: String,
+}
+
+/// Starts the node on free ports (public and admin) and reads its "listening on ADDR as
+/// node ID" and "admin on ADDR" lines.
+fn start(data_dir: &std::path::Path) -> Started {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("ghostnode starts");
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("first line");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(
-        words.get(..2),
-        Some(&["listening", "on"][..]),
-        "unexpected first line: {line}"
-    );
-    (Running(child), words[2].to_owned(), words[5].to_owned())
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut lines = String::new();
+    stdout.read_line(&mut lines).expect("first line");
+    stdout.read_line(&mut lines).expect("second line");
+    let words: Vec<&str> = lines.split_whitespace().collect();
+    let [
+        "listening",
+        "on",
+        address,
+        "as",
+        "node",
+        id,
+        "admin",
+        "on",
+        admin,
+    ] = words[..]
+    else {
+        panic!("unexpected start lines: {lines}");
+    };
+    Started {
+        process: Running(child),
+        address: address.to_owned(),
+        id: id.to_owned(),
+        admin: admin.to_owned(),
+    }
 }
 
-fn health(addr: &str) -> Option<String> {
+/// The whole HTTP answer to `GET path` at `addr`.
+fn get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
+}
+
+fn health(addr: &str) -> Option<String> {
+    get(addr, "/health")
 }
 
 fn wait_healthy(addr: &str) -> String {
@@ -68,8 +97,10 @@ fn wait_healthy(addr: &str) -> String {
 #[test]
 fn first_start_creates_a_private_identity_that_a_restart_keeps() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, addr, id) = start(dir.path());
-    let body = wait_healthy(&addr);
+    let node = start(dir.path());
+    wait_healthy(&node.address);
+    let id = node.id.clone();
+    let body = wait_healthy(&node.admin);
     assert!(body.contains(&format!("\"node\":\"{id}\"")), "{body}");
     let key = dir.path().join("identity.key");
     assert_eq!(std::fs::read(&key).unwrap().len(), 32);
@@ -81,17 +112,46 @@ fn first_start_creates_a_private_identity_that_a_restart_keeps() {
             0o600
         );
     }
-    drop(node);
-    let (_again, addr, same) = start(dir.path());
-    wait_healthy(&addr);
-    assert_eq!(same, id, "restart must keep the node identity");
+    drop(node.process);
+    let again = start(dir.path());
+    wait_healthy(&again.address);
+    assert_eq!(again.id, id, "restart must keep the node identity");
+}
+
+#[test]
+fn traffic_counts_and_health_detail_are_served_only_on_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let public = wait_healthy(&node.address);
+    let body = public.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(body, r#"{"status":"ok"}"#, "public /health says no more");
+    let metrics = get(&node.address, "/metrics").expect("the public listener answers");
+    assert!(metrics.starts_with("HTTP/1.1 404"), "{metrics}");
+    assert!(!metrics.contains("ghost_"), "no counter leaks: {metrics}");
+
+    let detail = wait_healthy(&node.admin);
+    assert!(
+        detail.contains(&format!("\"node\":\"{}\"", node.id)),
+        "{detail}"
+    );
+    assert!(detail.contains("\"peers\":0"), "{detail}");
+    let metrics = get(&node.admin, "/metrics").expect("the admin listener answers");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("ghost_packets_forwarded_total"),
+        "{metrics}"
+    );
+    // The admin listener speaks no protocol: onions and peer messages go to the public one.
+    let onion = get(&node.admin, "/v1/nodes/directory").expect("answers");
+    assert!(onion.starts_with("HTTP/1.1 404"), "{onion}");
 }
 
 #[test]
 fn unknown_route_and_wrong_packet_size_get_json_errors() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let (_node, addr, _) = start(dir.path());
+    let node = start(dir.path());
+    let addr = node.address.clone();
     wait_healthy(&addr);
     let ask = |req: String| {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -128,6 +188,16 @@ fn bad_flags_get_a_clear_message_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--listen"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+        .args(["--admin-listen", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--admin-listen") && err.contains("off"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("identity.key"), b"short").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
@@ -139,7 +209,7 @@ fn bad_flags_get_a_clear_message_and_exit_code_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a 32-byte identity key"));
 }
 
-/// Polls `/health` until the node reports `peers` known nodes (deadline 30 s).
+/// Polls the admin `/health` until the node reports `peers` known nodes (deadline 30 s).
 fn wait_peers(addr: &str, peers: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let want = format!("\"peers\":{peers}");
@@ -154,12 +224,17 @@ fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // B runs alone, without seeds; A has no configured seeds either, only B's address in
     // its peers file, as a previous run would have left it.
-    let (_b, addr_b, _) = start(dir_b.path());
+    let b = start(dir_b.path());
+    let addr_b = b.address.clone();
     wait_healthy(&addr_b);
     std::fs::write(dir_a.path().join("peers.txt"), format!("{addr_b}\n")).unwrap();
-    let (mut a, addr_a, _) = start(dir_a.path());
-    wait_peers(&addr_b, 1);
-    wait_peers(&addr_a, 1);
+    let Started {
+        process: mut a,
+        admin: admin_a,
+        ..
+    } = start(dir_a.path());
+    wait_peers(&b.admin, 1);
+    wait_peers(&admin_a, 1);
     // A graceful stop writes the nodes it knows.
     let pid = nix::unistd::Pid::from_raw(i32::try_from(a.0.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -181,7 +256,13 @@ fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "[node]\njoin_difficulty = 12\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .arg("--config")
         .arg(&config)
@@ -211,7 +292,13 @@ fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
     // The network now asks for more than this key carries: the node says so and stops.
     std::fs::write(&config, format!("[node]\njoin_difficulty = {}\n", work + 1)).unwrap();
     let refused = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .arg("--config")
         .arg(&config)

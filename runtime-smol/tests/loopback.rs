@@ -25,12 +25,12 @@ fn start(n: usize) -> Network {
     common::start(n, &NodeConfig::default(), &HttpSection::default())
 }
 
-/// Polls `/health` until every node knows the others (deadline 20 s).
+/// Polls the admin `/health` until every node knows the others (deadline 20 s).
 fn wait_until_connected(net: &Network) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    for d in &net.descriptors {
+    for (i, d) in net.descriptors.iter().enumerate() {
         loop {
-            let body = smol::block_on(get(d.address().as_str(), "/health"));
+            let body = smol::block_on(get(&net.admin(i), "/health"));
             let peers = net.descriptors.len() - 1;
             if body.contains(&format!("\"peers\":{peers}")) {
                 break;

@@ -181,10 +181,10 @@ fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding() {
     let rounds = gossiper.join().unwrap();
     assert!(rounds >= 1, "the fakes never gossiped");
     assert_eq!(checks, STORES / 10);
-    for (i, address) in addresses.iter().enumerate() {
-        let failed = metric(address, "ghost_probes_failed_total").unwrap_or(0.0);
+    for (i, node) in net.nodes.iter().enumerate() {
+        let failed = metric(&node.admin, "ghost_probes_failed_total").unwrap_or(0.0);
         assert!(failed >= 1.0, "node {i} never failed a probe of a fake");
-        let peers = metric(address, "ghost_peers_known").unwrap_or(0.0);
+        let peers = metric(&node.admin, "ghost_peers_known").unwrap_or(0.0);
         assert!(
             (peers - (NODES - 1) as f64).abs() < f64::EPSILON,
             "node {i} knows {peers} peers, not the {} real ones",

@@ -36,8 +36,8 @@ fn read_all(net: &Client, member: &Descriptor, keys: &RecipientKeys) -> Option<V
     )
 }
 
-fn messages_stored(address: &str) -> Option<u64> {
-    metric(address, "ghost_messages_stored").map(|v| v as u64)
+fn messages_stored(admin: &str) -> Option<u64> {
+    metric(admin, "ghost_messages_stored").map(|v| v as u64)
 }
 
 fn send(net: &Client, keys: &RecipientKeys, text: &str) {
@@ -154,12 +154,12 @@ fn messages_survive_a_killed_swarm_member_and_it_converges_after_restart() {
         .filter(|(swarm, _)| swarm.iter().any(|d| d.node_id().to_string() == victim_id))
         .map(|(_, msgs)| msgs.len() as u64)
         .sum();
-    let address = net.nodes[victim].address.clone();
+    let admin = net.nodes[victim].admin.clone();
     let converge_started = Instant::now();
     wait_for(
         &format!("node {victim} holding its {expected} messages"),
         Duration::from_secs(90),
-        || (messages_stored(&address)? == expected).then_some(()),
+        || (messages_stored(&admin)? == expected).then_some(()),
     );
     println!(
         "node {victim} restarted and converged to {expected} messages ({missed} stored while it was down) in {:?}",

@@ -219,6 +219,8 @@ struct NodeProcess {
     child: Option<Child>,
     /// Where it really listens (only the test knows; everyone else uses the proxy).
     listen: SocketAddr,
+    /// Its admin listener (`/metrics`, detailed `/health`).
+    admin: SocketAddr,
 }
 
 impl NodeProcess {
@@ -262,7 +264,7 @@ impl ProxiedNetwork {
             };
             // Top-level keys first: LOCAL_CONFIG opens the [node] table.
             let config = format!(
-                "listen = \"127.0.0.1:0\"\nadvertise = \"{}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}",
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadvertise = \"{}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}",
                 proxy.address,
                 dir.display()
             );
@@ -279,8 +281,8 @@ impl ProxiedNetwork {
         self.proxies[0].address.to_string()
     }
 
-    /// Waits until every node answers `/health` (asked directly, not through its proxy)
-    /// and knows every other node.
+    /// Waits until every node answers its admin `/health` (asked directly, not through
+    /// its proxy) and knows every other node.
     fn wait_ready(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         for (i, node) in self.nodes.iter().enumerate() {
@@ -289,7 +291,7 @@ impl ProxiedNetwork {
                 &format!("node {i} knows the {} others", self.nodes.len() - 1),
                 remaining,
                 || {
-                    let peers = health_peers(node.listen)?;
+                    let peers = health_peers(node.admin)?;
                     (peers + 1 >= self.nodes.len() as u64).then_some(())
                 },
             );
@@ -327,7 +329,8 @@ impl ProxiedNetwork {
     }
 }
 
-/// Starts `ghostnode` from `dir/ghostnode.toml` and waits for its "listening on" line.
+/// Starts `ghostnode` from `dir/ghostnode.toml` and waits for its "listening on" and
+/// "admin on" lines.
 fn spawn_node(dir: &Path) -> NodeProcess {
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
@@ -338,6 +341,7 @@ fn spawn_node(dir: &Path) -> NodeProcess {
         .env_remove("GHOST_SEEDS")
         .env_remove("GHOST_ADVERTISE")
         .env_remove("GHOST_CONFIG")
+        .env_remove("GHOST_ADMIN_LISTEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -345,21 +349,36 @@ fn spawn_node(dir: &Path) -> NodeProcess {
         .expect("ghostnode starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    // Ends at the node's exit (or when the line is read): the pipe closes.
+    // Ends at the node's exit (or when the lines are read): the pipe closes.
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        let mut lines = String::new();
+        let mut stdout = BufReader::new(stdout);
+        let _ = stdout.read_line(&mut lines);
+        let _ = stdout.read_line(&mut lines);
+        let _ = tx.send(lines);
     });
+    let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut node = NodeProcess {
         child: Some(child),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: unbound,
+        admin: unbound,
     };
     let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        ["listening", "on", address, "as", "node", _id] => {
+        [
+            "listening",
+            "on",
+            address,
+            "as",
+            "node",
+            _id,
+            "admin",
+            "on",
+            admin,
+        ] => {
             node.listen = address.parse().expect("a socket address");
+            node.admin = admin.parse().expect("a socket address");
             node
         }
         _ => {
@@ -373,7 +392,7 @@ fn spawn_node(dir: &Path) -> NodeProcess {
     }
 }
 
-/// The `peers` count of a node's `/health`, asked with a plain std socket.
+/// The `peers` count of a node's admin `/health`, asked with a plain std socket.
 fn health_peers(address: SocketAddr) -> Option<u64> {
     let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

@@ -2,9 +2,9 @@
 //! three-hop onion requests. Every bad request gets its documented answer (a 4xx with a
 //! JSON error body naming the problem, hyper's own bare answer for bytes that are not
 //! HTTP, a closed connection for a client too slow to send its headers, or a silent 204
-//! for onion garbage, visible only in `/metrics`), and the nodes stay healthy and keep
-//! storing and retrieving afterwards. `/metrics` parses as Prometheus text, and `/health`
-//! reports a closed database.
+//! for onion garbage, visible only in the admin listener's `/metrics`), and the nodes stay
+//! healthy and keep storing and retrieving afterwards. `/metrics` parses as Prometheus
+//! text, and `/health` reports a closed database.
 
 mod common;
 
@@ -69,13 +69,13 @@ fn start(n: usize, config: &NodeConfig) -> Network {
     common::start(n, config, &http_section())
 }
 
-/// Polls every node's `/health` until it knows all the others (deadline 30 s).
+/// Polls every node's admin `/health` until it knows all the others (deadline 30 s).
 fn wait_until_connected(net: &Network) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let want = net.descriptors.len() - 1;
     for i in 0..net.descriptors.len() {
         loop {
-            let (status, health) = health(&net.address(i));
+            let (status, health) = health(&net.admin(i));
             if status == 200 && health["peers"] == want {
                 break;
             }
@@ -526,9 +526,9 @@ fn cases(own: &Descriptor) -> Vec<Case> {
             Error(405, "method_not_allowed"),
         ),
         case(
-            "POST /metrics",
-            post("/metrics", b""),
-            Error(405, "method_not_allowed"),
+            "GET /metrics (only on the admin listener)",
+            bare("GET", "/metrics"),
+            Error(404, "unknown_route"),
         ),
         case(
             "POST /v1/nodes/bootstrap",
@@ -823,7 +823,7 @@ fn fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healt
     }
 
     // Every JSON error was counted under its status (hyper's bare answers are not).
-    let scrape = scrape(&addr);
+    let scrape = scrape(&net.admin(0));
     for (status, count) in &json_errors {
         let label = status.to_string();
         assert_eq!(
@@ -834,7 +834,7 @@ fn fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healt
     }
 
     for i in 0..net.descriptors.len() {
-        let (status, health) = health(&net.address(i));
+        let (status, health) = health(&net.admin(i));
         assert_eq!(
             (status, &health["database"]),
             (200, &"open".into()),
@@ -853,22 +853,23 @@ fn fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healt
 fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics() {
     let net = start(1, &node_config(1, 1));
     let addr = net.address(0);
-    let bad_mac = |addr: &str| {
+    let admin = net.admin(0);
+    let bad_mac = |admin: &str| {
         metric(
-            addr,
+            admin,
             "ghost_packets_dropped_total",
             &[("reason", "bad_mac")],
         )
     };
-    let before = bad_mac(&addr);
+    let before = bad_mac(&admin);
     let mut garbage = [0u8; PACKET_LEN];
     ChaCha20Rng::seed_from_u64(3).fill_bytes(&mut garbage);
     assert_dropped_silently(&addr, &garbage, "garbage");
-    assert_eq!(bad_mac(&addr), before + 1.0);
+    assert_eq!(bad_mac(&admin), before + 1.0);
 
     // A valid packet is answered once; the same bytes again are a replay, dropped silently.
     let (packet, keys) = build(&net.descriptors[..1], &encode(&Request::Info, None));
-    let replays = metric(&addr, "ghost_replays_refused_total", &[]);
+    let replays = metric(&admin, "ghost_replays_refused_total", &[]);
     let first = match raw(&addr, &[post("/v1/onion", &packet)]).0 {
         Outcome::Answer {
             status: 200, body, ..
@@ -878,12 +879,12 @@ fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics() {
     assert!(matches!(open(&keys, first), Response::Info { .. }));
     assert_dropped_silently(&addr, &packet, "a replay");
     assert_eq!(
-        metric(&addr, "ghost_replays_refused_total", &[]),
+        metric(&admin, "ghost_replays_refused_total", &[]),
         replays + 1.0
     );
     assert_eq!(
         metric(
-            &addr,
+            &admin,
             "ghost_packets_dropped_total",
             &[("reason", "replayed")]
         ),
@@ -934,7 +935,7 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() 
 
     // The refusals were answered inside 200s: the relays saw nothing to count as errors.
     for i in 0..net.descriptors.len() {
-        let scrape = scrape(&net.address(i));
+        let scrape = scrape(&net.admin(i));
         for status in ["400", "403"] {
             assert_eq!(
                 value(&scrape, "ghost_http_responses_total", &[("status", status)]),
@@ -950,7 +951,7 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() 
     for i in 0..net.descriptors.len() {
         let addr = net.address(i);
         assert_eq!(health(&addr).0, 200, "node {i}");
-        let scrape = scrape(&addr);
+        let scrape = scrape(&net.admin(i));
         assert_eq!(value(&scrape, "ghost_db_up", &[]), Some(1.0), "node {i}");
         assert!(
             value(&scrape, "ghost_http_responses_total", &[("status", "200")])
@@ -990,10 +991,11 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() 
 fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
     let net = start(1, &node_config(1, 1));
     let addr = net.address(0);
+    let admin = net.admin(0);
     let owner = IdentityKey::from_seed(&[42; 32]);
     let path = &net.descriptors[..1];
 
-    let (status, health_json) = health(&addr);
+    let (status, health_json) = health(&admin);
     assert_eq!(status, 200, "{health_json}");
     assert_eq!(health_json["status"], "ok");
     assert_eq!(health_json["database"], "open");
@@ -1004,11 +1006,17 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
 
     net.hosts[0].close_database();
 
-    let (status, health_json) = health(&addr);
+    let (status, health_json) = health(&admin);
     assert_eq!(status, 503, "{health_json}");
     assert_eq!(health_json["status"], "unavailable");
     assert_eq!(health_json["database"], "closed");
-    assert_eq!(metric(&addr, "ghost_db_up", &[]), 0.0);
+    assert_eq!(metric(&admin, "ghost_db_up", &[]), 0.0);
+    // The public /health tells a load balancer the same, and nothing more.
+    let (status, public) = health(&addr);
+    assert_eq!(
+        (status, public),
+        (503, serde_json::json!({"status": "unavailable"}))
+    );
     assert_eq!(
         send_payload(path, &encode(&store(&owner, b"after", 60_000), None)),
         Response::Refused(RequestError::Unavailable)
@@ -1018,9 +1026,9 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
         Response::Refused(RequestError::Unavailable)
     ));
     // Still up: it answers, and keeps saying why it is unavailable.
-    let (status, health_json) = health(&addr);
+    let (status, health_json) = health(&admin);
     assert_eq!((status, &health_json["database"]), (503, &"closed".into()));
-    assert_eq!(metric(&addr, "ghost_db_up", &[]), 0.0);
+    assert_eq!(metric(&admin, "ghost_db_up", &[]), 0.0);
 }
 
 #[test]
@@ -1049,6 +1057,6 @@ fn a_source_over_its_rate_gets_429_with_a_json_body_and_is_counted() {
         statuses.push(status);
     }
     assert_eq!(statuses, [204, 204, 204, 429, 429]);
-    assert_eq!(metric(&addr, "ghost_rate_limited_total", &[]), 2.0);
+    assert_eq!(metric(&net.admin(0), "ghost_rate_limited_total", &[]), 2.0);
     assert_eq!(health(&addr).0, 200, "the node stays healthy");
 }

@@ -155,6 +155,7 @@ impl<B: MessageBackend> Node<B> {
         source: IpAddr,
         descriptor: UnverifiedDescriptor,
     ) -> Result<InsertOutcome, RegisterError> {
+        let now = self.monotonic(now);
         if self.peer_limited(source, None, now) {
             return Err(RegisterError::RateLimited);
         }

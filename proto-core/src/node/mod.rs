@@ -63,7 +63,7 @@ use crate::store::{
     Changes, Inserted, MessageBackend, MessageStore, NewMessage, StoreConfig, StoreError,
     StoredMessage,
 };
-use crate::types::{MessageHash, NodeId, RecipientId, Timestamp};
+use crate::types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp};
 
 mod anti_entropy;
 mod membership;
@@ -110,7 +110,15 @@ pub struct NodeConfig {
     /// Lifetime of the node's own signed descriptor, in ms (default 1 hour); it is
     /// re-signed at half-life.
     pub descriptor_lifetime_ms: u64,
-    /// Words of the replay filter (default `BUCKETS × 2^15`, 3 MiB).
+    /// How long one onion key is used before the node makes a new one and publishes it in
+    /// a new descriptor, in ms (default 1 hour; 0: keep the start-up key while the process
+    /// runs). Rotation bounds what a stolen key opens to the packets of one period.
+    pub onion_key_rotation_ms: u64,
+    /// How long after a rotation packets for the previous key are still accepted, in ms
+    /// (default 10 minutes: a client refreshes its directory at least every 5 minutes,
+    /// plus a packet's lifetime and gossip). Then the previous key is erased.
+    pub onion_key_grace_ms: u64,
+    /// Words of the replay filter (default `BUCKETS × 2^16`, 3.5 MiB: PROTOCOL.md section 3).
     pub replay_filter_words: usize,
     /// Message store limits.
     pub store: StoreConfig,
@@ -150,6 +158,8 @@ impl Default for NodeConfig {
             expiry_sweep_interval_ms: 10_000,
             max_expired_per_sweep: 10_000,
             descriptor_lifetime_ms: 3_600_000,
+            onion_key_rotation_ms: 3_600_000,
+            onion_key_grace_ms: 600_000,
             replay_filter_words: BUCKETS * DEFAULT_WORDS_PER_BUCKET,
             store: StoreConfig::default(),
             directory: DirectoryConfig::default(),
@@ -211,6 +221,12 @@ pub enum TransmitFailure {
     Unreachable,
     /// No answer in time.
     Timeout,
+    /// The other node answered, refusing: an HTTP status other than success (429 when
+    /// its rate limit for this node is spent).
+    Refused {
+        /// The HTTP status it answered.
+        status: u16,
+    },
 }
 
 /// One page of a node's directory listing ([`Node::directory_page`]).
@@ -283,7 +299,12 @@ pub struct NodeStats {
     /// Packets delivered here as final hop.
     pub packets_delivered: u64,
     /// Dropped packets, by [`PeelError::ALL`] index.
-    pub packets_dropped: [u64; 6],
+    pub packets_dropped: [u64; PeelError::ALL.len()],
+    /// Answers from a next hop not passed back: empty (it dropped the packet) or not of
+    /// the reply length the packet asked for.
+    pub replies_refused: u64,
+    /// Onion keys replaced by a fresh one ([`NodeConfig::onion_key_rotation_ms`]).
+    pub onion_keys_rotated: u64,
     /// Requests refused by a rate limit.
     pub rate_limited: u64,
     /// `/v1/peer` requests and registrations refused by their source's rate limit.
@@ -394,12 +415,21 @@ impl core::fmt::Display for RegisterError {
 #[cfg(feature = "std")]
 impl std::error::Error for RegisterError {}
 
+/// How to answer one onion packet: this hop's reply key and the reply length the client
+/// chose (every answer, response or failure, is sealed or passed back at exactly that
+/// length).
+#[derive(Debug)]
+pub(super) struct ReplyTo {
+    key: ReplyKey,
+    len: usize,
+}
+
 /// What a pending outbound exchange was for.
 #[derive(Debug)]
 enum Pending {
     Forward {
         req: RequestId,
-        reply_key: ReplyKey,
+        reply: ReplyTo,
     },
     Replicate {
         op: u64,
@@ -445,9 +475,16 @@ pub struct Node<B: MessageBackend> {
     config: NodeConfig,
     identity: IdentityKey,
     onion: OnionKey,
+    /// When the current onion key was made.
+    onion_since: Timestamp,
+    /// The onion key before the current one and until when its packets are accepted;
+    /// dropped (and zeroized) after that.
+    previous_onion: Option<(OnionKey, Timestamp)>,
     address: Address,
     descriptor: Descriptor,
     replay: ReplayFilter<Box<[u64]>>,
+    /// The latest time any input carried: a clock that steps back is read as this.
+    clock: Timestamp,
     membership: Membership,
     store: MessageStore<B>,
     sources: RateLimiter<IpAddr>,
@@ -522,6 +559,9 @@ impl<B: MessageBackend> Node<B> {
             address,
             descriptor,
             replay,
+            clock: now,
+            onion_since: now,
+            previous_onion: None,
             store,
             seeds,
             pending: BTreeMap::new(),
@@ -582,6 +622,16 @@ impl<B: MessageBackend> Node<B> {
     #[must_use]
     pub fn pending_exchanges(&self) -> usize {
         self.pending.len()
+    }
+
+    /// `now`, or the latest time an input carried if the clock stepped back since: the
+    /// replay filter, signed-change windows, rate limits and timers never see time run
+    /// backwards, so a clock step cannot reopen a replay.
+    pub(super) fn monotonic(&mut self, now: Timestamp) -> Timestamp {
+        if now > self.clock {
+            self.clock = now;
+        }
+        self.clock
     }
 
     /// Fill ratio of the replay filter (gauge).
@@ -723,7 +773,51 @@ impl<B: MessageBackend> Node<B> {
         if let Some(d) = self.membership.directory().next_wakeup() {
             consider(d);
         }
+        if let Some((_, until)) = &self.previous_onion {
+            consider(*until);
+        }
+        if self.config.onion_key_rotation_ms > 0 {
+            consider(
+                self.onion_since
+                    .plus_millis(self.config.onion_key_rotation_ms),
+            );
+        }
         t
+    }
+
+    /// Erases the previous onion key once its grace period is over, and makes a new
+    /// onion key when the current one has served its period: a new epoch (the time in
+    /// seconds, and always above the last), a new descriptor gossiped at once, the old key
+    /// kept for [`NodeConfig::onion_key_grace_ms`].
+    fn rotate_onion_key(&mut self, now: Timestamp) {
+        if self
+            .previous_onion
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= now)
+        {
+            self.previous_onion = None;
+        }
+        let period = self.config.onion_key_rotation_ms;
+        if period == 0 || now.millis_since(self.onion_since) < period {
+            return;
+        }
+        let seconds = u32::try_from(now.0 / 1000).unwrap_or(u32::MAX);
+        let epoch = Epoch(seconds.max(self.onion.epoch().0.saturating_add(1)));
+        let fresh = OnionKey::generate(epoch, &mut self.rng);
+        let old = core::mem::replace(&mut self.onion, fresh);
+        self.previous_onion = Some((old, now.plus_millis(self.config.onion_key_grace_ms)));
+        self.onion_since = now;
+        self.descriptor = Descriptor::sign(
+            &self.identity,
+            &self.onion,
+            self.address,
+            now.plus_millis(self.config.descriptor_lifetime_ms),
+        );
+        self.timers[Timer::Descriptor as usize] =
+            now.plus_millis(self.config.descriptor_lifetime_ms / 2);
+        // Peers learn the new descriptor (and clients from them) without waiting a round.
+        self.timers[Timer::Gossip as usize] = now;
+        self.stats.onion_keys_rotated += 1;
     }
 
     // ----------------------------------------------------------------------------------
@@ -741,6 +835,7 @@ impl<B: MessageBackend> Node<B> {
         source: IpAddr,
         packet: &mut [u8; PACKET_LEN],
     ) {
+        let now = self.monotonic(now);
         let limited = if self.is_node_address(source) {
             self.relays.check(source, now).is_err()
         } else {
@@ -751,7 +846,8 @@ impl<B: MessageBackend> Node<B> {
             self.respond(req, Reply::RateLimited);
             return;
         }
-        match packet::peel(&self.onion, &mut self.replay, now, packet) {
+        let previous = self.previous_onion.as_ref().map(|(key, _)| key);
+        match packet::peel_with_previous(&self.onion, previous, &mut self.replay, now, packet) {
             Err(e) => {
                 let i = PeelError::ALL.iter().position(|x| *x == e).unwrap_or(0);
                 self.stats.packets_dropped[i] += 1;
@@ -761,7 +857,12 @@ impl<B: MessageBackend> Node<B> {
                 next_hop,
                 packet,
                 reply_key,
+                reply_len,
             }) => {
+                let reply = ReplyTo {
+                    key: reply_key,
+                    len: reply_len,
+                };
                 self.stats.packets_peeled += 1;
                 let target = self.descriptor_of(&next_hop);
                 match target {
@@ -774,54 +875,62 @@ impl<B: MessageBackend> Node<B> {
                             *d.address(),
                             Endpoint::Onion,
                             body,
-                            Pending::Forward { req, reply_key },
+                            Pending::Forward { req, reply },
                         );
                     }
-                    _ => self.respond_failure(req, &reply_key, HopFailure::NextHopUnreachable),
+                    _ => self.respond_failure(req, &reply, HopFailure::NextHopUnreachable),
                 }
             }
-            Ok(Peeled::Deliver { payload, reply_key }) => {
+            Ok(Peeled::Deliver {
+                payload,
+                reply_key,
+                reply_len,
+            }) => {
                 self.stats.packets_peeled += 1;
                 self.stats.packets_delivered += 1;
                 let payload = payload.to_vec();
-                self.execute(now, req, &payload, reply_key);
+                let reply = ReplyTo {
+                    key: reply_key,
+                    len: reply_len,
+                };
+                self.execute(now, req, &payload, reply);
             }
         }
     }
 
-    fn respond_failure(&mut self, req: RequestId, key: &ReplyKey, failure: HopFailure) {
-        let mut out = vec![0u8; reply::REPLY_BUCKETS[0]];
-        let n = reply::seal(key, ReplyStatus::Failed(failure), &[], &mut out)
-            .expect("an empty failure fits the smallest bucket");
-        out.truncate(n);
+    fn respond_failure(&mut self, req: RequestId, to: &ReplyTo, failure: HopFailure) {
+        let mut out = vec![0u8; to.len];
+        reply::seal(&to.key, ReplyStatus::Failed(failure), &[], &mut out)
+            .expect("an empty failure fits every bucket");
         self.respond(req, Reply::Onion(out));
     }
 
-    fn respond_sealed(&mut self, req: RequestId, key: &ReplyKey, response: &Response) {
+    fn respond_sealed(&mut self, req: RequestId, to: &ReplyTo, response: &Response) {
         let mut body = Vec::new();
         response.encode(&mut body);
-        if body.len() > reply::MAX_REPLY_BODY {
-            // Retrieves size themselves below the limit; anything else is a bug, and the
-            // client still gets a well-formed answer.
+        if body.len() > reply::body_capacity(to.len) {
+            // Retrieves size their pages to the reply; anything else (a redirect listing
+            // a large swarm, a store's receipts) asks for a larger reply.
+            self.stats.requests_refused += 1;
             body.clear();
-            Response::Refused(RequestError::Unavailable).encode(&mut body);
+            Response::Refused(RequestError::ReplyTooSmall).encode(&mut body);
         }
-        let len = reply::bucket_for(body.len()).expect("body checked against MAX_REPLY_BODY");
-        let mut out = vec![0u8; len];
-        reply::seal(key, ReplyStatus::Response, &body, &mut out).expect("bucket sized for body");
+        let mut out = vec![0u8; to.len];
+        reply::seal(&to.key, ReplyStatus::Response, &body, &mut out)
+            .expect("the body fits the reply, checked above");
         self.respond(req, Reply::Onion(out));
     }
 
-    fn refuse(&mut self, req: RequestId, key: &ReplyKey, e: RequestError) {
+    fn refuse(&mut self, req: RequestId, to: &ReplyTo, e: RequestError) {
         self.stats.requests_refused += 1;
         if e == RequestError::RateLimited {
             self.stats.rate_limited += 1;
         }
-        self.respond_sealed(req, key, &Response::Refused(e));
+        self.respond_sealed(req, to, &Response::Refused(e));
     }
 
     /// Executes a request delivered to this node as the final hop.
-    fn execute(&mut self, now: Timestamp, req: RequestId, payload: &[u8], key: ReplyKey) {
+    fn execute(&mut self, now: Timestamp, req: RequestId, payload: &[u8], key: ReplyTo) {
         let signed = match SignedRequest::decode(payload) {
             Ok(s) => s,
             Err(e) => return self.refuse(req, &key, e),
@@ -874,7 +983,7 @@ impl<B: MessageBackend> Node<B> {
             }
             Request::Retrieve(r) => {
                 self.stats.retrieves += 1;
-                let budget = reply::MAX_REPLY_BODY - Response::MESSAGES_FIXED;
+                let budget = reply::body_capacity(key.len).saturating_sub(Response::MESSAGES_FIXED);
                 let (messages, more) = match self.store.retrieve(
                     &r.recipient,
                     r.namespace,
@@ -885,6 +994,11 @@ impl<B: MessageBackend> Node<B> {
                     Ok(page) => fit_page(page.messages, page.more, budget),
                     Err(e) => return self.refuse(req, &key, store_error(e)),
                 };
+                if messages.is_empty() && more {
+                    // Not even the next message fits the reply asked for: an empty page
+                    // saying "more" would be asked for again and again.
+                    return self.refuse(req, &key, RequestError::ReplyTooSmall);
+                }
                 self.respond_sealed(req, &key, &Response::Messages { messages, more });
             }
             Request::Delete(_) | Request::UpdateExpiry(_) => {
@@ -988,6 +1102,7 @@ impl<B: MessageBackend> Node<B> {
 
     /// A peer request arrived on `/v1/peer` from `source`.
     pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, source: IpAddr, bytes: &[u8]) {
+        let now = self.monotonic(now);
         let claimed = peer::claimed_sender(bytes);
         if self.peer_limited(source, claimed, now) {
             return self.respond(req, Reply::PeerRefused(PeerError::RateLimited));
@@ -1045,12 +1160,13 @@ impl<B: MessageBackend> Node<B> {
         id: TransmitId,
         result: Result<Vec<u8>, TransmitFailure>,
     ) {
+        let now = self.monotonic(now);
         let Some(pending) = self.pending.remove(&id) else {
             return; // Already timed out.
         };
         self.transmit_deadlines.retain(|(_, t)| *t != id);
         match pending {
-            Pending::Forward { req, reply_key } => self.finish_forward(req, &reply_key, result),
+            Pending::Forward { req, reply } => self.finish_forward(req, &reply, result),
             Pending::Replicate { op, peer } => self.replica_answered(now, op, peer, result),
             Pending::Digest { peer, mine } => self.digest_answered(now, peer, &mine, result),
             Pending::Fetch { peer, asked } => self.fetch_answered(now, peer, &asked, result),
@@ -1068,22 +1184,28 @@ impl<B: MessageBackend> Node<B> {
     fn finish_forward(
         &mut self,
         req: RequestId,
-        key: &ReplyKey,
+        to: &ReplyTo,
         result: Result<Vec<u8>, TransmitFailure>,
     ) {
         match result {
             Ok(mut body) => {
-                if reply::add_layer(key, &mut body).is_ok() {
+                if reply::add_layer(&to.key, &mut body, to.len).is_ok() {
                     self.respond(req, Reply::Onion(body));
                 } else {
-                    self.respond_failure(req, key, HopFailure::NextHopBadReply);
+                    // Empty (the next hop dropped the packet) or of another length than
+                    // the client asked for (a hop marking the reply): not passed back.
+                    self.stats.replies_refused += 1;
+                    self.respond_failure(req, to, HopFailure::NextHopBadReply);
                 }
             }
             Err(TransmitFailure::Timeout) => {
-                self.respond_failure(req, key, HopFailure::NextHopTimeout)
+                self.respond_failure(req, to, HopFailure::NextHopTimeout)
             }
             Err(TransmitFailure::Unreachable) => {
-                self.respond_failure(req, key, HopFailure::NextHopUnreachable);
+                self.respond_failure(req, to, HopFailure::NextHopUnreachable);
+            }
+            Err(TransmitFailure::Refused { .. }) => {
+                self.respond_failure(req, to, HopFailure::NextHopRefused);
             }
         }
     }
@@ -1095,6 +1217,7 @@ impl<B: MessageBackend> Node<B> {
     /// Time passed: expire exchanges, retry replications, run periodic duties. Calling it
     /// early or twice does nothing extra.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        let now = self.monotonic(now);
         while let Some(&(deadline, id)) = self.transmit_deadlines.first() {
             if deadline > now {
                 break;
@@ -1105,6 +1228,7 @@ impl<B: MessageBackend> Node<B> {
             }
         }
         self.retry_replication(now);
+        self.rotate_onion_key(now);
         if self.timers[Timer::Descriptor as usize] <= now {
             self.timers[Timer::Descriptor as usize] =
                 now.plus_millis(self.config.descriptor_lifetime_ms / 2);

@@ -20,7 +20,7 @@ pub(super) struct Replication {
 #[derive(Debug)]
 pub(super) struct PendingStore {
     pub(super) req: RequestId,
-    pub(super) reply_key: ReplyKey,
+    pub(super) reply: ReplyTo,
     pub(super) message: WireMessage,
     pub(super) hash: MessageHash,
     pub(super) started: Timestamp,
@@ -140,7 +140,7 @@ impl<B: MessageBackend> Node<B> {
         &mut self,
         now: Timestamp,
         req: RequestId,
-        key: ReplyKey,
+        key: ReplyTo,
         message: WireMessage,
     ) {
         let inserted = match self.store.insert(new_message(&message), now) {
@@ -165,7 +165,7 @@ impl<B: MessageBackend> Node<B> {
             op,
             PendingStore {
                 req,
-                reply_key: key,
+                reply: key,
                 hash: inserted.hash,
                 message,
                 started: now,
@@ -213,12 +213,12 @@ impl<B: MessageBackend> Node<B> {
             };
             // Members that have not confirmed yet keep getting the message through
             // anti-entropy; nothing else waits on them.
-            return self.respond_sealed(s.req, &s.reply_key, &Response::Stored(ack));
+            return self.respond_sealed(s.req, &s.reply, &Response::Stored(ack));
         }
         if now >= s.deadline {
             let s = self.replication.stores.remove(&op).expect("present above");
             self.stats.stores_failed += 1;
-            return self.refuse(s.req, &s.reply_key, RequestError::QuorumNotReached);
+            return self.refuse(s.req, &s.reply, RequestError::QuorumNotReached);
         }
         let due: Vec<NodeId> = s
             .peers
@@ -242,6 +242,7 @@ impl<B: MessageBackend> Node<B> {
 
     /// The store backend made writes durable (group commit): release what waited on it.
     pub fn handle_durable(&mut self, now: Timestamp) {
+        let now = self.monotonic(now);
         let ops: Vec<u64> = self.replication.stores.keys().copied().collect();
         for op in ops {
             self.advance_store(now, op);

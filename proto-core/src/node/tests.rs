@@ -387,15 +387,33 @@ fn signed(owner: &IdentityKey, request: &Request<'_>) -> Vec<u8> {
     buf[..len].to_vec()
 }
 
+/// How the tests' final-hop requests are answered: a fixed key, room for a page.
+fn reply_to() -> ReplyTo {
+    ReplyTo {
+        key: ReplyKey::new([3; 32]),
+        len: 64 * 1024,
+    }
+}
+
 /// What the final hop answers a request (decoded from the sealed reply).
 fn final_hop_answer(n: &mut Node<MemoryBackend>, payload: &[u8]) -> Response {
-    n.execute(NOW, RequestId(9), payload, ReplyKey::new([3; 32]));
+    final_hop_answer_in(n, payload, reply_to().len)
+}
+
+/// [`final_hop_answer`] for a packet that asked for a reply of `len` bytes.
+fn final_hop_answer_in(n: &mut Node<MemoryBackend>, payload: &[u8], len: usize) -> Response {
+    let to = ReplyTo {
+        key: ReplyKey::new([3; 32]),
+        len,
+    };
+    n.execute(NOW, RequestId(9), payload, to);
     while let Some(o) = n.poll_output() {
         if let Output::Respond {
             req: RequestId(9),
             reply: Reply::Onion(mut bytes),
         } = o
         {
+            assert_eq!(bytes.len(), len, "sealed to the length asked for");
             let opened = reply::open(&[ReplyKey::new([3; 32])], &mut bytes).expect("opens");
             let reply::Opened::Response { body } = opened else {
                 panic!("a hop failure: {opened:?}");
@@ -404,6 +422,43 @@ fn final_hop_answer(n: &mut Node<MemoryBackend>, payload: &[u8]) -> Response {
         }
     }
     panic!("no answer");
+}
+
+#[test]
+fn a_page_is_fitted_to_the_reply_asked_for_and_one_that_cannot_hold_a_message_is_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(41);
+    let mut n = node_with_peers(&mut rng, 6);
+    let owner = owner_where(&n, 0, true);
+    for i in 0..3u8 {
+        let m = stored_by_client(&owner, Namespace::DIRECT, &[i; 1000]);
+        n.store.insert(new_message(&m), NOW).expect("stored");
+    }
+    let retrieve = signed(
+        &owner,
+        &Request::Retrieve(crate::request::RetrieveRequest {
+            recipient: owner.recipient_id(),
+            namespace: Namespace::DIRECT,
+            timestamp: NOW,
+            after: 0,
+            limit: 10,
+        }),
+    );
+    let page = |n: &mut Node<MemoryBackend>, len| match final_hop_answer_in(n, &retrieve, len) {
+        Response::Messages { messages, more } => Ok((messages.len(), more)),
+        Response::Refused(e) => Err(e),
+        other => panic!("{other:?}"),
+    };
+    // 1 KiB holds no 1000-byte message: refused by name, not an endless empty page.
+    assert_eq!(page(&mut n, 1024), Err(RequestError::ReplyTooSmall));
+    // 4 KiB holds all three stored: no "more".
+    assert_eq!(page(&mut n, 4096), Ok((3, false)));
+    for i in 3..20u8 {
+        let m = stored_by_client(&owner, Namespace::DIRECT, &[i; 1000]);
+        n.store.insert(new_message(&m), NOW).expect("stored");
+    }
+    // Ten asked for, three fit in 4 KiB: the page is cut and says so.
+    assert_eq!(page(&mut n, 4096), Ok((3, true)));
+    assert_eq!(page(&mut n, 16 * 1024), Ok((10, true)));
 }
 
 #[test]
@@ -865,7 +920,7 @@ fn a_relayed_delete_is_asked_again_until_confirmed_within_its_window() {
     let mut n = node_with_peers(&mut rng, 6);
     let owner = owner_where(&n, 0, true);
     let delete = delete_all_of(&owner, &owner, NOW);
-    n.execute(NOW, RequestId(9), &delete, ReplyKey::new([3; 32]));
+    n.execute(NOW, RequestId(9), &delete, reply_to());
     let first = relays_sent(&mut n, NOW);
     assert_eq!(first.len(), 2, "one relay per other member");
     // One member is down; the other confirms.

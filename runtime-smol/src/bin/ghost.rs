@@ -283,9 +283,10 @@ fn up(
     println!("GhostNodes local network: {n} nodes on loopback, ready.");
     for (i, node) in net.nodes.iter().enumerate() {
         println!(
-            "  node {i}: {}  id {}…  log {}/node.log",
+            "  node {i}: {}  id {}…  metrics http://{}/metrics  log {}/node.log",
             node.address,
             &node.id[..16],
+            node.admin,
             node.dir.display()
         );
     }

@@ -22,10 +22,11 @@ use proto_core::Epoch;
 use proto_core::keys::{Address, IdentityKey, OnionKey};
 use proto_core::node::{Node, NodeKeys};
 use rand_core::UnwrapErr;
-use runtime_smol::config::{Config, LogFormat};
+use runtime_smol::config::{AdminListen, Config, LogFormat};
 use runtime_smol::host::{Host, now, shutdown_signal};
 use runtime_smol::redb_store::RedbBackend;
 use smol::{Async, Executor};
+use zeroize::Zeroizing;
 
 /// A GhostNodes node: relays onion packets and stores its swarms' messages.
 #[derive(Parser, Debug)]
@@ -41,6 +42,10 @@ struct Args {
     /// Address to listen on (host:port; port 0 picks a free one) [default: 127.0.0.1:7100].
     #[arg(long, env = "GHOST_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address of the admin listener for /metrics and detailed /health (host:port, or
+    /// "off") [default: 127.0.0.1:9710].
+    #[arg(long, env = "GHOST_ADMIN_LISTEN")]
+    admin_listen: Option<AdminListen>,
     /// Address published to other nodes [default: the listening address].
     #[arg(long, env = "GHOST_ADVERTISE")]
     advertise: Option<String>,
@@ -82,6 +87,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = admin;
+    }
     if let Some(advertise) = &args.advertise {
         config.advertise = Some(advertise.clone());
     }
@@ -99,7 +107,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 fn init_logs(config: &Config) {
-    // Logs go to stderr; stdout carries the one "listening on" line scripts read.
+    // Logs go to stderr; stdout carries the "listening on" and "admin" lines scripts read.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -121,6 +129,17 @@ fn run(config: Config) -> Result<(), String> {
         load_or_create_identity(&data_dir.join("identity.key"), config.node.join_difficulty)?;
     let listener = TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let admin = match config.admin_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|e| {
+            format!("cannot listen for admin on {addr}: {e} (set admin_listen or --admin-listen, or \"off\")")
+        })?),
+        None => None,
+    };
+    let admin_bound = admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(|e| format!("cannot read the bound admin address: {e}"))?;
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -188,6 +207,15 @@ fn run(config: Config) -> Result<(), String> {
         "node started"
     );
     println!("listening on {bound} as node {node_id}");
+    match admin_bound {
+        Some(a) => println!("admin on {a}"),
+        None => println!("admin off"),
+    }
+    if let Some(admin) = admin {
+        let admin =
+            Async::new(admin).map_err(|e| format!("cannot use the admin listening socket: {e}"))?;
+        ex.spawn(host.clone().serve_admin(admin)).detach();
+    }
     let _ = std::io::stdout().flush();
     let saver = host.clone();
     let peers_path = peers_file.clone();
@@ -243,32 +271,33 @@ fn write_peers(path: &Path, addresses: &[String]) {
 /// Reads the 32-byte identity seed, or creates it (readable by the owner only) carrying
 /// the network's join work (`node.join_difficulty` bits: about 2^bits key generations).
 fn load_or_create_identity(path: &Path, join_difficulty: u8) -> Result<IdentityKey, String> {
-    let key = match fs::read(path) {
-        Ok(bytes) => {
-            let seed: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| format!("{} is not a 32-byte identity key", path.display()))?;
-            IdentityKey::from_seed(&seed)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if join_difficulty > 0 {
-                tracing::info!(
-                    bits = join_difficulty,
-                    "generating an identity key with join work"
-                );
+    let key =
+        match fs::read(path).map(Zeroizing::new) {
+            Ok(bytes) => {
+                let seed: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                        format!("{} is not a 32-byte identity key", path.display())
+                    })?);
+                IdentityKey::from_seed(&seed)
             }
-            let key = IdentityKey::generate_with_work(
-                join_difficulty,
-                u64::MAX,
-                &mut UnwrapErr(getrandom::SysRng),
-            )
-            .expect("tries without bound find a key");
-            runtime_smol::client::write_private(path, &key.to_seed()[..])?;
-            key
-        }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if join_difficulty > 0 {
+                    tracing::info!(
+                        bits = join_difficulty,
+                        "generating an identity key with join work"
+                    );
+                }
+                let key = IdentityKey::generate_with_work(
+                    join_difficulty,
+                    u64::MAX,
+                    &mut UnwrapErr(getrandom::SysRng),
+                )
+                .expect("tries without bound find a key");
+                runtime_smol::client::write_private(path, &key.to_seed()[..])?;
+                key
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
     let work = proto_core::keys::node_id_work(&key.node_id());
     if work < u32::from(join_difficulty) {
         return Err(format!(

@@ -19,6 +19,8 @@ use smol::{Async, Executor};
 pub struct Network {
     /// The nodes' descriptors, node 0 being the seed.
     pub descriptors: Vec<Descriptor>,
+    /// Their admin listeners' addresses (`/metrics`, detailed `/health`).
+    pub admins: Vec<String>,
     /// Their hosts (for closing a database from the test).
     #[allow(dead_code)] // not every test file reaches into the hosts
     pub hosts: Vec<Host>,
@@ -30,6 +32,12 @@ impl Network {
     #[allow(dead_code)] // not every test file needs it
     pub fn address(&self, i: usize) -> String {
         self.descriptors[i].address().as_str().to_owned()
+    }
+
+    /// The admin address of node `i`.
+    #[allow(dead_code)] // not every test file needs it
+    pub fn admin(&self, i: usize) -> String {
+        self.admins[i].clone()
     }
 }
 
@@ -47,6 +55,7 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
         .collect();
     let mut net = Network {
         descriptors: Vec::new(),
+        admins: Vec::new(),
         hosts: Vec::new(),
         _dirs: Vec::new(),
     };
@@ -63,7 +72,12 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
         net.descriptors.push(*node.descriptor());
         let host = Host::with_settings(node, ex.clone(), http.clone(), Duration::from_millis(5));
         net.hosts.push(host.clone());
-        ex.spawn(host.serve(Async::new(listener).unwrap())).detach();
+        ex.spawn(host.clone().serve(Async::new(listener).unwrap()))
+            .detach();
+        let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+        net.admins.push(admin.local_addr().unwrap().to_string());
+        ex.spawn(host.serve_admin(Async::new(admin).unwrap()))
+            .detach();
         net._dirs.push(dir);
     }
     let runner = ex.clone();

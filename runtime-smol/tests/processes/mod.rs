@@ -24,10 +24,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
     }
 }
 
-/// The value of the unlabelled metric `name` (full name, `ghost_…`) in `address`'s
-/// `/metrics`, if the node answers and reports it.
-pub fn metric(address: &str, name: &str) -> Option<f64> {
-    let text = String::from_utf8(client::get(address, "/metrics").ok()?).ok()?;
+/// The value of the unlabelled metric `name` (full name, `ghost_…`) in the `/metrics` of
+/// the admin listener at `admin`, if the node answers and reports it.
+pub fn metric(admin: &str, name: &str) -> Option<f64> {
+    let text = String::from_utf8(client::get(admin, "/metrics").ok()?).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())

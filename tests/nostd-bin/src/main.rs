@@ -58,6 +58,8 @@ impl TryCryptoRng for CounterRngNotForProduction {}
 const NOW: Timestamp = Timestamp(1_800_000_000_000);
 const PAYLOAD: &[u8] = b"no_std says hello";
 const RESPONSE: &[u8] = b"no_std reply";
+/// The reply length the packet asks for (the smallest bucket).
+const REPLY_LEN: usize = 1024;
 
 fn run() -> bool {
     let keys = [
@@ -82,8 +84,8 @@ fn run() -> bool {
     ];
     let mut rng = CounterRngNotForProduction(42);
     let mut buf = [0u8; PACKET_LEN];
-    let Ok(client) = packet::build(&path, PAYLOAD, NOW.plus_millis(60_000), &mut rng, &mut buf)
-    else {
+    let expiry = packet::grid_expiry(NOW, 30_000);
+    let Ok(client) = packet::build(&path, PAYLOAD, expiry, REPLY_LEN, &mut rng, &mut buf) else {
         return false;
     };
     let mut hop_keys: [ReplyKey; 3] = Default::default();
@@ -95,22 +97,27 @@ fn run() -> bool {
             Ok(Peeled::Forward {
                 next_hop,
                 reply_key,
+                reply_len,
                 ..
-            }) if i < 2 && next_hop == ids[i + 1] => {
+            }) if i < 2 && next_hop == ids[i + 1] && reply_len == REPLY_LEN => {
                 hop_keys[i] = reply_key;
             }
-            Ok(Peeled::Deliver { payload, reply_key }) if i == 2 && payload == PAYLOAD => {
+            Ok(Peeled::Deliver {
+                payload,
+                reply_key,
+                reply_len,
+            }) if i == 2 && payload == PAYLOAD && reply_len == REPLY_LEN => {
                 hop_keys[i] = reply_key;
             }
             _ => return false,
         }
     }
-    let mut wire = [0u8; 1024];
-    if reply::seal(&hop_keys[2], ReplyStatus::Response, RESPONSE, &mut wire) != Ok(1024) {
+    let mut wire = [0u8; REPLY_LEN];
+    if reply::seal(&hop_keys[2], ReplyStatus::Response, RESPONSE, &mut wire).is_err() {
         return false;
     }
     for key in hop_keys[..2].iter().rev() {
-        if reply::add_layer(key, &mut wire).is_err() {
+        if reply::add_layer(key, &mut wire, REPLY_LEN).is_err() {
             return false;
         }
     }
