@@ -8,41 +8,16 @@
 //! change, and the file is regenerated deliberately with
 //! `GHOST_UPDATE_VECTORS=1 cargo test -p proto-core --test sealed_vectors`.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
+
+mod common;
+
+use common::{CountingRngForTestVectorsOnly, hex};
 
 use proto_core::IdentityKey;
 use proto_core::sealed::{self, Contact, EncryptionKey};
-use rand_core::{TryCryptoRng, TryRng};
 
 const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sealed-v1.txt");
-
-/// The vectors' "randomness": byte k of the stream is `k mod 256`, restarted for each
-/// vector. Predictable on purpose; never use it for real messages.
-struct CountingRngForTestVectorsOnly(u8);
-
-impl TryRng for CountingRngForTestVectorsOnly {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let mut b = [0u8; 4];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let mut b = [0u8; 8];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for b in dst {
-            *b = self.0;
-            self.0 = self.0.wrapping_add(1);
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for CountingRngForTestVectorsOnly {}
 
 /// The recipient: identity seed of 32 bytes of 42, encryption secret of 32 bytes of 0x43.
 fn recipient() -> (IdentityKey, EncryptionKey) {
@@ -66,15 +41,6 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
                 .collect(),
         ),
     ]
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 fn unhex(text: &str) -> Vec<u8> {

@@ -7,55 +7,17 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 
-use common::{EXPIRY, NOW, relays};
+use common::{CountingRngForTestVectorsOnly, EXPIRY, NOW, hex, relays};
 use proto_core::packet::{self, PACKET_LEN, Peeled};
 use proto_core::reply::{self, HopFailure, Opened, ReplyStatus};
-use rand_core::{TryCryptoRng, TryRng};
 
 const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/onion-v1.txt");
 const PAYLOAD: &[u8] = b"ghostnodes test vector";
 const RESPONSE: &[u8] = b"pong";
 /// The reply length every vector packet asks for (bucket index 0).
 const REPLY_LEN: usize = 1024;
-
-/// The vectors' "randomness": byte k of the stream is `k mod 256`. Predictable on
-/// purpose, so anyone can reproduce the vectors; never use it for real packets.
-struct CountingRngForTestVectorsOnly(u8);
-
-impl TryRng for CountingRngForTestVectorsOnly {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let mut b = [0u8; 4];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let mut b = [0u8; 8];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for b in dst {
-            *b = self.0;
-            self.0 = self.0.wrapping_add(1);
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for CountingRngForTestVectorsOnly {}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
 
 /// Renders every vector, running the real builder, peel and reply code.
 fn render() -> String {

@@ -1,10 +1,15 @@
-//! Shared fixtures for the onion packet tests: a small set of relays with keys and filters.
+//! Shared fixtures for the onion packet and vector tests: a small set of relays with keys
+//! and filters, the vectors' predictable RNG and hex rendering.
 #![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
 
 use proto_core::keys::OnionKey;
 use proto_core::packet::PathHop;
 use proto_core::replay::{BUCKETS, ReplayFilter};
 use proto_core::{Epoch, NodeId, Timestamp};
+use rand_core::{TryCryptoRng, TryRng};
 
 /// A relay as the tests see it: identity, onion key and its own replay filter.
 pub struct Relay {
@@ -47,3 +52,40 @@ pub fn relays(n: u8) -> Vec<Relay> {
 /// A fixed "now" and an expiry one minute later.
 pub const NOW: Timestamp = Timestamp(1_800_000_000_000);
 pub const EXPIRY: Timestamp = Timestamp(1_800_000_060_000);
+
+/// The vectors' "randomness": byte k of the stream is `k mod 256`. Predictable on
+/// purpose, so anyone can reproduce the vectors; never use it for real packets.
+pub struct CountingRngForTestVectorsOnly(pub u8);
+
+impl TryRng for CountingRngForTestVectorsOnly {
+    type Error = Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for b in dst {
+            *b = self.0;
+            self.0 = self.0.wrapping_add(1);
+        }
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for CountingRngForTestVectorsOnly {}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
