@@ -259,15 +259,7 @@ impl Host {
         let accept_loop = async {
             loop {
                 let permit = self.shared.connections.acquire_arc().await;
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        Timer::after(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (stream, peer) = accept(&listener, "accept failed").await;
                 let Some(slot) = AddressSlot::take(&self.shared, peer.ip()) else {
                     // Closed unread: the permit goes back at once.
                     self.shared
@@ -310,14 +302,7 @@ impl Host {
     pub async fn serve_admin(self, listener: Async<TcpListener>) {
         loop {
             let permit = self.shared.admin_connections.acquire_arc().await;
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    Timer::after(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = accept(&listener, "admin accept failed").await;
             let host = self.clone();
             self.ex
                 .spawn(async move {
@@ -631,6 +616,20 @@ impl Host {
             Err(TransmitFailure::Timeout)
         };
         smol::future::or(attempt, timeout).await
+    }
+}
+
+/// The next connection on `listener`. A failed accept (out of file descriptors and the
+/// like) is logged as `what` and retried after a pause instead of spinning.
+async fn accept(listener: &Async<TcpListener>, what: &str) -> (Async<TcpStream>, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}");
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
