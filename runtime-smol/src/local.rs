@@ -29,6 +29,43 @@ recipient_rate_per_second = 10000
 recipient_rate_burst = 10000
 ";
 
+/// What `ghostnode` reports on stdout once it runs: its two start lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartLines {
+    /// The public address it listens on.
+    pub address: String,
+    /// Its node ID (hex).
+    pub id: String,
+    /// Its admin listener's address.
+    pub admin: String,
+}
+
+/// Parses `listening on ADDR as node ID` followed by `admin on ADDR`; `None` for anything
+/// else (a node that failed to start, or runs with its admin listener off).
+#[must_use]
+pub fn parse_start_lines(text: &str) -> Option<StartLines> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let [
+        "listening",
+        "on",
+        address,
+        "as",
+        "node",
+        id,
+        "admin",
+        "on",
+        admin,
+    ] = words[..]
+    else {
+        return None;
+    };
+    Some(StartLines {
+        address: address.to_owned(),
+        id: id.to_owned(),
+        admin: admin.to_owned(),
+    })
+}
+
 /// One running (or stopped) node process.
 pub struct LocalNode {
     /// Its directory.
@@ -135,26 +172,15 @@ impl LocalNetwork {
         let mut stdout = BufReader::new(stdout);
         let _ = stdout.read_line(&mut lines);
         let _ = stdout.read_line(&mut lines);
-        let words: Vec<&str> = lines.split_whitespace().collect();
-        match words.as_slice() {
-            [
-                "listening",
-                "on",
-                address,
-                "as",
-                "node",
-                id,
-                "admin",
-                "on",
-                admin,
-            ] => Ok(LocalNode {
+        match parse_start_lines(&lines) {
+            Some(started) => Ok(LocalNode {
                 dir: dir.to_owned(),
-                address: (*address).to_owned(),
-                admin: (*admin).to_owned(),
-                id: (*id).to_owned(),
+                address: started.address,
+                admin: started.admin,
+                id: started.id,
                 child: Some(child),
             }),
-            _ => {
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();

@@ -38,26 +38,14 @@ fn start(data_dir: &std::path::Path) -> Started {
     let mut lines = String::new();
     stdout.read_line(&mut lines).expect("first line");
     stdout.read_line(&mut lines).expect("second line");
-    let words: Vec<&str> = lines.split_whitespace().collect();
-    let [
-        "listening",
-        "on",
-        address,
-        "as",
-        "node",
-        id,
-        "admin",
-        "on",
-        admin,
-    ] = words[..]
-    else {
+    let Some(started) = runtime_smol::local::parse_start_lines(&lines) else {
         panic!("unexpected start lines: {lines}");
     };
     Started {
         process: Running(child),
-        address: address.to_owned(),
-        id: id.to_owned(),
-        admin: admin.to_owned(),
+        address: started.address,
+        id: started.id,
+        admin: started.admin,
     }
 }
 

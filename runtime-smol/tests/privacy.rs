@@ -364,24 +364,13 @@ fn spawn_node(dir: &Path) -> NodeProcess {
         admin: unbound,
     };
     let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        [
-            "listening",
-            "on",
-            address,
-            "as",
-            "node",
-            _id,
-            "admin",
-            "on",
-            admin,
-        ] => {
-            node.listen = address.parse().expect("a socket address");
-            node.admin = admin.parse().expect("a socket address");
+    match runtime_smol::local::parse_start_lines(&line) {
+        Some(started) => {
+            node.listen = started.address.parse().expect("a socket address");
+            node.admin = started.admin.parse().expect("a socket address");
             node
         }
-        _ => {
+        None => {
             node.kill();
             panic!(
                 "node in {} did not start ({line:?}): {}",
