@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,22 +46,7 @@ pub const HAND_MADE_REPLY_LEN: usize = 64 * 1024;
 /// How long stored messages live unless the sender says otherwise: 14 days, the maximum.
 pub const DEFAULT_TTL_MS: u64 = proto_core::store::MAX_TTL_MS;
 
-/// Writes `bytes` to a new file readable by its owner only (mode 0600), synced to disk.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
+pub use ghost_host::start::write_private;
 
 /// A recipient's two private keys: Ed25519 identity (the ID, signs retrieves) and an
 /// independent X25519 key that opens message bodies.

@@ -1,20 +1,16 @@
-//! The async GhostNodes node on smol + async-io: sockets, HTTP, timers and disk around the
-//! `proto-core` state machine, and the client side the `ghost` CLI is built on.
+//! The async GhostNodes node on smol + async-io: sockets and HTTP around the
+//! runtime-neutral host ([`ghost_host`]), and the client side the `ghost` CLI is built on.
 //!
-//! Parts: the disk-backed message store ([`redb_store::RedbBackend`]), the host
-//! ([`host::Host`]) that serves the HTTP API over HTTP/1.1 (hyper on smol), carries out the
-//! node's outgoing exchanges, drives its timers, group-commits the store and shuts down
-//! gracefully; the route table and JSON bodies ([`api`]); configuration ([`config`]);
-//! Prometheus metrics ([`metrics`]); and the client ([`client`]) that finds paths and
-//! swarms and sends requests through three hops. Binaries: `ghostnode` (one node) and
-//! `ghost` (keys, a local network, send, fetch).
+//! Parts: [`host`], hyper's HTTP/1.1 server on smol for the node's two listeners and the
+//! pooled client that carries its exchanges; the client ([`client`]) that finds paths and
+//! swarms and sends requests through three hops; and [`local`], a network of node
+//! processes on loopback. Binaries: `ghostnode` (one node) and `ghost` (keys, a local
+//! network, send, fetch).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod api;
 pub mod client;
-pub mod config;
 pub mod host;
 pub mod local;
-pub mod metrics;
-pub mod redb_store;
+
+pub use ghost_host::{api, config, metrics, redb_store};

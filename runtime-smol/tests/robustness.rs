@@ -1004,7 +1004,7 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
         Response::Stored(_)
     ));
 
-    net.hosts[0].close_database();
+    net.hosts[0].driver().close_database();
 
     let (status, health_json) = health(&admin);
     assert_eq!(status, 503, "{health_json}");

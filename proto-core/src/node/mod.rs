@@ -500,7 +500,9 @@ pub struct Node<B: MessageBackend> {
     /// Signed deletes and expiry updates applied within their window: never twice.
     seen_changes: SeenChanges,
     seeds: Vec<Address>,
-    pending: BTreeMap<TransmitId, Pending>,
+    /// Outbound exchanges awaiting their result, with the deadline each is filed under in
+    /// `transmit_deadlines`: a result removes both by key, never by scanning.
+    pending: BTreeMap<TransmitId, (Timestamp, Pending)>,
     transmit_deadlines: BTreeSet<(Timestamp, TransmitId)>,
     replication: Replication,
     timers: [Timestamp; TIMERS],
@@ -725,9 +727,9 @@ impl<B: MessageBackend> Node<B> {
             Pending::Forward { .. } => self.config.forward_timeout_ms,
             _ => self.config.store_timeout_ms,
         };
-        self.pending.insert(id, pending);
-        self.transmit_deadlines
-            .insert((now.plus_millis(timeout), id));
+        let deadline = now.plus_millis(timeout);
+        self.pending.insert(id, (deadline, pending));
+        self.transmit_deadlines.insert((deadline, id));
         self.outputs.push_back(Output::Transmit {
             id,
             to,
@@ -1161,10 +1163,10 @@ impl<B: MessageBackend> Node<B> {
         result: Result<Vec<u8>, TransmitFailure>,
     ) {
         let now = self.monotonic(now);
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some((deadline, pending)) = self.pending.remove(&id) else {
             return; // Already timed out.
         };
-        self.transmit_deadlines.retain(|(_, t)| *t != id);
+        self.transmit_deadlines.remove(&(deadline, id));
         match pending {
             Pending::Forward { req, reply } => self.finish_forward(req, &reply, result),
             Pending::Replicate { op, peer } => self.replica_answered(now, op, peer, result),

@@ -201,7 +201,7 @@ fn answer_fetch(
         peer: peer_key(sender).node_id(),
         asked: asked.iter().copied().collect(),
     };
-    n.pending.insert(id, pending);
+    n.pending.insert(id, (now, pending));
     let answer = PeerResponse::Messages(ms);
     n.handle_transmit_result(now, id, Ok(answer.encode()));
 }
@@ -1035,4 +1035,46 @@ fn a_ring_change_rebuilds_the_digests() {
         nonempty(rebuilt(&mut n))
     );
     assert!(n.anti_entropy.by_peer.len() >= before);
+}
+
+#[test]
+fn exchange_results_clear_their_deadline_by_id_and_late_or_repeated_results_do_nothing() {
+    let mut rng = ChaCha20Rng::seed_from_u64(41);
+    let mut n = node_with_peers(&mut rng, 6);
+    let owner = owner_where(&n, 0, true);
+    // Deletes relayed to the other members: several exchanges in flight at once.
+    for i in 0..5 {
+        let delete = delete_all_of(&owner, &owner, NOW.plus_millis(i));
+        n.execute(NOW, RequestId(100 + i), &delete, reply_to());
+    }
+    let sent = relays_sent(&mut n, NOW);
+    assert!(sent.len() >= 6, "only {} exchanges in flight", sent.len());
+    assert_eq!(n.pending_exchanges(), sent.len());
+    assert_eq!(n.transmit_deadlines.len(), sent.len());
+    // Answered out of order, all but one; each answer removes exactly its own deadline.
+    let (kept, answered) = sent.split_last().expect("several");
+    for (i, (id, _)) in answered.iter().rev().enumerate() {
+        n.handle_transmit_result(NOW, *id, Err(TransmitFailure::Unreachable));
+        assert_eq!(n.pending_exchanges(), answered.len() - i);
+        assert_eq!(n.transmit_deadlines.len(), answered.len() - i);
+        assert!(n.transmit_deadlines.iter().all(|(_, t)| *t != *id));
+    }
+    // A repeated answer finds nothing to remove.
+    n.handle_transmit_result(NOW, answered[0].0, Ok(PeerResponse::Applied(0).encode()));
+    assert_eq!(n.pending_exchanges(), 1);
+    // The one left times out at its deadline; its late answer is then ignored.
+    let deadline = n.transmit_deadlines.first().expect("one left").0;
+    n.handle_timeout(deadline);
+    assert!(!n.pending.contains_key(&kept.0));
+    assert!(n.transmit_deadlines.iter().all(|(_, t)| *t != kept.0));
+    // Retries and periodic duties started new exchanges: each filed under its deadline.
+    let filed = n.pending.len();
+    assert_eq!(n.transmit_deadlines.len(), filed);
+    assert!(
+        n.pending
+            .iter()
+            .all(|(id, (d, _))| n.transmit_deadlines.contains(&(*d, *id)))
+    );
+    n.handle_transmit_result(deadline, kept.0, Ok(PeerResponse::Applied(0).encode()));
+    assert_eq!(n.pending.len(), filed);
 }

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ghost_host::start::shutdown_signal;
 use proto_core::Descriptor;
 use proto_core::sealed::Contact;
 use rand_core::UnwrapErr;
 use runtime_smol::client::{self, Client, Cursors, RecipientKeys};
-use runtime_smol::host::{now, shutdown_signal};
+use runtime_smol::host::now;
 use runtime_smol::local::LocalNetwork;
 
 const DEFAULT_SEED: &str = "127.0.0.1:7100";
@@ -307,7 +308,7 @@ fn up(
     );
     println!();
     println!("Press Ctrl-C to stop the network.");
-    let _ = stop.recv_blocking();
+    let _ = stop.recv();
     eprintln!("stopping {n} nodes ...");
     net.stop();
     eprintln!("all nodes stopped");

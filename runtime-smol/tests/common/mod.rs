@@ -3,17 +3,18 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
+use ghost_host::config::HttpSection;
+use ghost_host::driver::DriverThread;
+use ghost_host::redb_store::RedbBackend;
+use ghost_host::service::Host;
 use proto_core::keys::{Address, IdentityKey, OnionKey};
 use proto_core::node::{Node, NodeConfig, NodeKeys};
 use proto_core::{Descriptor, Epoch};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use runtime_smol::config::HttpSection;
-use runtime_smol::host::{Host, now};
-use runtime_smol::redb_store::RedbBackend;
-use smol::{Async, Executor};
+use runtime_smol::host::{now, spawn_node};
+use smol::Executor;
 
 /// Running nodes; their directories live as long as this value.
 pub struct Network {
@@ -24,6 +25,7 @@ pub struct Network {
     /// Their hosts (for closing a database from the test).
     #[allow(dead_code)] // not every test file reaches into the hosts
     pub hosts: Vec<Host>,
+    _drivers: Vec<DriverThread>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -57,6 +59,7 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
         descriptors: Vec::new(),
         admins: Vec::new(),
         hosts: Vec::new(),
+        _drivers: Vec::new(),
         _dirs: Vec::new(),
     };
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -70,14 +73,11 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
         let seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
         let node = Node::new(config.clone(), keys, seeds, backend, now(), &mut rng).unwrap();
         net.descriptors.push(*node.descriptor());
-        let host = Host::with_settings(node, ex.clone(), http.clone(), Duration::from_millis(5));
-        net.hosts.push(host.clone());
-        ex.spawn(host.clone().serve(Async::new(listener).unwrap()))
-            .detach();
         let admin = TcpListener::bind("127.0.0.1:0").unwrap();
         net.admins.push(admin.local_addr().unwrap().to_string());
-        ex.spawn(host.serve_admin(Async::new(admin).unwrap()))
-            .detach();
+        let (host, driver) = spawn_node(node, &ex, http.clone(), listener, admin).unwrap();
+        net.hosts.push(host);
+        net._drivers.push(driver);
         net._dirs.push(dir);
     }
     let runner = ex.clone();

@@ -38,6 +38,14 @@ pub enum Route {
     Register,
 }
 
+impl Route {
+    /// Whether the request carries a body the runtime must read (within the limits).
+    #[must_use]
+    pub fn has_body(&self) -> bool {
+        matches!(self, Self::Onion | Self::Peer | Self::Register)
+    }
+}
+
 /// Which of the node's two listeners a request arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {

@@ -1,0 +1,458 @@
+//! The node driver: one thread that owns the [`Node`] and its database, fed by a
+//! channel.
+//!
+//! Everything that touches the node reaches it as a [`Command`] on the driver's inbox:
+//! HTTP requests handed over by a runtime, results of the node's own exchanges, reads for
+//! `/metrics` and the directory endpoints, and the stop. The thread sleeps until the next
+//! command or the core's [`Node::poll_timeout`], whichever comes first, so a new input
+//! re-arms the timer at once and a retry fires when the core asked for it. After **every**
+//! command it drains the node's outputs: answers go to the responder the runtime gave
+//! with the request, transmits go to the runtime's [`Carrier`].
+//!
+//! Writes are group-committed: the first write after a commit starts a
+//! `commit_interval` clock, and one commit then makes every write since the last one
+//! durable (the acks of those stores are released by [`Node::handle_durable`]).
+//!
+//! Invariants: no lock is shared with the runtime's threads (they only hold a
+//! [`Driver`], a channel sender); an answer is sent exactly once, or its responder is
+//! dropped (at a stop), which the runtime reads as "stopping"; at the stop the database
+//! is committed and closed and the known peers are written down before the thread ends.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto_core::node::{Endpoint, Node, Output, Reply, RequestId, TransmitFailure, TransmitId};
+use proto_core::{NodeId, Timestamp};
+
+use crate::peers;
+use crate::redb_store::RedbBackend;
+
+/// The node as the host runs it: the core's state machine on the redb backend.
+pub type HostedNode = Node<RedbBackend>;
+
+/// The node's wall clock as the core's [`Timestamp`].
+#[must_use]
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+/// How often the known nodes are written down (also at a stop).
+const PEERS_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the thread checks that the database still answers, for `/health`.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest sleep when the core asks for no wake-up: a bound, not a schedule.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Commands handled in a row before timers and commits get their turn.
+const BATCH: usize = 64;
+
+/// An outgoing exchange the node asked for: POST [`Exchange::body`] to
+/// [`Exchange::endpoint`] at [`Exchange::address`], then [`Completion::finish`] with the
+/// answer.
+pub struct Exchange {
+    /// `host:port` of the other node.
+    pub address: String,
+    /// Which endpoint to POST to.
+    pub endpoint: Endpoint,
+    /// The request body, moved out of the node (the one copy the wire needs).
+    pub body: Vec<u8>,
+    /// Where the outcome goes.
+    pub done: Completion,
+}
+
+/// Hands an exchange's outcome back to the node. One dropped unfinished is timed out by
+/// the core at its deadline.
+pub struct Completion {
+    id: TransmitId,
+    inbox: Sender<Command>,
+}
+
+impl Completion {
+    /// Reports the outcome (from any thread).
+    pub fn finish(self, result: Result<Vec<u8>, TransmitFailure>) {
+        let _ = self.inbox.send(Command::Transmitted {
+            id: self.id,
+            result,
+        });
+    }
+}
+
+/// How a runtime carries the node's outgoing exchanges: the one hook a runtime provides.
+/// `carry` is called on the driver thread and must return at once (spawn a task, queue
+/// to a worker), never block on the network.
+pub trait Carrier: Send + Sync + 'static {
+    /// Starts `exchange`; [`Completion::finish`] it when it is done.
+    fn carry(&self, exchange: Exchange);
+}
+
+type Job = Box<dyn FnOnce(&mut Engine) + Send>;
+
+/// What the driver thread is asked to do.
+enum Command {
+    Run(Job),
+    Transmitted {
+        id: TransmitId,
+        result: Result<Vec<u8>, TransmitFailure>,
+    },
+    Stop,
+}
+
+/// What `/health` reads without asking the driver (so it answers even while the node is
+/// busy): kept current by the driver thread.
+#[derive(Debug)]
+pub struct Status {
+    /// The node's identity.
+    pub node_id: NodeId,
+    database_open: AtomicBool,
+    peers: AtomicUsize,
+}
+
+impl Status {
+    /// Whether the database answered its last check and is not closed.
+    #[must_use]
+    pub fn database_open(&self) -> bool {
+        self.database_open.load(Ordering::Relaxed)
+    }
+
+    /// Nodes in the directory at the last check.
+    #[must_use]
+    pub fn peers(&self) -> usize {
+        self.peers.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings of the driver thread.
+#[derive(Clone, Debug)]
+pub struct DriverSettings {
+    /// Longest a write waits for the group commit that makes it durable.
+    pub commit_interval: Duration,
+    /// Where the known nodes' addresses are written down, if anywhere.
+    pub peers_file: Option<PathBuf>,
+}
+
+impl Default for DriverSettings {
+    fn default() -> Self {
+        Self {
+            commit_interval: Duration::from_millis(5),
+            peers_file: None,
+        }
+    }
+}
+
+/// A handle on the driver thread: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Driver {
+    inbox: Sender<Command>,
+    status: Arc<Status>,
+}
+
+/// The running driver thread; [`DriverThread::stop`] ends it.
+pub struct DriverThread {
+    driver: Driver,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DriverThread {
+    /// A handle for runtimes and handlers.
+    #[must_use]
+    pub fn driver(&self) -> Driver {
+        self.driver.clone()
+    }
+
+    /// Commits and closes the database, writes the known peers down and waits for the
+    /// thread to end. Requests still waiting for the node get no answer (their
+    /// responders are dropped).
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let _ = self.driver.inbox.send(Command::Stop);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the node driver thread panicked");
+        }
+    }
+}
+
+impl Drop for DriverThread {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Starts the thread that owns `node`; `carrier` takes the node's outgoing exchanges.
+pub fn spawn(
+    node: HostedNode,
+    carrier: Arc<dyn Carrier>,
+    settings: DriverSettings,
+) -> std::io::Result<DriverThread> {
+    let (inbox, commands) = mpsc::channel();
+    let status = Arc::new(Status {
+        node_id: node.node_id(),
+        database_open: AtomicBool::new(node.store().backend().is_healthy()),
+        peers: AtomicUsize::new(node.directory().len()),
+    });
+    let engine = Engine {
+        node,
+        waiting: HashMap::new(),
+        next_req: 0,
+        carrier,
+        inbox: inbox.clone(),
+        status: status.clone(),
+        settings,
+    };
+    let thread = std::thread::Builder::new()
+        .name("node".into())
+        .spawn(move || engine.run(&commands))?;
+    Ok(DriverThread {
+        driver: Driver { inbox, status },
+        thread: Some(thread),
+    })
+}
+
+impl Driver {
+    /// The state `/health` reports.
+    #[must_use]
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// Runs `f` on the node and hands its result to `done` (on the driver thread). When
+    /// the driver has stopped, `done` is dropped uncalled.
+    pub fn run<T: 'static>(
+        &self,
+        f: impl FnOnce(&mut HostedNode, Timestamp) -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) {
+        let job: Job = Box::new(move |engine: &mut Engine| {
+            let out = f(&mut engine.node, now());
+            engine.drain();
+            done(out);
+        });
+        let _ = self.inbox.send(Command::Run(job));
+    }
+
+    /// Runs `f` on the node and waits for its result; `None` once the driver stopped.
+    /// For blocking callers (worker threads, start-up and shutdown code).
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut HostedNode, Timestamp) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.run(f, move |out| {
+            let _ = tx.send(out);
+        });
+        rx.recv().ok()
+    }
+
+    /// Commits pending writes and closes the database while the node keeps running:
+    /// later stores are refused and `/health` reports the node unavailable (what an
+    /// operator sees when the disk goes away). Returns once done.
+    pub fn close_database(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |engine: &mut Engine| {
+            engine.close_database();
+            let _ = tx.send(());
+        });
+        let _ = self.inbox.send(Command::Run(job));
+        let _ = rx.recv();
+    }
+
+    /// Hands a request to the node: `f` gives it to the core under a fresh
+    /// [`RequestId`], and `respond` gets the core's one [`Reply`] for it, whenever the
+    /// core produces it (at once, or after an exchange with another node). At a stop,
+    /// `respond` is dropped uncalled.
+    pub fn request(
+        &self,
+        f: impl FnOnce(&mut HostedNode, Timestamp, RequestId) + Send + 'static,
+        respond: impl FnOnce(Reply) + Send + 'static,
+    ) {
+        let job: Job = Box::new(move |engine: &mut Engine| {
+            engine.next_req += 1;
+            let req = RequestId(engine.next_req);
+            engine.waiting.insert(req, Box::new(respond));
+            f(&mut engine.node, now(), req);
+            engine.drain();
+        });
+        let _ = self.inbox.send(Command::Run(job));
+    }
+}
+
+type Responder = Box<dyn FnOnce(Reply) + Send>;
+
+/// The driver thread's state.
+struct Engine {
+    node: HostedNode,
+    waiting: HashMap<RequestId, Responder>,
+    next_req: u64,
+    carrier: Arc<dyn Carrier>,
+    inbox: Sender<Command>,
+    status: Arc<Status>,
+    settings: DriverSettings,
+}
+
+impl Engine {
+    fn run(mut self, commands: &Receiver<Command>) {
+        let mut commit_due: Option<Instant> = None;
+        let mut save_peers_at = Instant::now() + PEERS_SAVE_INTERVAL;
+        let mut check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
+        loop {
+            let wake = [
+                Some(self.until_node_timer()),
+                commit_due.map(|at| at.saturating_duration_since(Instant::now())),
+                Some(save_peers_at.saturating_duration_since(Instant::now())),
+                Some(check_health_at.saturating_duration_since(Instant::now())),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(MAX_SLEEP);
+            let mut next = match commands.recv_timeout(wake) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                // Every handle is gone: nobody can ask for anything any more.
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
+            };
+            let mut handled = 0;
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Stop => {
+                        self.stop();
+                        return;
+                    }
+                    Command::Run(job) => job(&mut self),
+                    Command::Transmitted { id, result } => {
+                        self.node.handle_transmit_result(now(), id, result);
+                        self.drain();
+                    }
+                }
+                handled += 1;
+                if handled < BATCH {
+                    next = commands.try_recv().ok();
+                }
+            }
+            let t = now();
+            if self.node.poll_timeout().is_some_and(|w| w <= t) {
+                self.node.handle_timeout(t);
+                self.drain();
+            }
+            if self.node.store().has_pending_writes() {
+                let due = *commit_due
+                    .get_or_insert_with(|| Instant::now() + self.settings.commit_interval);
+                if due <= Instant::now() {
+                    self.commit();
+                    commit_due = None;
+                }
+            } else {
+                commit_due = None;
+            }
+            if save_peers_at <= Instant::now() {
+                self.save_peers();
+                save_peers_at = Instant::now() + PEERS_SAVE_INTERVAL;
+            }
+            if check_health_at <= Instant::now() {
+                self.refresh_status();
+                check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
+            }
+        }
+    }
+
+    /// Time until the core's next timer (zero when it is due).
+    fn until_node_timer(&self) -> Duration {
+        self.node.poll_timeout().map_or(MAX_SLEEP, |wake| {
+            Duration::from_millis(wake.millis_since(now())).min(MAX_SLEEP)
+        })
+    }
+
+    /// The drain rule: carry out outputs until the node has none.
+    fn drain(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Respond { req, reply } => {
+                    if let Some(respond) = self.waiting.remove(&req) {
+                        respond(reply);
+                    }
+                }
+                Output::Transmit {
+                    id,
+                    address,
+                    endpoint,
+                    body,
+                    ..
+                } => self.carrier.carry(Exchange {
+                    address: address.as_str().to_owned(),
+                    endpoint,
+                    body,
+                    done: Completion {
+                        id,
+                        inbox: self.inbox.clone(),
+                    },
+                }),
+            }
+        }
+    }
+
+    /// One fsync for every write since the last commit; then the acks waiting for it.
+    fn commit(&mut self) {
+        match self.node.backend_mut().commit() {
+            Ok(()) => {
+                self.node.handle_durable(now());
+                self.drain();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; writes stay pending");
+                self.status.database_open.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn refresh_status(&self) {
+        self.status
+            .database_open
+            .store(self.node.store().backend().is_healthy(), Ordering::Relaxed);
+        self.status
+            .peers
+            .store(self.node.directory().len(), Ordering::Relaxed);
+    }
+
+    fn save_peers(&self) {
+        if let Some(path) = &self.settings.peers_file {
+            let addresses: Vec<String> = self
+                .node
+                .directory()
+                .descriptors()
+                .map(|d| d.address().as_str().to_owned())
+                .collect();
+            peers::write(path, &addresses);
+        }
+    }
+
+    /// Commits pending writes and closes the database, answers what that released, and
+    /// writes the known peers down.
+    fn stop(&mut self) {
+        self.close_database();
+        self.save_peers();
+        self.waiting.clear();
+    }
+
+    fn close_database(&mut self) {
+        match self.node.backend_mut().close() {
+            Ok(()) => {
+                self.node.handle_durable(now());
+                tracing::info!("database committed and closed");
+            }
+            Err(e) => tracing::error!(error = %e, "final commit failed"),
+        }
+        self.drain();
+        self.status.database_open.store(false, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,337 @@
+//! Start-up and stop of a node binary, the same for every runtime: settings (defaults <
+//! `--config` file < environment < flags), logs, the data directory (identity key, peers
+//! file, message database), a fresh onion key and epoch, the listening sockets, the node
+//! driver thread, the two start lines scripts read on stdout, and the signals that stop
+//! the node.
+//!
+//! A runtime's `main` is [`main`] with a function that serves the two bound listeners
+//! until the shutdown signal, then lets in-flight requests finish.
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use proto_core::Epoch;
+use proto_core::keys::{Address, IdentityKey, OnionKey};
+use proto_core::node::{Node, NodeKeys};
+use rand_core::UnwrapErr;
+use zeroize::Zeroizing;
+
+use crate::config::{AdminListen, Config, LogFormat};
+use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
+use crate::peers;
+use crate::redb_store::RedbBackend;
+use crate::service::Host;
+
+/// The flags and environment variables every node binary takes.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Settings: defaults < --config file < environment < flags. Every setting is listed in docs/OPERATING.md.\n\nExamples:\n  ghostnode --listen 127.0.0.1:7100 --data-dir ./node1\n  ghostnode --listen 127.0.0.1:7101 --data-dir ./node2 --seed 127.0.0.1:7100\n  ghostnode --config /etc/ghostnode.toml --log-format json"
+)]
+pub struct NodeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "GHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (host:port; port 0 picks a free one) [default: 127.0.0.1:7100].
+    #[arg(long, env = "GHOST_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address of the admin listener for /metrics and detailed /health (host:port, or
+    /// "off") [default: 127.0.0.1:9710].
+    #[arg(long, env = "GHOST_ADMIN_LISTEN")]
+    admin_listen: Option<AdminListen>,
+    /// Address published to other nodes [default: the listening address].
+    #[arg(long, env = "GHOST_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory for the identity key and the message database [default: ghost-data].
+    #[arg(long, env = "GHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of a node to join through (repeatable; replaces the file's seeds).
+    #[arg(long = "seed", env = "GHOST_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// Log format [default: human].
+    #[arg(long, env = "GHOST_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// A node whose sockets are bound and whose driver runs: what a runtime serves.
+pub struct Started {
+    /// The runtime-neutral service to answer requests with.
+    pub host: Host,
+    /// The public listener.
+    pub listener: TcpListener,
+    /// The admin listener, unless turned off.
+    pub admin: Option<TcpListener>,
+    /// The node driver thread: [`DriverThread::stop`] it last, once no request is left
+    /// in flight (or the grace period ran out).
+    pub driver: DriverThread,
+}
+
+/// The whole life of a node binary: parses the settings, starts the node with the
+/// runtime's `carrier`, and calls `serve` with it and a receiver of the shutdown signal
+/// (SIGINT or SIGTERM). Exit code 0 after a graceful stop, 2 for bad settings or a
+/// failed start (with a message on stderr saying what to fix).
+pub fn main(
+    name: &'static str,
+    about: &'static str,
+    carrier: impl FnOnce(&Config) -> Arc<dyn Carrier>,
+    serve: impl FnOnce(Started, std::sync::mpsc::Receiver<()>) -> Result<(), String>,
+) -> ExitCode {
+    let args = <NodeArgs as clap::CommandFactory>::command()
+        .name(name)
+        .about(about);
+    let args = match <NodeArgs as clap::FromArgMatches>::from_arg_matches(&args.get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(problem) => {
+            eprintln!("{name}: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(&config);
+    let run = || -> Result<(), String> {
+        let shutdown = shutdown_signal()?;
+        let carrier = carrier(&config);
+        let started = start(&config, carrier)?;
+        serve(started, shutdown)
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("{name}: {problem}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Defaults < `--config` file < environment and flags; validated.
+pub fn load_config(args: &NodeArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = admin;
+    }
+    if let Some(advertise) = &args.advertise {
+        config.advertise = Some(advertise.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if !args.seeds.is_empty() {
+        config.seeds.clone_from(&args.seeds);
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Logs go to stderr; stdout carries the start lines scripts read.
+pub fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// Opens the data directory, binds the listeners, starts the driver thread and prints
+/// `listening on ADDR as node ID` and `admin on ADDR` (or `admin off`).
+pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, String> {
+    let data_dir = &config.data_dir;
+    fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let identity =
+        load_or_create_identity(&data_dir.join("identity.key"), config.node.join_difficulty)?;
+    let listener = TcpListener::bind(config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let admin = match config.admin_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|e| {
+            format!("cannot listen for admin on {addr}: {e} (set admin_listen or --admin-listen, or \"off\")")
+        })?),
+        None => None,
+    };
+    let admin_bound = admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(|e| format!("cannot read the bound admin address: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    if config.advertise.is_none() && bound.ip().is_unspecified() {
+        return Err(format!(
+            "listening on {bound} needs an advertise address other nodes can reach (--advertise HOST:PORT)"
+        ));
+    }
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let address = Address::new(&advertise).map_err(|_| {
+        format!(
+            "advertise address {advertise:?} is not a host:port of at most 64 printable characters"
+        )
+    })?;
+    let mut seeds = config
+        .seeds
+        .iter()
+        .map(|s| Address::new(s).map_err(|_| format!("seed {s:?} is not a valid host:port")))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The nodes known at the last stop are seeds too.
+    let peers_file = data_dir.join(peers::FILE_NAME);
+    for known in peers::read(&peers_file) {
+        if !seeds.contains(&known) && known != address {
+            seeds.push(known);
+        }
+    }
+    let started = std::time::Instant::now();
+    let backend = RedbBackend::open_with_cache(
+        &data_dir.join("messages.redb"),
+        config.store.cache_mib << 20,
+    )
+    .map_err(|e| format!("cannot open the message database: {e}"))?;
+    let mut rng = UnwrapErr(getrandom::SysRng);
+    // A fresh onion key and epoch at every start: the replay filter does not survive a
+    // restart.
+    let epoch = Epoch(u32::try_from(now().0 / 1000).unwrap_or(u32::MAX));
+    let keys = NodeKeys {
+        onion: OnionKey::generate(epoch, &mut rng),
+        identity,
+        address,
+    };
+    let mut node_config = config.node_config();
+    node_config.directory.allowlist = config.allowlist()?;
+    let node = Node::new(node_config, keys, seeds, backend, now(), &mut rng)
+        .map_err(|e| format!("cannot open the store: {e}"))?;
+    let node_id = node.node_id();
+    let (messages, _) = node.store().totals();
+    let driver = driver::spawn(
+        node,
+        carrier,
+        DriverSettings {
+            commit_interval: Duration::from_millis(config.store.commit_interval_ms),
+            peers_file: Some(peers_file),
+        },
+    )
+    .map_err(|e| format!("cannot start the node thread: {e}"))?;
+    let host = Host::new(driver.driver(), config.http.clone());
+    tracing::info!(
+        %node_id,
+        %advertise,
+        messages,
+        startup_ms = started.elapsed().as_millis(),
+        "node started"
+    );
+    println!("listening on {bound} as node {node_id}");
+    match admin_bound {
+        Some(a) => println!("admin on {a}"),
+        None => println!("admin off"),
+    }
+    let _ = std::io::stdout().flush();
+    Ok(Started {
+        host,
+        listener,
+        admin,
+        driver,
+    })
+}
+
+/// A receiver that yields once SIGINT or SIGTERM arrives (a thread waits for the signal,
+/// so the handler itself does nothing but record it).
+pub fn shutdown_signal() -> Result<std::sync::mpsc::Receiver<()>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "shutdown requested");
+                let _ = tx.send(());
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(rx)
+}
+
+/// Creates `path` readable and writable by its owner only (0600) with `bytes`, refusing
+/// to replace an existing file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Reads the 32-byte identity seed, or creates it (readable by the owner only) carrying
+/// the network's join work (`node.join_difficulty` bits: about 2^bits key generations).
+fn load_or_create_identity(path: &Path, join_difficulty: u8) -> Result<IdentityKey, String> {
+    let key =
+        match fs::read(path).map(Zeroizing::new) {
+            Ok(bytes) => {
+                let seed: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                        format!("{} is not a 32-byte identity key", path.display())
+                    })?);
+                IdentityKey::from_seed(&seed)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if join_difficulty > 0 {
+                    tracing::info!(
+                        bits = join_difficulty,
+                        "generating an identity key with join work"
+                    );
+                }
+                let key = IdentityKey::generate_with_work(
+                    join_difficulty,
+                    u64::MAX,
+                    &mut UnwrapErr(getrandom::SysRng),
+                )
+                .expect("tries without bound find a key");
+                write_private(path, &key.to_seed()[..])?;
+                key
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+    let work = proto_core::keys::node_id_work(&key.node_id());
+    if work < u32::from(join_difficulty) {
+        return Err(format!(
+            "the identity key in {} carries {work} bits of join work, the network asks for \
+             node.join_difficulty = {join_difficulty}: move it away to generate a new identity \
+             (the node rejoins under a new node ID)",
+            path.display()
+        ));
+    }
+    Ok(key)
+}
