@@ -9,9 +9,12 @@
 //! command it drains the node's outputs: answers go to the responder the runtime gave
 //! with the request, transmits go to the runtime's [`Carrier`].
 //!
-//! Writes are group-committed: the first write after a commit starts a
-//! `commit_interval` clock, and one commit then makes every write since the last one
-//! durable (the acks of those stores are released by [`Node::handle_durable`]).
+//! Writes are group-committed off this thread ([`WriteBehind`]): the first write after a
+//! commit starts a `commit_interval` clock; then the writes since the last commit go to
+//! the database's writer thread as one group, which fsyncs while this thread goes on
+//! serving. When the writer is done it wakes the driver, which takes the new durable
+//! state in and releases the acks that waited for it ([`Node::handle_durable`]); what
+//! arrived meanwhile is the next group, sent at once.
 //!
 //! Invariants: no lock is shared with the runtime's threads (they only hold a
 //! [`Driver`], a channel sender); an answer is sent exactly once, or its responder is
@@ -30,10 +33,11 @@ use proto_core::node::{Endpoint, Node, Output, Reply, RequestId, TransmitFailure
 use proto_core::{NodeId, Timestamp};
 
 use crate::peers;
-use crate::redb_store::RedbBackend;
+use crate::write_behind::WriteBehind;
 
-/// The node as the host runs it: the core's state machine on the redb backend.
-pub type HostedNode = Node<RedbBackend>;
+/// The node as the host runs it: the core's state machine on the write-behind redb
+/// backend.
+pub type HostedNode = Node<WriteBehind>;
 
 /// The node's wall clock as the core's [`Timestamp`].
 #[must_use]
@@ -101,6 +105,8 @@ enum Command {
         id: TransmitId,
         result: Result<Vec<u8>, TransmitFailure>,
     },
+    /// The database writer finished a group commit.
+    Written,
     Stop,
 }
 
@@ -191,11 +197,15 @@ impl Drop for DriverThread {
 
 /// Starts the thread that owns `node`; `carrier` takes the node's outgoing exchanges.
 pub fn spawn(
-    node: HostedNode,
+    mut node: HostedNode,
     carrier: Arc<dyn Carrier>,
     settings: DriverSettings,
 ) -> std::io::Result<DriverThread> {
     let (inbox, commands) = mpsc::channel();
+    let wake = inbox.clone();
+    node.backend_mut().set_waker(move || {
+        let _ = wake.send(Command::Written);
+    });
     let status = Arc::new(Status {
         node_id: node.node_id(),
         database_open: AtomicBool::new(node.store().backend().is_healthy()),
@@ -334,6 +344,7 @@ impl Engine {
                         self.node.handle_transmit_result(now(), id, result);
                         self.drain();
                     }
+                    Command::Written => self.written(),
                 }
                 handled += 1;
                 if handled < BATCH {
@@ -401,18 +412,25 @@ impl Engine {
         }
     }
 
-    /// One fsync for every write since the last commit; then the acks waiting for it.
+    /// Sends every write since the last commit to the writer thread as one group (a
+    /// no-op while it is busy: [`Engine::written`] sends the next group).
     fn commit(&mut self) {
-        match self.node.backend_mut().commit() {
-            Ok(()) => {
-                self.node.handle_durable(now());
-                self.drain();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed; writes stay pending");
-                self.status.database_open.store(false, Ordering::Relaxed);
-            }
+        self.node.backend_mut().start_commit();
+    }
+
+    /// A group commit finished: take the durable state in, release the acks waiting for
+    /// it, and send what accumulated meanwhile.
+    fn written(&mut self) {
+        let backend = self.node.backend_mut();
+        let advanced = backend.absorb();
+        self.status
+            .database_open
+            .store(backend.is_healthy(), Ordering::Relaxed);
+        if advanced {
+            self.node.handle_durable(now());
+            self.drain();
         }
+        self.commit();
     }
 
     fn refresh_status(&self) {

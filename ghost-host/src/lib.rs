@@ -20,5 +20,6 @@ pub mod peers;
 pub mod redb_store;
 pub mod service;
 pub mod start;
+pub mod write_behind;
 
 pub use driver::now;

@@ -13,17 +13,19 @@
 //! `usage` `recipient → count ‖ bytes`, `meta` `name → u64`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use proto_core::request::Origin;
 use proto_core::store::{DeleteRange, MessageBackend, StoreError, StoredMessage, Tombstone};
 use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 const BY_HASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("by_hash");
-const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
+pub(crate) const BY_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("by_expiry");
 const USAGE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("usage");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `hash → recipient (32) ‖ namespace (2) ‖ until (8) ‖ the owner's signed delete`: messages their
@@ -33,10 +35,11 @@ const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombston
 /// owners' deletes of everything (before a time) in a namespace.
 const DELETE_RANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("delete_ranges");
 /// `until (8) ‖ recipient (32) ‖ namespace (2)`: the delete ranges in the order they may go.
-const DELETE_RANGES_BY_UNTIL: TableDefinition<&[u8], ()> =
+pub(crate) const DELETE_RANGES_BY_UNTIL: TableDefinition<&[u8], ()> =
     TableDefinition::new("delete_ranges_by_until");
 /// `until (8) ‖ hash (32)`: the tombstones in the order they may go.
-const TOMBSTONES_BY_UNTIL: TableDefinition<&[u8], ()> = TableDefinition::new("tombstones_by_until");
+pub(crate) const TOMBSTONES_BY_UNTIL: TableDefinition<&[u8], ()> =
+    TableDefinition::new("tombstones_by_until");
 
 /// Page cache of the message database unless configured otherwise: 64 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
@@ -217,10 +220,14 @@ fn backend_error<E: std::fmt::Display>(e: E) -> StoreError {
 
 /// The message store's records in a redb database file.
 pub struct RedbBackend {
-    /// `None` once closed: every operation is refused from then on.
-    db: Option<Database>,
+    /// `None` once closed: every operation is refused from then on. Shared with a
+    /// [`crate::write_behind::WriteBehind`]'s reader when there is one.
+    db: Option<Arc<Database>>,
     /// The open write transaction holding writes not yet committed.
     txn: Option<WriteTransaction>,
+    /// A pinned read snapshot that reads go through when no write is open (a
+    /// write-behind reader: the state its overlay sits on).
+    snapshot: Option<ReadTransaction>,
     /// Highest sequence number in the last committed transaction.
     durable_seq: u64,
     /// The database file, for its size.
@@ -242,6 +249,11 @@ macro_rules! with_table {
         match &$self.txn {
             Some(txn) => {
                 let $t = txn.open_table($def).map_err(backend_error)?;
+                $body
+            }
+            None if $self.snapshot.is_some() => {
+                let read = $self.snapshot.as_ref().expect("checked");
+                let $t = read.open_table($def).map_err(backend_error)?;
                 $body
             }
             None => {
@@ -289,11 +301,46 @@ impl RedbBackend {
             meta.get(LAST_SEQ)?.map_or(0, |v| v.value())
         };
         Ok(Self {
-            db: Some(db),
+            db: Some(Arc::new(db)),
             txn: None,
+            snapshot: None,
             durable_seq,
             path: path.to_owned(),
         })
+    }
+
+    /// A second handle on the same database that never writes and reads through
+    /// `snapshot` (replace it with [`RedbBackend::pin`]).
+    pub(crate) fn reader(&self, snapshot: ReadTransaction) -> Self {
+        Self {
+            db: self.db.clone(),
+            txn: None,
+            snapshot: Some(snapshot),
+            durable_seq: self.durable_seq,
+            path: self.path.clone(),
+        }
+    }
+
+    /// A read snapshot of what is committed now.
+    pub(crate) fn snapshot_now(&self) -> Result<ReadTransaction, StoreError> {
+        self.db()?.begin_read().map_err(backend_error)
+    }
+
+    /// Drops the open write transaction and everything written in it.
+    pub(crate) fn rollback(&mut self) {
+        self.txn = None;
+    }
+
+    /// Records that everything up to `durable_seq` is committed (by another handle).
+    pub(crate) fn set_durable_seq(&mut self, durable_seq: u64) {
+        self.durable_seq = durable_seq;
+    }
+
+    /// Reads from now on see `snapshot`, in which everything up to `durable_seq` is
+    /// committed.
+    pub(crate) fn pin(&mut self, snapshot: ReadTransaction, durable_seq: u64) {
+        self.snapshot = Some(snapshot);
+        self.durable_seq = durable_seq;
     }
 
     /// Commits what is pending, closes the database file cleanly (so the next open needs
@@ -302,15 +349,17 @@ impl RedbBackend {
         let committed = self.commit();
         // An open write transaction (only after a failed commit) is rolled back first.
         self.txn = None;
-        let closed = match self.db.take() {
-            Some(db) => db.close().map_err(backend_error),
-            None => Ok(()),
+        self.snapshot = None;
+        let closed = match self.db.take().map(Arc::try_unwrap) {
+            Some(Ok(db)) => db.close().map_err(backend_error),
+            // Another handle still uses the file: the last one to go closes it.
+            Some(Err(_)) | None => Ok(()),
         };
         committed.and(closed)
     }
 
     fn db(&self) -> Result<&Database, StoreError> {
-        self.db.as_ref().ok_or(StoreError::Backend)
+        self.db.as_deref().ok_or(StoreError::Backend)
     }
 
     /// Whether the database answers a read: `false` once closed or when the file cannot
@@ -397,7 +446,7 @@ impl RedbBackend {
 
     /// Up to `limit` entries of a `time ‖ hash` index (`BY_EXPIRY`)
     /// whose time is at or before `before`, oldest first.
-    fn due(
+    pub(crate) fn due(
         &self,
         index: TableDefinition<'static, &'static [u8], ()>,
         before: Timestamp,
@@ -466,7 +515,7 @@ impl RedbBackend {
 
     /// Up to `limit` entries of a `time ‖ rest` index whose time is at or before
     /// `before`, oldest first, as (time, rest).
-    fn due_keys(
+    pub(crate) fn due_keys(
         &self,
         index: TableDefinition<'static, &'static [u8], ()>,
         before: Timestamp,
@@ -490,6 +539,76 @@ impl RedbBackend {
             }
             Ok(out)
         })
+    }
+
+    /// Inserts `m` (whose hash is absent) without taking it.
+    pub(crate) fn put_message(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        let key = message_key(&m.recipient, m.namespace, m.seq);
+        txn.open_table(MESSAGES)
+            .map_err(backend_error)?
+            .insert(key.as_slice(), encode_value(m).as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(BY_HASH)
+            .map_err(backend_error)?
+            .insert(m.hash.as_bytes().as_slice(), key.as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(BY_EXPIRY)
+            .map_err(backend_error)?
+            .insert(expiry_key(m.expiry, &m.hash).as_slice(), ())
+            .map_err(backend_error)?;
+        let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
+        Self::add_usage(txn, &m.recipient, 1, len)?;
+        Self::add_meta(txn, TOTAL_COUNT, 1)?;
+        Self::add_meta(txn, TOTAL_BYTES, len)?;
+        let mut meta = txn.open_table(META).map_err(backend_error)?;
+        let last = meta
+            .get(LAST_SEQ)
+            .map_err(backend_error)?
+            .map_or(0, |v| v.value());
+        meta.insert(LAST_SEQ, last.max(m.seq))
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
+    /// Removes the tombstone of `hash`, if any.
+    pub(crate) fn remove_tombstone(&mut self, hash: &MessageHash) -> Result<(), StoreError> {
+        let Some(old) = self.tombstone(hash)? else {
+            return Ok(());
+        };
+        self.remove_until(TOMBSTONES, TOMBSTONES_BY_UNTIL, hash.as_bytes(), old.until)
+    }
+
+    /// Removes the delete range of `(recipient, namespace)`, if any.
+    pub(crate) fn remove_delete_range(
+        &mut self,
+        recipient: &RecipientId,
+        namespace: Namespace,
+    ) -> Result<(), StoreError> {
+        let Some(old) = self.delete_range(recipient, namespace)? else {
+            return Ok(());
+        };
+        let key = range_key(recipient, namespace);
+        self.remove_until(DELETE_RANGES, DELETE_RANGES_BY_UNTIL, &key, old.until)
+    }
+
+    fn remove_until(
+        &mut self,
+        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        key: &[u8],
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        txn.open_table(index)
+            .map_err(backend_error)?
+            .remove(until_key(until, key).as_slice())
+            .map_err(backend_error)?;
+        txn.open_table(table)
+            .map_err(backend_error)?
+            .remove(key)
+            .map_err(backend_error)?;
+        Ok(())
     }
 
     fn meta(&self, name: &str) -> Result<u64, StoreError> {
@@ -516,32 +635,7 @@ impl MessageBackend for RedbBackend {
     }
 
     fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        let key = message_key(&m.recipient, m.namespace, m.seq);
-        txn.open_table(MESSAGES)
-            .map_err(backend_error)?
-            .insert(key.as_slice(), encode_value(&m).as_slice())
-            .map_err(backend_error)?;
-        txn.open_table(BY_HASH)
-            .map_err(backend_error)?
-            .insert(m.hash.as_bytes().as_slice(), key.as_slice())
-            .map_err(backend_error)?;
-        txn.open_table(BY_EXPIRY)
-            .map_err(backend_error)?
-            .insert(expiry_key(m.expiry, &m.hash).as_slice(), ())
-            .map_err(backend_error)?;
-        let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
-        Self::add_usage(txn, &m.recipient, 1, len)?;
-        Self::add_meta(txn, TOTAL_COUNT, 1)?;
-        Self::add_meta(txn, TOTAL_BYTES, len)?;
-        let mut meta = txn.open_table(META).map_err(backend_error)?;
-        let last = meta
-            .get(LAST_SEQ)
-            .map_err(backend_error)?
-            .map_or(0, |v| v.value());
-        meta.insert(LAST_SEQ, last.max(m.seq))
-            .map_err(backend_error)?;
-        Ok(())
+        self.put_message(&m)
     }
 
     fn remove(&mut self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {

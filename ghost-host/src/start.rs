@@ -25,8 +25,8 @@ use zeroize::Zeroizing;
 use crate::config::{AdminListen, Config, LogFormat};
 use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
 use crate::peers;
-use crate::redb_store::RedbBackend;
 use crate::service::Host;
+use crate::write_behind::WriteBehind;
 
 /// The flags and environment variables every node binary takes.
 #[derive(Parser, Debug)]
@@ -206,7 +206,7 @@ pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, Stri
         }
     }
     let started = std::time::Instant::now();
-    let backend = RedbBackend::open_with_cache(
+    let backend = WriteBehind::open(
         &data_dir.join("messages.redb"),
         config.store.cache_mib << 20,
     )

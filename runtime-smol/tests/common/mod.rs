@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use ghost_host::config::HttpSection;
 use ghost_host::driver::DriverThread;
-use ghost_host::redb_store::RedbBackend;
 use ghost_host::service::Host;
+use ghost_host::write_behind::WriteBehind;
 use proto_core::keys::{Address, IdentityKey, OnionKey};
 use proto_core::node::{Node, NodeConfig, NodeKeys};
 use proto_core::{Descriptor, Epoch};
@@ -64,7 +64,7 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
     };
     for (i, listener) in listeners.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = RedbBackend::open(&dir.path().join("messages.redb")).unwrap();
+        let backend = WriteBehind::open(&dir.path().join("messages.redb"), 1 << 20).unwrap();
         let keys = NodeKeys {
             identity: IdentityKey::from_seed(&[u8::try_from(i).unwrap() + 1; 32]),
             onion: OnionKey::generate(Epoch(1), &mut rng),
