@@ -8,18 +8,28 @@
 //! plain request is `GET /v1/nodes/directory`, the same for every client, and everything
 //! that names a recipient goes inside onion packets. Key and cursor files are written
 //! with mode 0600.
+//!
+//! The transport is blocking ureq, one keep-alive agent per [`Client`]: every call has
+//! the whole [`REQUEST_TIMEOUT`] (connect, send, answer), never follows a redirect nor a
+//! proxy from the environment, and sends no `User-Agent` (the same request line and
+//! headers for every client). An onion answer is read up to [`MAX_ANSWER_BYTES`]; a
+//! status other than 2xx is the core's [`TransportError::Status`], not a broken
+//! transport.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
+use ghost_host::api;
+use ghost_host::now;
+use ghost_host::service::MAX_ANSWER_BYTES;
 use proto_core::client::{
     self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StoreSpec, TransmitBody,
     TransportError,
 };
 use proto_core::keys::{Address, Descriptor, IdentityKey};
-use proto_core::node::{Endpoint, TransmitFailure};
+use proto_core::node::TransmitFailure;
 use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
 use proto_core::reply::{self, Opened};
 use proto_core::request::{Request, Response};
@@ -29,14 +39,17 @@ use rand_core::{CryptoRng, Rng, UnwrapErr};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::api;
-use crate::host::{exchange, now};
-
 /// Hops of every path the client builds.
 pub const PATH_HOPS: usize = 3;
 /// How long one exchange may take before the client gives up on it (the core's
-/// `request_timeout_ms`).
+/// `request_timeout_ms`): connecting, sending and reading the whole answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection is reused: well inside a node's 10 s
+/// `http.header_timeout_ms`, after which the node closes it and a reuse would fail.
+const IDLE_REUSE: Duration = Duration::from_secs(5);
+/// The largest answer to a plain `GET` read ([`get`]): a directory page is about
+/// 40 KiB, `/metrics` a few hundred.
+pub const MAX_GET_BYTES: u64 = 16 << 20;
 /// How long a packet stays valid (hops refuse it afterwards), before rounding down to the
 /// expiry grid.
 const PACKET_LIFETIME_MS: u64 = 30_000;
@@ -227,6 +240,7 @@ impl Cursors {
 /// client; everything that names a recipient travels inside onion packets.
 pub struct Client {
     core: RefCell<core_client::Client>,
+    http: Http,
     ttl_ms: u64,
 }
 
@@ -246,6 +260,7 @@ impl Client {
         })?;
         let client = Self {
             core: RefCell::new(core_client::Client::new(config, vec![address])),
+            http: Http::new(REQUEST_TIMEOUT),
             ttl_ms: DEFAULT_TTL_MS,
         };
         client.core.borrow_mut().refresh_directory(now());
@@ -377,12 +392,7 @@ impl Client {
             let to = t.to.as_str().to_owned();
             match t.body {
                 TransmitBody::Onion(packet) => {
-                    let answer = smol::block_on(exchange(
-                        &to,
-                        Endpoint::Onion,
-                        packet.to_vec(),
-                        REQUEST_TIMEOUT,
-                    ));
+                    let answer = self.http.post(&to, ONION_PATH, &packet[..]);
                     let mut core = self.core.borrow_mut();
                     match answer {
                         Ok(mut bytes) => {
@@ -405,7 +415,7 @@ impl Client {
                         None => DIRECTORY_PATH.to_owned(),
                         Some(id) => format!("{DIRECTORY_PATH}?after={id}"),
                     };
-                    let answer = match get(&to, &path) {
+                    let answer = match self.http.get(&to, &path) {
                         Ok(body) => {
                             api::parse_directory(&body).map_err(|_| TransportError::Malformed)
                         }
@@ -463,13 +473,10 @@ impl Client {
             .map_err(|e| ClientError(format!("cannot encode the request: {e}")))?;
         let (packet, keys) = build_packet(path, &payload[..len])?;
         let first = path[0].address().as_str();
-        let mut answer = smol::block_on(exchange(
-            first,
-            Endpoint::Onion,
-            packet.to_vec(),
-            REQUEST_TIMEOUT,
-        ))
-        .map_err(|e| ClientError(format!("first hop {first} did not answer: {e:?}")))?;
+        let mut answer = self
+            .http
+            .post(first, ONION_PATH, &packet[..])
+            .map_err(|e| ClientError(format!("first hop {first} did not answer: {e:?}")))?;
         match reply::open(keys.reply_keys(), &mut answer) {
             Ok(Opened::Response { body }) => Response::decode(body)
                 .map_err(|e| ClientError(format!("the final hop's answer is malformed: {e}"))),
@@ -485,6 +492,8 @@ impl Client {
 
 /// The path of the directory listing.
 const DIRECTORY_PATH: &str = "/v1/nodes/directory";
+/// Where onion packets go.
+const ONION_PATH: &str = "/v1/onion";
 
 fn rng() -> UnwrapErr<getrandom::SysRng> {
     UnwrapErr(getrandom::SysRng)
@@ -541,42 +550,261 @@ pub fn open_body(keys: &RecipientKeys, body: &[u8]) -> Result<Vec<u8>, ClientErr
     Ok(text.to_vec())
 }
 
-/// A plain `GET` of `path` on `address`; a non-200 answer is an error quoting its body.
+/// A plain `GET` of `path` on `address` on a connection of its own; a non-200 answer is
+/// an error quoting its body.
 pub fn get(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-    smol::block_on(get_async(address, path))
+    Http::new(REQUEST_TIMEOUT).get(address, path)
 }
 
-async fn get_async(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    let attempt = async {
-        let mut sender = crate::host::connect(address).await.map_err(ClientError)?;
-        let req = hyper::Request::get(path)
-            .header("host", address)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError(format!("bad request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError(format!("{address}: {e}")))?;
+/// Blocking HTTP/1.1 over one ureq agent, whose idle keep-alive connections are reused
+/// for [`IDLE_REUSE`].
+struct Http {
+    agent: ureq::Agent,
+    /// What every call may take, from connecting to the end of the answer.
+    timeout: Duration,
+}
+
+impl Http {
+    fn new(timeout: Duration) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            // A refusal is an answer the core weighs (a 429 is not a dead node).
+            .http_status_as_error(false)
+            // The node's answer is the answer: a redirect would send the packet elsewhere.
+            .max_redirects(0)
+            // Nodes are reached directly, as the core chose; an HTTP_PROXY in the
+            // environment would see every request.
+            .proxy(None)
+            // No version string for nodes to tell clients apart by.
+            .user_agent("")
+            .accept("")
+            .max_idle_age(IDLE_REUSE)
+            .build();
+        Self {
+            agent: config.into(),
+            timeout,
+        }
+    }
+
+    /// POSTs `body` to `path` at `address`: the answer's body when the status is 2xx.
+    /// Errors: no connection is [`TransmitFailure::Unreachable`], the call outlasting
+    /// its timeout is [`TransmitFailure::Timeout`], another status is
+    /// [`TransmitFailure::Refused`] (a refusal carries no reply layer), and an answer
+    /// over [`MAX_ANSWER_BYTES`] or broken off is [`TransmitFailure::Unreachable`].
+    fn post(&self, address: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, TransmitFailure> {
+        let transport = |e: ureq::Error| match e {
+            ureq::Error::Timeout(_) => TransmitFailure::Timeout,
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                TransmitFailure::Timeout
+            }
+            _ => TransmitFailure::Unreachable,
+        };
+        let mut resp = self
+            .agent
+            .post(format!("http://{address}{path}"))
+            .send(body)
+            .map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(TransmitFailure::Refused {
+                status: status.as_u16(),
+            });
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES as u64)
+            .read_to_vec()
+            .map_err(transport)
+    }
+
+    /// GETs `path` at `address`: the body of a 2xx answer (at most [`MAX_GET_BYTES`]),
+    /// any other answer an error quoting its body.
+    fn get(&self, address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        let timeout = self.timeout;
+        let problem = |e: ureq::Error| {
+            ClientError(match e {
+                ureq::Error::Timeout(_) => format!("{address} did not answer in {timeout:?}"),
+                ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    format!("{address} did not answer in {timeout:?}")
+                }
+                ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                    format!("cannot connect to {address}: {e}")
+                }
+                ureq::Error::Io(e) if is_connect_failure(e.kind()) => {
+                    format!("cannot connect to {address}: {e}")
+                }
+                e => format!("{address}: {e}"),
+            })
+        };
+        let mut resp = self
+            .agent
+            .get(format!("http://{address}{path}"))
+            .call()
+            .map_err(problem)?;
         let status = resp.status();
         let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError(format!("{address}: {e}")))?
-            .to_bytes();
+            .body_mut()
+            .with_config()
+            .limit(MAX_GET_BYTES)
+            .read_to_vec()
+            .map_err(problem)?;
         if !status.is_success() {
             return fail(format!(
                 "{address}{path} answered {status}: {}",
                 String::from_utf8_lossy(&body)
             ));
         }
-        Ok(body.to_vec())
-    };
-    let give_up = async {
-        smol::Timer::after(REQUEST_TIMEOUT).await;
-        fail(format!("{address} did not answer in {REQUEST_TIMEOUT:?}"))
-    };
-    smol::future::or(attempt, give_up).await
+        Ok(body)
+    }
+}
+
+/// Whether an I/O error of `kind` means no connection could be made.
+fn is_connect_failure(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::NotFound
+            | K::AddrNotAvailable
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    use super::*;
+
+    /// A one-connection HTTP server on loopback: reads one request (head and
+    /// `Content-Length` body), then writes `answer` (or nothing, holding the connection
+    /// until the client closes it) and returns what it read.
+    fn serve_once(answer: Option<Vec<u8>>) -> (String, JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let address = listener.local_addr().expect("bound").to_string();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("the client connects");
+            let mut reader = BufReader::new(stream);
+            let mut request = Vec::new();
+            let mut content_length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("a request line");
+                request.extend_from_slice(line.as_bytes());
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    content_length = v.trim().parse().expect("a length");
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; content_length];
+            reader.read_exact(&mut body).expect("the body");
+            request.extend_from_slice(&body);
+            let mut stream = reader.into_inner();
+            match answer {
+                Some(bytes) => {
+                    let _ = stream.write_all(&bytes);
+                }
+                // Silent: wait for the client to give up and close.
+                None => {
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+            }
+            request
+        });
+        (address, server)
+    }
+
+    fn answer(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn post_returns_the_body_of_a_2xx_answer_and_sends_only_the_needed_headers() {
+        let (address, server) = serve_once(Some(answer("200 OK", b"reply")));
+        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        assert_eq!(got, Ok(b"reply".to_vec()));
+        let request = String::from_utf8(server.join().unwrap()).unwrap();
+        assert!(
+            request.starts_with("POST /v1/onion HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with("\r\n\r\npacket"), "{request}");
+        let lower = request.to_ascii_lowercase();
+        assert!(!lower.contains("user-agent"), "{request}");
+        assert!(!lower.contains("accept"), "{request}");
+    }
+
+    #[test]
+    fn post_maps_a_refusal_to_refused_with_its_status() {
+        for status in [
+            "429 Too Many Requests",
+            "404 Not Found",
+            "503 Service Unavailable",
+        ] {
+            let (address, server) = serve_once(Some(answer(status, b"{\"error\":\"x\"}")));
+            let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+            let code: u16 = status[..3].parse().unwrap();
+            assert_eq!(got, Err(TransmitFailure::Refused { status: code }));
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn post_reads_an_answer_of_one_mib_and_refuses_a_larger_one_as_unreachable() {
+        let (address, server) = serve_once(Some(answer("200 OK", &vec![7u8; MAX_ANSWER_BYTES])));
+        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        assert_eq!(got.map(|b| b.len()), Ok(MAX_ANSWER_BYTES));
+        server.join().unwrap();
+
+        let too_long = vec![7u8; MAX_ANSWER_BYTES + 1];
+        let (address, server) = serve_once(Some(answer("200 OK", &too_long)));
+        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        assert_eq!(got, Err(TransmitFailure::Unreachable));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn post_to_a_closed_port_is_unreachable() {
+        let address = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        assert_eq!(got, Err(TransmitFailure::Unreachable));
+    }
+
+    #[test]
+    fn post_to_a_silent_node_times_out() {
+        let (address, server) = serve_once(None);
+        let got = Http::new(Duration::from_millis(300)).post(&address, ONION_PATH, b"packet");
+        assert_eq!(got, Err(TransmitFailure::Timeout));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn get_quotes_the_body_of_a_non_2xx_answer_and_returns_a_2xx_one() {
+        let (address, server) = serve_once(Some(answer("503 Service Unavailable", b"busy")));
+        let got = Http::new(REQUEST_TIMEOUT).get(&address, "/health");
+        let message = got.expect_err("a 503 is an error").0;
+        assert!(message.contains("/health answered 503"), "{message}");
+        assert!(message.ends_with(": busy"), "{message}");
+        server.join().unwrap();
+
+        let (address, server) = serve_once(Some(answer("200 OK", b"{}")));
+        assert_eq!(get(&address, "/health").unwrap(), b"{}");
+        let request = String::from_utf8(server.join().unwrap()).unwrap();
+        assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
+    }
 }

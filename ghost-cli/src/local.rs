@@ -1,8 +1,10 @@
-//! A network of real `ghostnode` processes on loopback: what `ghost up` starts and what
-//! the multi-process tests drive (kill, restart, stop).
+//! A network of real node processes on loopback: what `ghost up` starts and what the
+//! multi-process tests drive (kill, restart, stop).
 //!
 //! Each node runs from its own directory (`node-<i>/`: `ghostnode.toml`, identity key,
-//! database, `node.log`). Node 0 is the seed; the others join through it. Invariants: a
+//! database, `node.log`) and its own binary, so one network can mix runtimes (`ghostnode`
+//! on smol, `ghostnode-sync`): every node binary takes the same `--config` file and prints
+//! the same start lines. Node 0 is the seed; the others join through it. Invariants: a
 //! node counts as started only once it printed its listening line; [`LocalNetwork`]
 //! stops its processes when dropped (SIGTERM, then SIGKILL after a grace period), so no
 //! test leaves a node behind; every wait has a deadline.
@@ -68,6 +70,8 @@ pub fn parse_start_lines(text: &str) -> Option<StartLines> {
 
 /// One running (or stopped) node process.
 pub struct LocalNode {
+    /// The node binary it runs (and runs again on a restart).
+    pub binary: PathBuf,
     /// Its directory.
     pub dir: PathBuf,
     /// The address it listens on.
@@ -87,19 +91,19 @@ impl LocalNode {
     }
 }
 
-/// Several `ghostnode` processes on loopback.
+/// Several node processes on loopback.
 pub struct LocalNetwork {
-    binary: PathBuf,
     /// The nodes, node 0 being the seed.
     pub nodes: Vec<LocalNode>,
 }
 
 impl LocalNetwork {
-    /// Starts `n` nodes of `binary` under `root`, listening on `base_port + i` (or on
-    /// free ports when `base_port` is 0). `extra_config` is appended to each node's
-    /// config file (TOML, after [`LOCAL_CONFIG`]).
+    /// Starts `n` nodes under `root`, node `i` running the binary `binary(i)` and
+    /// listening on `base_port + i` (or on free ports when `base_port` is 0).
+    /// `extra_config` is appended to each node's config file (TOML, after
+    /// [`LOCAL_CONFIG`]).
     pub fn start(
-        binary: &Path,
+        binary: impl Fn(usize) -> PathBuf,
         root: &Path,
         n: usize,
         base_port: u16,
@@ -109,7 +113,6 @@ impl LocalNetwork {
             return Err("a network needs at least one node".into());
         }
         let mut net = Self {
-            binary: binary.to_owned(),
             nodes: Vec::with_capacity(n),
         };
         for i in 0..n {
@@ -138,59 +141,12 @@ impl LocalNetwork {
                     .map_err(|e| format!("cannot write the config of node {i}: {e}"))
             };
             write(config(&format!("127.0.0.1:{port}"), "127.0.0.1:0"))?;
-            let node = net.spawn(&dir)?;
+            let node = spawn(binary(i), &dir)?;
             // A restart comes back on the same addresses, as a real node would.
             write(config(&node.address, &node.admin))?;
             net.nodes.push(node);
         }
         Ok(net)
-    }
-
-    fn spawn(&self, dir: &Path) -> Result<LocalNode, String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("node.log"))
-            .map_err(|e| format!("cannot open {}/node.log: {e}", dir.display()))?;
-        let mut child = Command::new(&self.binary)
-            .arg("--config")
-            .arg(dir.join("ghostnode.toml"))
-            .env_remove("GHOST_LISTEN")
-            .env_remove("GHOST_DATA_DIR")
-            .env_remove("GHOST_SEEDS")
-            .env_remove("GHOST_ADVERTISE")
-            .env_remove("GHOST_CONFIG")
-            .env_remove("GHOST_ADMIN_LISTEN")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let mut lines = String::new();
-        // The node prints its listening and admin lines once bound, or exits with a
-        // message on stderr.
-        let mut stdout = BufReader::new(stdout);
-        let _ = stdout.read_line(&mut lines);
-        let _ = stdout.read_line(&mut lines);
-        match parse_start_lines(&lines) {
-            Some(started) => Ok(LocalNode {
-                dir: dir.to_owned(),
-                address: started.address,
-                admin: started.admin,
-                id: started.id,
-                child: Some(child),
-            }),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
-                Err(format!(
-                    "node in {} did not start: {}",
-                    dir.display(),
-                    log.lines().last().unwrap_or("no message")
-                ))
-            }
-        }
     }
 
     /// The seed's address.
@@ -240,7 +196,7 @@ impl LocalNetwork {
         if self.nodes[i].is_running() {
             return Ok(());
         }
-        let node = self.spawn(&self.nodes[i].dir.clone())?;
+        let node = spawn(self.nodes[i].binary.clone(), &self.nodes[i].dir)?;
         if node.id != self.nodes[i].id {
             return Err(format!("node {i} came back with another identity"));
         }
@@ -278,5 +234,54 @@ impl LocalNetwork {
 impl Drop for LocalNetwork {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Starts `binary` on `dir/ghostnode.toml` and waits for its start lines.
+fn spawn(binary: PathBuf, dir: &Path) -> Result<LocalNode, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .map_err(|e| format!("cannot open {}/node.log: {e}", dir.display()))?;
+    let mut child = Command::new(&binary)
+        .arg("--config")
+        .arg(dir.join("ghostnode.toml"))
+        .env_remove("GHOST_LISTEN")
+        .env_remove("GHOST_DATA_DIR")
+        .env_remove("GHOST_SEEDS")
+        .env_remove("GHOST_ADVERTISE")
+        .env_remove("GHOST_CONFIG")
+        .env_remove("GHOST_ADMIN_LISTEN")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut lines = String::new();
+    // The node prints its listening and admin lines once bound, or exits with a
+    // message on stderr.
+    let mut stdout = BufReader::new(stdout);
+    let _ = stdout.read_line(&mut lines);
+    let _ = stdout.read_line(&mut lines);
+    match parse_start_lines(&lines) {
+        Some(started) => Ok(LocalNode {
+            binary,
+            dir: dir.to_owned(),
+            address: started.address,
+            admin: started.admin,
+            id: started.id,
+            child: Some(child),
+        }),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            Err(format!(
+                "node in {} did not start: {}",
+                dir.display(),
+                log.lines().last().unwrap_or("no message")
+            ))
+        }
     }
 }

@@ -1,12 +1,37 @@
 //! The README's quick start, as a user runs it: `ghost up` starts a network and prints
 //! ready-to-paste commands; the printed `ghost send` delivers through three distinct hops
 //! and the printed `ghost fetch` prints the original message; Ctrl-C stops every node.
+//!
+//! `ghost up` needs the `ghostnode` binary of `runtime-smol`, found in this test's target
+//! directory (`target/<profile>/ghostnode`; tests run from `target/<profile>/deps/`).
+//! Cargo does not build a dependency's binaries for its dependents, so `cargo test -p
+//! ghost-cli` alone does not build it: `cargo test --workspace` (or `-p ghost-cli -p
+//! runtime-smol`) does, since runtime-smol has integration tests; or build it first with
+//! `cargo build -p runtime-smol --bins`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// The `ghostnode` binary in this test's target directory; panics saying how to build it.
+fn ghostnode_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps/");
+    let ghostnode = profile_dir.join("ghostnode");
+    assert!(
+        ghostnode.exists(),
+        "{} not found: build it first with `cargo build -p runtime-smol --bins` (same \
+         profile as the tests), or run `cargo test --workspace`",
+        ghostnode.display()
+    );
+    ghostnode
+}
 
 struct Up(Child);
 
@@ -39,6 +64,8 @@ fn printed_send_and_fetch_deliver_the_message_through_three_distinct_hops() {
     let mut up = Up(Command::new(env!("CARGO_BIN_EXE_ghost"))
         .args(["up", "--nodes", "5", "--base-port", "0", "--data-dir"])
         .arg(root.path())
+        .arg("--ghostnode")
+        .arg(ghostnode_binary())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -163,4 +190,96 @@ fn keygen_refuses_to_overwrite_and_writes_a_private_file() {
         .unwrap();
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already exists"));
+}
+
+/// `ghost up` with `args` (and a free base port, data under `data_dir`).
+fn up_once(data_dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ghost"))
+        .args(["up", "--base-port", "0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env_remove("GHOSTNODE_BIN")
+        .env_remove("GHOSTNODE_SYNC_BIN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ghost runs")
+}
+
+#[test]
+fn up_with_a_missing_node_binary_says_how_to_build_it_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-binary");
+    // `ghost` itself stands in for a node binary that exists (it is no node: see below).
+    let present = Path::new(env!("CARGO_BIN_EXE_ghost"));
+    let cases = [
+        (
+            "smol",
+            missing.as_path(),
+            present,
+            "-p runtime-smol",
+            "--ghostnode",
+        ),
+        (
+            "sync",
+            present,
+            missing.as_path(),
+            "-p runtime-sync",
+            "--ghostnode-sync",
+        ),
+        (
+            "mixed",
+            present,
+            missing.as_path(),
+            "-p runtime-sync",
+            "--ghostnode-sync",
+        ),
+        (
+            "mixed",
+            missing.as_path(),
+            present,
+            "-p runtime-smol",
+            "--ghostnode",
+        ),
+    ];
+    for (runtime, smol, sync, package, flag) in cases {
+        let out = up_once(
+            dir.path(),
+            &[
+                "--runtime".as_ref(),
+                runtime.as_ref(),
+                "--ghostnode".as_ref(),
+                smol.as_os_str(),
+                "--ghostnode-sync".as_ref(),
+                sync.as_os_str(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--runtime {runtime}: {err}");
+        assert!(
+            err.contains(&format!("cargo build --release {package} --bins")),
+            "--runtime {runtime}: {err}"
+        );
+        assert!(err.contains(flag), "--runtime {runtime}: {err}");
+        assert!(
+            !dir.path().join("node-0").exists(),
+            "--runtime {runtime}: nothing starts"
+        );
+    }
+    // The control: `--runtime smol` does not need the missing sync binary; it gets past
+    // the check and tries to start node 0, which fails because `ghost` is no node: exit 1.
+    let out = up_once(
+        dir.path(),
+        &[
+            "--runtime".as_ref(),
+            "smol".as_ref(),
+            "--ghostnode".as_ref(),
+            present.as_os_str(),
+            "--ghostnode-sync".as_ref(),
+            missing.as_os_str(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not start"), "{err}");
+    assert!(!err.contains("runtime-sync"), "{err}");
 }

@@ -33,6 +33,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ghost_cli::client::{Client, get};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto_core::keys::IdentityKey;
@@ -40,7 +41,6 @@ use proto_core::request::{Request, Response, RetrieveRequest};
 use proto_core::store::{MAX_TTL_MS, MessageStore, NewMessage, StoreConfig};
 use proto_core::{Namespace, RecipientId};
 use rand_core::UnwrapErr;
-use runtime_smol::client::{Client, get};
 use runtime_smol::host::now;
 use runtime_smol::redb_store::RedbBackend;
 
@@ -536,7 +536,7 @@ fn with_peers(binary: &Path, dir: &Path, held: u64) -> Result<(), String> {
     }
     std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     let config = root.join("local.toml");
-    std::fs::write(&config, runtime_smol::local::LOCAL_CONFIG)
+    std::fs::write(&config, ghost_cli::local::LOCAL_CONFIG)
         .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let node_args = |data: &Path, seed: Option<&str>| {
         let mut a: Vec<std::ffi::OsString> = vec![

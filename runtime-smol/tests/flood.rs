@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ghost_cli::client::{self, Client};
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
 use proto_core::peer::PeerRequest;
 use proto_core::{Epoch, RecipientId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
-use runtime_smol::client::{self, Client};
 use runtime_smol::host::now;
 
 mod processes;
@@ -181,8 +181,8 @@ fn closed_by_node(s: &mut TcpStream) -> bool {
 #[test]
 fn one_address_cannot_hold_every_connection() {
     let root = tempfile::tempdir().unwrap();
-    let net = runtime_smol::local::LocalNetwork::start(
-        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
+    let net = ghost_cli::local::LocalNetwork::start(
+        |_| env!("CARGO_BIN_EXE_ghostnode").into(),
         root.path(),
         1,
         0,

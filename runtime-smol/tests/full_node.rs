@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use ghost_cli::client::{self, Client, Cursors, RecipientKeys, seal_for};
+use ghost_cli::local::LocalNetwork;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use runtime_smol::client::{self, Client, Cursors, RecipientKeys, seal_for};
-use runtime_smol::local::LocalNetwork;
 
 mod processes;
 
@@ -43,7 +43,7 @@ fn wait_all_hold(net: &LocalNetwork, count: usize) {
 fn full_node_refuses_stores_with_a_clear_error_and_keeps_serving_retrieves() {
     let root = tempfile::tempdir().unwrap();
     let net = LocalNetwork::start(
-        env!("CARGO_BIN_EXE_ghostnode").as_ref(),
+        |_| env!("CARGO_BIN_EXE_ghostnode").into(),
         root.path(),
         3,
         0,

@@ -38,7 +38,7 @@ fn start(data_dir: &std::path::Path) -> Started {
     let mut lines = String::new();
     stdout.read_line(&mut lines).expect("first line");
     stdout.read_line(&mut lines).expect("second line");
-    let Some(started) = runtime_smol::local::parse_start_lines(&lines) else {
+    let Some(started) = ghost_cli::local::parse_start_lines(&lines) else {
         panic!("unexpected start lines: {lines}");
     };
     Started {

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Network;
+use ghost_cli::client;
 use proto_core::keys::IdentityKey;
 use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet;
@@ -16,7 +17,6 @@ use proto_core::request::{
 };
 use proto_core::store::message_hash;
 use proto_core::{Descriptor, Namespace};
-use runtime_smol::client;
 use runtime_smol::config::HttpSection;
 use runtime_smol::host::{exchange, now};
 use smol::Async;

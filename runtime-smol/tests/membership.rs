@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ghost_cli::client::{self, Client};
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
 use proto_core::node::Endpoint;
 use proto_core::peer::PeerRequest;
 use proto_core::{Epoch, NodeId, RecipientId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
-use runtime_smol::client::{self, Client};
 use runtime_smol::host::{exchange, now};
 
 mod processes;

@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use ghost_cli::client::{self, Client, Cursors, RecipientKeys};
 use proto_core::Descriptor;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use runtime_smol::client::{self, Client, Cursors, RecipientKeys};
 
 mod processes;
 use processes::{metric, start_network, wait_for};

@@ -12,6 +12,10 @@
 //! base64) nor its contact, encryption key or ring point may appear, and no request may
 //! use a per-recipient path (`/v1/nodes/swarm/…`).
 //!
+//! The CLI is the `ghost` binary of `ghost-cli`, found in this test's target directory
+//! (see `processes::ghost_binary`): `cargo test --workspace`, or `cargo test -p ghost-cli
+//! -p runtime-smol`, builds it.
+//!
 //! Negative controls: the main test checks the recorder saw the client's plain GET and
 //! the onion packets of every hop; a second test sends a per-recipient request through a
 //! proxy and shows the same scanner reports it. Invariants: every wait has a deadline;
@@ -27,9 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ghost_cli::local::LOCAL_CONFIG;
 use proto_core::RecipientId;
 use proto_core::sealed::Contact;
-use runtime_smol::local::LOCAL_CONFIG;
 
 mod processes;
 use processes::wait_for;
@@ -364,7 +368,7 @@ fn spawn_node(dir: &Path) -> NodeProcess {
         admin: unbound,
     };
     let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-    match runtime_smol::local::parse_start_lines(&line) {
+    match ghost_cli::local::parse_start_lines(&line) {
         Some(started) => {
             node.listen = started.address.parse().expect("a socket address");
             node.admin = started.admin.parse().expect("a socket address");
@@ -399,7 +403,7 @@ fn health_peers(address: SocketAddr) -> Option<u64> {
 
 /// Runs the `ghost` CLI with `args`; kills it and fails after [`CLI_TIMEOUT`].
 fn ghost(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ghost"))
+    let mut child = Command::new(processes::ghost_binary())
         .args(args)
         .env_remove("GHOST_SEED")
         .stdin(Stdio::null())

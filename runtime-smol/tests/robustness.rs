@@ -14,6 +14,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::Network;
+use ghost_cli::client::{self, Client};
 use proto_core::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
 use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet::{self, PACKET_LEN};
@@ -26,7 +27,6 @@ use proto_core::request::{
 use proto_core::{Descriptor, Epoch, Namespace, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng, UnwrapErr};
-use runtime_smol::client::{self, Client};
 use runtime_smol::config::HttpSection;
 use runtime_smol::host::{exchange, now};
 

@@ -1,19 +1,23 @@
-//! `ghost`: the GhostNodes command line — recipient keys, a local network on loopback,
-//! and sending and fetching messages through true 3-hop paths.
+//! `ghost`: the GhostNodes command line — recipient keys, a local network on loopback
+//! (nodes on smol, on blocking threads, or both), and sending and fetching messages
+//! through true 3-hop paths.
+//!
+//! Exit codes: 0 done; 1 the command failed (network, files, input), with the reason on
+//! stderr; 2 a usage error or a node binary `ghost up` needs is not built.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use ghost_cli::client::{self, Client, Cursors, RecipientKeys};
+use ghost_cli::local::LocalNetwork;
+use ghost_host::now;
 use ghost_host::start::shutdown_signal;
 use proto_core::Descriptor;
 use proto_core::sealed::Contact;
 use rand_core::UnwrapErr;
-use runtime_smol::client::{self, Client, Cursors, RecipientKeys};
-use runtime_smol::host::now;
-use runtime_smol::local::LocalNetwork;
 
 const DEFAULT_SEED: &str = "127.0.0.1:7100";
 
@@ -40,7 +44,7 @@ enum Command {
     },
     /// Start a local network of ghostnode processes on loopback; Ctrl-C stops it.
     #[command(
-        after_help = "Examples:\n  ghost up\n  ghost up --nodes 7 --base-port 0 --data-dir ./net"
+        after_help = "Examples:\n  ghost up\n  ghost up --nodes 7 --base-port 0 --data-dir ./net\n  ghost up --runtime mixed"
     )]
     Up {
         /// How many nodes.
@@ -52,9 +56,16 @@ enum Command {
         /// Keep the nodes' data here (default: a temporary directory removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Which node binary runs the nodes: smol (`ghostnode`), sync (`ghostnode-sync`),
+        /// or mixed (node 0 smol, node 1 sync, and so on).
+        #[arg(long, value_enum, default_value_t = Runtime::Smol)]
+        runtime: Runtime,
         /// The ghostnode binary (default: next to this one).
         #[arg(long, env = "GHOSTNODE_BIN")]
         ghostnode: Option<PathBuf>,
+        /// The ghostnode-sync binary (default: next to this one).
+        #[arg(long, env = "GHOSTNODE_SYNC_BIN")]
+        ghostnode_sync: Option<PathBuf>,
     },
     /// Send a message through a fresh 3-hop path, end-to-end encrypted to the recipient.
     #[command(
@@ -94,31 +105,74 @@ enum Command {
     },
 }
 
+/// The node binaries `ghost up` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Runtime {
+    /// `ghostnode`: the node on smol and hyper.
+    Smol,
+    /// `ghostnode-sync`: the node on blocking threads.
+    Sync,
+    /// Both, alternating: node 0 smol, node 1 sync, node 2 smol, ...
+    Mixed,
+}
+
+/// Why `ghost` stopped: what to tell the user, and the exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+/// Exit code of a command that failed (the network, a file, the input).
+const EXIT_FAILED: u8 = 1;
+/// Exit code when something `ghost` needs is not installed (a node binary), as for a
+/// usage error: the fix is on the user's side before any retry.
+const EXIT_SETUP: u8 = 2;
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            code: EXIT_FAILED,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keygen { out } => keygen(&out),
+        Command::Keygen { out } => keygen(&out).map_err(Failure::from),
         Command::Up {
             nodes,
             base_port,
             data_dir,
+            runtime,
             ghostnode,
-        } => up(nodes, base_port, data_dir, ghostnode),
+            ghostnode_sync,
+        } => up(
+            nodes,
+            base_port,
+            data_dir,
+            runtime,
+            &NodeBinaries {
+                smol: ghostnode,
+                sync: ghostnode_sync,
+            },
+        ),
         Command::Send {
             to,
             via,
             quorum,
             ttl_hours,
             message,
-        } => send(&to, &via, usize::from(quorum), ttl_hours, &message),
-        Command::Fetch { key, via } => fetch(&key, &via),
-        Command::Nodes { via } => nodes(&via),
+        } => send(&to, &via, usize::from(quorum), ttl_hours, &message).map_err(Failure::from),
+        Command::Fetch { key, via } => fetch(&key, &via).map_err(Failure::from),
+        Command::Nodes { via } => nodes(&via).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(problem) => {
-            eprintln!("ghost: {problem}");
-            ExitCode::FAILURE
+        Err(Failure { message, code }) => {
+            eprintln!("ghost: {message}");
+            ExitCode::from(code)
         }
     }
 }
@@ -235,27 +289,84 @@ fn nodes(via: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl Runtime {
+    /// The binaries nodes 0, 1, 2, ... run, in turn.
+    fn rotation(self) -> &'static [NodeBinary] {
+        match self {
+            Self::Smol => &[NodeBinary::Smol],
+            Self::Sync => &[NodeBinary::Sync],
+            Self::Mixed => &[NodeBinary::Smol, NodeBinary::Sync],
+        }
+    }
+}
+
+/// One node binary `ghost up` can run.
+#[derive(Clone, Copy, Debug)]
+enum NodeBinary {
+    /// `ghostnode`, built by `runtime-smol`.
+    Smol,
+    /// `ghostnode-sync`, built by `runtime-sync`.
+    Sync,
+}
+
+/// The node binaries given on the command line (or in the environment); `None` means
+/// the one next to `ghost`.
+struct NodeBinaries {
+    smol: Option<PathBuf>,
+    sync: Option<PathBuf>,
+}
+
+impl NodeBinaries {
+    /// The path of `which`, checked to exist; a missing binary is an [`EXIT_SETUP`]
+    /// failure saying how to build it.
+    fn find(&self, which: NodeBinary) -> Result<PathBuf, Failure> {
+        let (given, name, package, flag) = match which {
+            NodeBinary::Smol => (&self.smol, "ghostnode", "runtime-smol", "--ghostnode"),
+            NodeBinary::Sync => (
+                &self.sync,
+                "ghostnode-sync",
+                "runtime-sync",
+                "--ghostnode-sync",
+            ),
+        };
+        let binary = match given {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| format!("cannot find this program's path: {e}"))?
+                .with_file_name(name),
+        };
+        if !binary.exists() {
+            return Err(Failure {
+                message: format!(
+                    "{} not found: build it (cargo build --release -p {package} --bins) or pass {flag}",
+                    binary.display()
+                ),
+                code: EXIT_SETUP,
+            });
+        }
+        Ok(binary)
+    }
+}
+
 fn up(
     n: usize,
     base_port: u16,
     data_dir: Option<PathBuf>,
-    ghostnode: Option<PathBuf>,
-) -> Result<(), String> {
+    runtime: Runtime,
+    binaries: &NodeBinaries,
+) -> Result<(), Failure> {
     if n < 3 {
-        return Err("--nodes must be at least 3: every path has three distinct hops".into());
+        return Err(
+            String::from("--nodes must be at least 3: every path has three distinct hops").into(),
+        );
     }
-    let binary = match ghostnode {
-        Some(b) => b,
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot find this program's path: {e}"))?
-            .with_file_name("ghostnode"),
-    };
-    if !binary.exists() {
-        return Err(format!(
-            "{} not found: build it (cargo build --release -p runtime-smol --bins) or pass --ghostnode",
-            binary.display()
-        ));
-    }
+    // Only the binaries this network runs need to exist.
+    let rotation = runtime
+        .rotation()
+        .iter()
+        .map(|which| binaries.find(*which))
+        .collect::<Result<Vec<PathBuf>, Failure>>()?;
+    let binary_of = |i: usize| rotation[i % rotation.len()].clone();
     let temp;
     let root = match data_dir {
         Some(d) => d,
@@ -269,7 +380,7 @@ fn up(
     };
     let stop = shutdown_signal()?;
     eprintln!("starting {n} nodes under {} ...", root.display());
-    let mut net = LocalNetwork::start(&binary, &root, n, base_port, "")?;
+    let mut net = LocalNetwork::start(binary_of, &root, n, base_port, "")?;
     net.wait_ready(Duration::from_secs(30))?;
     let demo_key = root.join("demo.key");
     let keys = match RecipientKeys::load(&demo_key) {
