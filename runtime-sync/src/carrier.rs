@@ -1,0 +1,143 @@
+//! Carries the node's exchanges with ureq on a pool of worker threads: a thread is
+//! started when every worker is busy (up to [`MAX_WORKERS`]) and ends after
+//! [`IDLE_WORKER`] without work; connections to other nodes are kept alive and reused by
+//! the shared agent.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ghost_host::config::HttpSection;
+use ghost_host::driver::{Carrier, Exchange};
+use ghost_host::service::MAX_ANSWER_BYTES;
+use proto_core::node::{Endpoint, TransmitFailure};
+
+/// Most exchanges carried at once; more wait in the queue (the core times them out).
+pub const MAX_WORKERS: usize = 256;
+/// How long a worker waits for work before it ends.
+const IDLE_WORKER: Duration = Duration::from_secs(30);
+/// Longest a pooled connection is reused: well under the header timeout other nodes
+/// apply to idle keep-alive connections, so a reused connection is still open.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(5);
+
+/// The ureq-based [`Carrier`].
+pub struct UreqCarrier {
+    queue: Sender<Exchange>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    work: Mutex<Receiver<Exchange>>,
+    agent: ureq::Agent,
+    workers: AtomicUsize,
+    idle: AtomicUsize,
+}
+
+impl UreqCarrier {
+    /// A carrier with the timeout and pool size of `http`.
+    #[must_use]
+    pub fn new(http: &HttpSection) -> Arc<Self> {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(http.peer_timeout()))
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(http.peer_idle_connections)
+            .max_idle_age(MAX_IDLE_AGE)
+            .build();
+        let (queue, work) = mpsc::channel();
+        Arc::new(Self {
+            queue,
+            shared: Arc::new(Shared {
+                work: Mutex::new(work),
+                agent: config.into(),
+                workers: AtomicUsize::new(0),
+                idle: AtomicUsize::new(0),
+            }),
+        })
+    }
+}
+
+impl Carrier for UreqCarrier {
+    fn carry(&self, exchange: Exchange) {
+        if self.queue.send(exchange).is_err() {
+            return;
+        }
+        let shared = &self.shared;
+        if shared.idle.load(Ordering::SeqCst) == 0
+            && shared.workers.fetch_add(1, Ordering::SeqCst) < MAX_WORKERS
+        {
+            let worker = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("exchange".into())
+                .stack_size(256 * 1024)
+                .spawn(move || worker.work());
+            if spawned.is_err() {
+                shared.workers.fetch_sub(1, Ordering::SeqCst);
+            }
+        } else if shared.idle.load(Ordering::SeqCst) == 0 {
+            // At the maximum: undo the count taken above; a busy worker gets to it.
+            shared.workers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            let next = self
+                .work
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv_timeout(IDLE_WORKER);
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            match next {
+                Ok(Exchange {
+                    address,
+                    endpoint,
+                    body,
+                    done,
+                }) => done.finish(self.exchange(&address, endpoint, &body)),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn exchange(
+        &self,
+        address: &str,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<Vec<u8>, TransmitFailure> {
+        let path = match endpoint {
+            Endpoint::Onion => "/v1/onion",
+            Endpoint::Peer => "/v1/peer",
+        };
+        let mut response = self
+            .agent
+            .post(&format!("http://{address}{path}"))
+            .header("content-type", "application/octet-stream")
+            .send(body)
+            .map_err(|e| match e {
+                ureq::Error::Timeout(_) => TransmitFailure::Timeout,
+                _ => TransmitFailure::Unreachable,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            // A refusal (429, 4xx) carries no reply layer: the core reports it as such.
+            return Err(TransmitFailure::Refused {
+                status: status.as_u16(),
+            });
+        }
+        response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES as u64)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::Timeout(_) => TransmitFailure::Timeout,
+                _ => TransmitFailure::Unreachable,
+            })
+    }
+}
