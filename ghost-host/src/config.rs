@@ -397,48 +397,9 @@ impl Config {
         if n.admission == Admission::Allowlist && n.allowlist_file.is_none() {
             return Err("node.admission = \"allowlist\" needs node.allowlist_file".into());
         }
-        if n.swarm_size == 0 {
-            return Err("node.swarm_size must be at least 1".into());
-        }
-        if n.join_difficulty > proto_core::keys::MAX_JOIN_DIFFICULTY {
-            return Err(format!(
-                "node.join_difficulty must be at most {} bits",
-                proto_core::keys::MAX_JOIN_DIFFICULTY
-            ));
-        }
-        if n.write_quorum == 0 || n.write_quorum > n.swarm_size {
-            return Err(format!(
-                "node.write_quorum must be between 1 and node.swarm_size ({})",
-                n.swarm_size
-            ));
-        }
-        if n.vnodes == 0 {
-            return Err("node.vnodes must be at least 1".into());
-        }
-        let lifetime = proto_core::replay::MAX_PACKET_LIFETIME_MS;
-        if n.onion_key_grace_ms < lifetime {
-            return Err(format!(
-                "node.onion_key_grace_ms must be at least {lifetime} (a packet's lifetime)"
-            ));
-        }
-        if n.onion_key_rotation_ms != 0 && n.onion_key_rotation_ms <= n.onion_key_grace_ms {
-            return Err(
-                "node.onion_key_rotation_ms must be 0 (no rotation) or longer than node.onion_key_grace_ms"
-                    .into(),
-            );
-        }
-        if self.store.max_ttl_ms > proto_core::store::MAX_TTL_MS {
-            return Err(format!(
-                "store.max_ttl_ms must be at most {} (14 days)",
-                proto_core::store::MAX_TTL_MS
-            ));
-        }
-        if self.store.max_body > proto_core::store::DEFAULT_MAX_BODY {
-            return Err(format!(
-                "store.max_body must be at most {} (what fits in one onion packet)",
-                proto_core::store::DEFAULT_MAX_BODY
-            ));
-        }
+        self.node_config()
+            .validate()
+            .map_err(|e| format!("{} must be {}", file_key(e.setting), e.must))?;
         if self.store.cache_mib == 0 {
             return Err("store.cache_mib must be at least 1".into());
         }
@@ -454,44 +415,8 @@ impl Config {
         if self.http.max_connections_per_address == 0 {
             return Err("http.max_connections_per_address must be at least 1".into());
         }
-        // Zero periods would spin a timer; zero rates would lock sources out for good.
+        // The core checked its own periods and rates; these are the host's.
         let at_least_one = [
-            ("node.forward_timeout_ms", n.forward_timeout_ms),
-            ("node.store_timeout_ms", n.store_timeout_ms),
-            ("node.replication_retry_ms", n.replication_retry_ms),
-            ("node.anti_entropy_interval_ms", n.anti_entropy_interval_ms),
-            ("node.gossip_interval_ms", n.gossip_interval_ms),
-            ("node.expiry_sweep_interval_ms", n.expiry_sweep_interval_ms),
-            ("node.probe_interval_ms", n.probe_interval_ms),
-            ("node.evict_after_ms", n.evict_after_ms),
-            (
-                "node.source_rate_per_second",
-                u64::from(n.source_rate_per_second),
-            ),
-            ("node.source_rate_burst", u64::from(n.source_rate_burst)),
-            (
-                "node.relay_rate_per_second",
-                u64::from(n.relay_rate_per_second),
-            ),
-            ("node.relay_rate_burst", u64::from(n.relay_rate_burst)),
-            (
-                "node.recipient_rate_per_second",
-                u64::from(n.recipient_rate_per_second),
-            ),
-            (
-                "node.peer_rate_per_second",
-                u64::from(n.peer_rate_per_second),
-            ),
-            ("node.peer_rate_burst", u64::from(n.peer_rate_burst)),
-            (
-                "node.stranger_rate_per_second",
-                u64::from(n.stranger_rate_per_second),
-            ),
-            ("node.stranger_rate_burst", u64::from(n.stranger_rate_burst)),
-            (
-                "node.recipient_rate_burst",
-                u64::from(n.recipient_rate_burst),
-            ),
             ("store.commit_interval_ms", self.store.commit_interval_ms),
             ("http.header_timeout_ms", self.http.header_timeout_ms),
             ("http.body_timeout_ms", self.http.body_timeout_ms),
@@ -687,4 +612,18 @@ mod tests {
         assert_eq!(back.admin_listen, AdminListen::default());
         assert_eq!(back.http.max_body_bytes, 1 << 20);
     }
+}
+
+/// The file's key for a setting of the core's `NodeConfig` (`source_rate.per_second` is
+/// `node.source_rate_per_second`, `directory.probe_interval_ms` is
+/// `node.probe_interval_ms`, `store.*` stays).
+fn file_key(setting: &str) -> String {
+    if setting.starts_with("store.") {
+        return setting.to_owned();
+    }
+    let flat = setting
+        .strip_prefix("directory.")
+        .unwrap_or(setting)
+        .replace('.', "_");
+    format!("node.{flat}")
 }

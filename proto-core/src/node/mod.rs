@@ -184,6 +184,113 @@ impl Default for NodeConfig {
     }
 }
 
+/// A setting of [`NodeConfig`] the node cannot run with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting, as a path into [`NodeConfig`] (`swarm_size`, `store.max_ttl_ms`,
+    /// `source_rate.per_second`, ...).
+    pub setting: &'static str,
+    /// What it must be.
+    pub must: alloc::string::String,
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} must be {}", self.setting, self.must)
+    }
+}
+
+impl NodeConfig {
+    /// Refuses settings that break the protocol's own rules (a quorum larger than the
+    /// swarm, a key grace shorter than a packet's life, a TTL over the protocol's
+    /// maximum) or would spin a timer or lock every source out (zero periods and
+    /// rates). Every runtime checks its configuration here before starting a node.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |setting, must: alloc::string::String| Err(ConfigError { setting, must });
+        if self.swarm_size == 0 {
+            return fail("swarm_size", "at least 1".into());
+        }
+        if self.write_quorum == 0 || self.write_quorum > self.swarm_size {
+            return fail(
+                "write_quorum",
+                alloc::format!("between 1 and swarm_size ({})", self.swarm_size),
+            );
+        }
+        if self.vnodes == 0 {
+            return fail("vnodes", "at least 1".into());
+        }
+        if self.directory.join_difficulty > crate::keys::MAX_JOIN_DIFFICULTY {
+            return fail(
+                "directory.join_difficulty",
+                alloc::format!("at most {} bits", crate::keys::MAX_JOIN_DIFFICULTY),
+            );
+        }
+        let lifetime = crate::replay::MAX_PACKET_LIFETIME_MS;
+        if self.onion_key_grace_ms < lifetime {
+            return fail(
+                "onion_key_grace_ms",
+                alloc::format!("at least {lifetime} (a packet's lifetime)"),
+            );
+        }
+        if self.onion_key_rotation_ms != 0 && self.onion_key_rotation_ms <= self.onion_key_grace_ms
+        {
+            return fail(
+                "onion_key_rotation_ms",
+                "0 (no rotation) or longer than onion_key_grace_ms".into(),
+            );
+        }
+        if self.store.max_ttl_ms > crate::store::MAX_TTL_MS {
+            return fail(
+                "store.max_ttl_ms",
+                alloc::format!("at most {} (14 days)", crate::store::MAX_TTL_MS),
+            );
+        }
+        if self.store.max_body > crate::store::DEFAULT_MAX_BODY {
+            return fail(
+                "store.max_body",
+                alloc::format!(
+                    "at most {} (what fits in one onion packet)",
+                    crate::store::DEFAULT_MAX_BODY
+                ),
+            );
+        }
+        let periods = [
+            ("forward_timeout_ms", self.forward_timeout_ms),
+            ("store_timeout_ms", self.store_timeout_ms),
+            ("replication_retry_ms", self.replication_retry_ms),
+            ("anti_entropy_interval_ms", self.anti_entropy_interval_ms),
+            ("gossip_interval_ms", self.gossip_interval_ms),
+            ("expiry_sweep_interval_ms", self.expiry_sweep_interval_ms),
+            (
+                "directory.probe_interval_ms",
+                self.directory.probe_interval_ms,
+            ),
+            ("directory.evict_after_ms", self.directory.evict_after_ms),
+        ];
+        let rates = [
+            ("source_rate.per_second", self.source_rate.per_second),
+            ("source_rate.burst", self.source_rate.burst),
+            ("relay_rate.per_second", self.relay_rate.per_second),
+            ("relay_rate.burst", self.relay_rate.burst),
+            ("recipient_rate.per_second", self.recipient_rate.per_second),
+            ("recipient_rate.burst", self.recipient_rate.burst),
+            ("stranger_rate.per_second", self.stranger_rate.per_second),
+            ("stranger_rate.burst", self.stranger_rate.burst),
+            ("peer_rate.per_second", self.peer_rate.per_second),
+            ("peer_rate.burst", self.peer_rate.burst),
+        ];
+        let zero = periods
+            .iter()
+            .map(|(name, v)| (*name, *v))
+            .chain(rates.iter().map(|(name, v)| (*name, u64::from(*v))))
+            .find(|(_, v)| *v == 0);
+        if let Some((setting, _)) = zero {
+            return fail(setting, "at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// A node's keys and where it listens.
 #[derive(Debug)]
 pub struct NodeKeys {

@@ -1078,3 +1078,42 @@ fn exchange_results_clear_their_deadline_by_id_and_late_or_repeated_results_do_n
     n.handle_transmit_result(deadline, kept.0, Ok(PeerResponse::Applied(0).encode()));
     assert_eq!(n.pending.len(), filed);
 }
+
+#[test]
+fn settings_that_break_the_protocol_are_refused_by_name() {
+    assert_eq!(NodeConfig::default().validate(), Ok(()));
+    let refused = |change: fn(&mut NodeConfig)| {
+        let mut c = NodeConfig::default();
+        change(&mut c);
+        c.validate().expect_err("refused").setting
+    };
+    assert_eq!(refused(|c| c.write_quorum = 4), "write_quorum");
+    assert_eq!(refused(|c| c.swarm_size = 0), "swarm_size");
+    assert_eq!(
+        refused(|c| c.onion_key_grace_ms = 1_000),
+        "onion_key_grace_ms"
+    );
+    assert_eq!(
+        refused(|c| c.onion_key_rotation_ms = c.onion_key_grace_ms),
+        "onion_key_rotation_ms"
+    );
+    assert_eq!(
+        refused(|c| c.store.max_ttl_ms += 15 * 86_400_000),
+        "store.max_ttl_ms"
+    );
+    assert_eq!(
+        refused(|c| c.directory.evict_after_ms = 0),
+        "directory.evict_after_ms"
+    );
+    assert_eq!(refused(|c| c.peer_rate.burst = 0), "peer_rate.burst");
+    let e = NodeConfig {
+        write_quorum: 5,
+        ..NodeConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        alloc::string::ToString::to_string(&e),
+        "write_quorum must be between 1 and swarm_size (3)"
+    );
+}
