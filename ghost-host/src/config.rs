@@ -492,6 +492,20 @@ impl Config {
     }
 }
 
+/// The file's key for a setting of the core's `NodeConfig` (`source_rate.per_second` is
+/// `node.source_rate_per_second`, `directory.probe_interval_ms` is
+/// `node.probe_interval_ms`, `store.*` stays).
+fn file_key(setting: &str) -> String {
+    if setting.starts_with("store.") {
+        return setting.to_owned();
+    }
+    let flat = setting
+        .strip_prefix("directory.")
+        .unwrap_or(setting)
+        .replace('.', "_");
+    format!("node.{flat}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,18 +626,4 @@ mod tests {
         assert_eq!(back.admin_listen, AdminListen::default());
         assert_eq!(back.http.max_body_bytes, 1 << 20);
     }
-}
-
-/// The file's key for a setting of the core's `NodeConfig` (`source_rate.per_second` is
-/// `node.source_rate_per_second`, `directory.probe_interval_ms` is
-/// `node.probe_interval_ms`, `store.*` stays).
-fn file_key(setting: &str) -> String {
-    if setting.starts_with("store.") {
-        return setting.to_owned();
-    }
-    let flat = setting
-        .strip_prefix("directory.")
-        .unwrap_or(setting)
-        .replace('.', "_");
-    format!("node.{flat}")
 }
