@@ -1,8 +1,15 @@
-//! `/v1/peer` under a flood from one address: three real `ghostnode` processes on
-//! 127.0.0.1, and a flooder on 127.0.0.2 sending strangers' signed gossip to the seed as
-//! fast as it can for a bounded time. Meanwhile `/health` keeps answering, a client's
-//! stores keep being replicated and acknowledged, and nearly all of the flood is refused
-//! with 429 before any signature is checked (counted in the node's metrics).
+//! `/v1/peer` under a flood from one address: three real node processes on 127.0.0.1
+//! (on smol, on blocking threads, and mixed), and a flooder on 127.0.0.2 sending
+//! strangers' signed gossip to the seed as fast as it can for a bounded time. Meanwhile
+//! `/health` keeps answering, a client's stores keep being replicated and acknowledged,
+//! and nearly all of the flood is refused with 429 before any signature is checked
+//! (counted in the node's metrics). And one address cannot hold every connection of a
+//! node (one node process: `ghostnode`, then `ghostnode-sync`).
+//!
+//! The binaries are found in `target/<profile>/` (see `common`): `cargo test
+//! --workspace` builds them, since runtime-smol, runtime-sync and ghost-cli all have
+//! integration tests; or build them first with `cargo build -p runtime-smol -p
+//! runtime-sync -p ghost-cli --bins`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,15 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ghost_cli::client::{self, Client};
+use ghost_host::now;
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
 use proto_core::peer::PeerRequest;
 use proto_core::{Epoch, RecipientId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
-use runtime_smol::host::now;
 
-mod processes;
-use processes::{metric, start_network};
+mod common;
+use common::{Runtime, metric, start_network, start_network_with, wait_for};
 
 const NODES: usize = 3;
 const STORES: usize = 30;
@@ -27,6 +34,9 @@ const STORES: usize = 30;
 const FLOOD_LIMIT: Duration = Duration::from_secs(120);
 /// Flooding threads, all from 127.0.0.2.
 const FLOODERS: usize = 4;
+
+common::runtime_tests!(a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on);
+common::runtime_tests!(single: one_address_cannot_hold_every_connection);
 
 /// One request on a fresh connection from 127.0.0.2; the answer's status, or `None` when
 /// the connection failed or was cut.
@@ -48,10 +58,9 @@ fn post_from_other_address(target: SocketAddr, body: &[u8]) -> Option<u16> {
         .ok()
 }
 
-#[test]
-fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on() {
+fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let mut net = start_network(root.path(), NODES);
+    let mut net = start_network(runtime, root.path(), NODES);
     let seed: SocketAddr = net.seed().parse().unwrap();
 
     // Strangers' gossip with valid signatures: each would cost a verification.
@@ -134,7 +143,7 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on()
         "the node counted {counted} refusals, the flooder saw {refused}"
     );
     eprintln!(
-        "flood: {sent} requests in {flooded_for:?} ({:.0}/s), {refused} refused with 429, {failed} failed; \
+        "{runtime:?} flood: {sent} requests in {flooded_for:?} ({:.0}/s), {refused} refused with 429, {failed} failed; \
          {STORES} stores acknowledged in {stores_took:?}; slowest /health {slowest_health:?}",
         sent as f64 / flooded_for.as_secs_f64()
     );
@@ -178,18 +187,14 @@ fn closed_by_node(s: &mut TcpStream) -> bool {
     }
 }
 
-#[test]
-fn one_address_cannot_hold_every_connection() {
+fn one_address_cannot_hold_every_connection(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let net = ghost_cli::local::LocalNetwork::start(
-        |_| env!("CARGO_BIN_EXE_ghostnode").into(),
+    let net = start_network_with(
+        runtime,
         root.path(),
         1,
-        0,
         "[http]\nmax_connections_per_address = 4\n",
-    )
-    .expect("the node starts");
-    net.wait_ready(Duration::from_secs(30)).expect("ready");
+    );
     let seed: SocketAddr = net.seed().parse().unwrap();
 
     // Ten idle connections from one address: four are served (waiting for a request),
@@ -197,7 +202,7 @@ fn one_address_cannot_hold_every_connection() {
     let mut held: Vec<TcpStream> = (0..10)
         .map(|_| idle_connection_from_other_address(seed))
         .collect();
-    let closed = processes::wait_for("six connections closed", Duration::from_secs(10), || {
+    let closed = wait_for("six connections closed", Duration::from_secs(10), || {
         let closed = held.iter_mut().map(closed_by_node).filter(|c| *c).count();
         (closed >= 6).then_some(closed)
     });
@@ -209,7 +214,7 @@ fn one_address_cannot_hold_every_connection() {
     assert!(refused >= 6.0, "{refused}");
     // Once they go, the address is served again.
     drop(held);
-    processes::wait_for("the address served again", Duration::from_secs(10), || {
+    wait_for("the address served again", Duration::from_secs(10), || {
         let mut s = idle_connection_from_other_address(seed);
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(

@@ -1,6 +1,12 @@
-//! Three real `ghostnode` processes whose stores hold at most 5 messages: once full, a
-//! store is refused with a clear "node storage is full" error, nothing beyond the limit
-//! is kept, and the recipient still retrieves every acknowledged message.
+//! Three real node processes whose stores hold at most 5 messages, on smol, on blocking
+//! threads and mixed: once full, a store is refused with a clear "node storage is full"
+//! error, nothing beyond the limit is kept, and the recipient still retrieves every
+//! acknowledged message.
+//!
+//! The binaries are found in `target/<profile>/` (see `common`): `cargo test
+//! --workspace` builds them, since runtime-smol, runtime-sync and ghost-cli all have
+//! integration tests; or build them first with `cargo build -p runtime-smol -p
+//! runtime-sync -p ghost-cli --bins`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -10,14 +16,13 @@ use ghost_cli::local::LocalNetwork;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-mod processes;
+mod common;
+use common::{Runtime, messages_stored, start_network_with};
 
 /// `[store] node_max_messages` of every node.
 const LIMIT: usize = 5;
 
-fn messages_stored(admin: &str) -> Option<u64> {
-    processes::metric(admin, "ghost_messages_stored").map(|v| v as u64)
-}
+common::runtime_tests!(full_node_refuses_stores_with_a_clear_error_and_keeps_serving_retrieves);
 
 /// Polls until every node reports `count` messages stored (the third replica of an
 /// acknowledged store may still be in flight); panics after 30 s.
@@ -34,23 +39,19 @@ fn wait_all_hold(net: &LocalNetwork, count: usize) {
                 "node {} holds {held:?} messages, expected {count}",
                 node.address
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(common::POLL);
         }
     }
 }
 
-#[test]
-fn full_node_refuses_stores_with_a_clear_error_and_keeps_serving_retrieves() {
+fn full_node_refuses_stores_with_a_clear_error_and_keeps_serving_retrieves(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let net = LocalNetwork::start(
-        |_| env!("CARGO_BIN_EXE_ghostnode").into(),
+    let net = start_network_with(
+        runtime,
         root.path(),
         3,
-        0,
         &format!("[store]\nnode_max_messages = {LIMIT}\n"),
-    )
-    .unwrap();
-    net.wait_ready(Duration::from_secs(30)).unwrap();
+    );
     let client = Client::connect(net.seed()).unwrap();
     assert_eq!(client.nodes().len(), 3);
 

@@ -1,10 +1,29 @@
-//! The `ghostnode` binary as a user runs it: first start creates a private identity key,
-//! the node answers `/health`, a restart keeps the identity, bad flags get a clear error,
-//! and traffic counts are served only on the admin listener.
+//! The node binaries as a user runs them, each test once with `ghostnode` (smol) and
+//! once with `ghostnode-sync` (blocking threads): first start creates a private identity
+//! key, the node answers `/health`, a restart keeps the identity, bad flags get a clear
+//! error, and traffic counts are served only on the admin listener.
+//!
+//! The binaries are found in `target/<profile>/` (see `common`): `cargo test
+//! --workspace` builds them, since runtime-smol, runtime-sync and ghost-cli all have
+//! integration tests; or build them first with `cargo build -p runtime-smol -p
+//! runtime-sync -p ghost-cli --bins`.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Runtime;
+
+common::runtime_tests!(
+    single: first_start_creates_a_private_identity_that_a_restart_keeps,
+    traffic_counts_and_health_detail_are_served_only_on_the_admin_listener,
+    unknown_route_and_wrong_packet_size_get_json_errors,
+    bad_flags_get_a_clear_message_and_exit_code_2,
+    known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start,
+    a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one,
+);
 
 struct Running(Child);
 
@@ -23,17 +42,17 @@ struct Started {
     admin: String,
 }
 
-/// Starts the node on free ports (public and admin) and reads its "listening on ADDR as
-/// node ID" and "admin on ADDR" lines.
-fn start(data_dir: &std::path::Path) -> Started {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+/// Starts the node `binary` on free ports (public and admin) and reads its "listening on
+/// ADDR as node ID" and "admin on ADDR" lines.
+fn start(binary: &Path, data_dir: &Path) -> Started {
+    let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("ghostnode starts");
+        .expect("the node starts");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
     let mut lines = String::new();
     stdout.read_line(&mut lines).expect("first line");
@@ -82,10 +101,10 @@ fn wait_healthy(addr: &str) -> String {
     }
 }
 
-#[test]
-fn first_start_creates_a_private_identity_that_a_restart_keeps() {
+fn first_start_creates_a_private_identity_that_a_restart_keeps(runtime: Runtime) {
+    let binary = runtime.binary_for(0);
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path());
+    let node = start(&binary, dir.path());
     wait_healthy(&node.address);
     let id = node.id.clone();
     let body = wait_healthy(&node.admin);
@@ -101,15 +120,15 @@ fn first_start_creates_a_private_identity_that_a_restart_keeps() {
         );
     }
     drop(node.process);
-    let again = start(dir.path());
+    let again = start(&binary, dir.path());
     wait_healthy(&again.address);
     assert_eq!(again.id, id, "restart must keep the node identity");
 }
 
-#[test]
-fn traffic_counts_and_health_detail_are_served_only_on_the_admin_listener() {
+fn traffic_counts_and_health_detail_are_served_only_on_the_admin_listener(runtime: Runtime) {
+    let binary = runtime.binary_for(0);
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path());
+    let node = start(&binary, dir.path());
     let public = wait_healthy(&node.address);
     let body = public.split("\r\n\r\n").nth(1).unwrap_or_default();
     assert_eq!(body, r#"{"status":"ok"}"#, "public /health says no more");
@@ -134,11 +153,11 @@ fn traffic_counts_and_health_detail_are_served_only_on_the_admin_listener() {
     assert!(onion.starts_with("HTTP/1.1 404"), "{onion}");
 }
 
-#[test]
-fn unknown_route_and_wrong_packet_size_get_json_errors() {
+fn unknown_route_and_wrong_packet_size_get_json_errors(runtime: Runtime) {
+    let binary = runtime.binary_for(0);
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path());
+    let node = start(&binary, dir.path());
     let addr = node.address.clone();
     wait_healthy(&addr);
     let ask = |req: String| {
@@ -167,16 +186,16 @@ fn unknown_route_and_wrong_packet_size_get_json_errors() {
     wait_healthy(&addr);
 }
 
-#[test]
-fn bad_flags_get_a_clear_message_and_exit_code_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+fn bad_flags_get_a_clear_message_and_exit_code_2(runtime: Runtime) {
+    let binary = runtime.binary_for(0);
+    let out = Command::new(&binary)
         .args(["--listen", "not-an-address"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--listen"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+    let out = Command::new(&binary)
         .args(["--admin-listen", "localhost"])
         .output()
         .unwrap();
@@ -188,7 +207,7 @@ fn bad_flags_get_a_clear_message_and_exit_code_2() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("identity.key"), b"short").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+    let out = Command::new(&binary)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
@@ -207,12 +226,12 @@ fn wait_peers(addr: &str, peers: usize) {
     }
 }
 
-#[test]
-fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
+fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start(runtime: Runtime) {
+    let binary = runtime.binary_for(0);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // B runs alone, without seeds; A has no configured seeds either, only B's address in
     // its peers file, as a previous run would have left it.
-    let b = start(dir_b.path());
+    let b = start(&binary, dir_b.path());
     let addr_b = b.address.clone();
     wait_healthy(&addr_b);
     std::fs::write(dir_a.path().join("peers.txt"), format!("{addr_b}\n")).unwrap();
@@ -220,7 +239,7 @@ fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
         process: mut a,
         admin: admin_a,
         ..
-    } = start(dir_a.path());
+    } = start(&binary, dir_a.path());
     wait_peers(&b.admin, 1);
     wait_peers(&admin_a, 1);
     // A graceful stop writes the nodes it knows.
@@ -230,7 +249,7 @@ fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
     while a.0.try_wait().unwrap().is_none() {
         assert!(
             Instant::now() < deadline,
-            "ghostnode did not stop on SIGTERM"
+            "the node did not stop on SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -238,12 +257,12 @@ fn known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start() {
     assert_eq!(saved.lines().collect::<Vec<_>>(), [addr_b.as_str()]);
 }
 
-#[test]
-fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
+fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one(runtime: Runtime) {
+    let binary = runtime.binary_for(0);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "[node]\njoin_difficulty = 12\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+    let out = Command::new(&binary)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -258,7 +277,7 @@ fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
         .stderr(Stdio::null())
         .spawn()
         .map(Running)
-        .expect("ghostnode starts");
+        .expect("the node starts");
     let key = dir.path().join("identity.key");
     let seed = {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -279,7 +298,7 @@ fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
 
     // The network now asks for more than this key carries: the node says so and stops.
     std::fs::write(&config, format!("[node]\njoin_difficulty = {}\n", work + 1)).unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+    let refused = Command::new(&binary)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -297,7 +316,7 @@ fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one() {
     assert!(err.contains("node.join_difficulty"), "{err}");
     // Beyond the documented bound the configuration itself is refused.
     std::fs::write(&config, "[node]\njoin_difficulty = 33\n").unwrap();
-    let too_much = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+    let too_much = Command::new(&binary)
         .arg("--config")
         .arg(&config)
         .output()

@@ -1,10 +1,15 @@
-//! Fake nodes cannot join for free: five real `ghostnode` processes on loopback, three
-//! fake identities registered at addresses where nothing answers and gossiped to every
-//! node again and again (by themselves and relayed in others' names) while a client
-//! makes 100 stores to random recipients. The fakes are never listed in any node's
-//! bootstrap or directory (so no client or node puts them in a swarm), every store is
-//! acknowledged with receipts verified against the client's own swarm, and every node
-//! counts failed probes.
+//! Fake nodes cannot join for free: five real node processes on loopback (on smol, on
+//! blocking threads, and mixed), three fake identities registered at addresses where
+//! nothing answers and gossiped to every node again and again (by themselves and relayed
+//! in others' names) while a client makes 100 stores to random recipients. The fakes are
+//! never listed in any node's bootstrap or directory (so no client or node puts them in a
+//! swarm), every store is acknowledged with receipts verified against the client's own
+//! swarm, and every node counts failed probes.
+//!
+//! The binaries are found in `target/<profile>/` (see `common`): `cargo test
+//! --workspace` builds them, since runtime-smol, runtime-sync and ghost-cli all have
+//! integration tests; or build them first with `cargo build -p runtime-smol -p
+//! runtime-sync -p ghost-cli --bins`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,16 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ghost_cli::client::{self, Client};
+use ghost_host::now;
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
-use proto_core::node::Endpoint;
 use proto_core::peer::PeerRequest;
 use proto_core::{Epoch, NodeId, RecipientId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
-use runtime_smol::host::{exchange, now};
 
-mod processes;
-use processes::{metric, start_network};
+mod common;
+use common::{Runtime, metric, start_network};
 
 const NODES: usize = 5;
 const STORES: usize = 100;
@@ -30,11 +34,16 @@ const STORES: usize = 100;
 /// to the test's own nodes, which bind port 0).
 const DEAD_ADDRESSES: [&str; 3] = ["127.0.0.1:9", "127.0.0.1:13", "127.0.0.1:17"];
 
-fn post(address: &str, path: &str, body: &[u8]) -> Option<u16> {
+common::runtime_tests!(fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding);
+
+/// `POST path` with `body` (labelled `content_type` when given) on a connection of its
+/// own; the answer's status, or `None` when there was no complete answer.
+fn post(address: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let label = content_type.map_or_else(String::new, |t| format!("Content-Type: {t}\r\n"));
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\n{label}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).ok()?;
@@ -49,7 +58,12 @@ fn register(address: &str, d: &Descriptor) -> Option<u16> {
     let mut buf = [0u8; proto_core::keys::MAX_DESCRIPTOR_LEN];
     let n = d.encode(&mut buf).ok()?;
     let body = format!("{{\"descriptor\":\"{}\"}}", hex::encode(&buf[..n]));
-    post(address, "/v1/nodes/register", body.as_bytes())
+    post(
+        address,
+        "/v1/nodes/register",
+        Some("application/json"),
+        body.as_bytes(),
+    )
 }
 
 /// Node IDs a node lists, in its bootstrap answer and its whole directory.
@@ -65,10 +79,9 @@ fn listed_ids(address: &str) -> Vec<String> {
     ids
 }
 
-#[test]
-fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding() {
+fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let mut net = start_network(root.path(), NODES);
+    let mut net = start_network(runtime, root.path(), NODES);
     let addresses: Vec<String> = net.nodes.iter().map(|n| n.address.clone()).collect();
 
     let mut rng = ChaCha20Rng::seed_from_u64(77);
@@ -112,12 +125,8 @@ fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding() {
                         PeerRequest::Gossip(all).encode_signed(key, now()),
                     ] {
                         for address in &addresses {
-                            let _ = smol::block_on(exchange(
-                                address,
-                                Endpoint::Peer,
-                                body.clone(),
-                                Duration::from_secs(5),
-                            ));
+                            // As a node sends them: a signed binary envelope.
+                            let _ = post(address, "/v1/peer", None, &body);
                         }
                     }
                     for address in &addresses {

@@ -1,10 +1,12 @@
 //! What the `ghost` CLI reveals about a recipient outside onion packets: nothing.
 //!
-//! Five real `ghostnode` processes run on loopback. Each listens on its own port but
-//! advertises the address of a recording TCP proxy in front of it (config `advertise`),
-//! and joins through the seed's proxy, so every connection to a node — from the client
-//! or from another node — passes through that node's proxy, which forwards bytes both
-//! ways and keeps every byte of the connecting side's direction. The real CLI then runs
+//! Five real node processes run on loopback: all on smol (`ghostnode`), all on blocking
+//! threads (`ghostnode-sync`), or mixed (even nodes smol, odd nodes sync). Each listens
+//! on its own port but advertises the address of a recording TCP proxy in front of it
+//! (config `advertise`), and joins through the seed's proxy, so every connection to a
+//! node — from the client or from another node — passes through that node's proxy,
+//! which forwards bytes both ways and keeps every byte of the connecting side's
+//! direction. The real CLI then runs
 //! as child processes (`ghost keygen`, `ghost send`, `ghost fetch`). Every recorded
 //! stream is parsed as HTTP/1.1 requests; request lines and headers are always scanned,
 //! bodies too except those of `POST /v1/onion` (onion packets, opaque by design) and
@@ -12,9 +14,11 @@
 //! base64) nor its contact, encryption key or ring point may appear, and no request may
 //! use a per-recipient path (`/v1/nodes/swarm/…`).
 //!
-//! The CLI is the `ghost` binary of `ghost-cli`, found in this test's target directory
-//! (see `processes::ghost_binary`): `cargo test --workspace`, or `cargo test -p ghost-cli
-//! -p runtime-smol`, builds it.
+//! The CLI is the `ghost` binary of `ghost-cli`, found with the node binaries in this
+//! test's target directory, `target/<profile>/` (see `common`): `cargo test --workspace`
+//! builds them, since runtime-smol, runtime-sync and ghost-cli all have integration
+//! tests; or build them first with `cargo build -p runtime-smol -p runtime-sync -p
+//! ghost-cli --bins`.
 //!
 //! Negative controls: the main test checks the recorder saw the client's plain GET and
 //! the onion packets of every hop; a second test sends a per-recipient request through a
@@ -24,7 +28,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -35,11 +39,8 @@ use ghost_cli::local::LOCAL_CONFIG;
 use proto_core::RecipientId;
 use proto_core::sealed::Contact;
 
-mod processes;
-use processes::wait_for;
-
-/// Pause between two polls of a condition that has a deadline.
-const POLL: Duration = Duration::from_millis(20);
+mod common;
+use common::{POLL, Runtime, wait_for};
 
 const NODES: usize = 5;
 /// Longest wait for a node's "listening on" line, and for a proxy's target to be known.
@@ -50,6 +51,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for the proxies to see every connection closed once the nodes are gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+common::runtime_tests!(cli_send_and_fetch_reveal_no_recipient_outside_onions);
+common::runtime_tests!(single: scanner_reports_a_per_recipient_request_sent_through_a_proxy);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -218,7 +222,7 @@ fn relay(shared: &Shared, mut client: TcpStream, conn: &Conn) {
 // ---------------------------------------------------------------------------------------
 // Nodes behind proxies.
 
-/// A `ghostnode` process, killed when dropped.
+/// A node process, killed when dropped.
 struct NodeProcess {
     child: Option<Child>,
     /// Where it really listens (only the test knows; everyone else uses the proxy).
@@ -251,8 +255,9 @@ struct ProxiedNetwork {
 }
 
 impl ProxiedNetwork {
-    /// Starts `n` nodes; node 0 is the seed and the others join through its proxy.
-    fn start(n: usize) -> Self {
+    /// Starts `n` nodes of `runtime`; node 0 is the seed and the others join through its
+    /// proxy.
+    fn start(runtime: Runtime, n: usize) -> Self {
         let mut net = Self {
             nodes: Vec::new(),
             proxies: Vec::new(),
@@ -273,7 +278,7 @@ impl ProxiedNetwork {
                 dir.display()
             );
             std::fs::write(dir.join("ghostnode.toml"), config).unwrap();
-            let node = spawn_node(&dir);
+            let node = spawn_node(runtime.binary_for(i), &dir);
             proxy.set_target(node.listen);
             net.nodes.push(node);
             net.proxies.push(proxy);
@@ -333,11 +338,11 @@ impl ProxiedNetwork {
     }
 }
 
-/// Starts `ghostnode` from `dir/ghostnode.toml` and waits for its "listening on" and
+/// Starts the node `binary` on `dir/ghostnode.toml` and waits for its "listening on" and
 /// "admin on" lines.
-fn spawn_node(dir: &Path) -> NodeProcess {
+fn spawn_node(binary: PathBuf, dir: &Path) -> NodeProcess {
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ghostnode"))
+    let mut child = Command::new(&binary)
         .arg("--config")
         .arg(dir.join("ghostnode.toml"))
         .env_remove("GHOST_LISTEN")
@@ -350,7 +355,7 @@ fn spawn_node(dir: &Path) -> NodeProcess {
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .expect("ghostnode starts");
+        .unwrap_or_else(|e| panic!("{} starts: {e}", binary.display()));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     // Ends at the node's exit (or when the lines are read): the pipe closes.
@@ -403,7 +408,7 @@ fn health_peers(address: SocketAddr) -> Option<u64> {
 
 /// Runs the `ghost` CLI with `args`; kills it and fails after [`CLI_TIMEOUT`].
 fn ghost(args: &[&str]) -> Output {
-    let mut child = Command::new(processes::ghost_binary())
+    let mut child = Command::new(common::ghost_binary())
         .args(args)
         .env_remove("GHOST_SEED")
         .stdin(Stdio::null())
@@ -783,10 +788,9 @@ fn scan(recordings: &[Recording], needles: &[Needle]) -> Scan {
 // ---------------------------------------------------------------------------------------
 // The tests.
 
-#[test]
-fn cli_send_and_fetch_reveal_no_recipient_outside_onions() {
+fn cli_send_and_fetch_reveal_no_recipient_outside_onions(runtime: Runtime) {
     let started = Instant::now();
-    let mut net = ProxiedNetwork::start(NODES);
+    let mut net = ProxiedNetwork::start(runtime, NODES);
     net.wait_ready();
     let seed = net.seed();
     let proxy_addresses: BTreeSet<String> =
@@ -873,7 +877,7 @@ fn cli_send_and_fetch_reveal_no_recipient_outside_onions() {
         found.leaks.join("\n  ")
     );
     eprintln!(
-        "privacy: {} requests recorded ({onions} onion packets, {} peer envelopes), {} needles, none found; {:?}",
+        "{runtime:?} privacy: {} requests recorded ({onions} onion packets, {} peer envelopes), {} needles, none found; {:?}",
         found.requests.len(),
         found.count("POST", "/v1/peer"),
         needles.len(),
@@ -884,9 +888,8 @@ fn cli_send_and_fetch_reveal_no_recipient_outside_onions() {
 /// The scanner can fail: a per-recipient request sent through a proxy in front of a real
 /// node is reported, both its path and the hex id in it, while the same recipient inside
 /// an onion body is not, and bodies of other endpoints (chunked here) are scanned.
-#[test]
-fn scanner_reports_a_per_recipient_request_sent_through_a_proxy() {
-    let mut net = ProxiedNetwork::start(1);
+fn scanner_reports_a_per_recipient_request_sent_through_a_proxy(runtime: Runtime) {
+    let mut net = ProxiedNetwork::start(runtime, 1);
     let keys = tempfile::tempdir().unwrap();
     let contact = keygen(&keys.path().join("bob.key"));
     let id = contact.recipient.0;
