@@ -23,6 +23,7 @@ common::runtime_tests!(
     bad_flags_get_a_clear_message_and_exit_code_2,
     known_nodes_are_saved_at_stop_and_used_as_seeds_at_the_next_start,
     a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one,
+    a_client_that_half_closes_after_a_complete_request_gets_its_answer,
 );
 
 struct Running(Child);
@@ -322,4 +323,36 @@ fn a_network_with_join_work_gets_a_worked_identity_and_refuses_a_lazy_one(runtim
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&too_much.stderr).contains("at most 32"));
+}
+
+/// A client may shut its sending side once its request is complete (`shutdown(SHUT_WR)`,
+/// as `curl --no-keepalive` and some proxies do): the answer must still come, on both
+/// listeners, for a bodiless and a body-carrying request.
+fn a_client_that_half_closes_after_a_complete_request_gets_its_answer(runtime: Runtime) {
+    use std::io::{Read, Write};
+    let binary = runtime.binary_for(0);
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&binary, dir.path());
+    wait_healthy(&node.address);
+    let half_closed = |addr: &str, request: &[u8]| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let health = half_closed(&node.address, b"GET /health HTTP/1.1\r\nHost: n\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with(r#"{"status":"ok"}"#), "{health}");
+    let metrics = half_closed(&node.admin, b"GET /metrics HTTP/1.1\r\nHost: n\r\n\r\n");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("ghost_packets_dropped_total"), "{metrics}");
+    let short = half_closed(
+        &node.address,
+        b"POST /v1/onion HTTP/1.1\r\nHost: n\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert!(short.starts_with("HTTP/1.1 400"), "{short}");
+    assert!(short.contains("\"error\":\"wrong_packet_size\""), "{short}");
 }

@@ -1,10 +1,16 @@
-//! HTTP robustness: real nodes on loopback, fed bad input over raw TCP and through real
-//! three-hop onion requests. Every bad request gets its documented answer (a 4xx with a
-//! JSON error body naming the problem, hyper's own bare answer for bytes that are not
-//! HTTP, a closed connection for a client too slow to send its headers, or a silent 204
-//! for onion garbage, visible only in the admin listener's `/metrics`), and the nodes stay
-//! healthy and keep storing and retrieving afterwards. `/metrics` parses as Prometheus
-//! text, and `/health` reports a closed database.
+//! HTTP robustness of the node binaries: real node processes (`ghostnode` on hyper,
+//! `ghostnode-sync` on its own HTTP/1.1 server, and networks mixing both) fed bad input
+//! over raw TCP and through real three-hop onion requests. Every bad request gets its
+//! documented answer (a 4xx with a JSON error body naming the problem; for bytes that are
+//! not HTTP, hyper's own bare answer or the sync server's JSON `malformed_request`; a
+//! closed connection for a client too slow to send its headers; a silent 204 for onion
+//! garbage, visible only in the admin listener's `/metrics`), and the nodes stay healthy
+//! and keep storing and retrieving afterwards. `/metrics` parses as Prometheus text.
+//!
+//! Timeouts and limits come from the `[http]` section appended to every node's config;
+//! node descriptors (to build onion paths) from the network's directory. A closed
+//! database (`/health` 503, stores refused) cannot be caused from outside a node process:
+//! that case stays in-process, in `runtime-smol/tests/robustness.rs`.
 
 mod common;
 
@@ -13,13 +19,13 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::Network;
+use common::{Runtime, start_network_with};
 use ghost_cli::client::{self, Client};
+use ghost_cli::local::LocalNetwork;
+use ghost_host::now;
 use proto_core::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
-use proto_core::node::{Endpoint, NodeConfig};
 use proto_core::packet::{self, PACKET_LEN};
 use proto_core::peer::PeerRequest;
-use proto_core::ratelimit::RateLimitConfig;
 use proto_core::reply::{self, Opened};
 use proto_core::request::{
     Request, RequestError, Response, RetrieveRequest, SIGNATURE_LEN, StoreRequest,
@@ -27,8 +33,15 @@ use proto_core::request::{
 use proto_core::{Descriptor, Epoch, Namespace, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng, UnwrapErr};
-use runtime_smol::config::HttpSection;
-use runtime_smol::host::{exchange, now};
+
+common::runtime_tests!(
+    fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healthy,
+    refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work,
+);
+common::runtime_tests!(
+    single: onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics,
+    a_source_over_its_rate_gets_429_with_a_json_body_and_is_counted,
+);
 
 /// Time a client gets to send its request headers (short, so slowloris cases end fast).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,56 +49,60 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const BODY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Slack on top of a server timeout before a case counts as hung.
 const MARGIN: Duration = Duration::from_secs(5);
+/// The largest request body a node reads (its `[http] max_body_bytes`).
+const MAX_BODY_BYTES: usize = 1 << 20;
+
 /// Ten minutes: far outside the ±60 s window of signed requests and peer envelopes.
 const TEN_MINUTES_MS: u64 = 600_000;
 
-fn http_section() -> HttpSection {
-    HttpSection {
-        header_timeout_ms: u64::try_from(HEADER_TIMEOUT.as_millis()).unwrap(),
-        body_timeout_ms: u64::try_from(BODY_TIMEOUT.as_millis()).unwrap(),
-        ..HttpSection::default()
+/// The `[http]` section every node of these tests gets: the short timeouts above and the
+/// default 1 MiB body limit, spelled out because a case announces one byte more.
+fn http_section() -> String {
+    format!(
+        "[http]\nheader_timeout_ms = {}\nbody_timeout_ms = {}\nmax_body_bytes = {MAX_BODY_BYTES}\n",
+        HEADER_TIMEOUT.as_millis(),
+        BODY_TIMEOUT.as_millis(),
+    )
+}
+
+/// `n` node processes of `runtime` with the short HTTP timeouts of these tests, each
+/// knowing all the others.
+fn start(runtime: Runtime, root: &std::path::Path, n: usize) -> LocalNetwork {
+    start_network_with(runtime, root, n, &http_section())
+}
+
+/// The HTTP server node `i` of a `runtime` network runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    /// `ghostnode`: hyper on smol.
+    Hyper,
+    /// `ghostnode-sync`: the blocking server on httparse.
+    Sync,
+}
+
+fn server_of(runtime: Runtime, i: usize) -> Server {
+    match runtime {
+        Runtime::Smol => Server::Hyper,
+        Runtime::Sync => Server::Sync,
+        Runtime::Mixed if i.is_multiple_of(2) => Server::Hyper,
+        Runtime::Mixed => Server::Sync,
     }
 }
 
-/// The core's defaults with fast gossip, a swarm of `swarm_size`, and a source rate limit
-/// the test never reaches (every request of the test comes from 127.0.0.1).
-fn node_config(swarm_size: usize, write_quorum: usize) -> NodeConfig {
-    let core = NodeConfig::default();
-    NodeConfig {
-        swarm_size,
-        write_quorum,
-        gossip_interval_ms: 500,
-        source_rate: RateLimitConfig {
-            burst: 100_000,
-            per_second: 100_000,
-            ..core.source_rate
-        },
-        ..core
-    }
-}
-
-/// Starts `n` in-process nodes with the short HTTP timeouts of these tests.
-fn start(n: usize, config: &NodeConfig) -> Network {
-    common::start(n, config, &http_section())
-}
-
-/// Polls every node's admin `/health` until it knows all the others (deadline 30 s).
-fn wait_until_connected(net: &Network) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let want = net.descriptors.len() - 1;
-    for i in 0..net.descriptors.len() {
-        loop {
-            let (status, health) = health(&net.admin(i));
-            if status == 200 && health["peers"] == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} never saw its {want} peers: {health}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// The verified descriptors of every node, from the seed's directory, in node order.
+fn descriptors(net: &LocalNetwork) -> Vec<Descriptor> {
+    let listed = Client::connect(net.seed())
+        .expect("the seed lists the network")
+        .nodes();
+    net.nodes
+        .iter()
+        .map(|node| {
+            *listed
+                .iter()
+                .find(|d| d.address().as_str() == node.address)
+                .unwrap_or_else(|| panic!("the directory lists no node at {}", node.address))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,14 +311,12 @@ fn open(keys: &packet::PathKeys, mut answer: Vec<u8>) -> Response {
 /// Sends a raw request `payload` (any bytes) through `path` and decodes the answer.
 fn send_payload(path: &[Descriptor], payload: &[u8]) -> Response {
     let (packet, keys) = build(path, payload);
-    let answer = smol::block_on(exchange(
-        path[0].address().as_str(),
-        Endpoint::Onion,
-        packet.to_vec(),
-        Duration::from_secs(30),
-    ))
-    .expect("the first hop answers");
-    open(&keys, answer)
+    match raw(path[0].address().as_str(), &[post("/v1/onion", &packet)]).0 {
+        Outcome::Answer {
+            status: 200, body, ..
+        } => open(&keys, body),
+        other => panic!("the first hop did not answer the packet: {other:?}"),
+    }
 }
 
 fn encode(request: &Request<'_>, signer: Option<&IdentityKey>) -> Vec<u8> {
@@ -360,7 +375,8 @@ fn store_and_retrieve_through_three_hops(seed: &str, owner: &IdentityKey, body: 
 enum Expect {
     /// This status and a JSON body `{"error": code, "message": ...}`.
     Error(u16, &'static str),
-    /// hyper's own answer to bytes that are not valid HTTP/1.1: this status, empty body.
+    /// hyper's own answer to bytes that are not valid HTTP/1.1: this status, empty body
+    /// (the sync server answers those with [`Expect::Error`]).
     Bare(u16),
     /// hyper's answer, or a reset when the server closes with our bytes still unread.
     BareOrClosed(u16),
@@ -397,8 +413,16 @@ fn register(descriptor: &[u8]) -> Vec<u8> {
     post("/v1/nodes/register", body.as_bytes())
 }
 
-fn cases(own: &Descriptor) -> Vec<Case> {
+/// The table of bad input for a node whose server is `server`, `own` being its
+/// descriptor.
+fn cases(own: &Descriptor, server: Server) -> Vec<Case> {
     use Expect::{Bare, BareOrClosed, Closed, Error};
+    // Bytes that do not parse as HTTP/1.1: hyper answers them itself (a bare status, no
+    // body), the sync server with its JSON error.
+    let not_http = |hyper: Expect| match server {
+        Server::Hyper => hyper,
+        Server::Sync => Error(400, "malformed_request"),
+    };
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let stranger = IdentityKey::from_seed(&[200; 32]);
     let stranger_descriptor = |expires| {
@@ -455,7 +479,12 @@ fn cases(own: &Descriptor) -> Vec<Case> {
         ),
         case(
             "onion, 1 MiB + 1 announced (body never sent)",
-            request("POST", "/v1/onion", "Content-Length: 1048577\r\n", b""),
+            request(
+                "POST",
+                "/v1/onion",
+                &format!("Content-Length: {}\r\n", MAX_BODY_BYTES + 1),
+                b"",
+            ),
             Error(413, "body_too_large"),
         ),
         case(
@@ -487,7 +516,7 @@ fn cases(own: &Descriptor) -> Vec<Case> {
         case(
             "onion, Content-Length not a number",
             request("POST", "/v1/onion", "Content-Length: abc\r\n", b""),
-            Bare(400),
+            not_http(Bare(400)),
         ),
         case(
             "onion, two different Content-Lengths",
@@ -497,7 +526,7 @@ fn cases(own: &Descriptor) -> Vec<Case> {
                 "Content-Length: 2048\r\nContent-Length: 5\r\n",
                 b"",
             ),
-            Bare(400),
+            not_http(Bare(400)),
         ),
         // Methods a route does not accept.
         case(
@@ -710,7 +739,12 @@ fn cases(own: &Descriptor) -> Vec<Case> {
                 "a".repeat(100 * 1024)
             )
             .into_bytes(),
-            BareOrClosed(431),
+            // The sync server refuses any head over 20 KiB with its JSON 431 once it
+            // has read that much; hyper only past its 64 KiB buffer, bare or by reset.
+            match server {
+                Server::Hyper => BareOrClosed(431),
+                Server::Sync => Error(431, "headers_too_large"),
+            },
         ),
         case(
             "20 KiB of headers in a complete request",
@@ -724,22 +758,24 @@ fn cases(own: &Descriptor) -> Vec<Case> {
         case(
             "garbage instead of HTTP",
             b"\x00\x01\x02\xff garbage\r\n\r\n".to_vec(),
-            Bare(400),
+            not_http(Bare(400)),
         ),
         case(
             "HTTP/9.9",
             b"GET /health HTTP/9.9\r\nHost: ghost\r\n\r\n".to_vec(),
-            Bare(400),
+            not_http(Bare(400)),
         ),
         case(
             "control byte in the path",
             b"GET /hea\x01lth HTTP/1.1\r\nHost: ghost\r\n\r\n".to_vec(),
-            Bare(400),
+            not_http(Bare(400)),
         ),
         case(
             "HTTP/2 preface to an HTTP/1.1 server",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            Closed,
+            // hyper closes on seeing a preface it does not speak; to the sync server it
+            // is an HTTP/1.1 head it cannot parse.
+            not_http(Closed),
         ),
         Case {
             name: "slowloris: half a request line, then silence",
@@ -795,7 +831,7 @@ fn run(addr: &str, c: &Case) -> String {
         (Expect::Bare(want) | Expect::BareOrClosed(want), Outcome::Answer { status, body, .. }) => {
             assert_eq!(status, want, "{name}: {}", String::from_utf8_lossy(body));
             assert!(body.is_empty(), "{name}: {}", String::from_utf8_lossy(body));
-            format!("{status} (hyper, empty body)")
+            format!("{status} (bare, empty body)")
         }
         (Expect::BareOrClosed(_) | Expect::Closed, Outcome::Closed) => {
             format!("closed after {} ms", elapsed.as_millis())
@@ -804,37 +840,52 @@ fn run(addr: &str, c: &Case) -> String {
     }
 }
 
-#[test]
-fn fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healthy() {
-    let net = start(3, &node_config(3, 2));
-    wait_until_connected(&net);
-    let addr = net.address(0);
-    let table = cases(&net.descriptors[0]);
-    assert!(table.len() >= 30, "only {} cases", table.len());
-    let mut json_errors: BTreeMap<u16, u32> = BTreeMap::new();
-    for c in &table {
-        let got = run(&addr, c);
-        println!("{:<50} -> {got}", c.name);
-        if let Expect::Error(status, _) = c.expect {
-            *json_errors.entry(status).or_default() += 1;
+fn fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healthy(
+    runtime: Runtime,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let net = start(runtime, root.path(), 3);
+    let descriptors = descriptors(&net);
+    // A mixed network's node 0 runs hyper: its node 1 (sync) gets the table too.
+    let targets: &[usize] = match runtime {
+        Runtime::Mixed => &[0, 1],
+        Runtime::Smol | Runtime::Sync => &[0],
+    };
+    for &target in targets {
+        let server = server_of(runtime, target);
+        let addr = net.nodes[target].address.as_str();
+        let table = cases(&descriptors[target], server);
+        assert!(table.len() >= 30, "only {} cases", table.len());
+        let mut json_errors: BTreeMap<u16, u32> = BTreeMap::new();
+        for c in &table {
+            let got = run(addr, c);
+            println!("{server:?} {:<50} -> {got}", c.name);
+            if let Expect::Error(status, _) = c.expect {
+                *json_errors.entry(status).or_default() += 1;
+            }
+            let (status, health) = health(addr);
+            assert_eq!(status, 200, "after {:?}: {health}", c.name);
         }
-        let (status, health) = health(&addr);
-        assert_eq!(status, 200, "after {:?}: {health}", c.name);
-    }
 
-    // Every JSON error was counted under its status (hyper's bare answers are not).
-    let scrape = scrape(&net.admin(0));
-    for (status, count) in &json_errors {
-        let label = status.to_string();
-        assert_eq!(
-            value(&scrape, "ghost_http_responses_total", &[("status", &label)]),
-            Some(f64::from(*count)),
-            "ghost_http_responses_total{{status=\"{status}\"}}"
+        // Every JSON error was counted under its status (hyper's bare answers are not).
+        let scrape = scrape(&net.nodes[target].admin);
+        for (status, count) in &json_errors {
+            let label = status.to_string();
+            assert_eq!(
+                value(&scrape, "ghost_http_responses_total", &[("status", &label)]),
+                Some(f64::from(*count)),
+                "{server:?} node {target}: ghost_http_responses_total{{status=\"{status}\"}}"
+            );
+        }
+        println!(
+            "robustness: {server:?} node {target}: {} bad-input cases answered as documented; \
+             statuses {json_errors:?}",
+            table.len()
         );
     }
 
-    for i in 0..net.descriptors.len() {
-        let (status, health) = health(&net.admin(i));
+    for (i, node) in net.nodes.iter().enumerate() {
+        let (status, health) = health(&node.admin);
         assert_eq!(
             (status, &health["database"]),
             (200, &"open".into()),
@@ -842,18 +893,15 @@ fn fifty_kinds_of_bad_input_get_their_documented_answer_and_the_node_stays_healt
         );
     }
     let owner = IdentityKey::from_seed(&[42; 32]);
-    store_and_retrieve_through_three_hops(&addr, &owner, b"still working");
-    println!(
-        "robustness: {} bad-input cases answered as documented; statuses {json_errors:?}",
-        table.len()
-    );
+    store_and_retrieve_through_three_hops(net.seed(), &owner, b"still working");
 }
 
-#[test]
-fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics() {
-    let net = start(1, &node_config(1, 1));
-    let addr = net.address(0);
-    let admin = net.admin(0);
+fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics(runtime: Runtime) {
+    let root = tempfile::tempdir().unwrap();
+    let net = start(runtime, root.path(), 1);
+    let descriptors = descriptors(&net);
+    let addr = net.nodes[0].address.as_str();
+    let admin = net.nodes[0].admin.as_str();
     let bad_mac = |admin: &str| {
         metric(
             admin,
@@ -861,44 +909,43 @@ fn onion_garbage_and_replays_are_dropped_silently_and_counted_in_metrics() {
             &[("reason", "bad_mac")],
         )
     };
-    let before = bad_mac(&admin);
+    let before = bad_mac(admin);
     let mut garbage = [0u8; PACKET_LEN];
     ChaCha20Rng::seed_from_u64(3).fill_bytes(&mut garbage);
-    assert_dropped_silently(&addr, &garbage, "garbage");
-    assert_eq!(bad_mac(&admin), before + 1.0);
+    assert_dropped_silently(addr, &garbage, "garbage");
+    assert_eq!(bad_mac(admin), before + 1.0);
 
     // A valid packet is answered once; the same bytes again are a replay, dropped silently.
-    let (packet, keys) = build(&net.descriptors[..1], &encode(&Request::Info, None));
-    let replays = metric(&admin, "ghost_replays_refused_total", &[]);
-    let first = match raw(&addr, &[post("/v1/onion", &packet)]).0 {
+    let (packet, keys) = build(&descriptors[..1], &encode(&Request::Info, None));
+    let replays = metric(admin, "ghost_replays_refused_total", &[]);
+    let first = match raw(addr, &[post("/v1/onion", &packet)]).0 {
         Outcome::Answer {
             status: 200, body, ..
         } => body,
         other => panic!("first send: {other:?}"),
     };
     assert!(matches!(open(&keys, first), Response::Info { .. }));
-    assert_dropped_silently(&addr, &packet, "a replay");
+    assert_dropped_silently(addr, &packet, "a replay");
     assert_eq!(
-        metric(&admin, "ghost_replays_refused_total", &[]),
+        metric(admin, "ghost_replays_refused_total", &[]),
         replays + 1.0
     );
     assert_eq!(
         metric(
-            &admin,
+            admin,
             "ghost_packets_dropped_total",
             &[("reason", "replayed")]
         ),
         replays + 1.0
     );
-    assert_eq!(health(&addr).0, 200);
+    assert_eq!(health(addr).0, 200);
 }
 
-#[test]
-fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() {
-    let net = start(3, &node_config(3, 2));
-    wait_until_connected(&net);
-    let seed = net.address(0);
-    let client = Client::connect(&seed).expect("the seed lists the network");
+fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work(runtime: Runtime) {
+    let root = tempfile::tempdir().unwrap();
+    let net = start(runtime, root.path(), 3);
+    let seed = net.seed();
+    let client = Client::connect(seed).expect("the seed lists the network");
     let owner = IdentityKey::from_seed(&[42; 32]);
     let other = IdentityKey::from_seed(&[43; 32]);
     let swarm = client.swarm(&owner.recipient_id()).expect("a swarm");
@@ -934,8 +981,8 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() 
     );
 
     // The refusals were answered inside 200s: the relays saw nothing to count as errors.
-    for i in 0..net.descriptors.len() {
-        let scrape = scrape(&net.admin(i));
+    for (i, node) in net.nodes.iter().enumerate() {
+        let scrape = scrape(&node.admin);
         for status in ["400", "403"] {
             assert_eq!(
                 value(&scrape, "ghost_http_responses_total", &[("status", status)]),
@@ -946,12 +993,11 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() 
     }
 
     // Valid requests still work, and /metrics shows the store.
-    store_and_retrieve_through_three_hops(&seed, &owner, b"valid after refusals");
+    store_and_retrieve_through_three_hops(seed, &owner, b"valid after refusals");
     let mut quorum_latency_count = 0.0;
-    for i in 0..net.descriptors.len() {
-        let addr = net.address(i);
-        assert_eq!(health(&addr).0, 200, "node {i}");
-        let scrape = scrape(&net.admin(i));
+    for (i, node) in net.nodes.iter().enumerate() {
+        assert_eq!(health(&node.address).0, 200, "node {i}");
+        let scrape = scrape(&node.admin);
         assert_eq!(value(&scrape, "ghost_db_up", &[]), Some(1.0), "node {i}");
         assert!(
             value(&scrape, "ghost_http_responses_total", &[("status", "200")])
@@ -987,63 +1033,32 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work() 
     );
 }
 
-#[test]
-fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
-    let net = start(1, &node_config(1, 1));
-    let addr = net.address(0);
-    let admin = net.admin(0);
-    let owner = IdentityKey::from_seed(&[42; 32]);
-    let path = &net.descriptors[..1];
-
-    let (status, health_json) = health(&admin);
-    assert_eq!(status, 200, "{health_json}");
-    assert_eq!(health_json["status"], "ok");
-    assert_eq!(health_json["database"], "open");
-    assert!(matches!(
-        send_payload(path, &encode(&store(&owner, b"before", 60_000), None)),
-        Response::Stored(_)
-    ));
-
-    net.hosts[0].driver().close_database();
-
-    let (status, health_json) = health(&admin);
-    assert_eq!(status, 503, "{health_json}");
-    assert_eq!(health_json["status"], "unavailable");
-    assert_eq!(health_json["database"], "closed");
-    assert_eq!(metric(&admin, "ghost_db_up", &[]), 0.0);
-    // The public /health tells a load balancer the same, and nothing more.
-    let (status, public) = health(&addr);
-    assert_eq!(
-        (status, public),
-        (503, serde_json::json!({"status": "unavailable"}))
-    );
-    assert_eq!(
-        send_payload(path, &encode(&store(&owner, b"after", 60_000), None)),
-        Response::Refused(RequestError::Unavailable)
-    );
-    assert!(matches!(
-        send_payload(path, &encode(&retrieve(&owner, now()), Some(&owner))),
-        Response::Refused(RequestError::Unavailable)
-    ));
-    // Still up: it answers, and keeps saying why it is unavailable.
-    let (status, health_json) = health(&admin);
-    assert_eq!((status, &health_json["database"]), (503, &"closed".into()));
-    assert_eq!(metric(&admin, "ghost_db_up", &[]), 0.0);
-}
-
-#[test]
-fn a_source_over_its_rate_gets_429_with_a_json_body_and_is_counted() {
+fn a_source_over_its_rate_gets_429_with_a_json_body_and_is_counted(runtime: Runtime) {
     // One node alone: 127.0.0.1 is no known node's address, so the client budget applies.
-    let config = NodeConfig {
-        source_rate: RateLimitConfig {
-            burst: 3,
-            per_second: 1,
-            max_keys: 16,
-        },
-        ..node_config(1, 1)
-    };
-    let net = start(1, &config);
-    let addr = net.address(0);
+    // The local settings raise that budget out of reach; this node gets a burst of 3 at 1
+    // per second instead (a second `[node]` table would not parse, so its config file is
+    // rewritten and the node restarted on the same addresses).
+    let root = tempfile::tempdir().unwrap();
+    let mut net = start(runtime, root.path(), 1);
+    let config_path = net.nodes[0].dir.join("ghostnode.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let lowered = config
+        .replace(
+            "source_rate_per_second = 100000",
+            "source_rate_per_second = 1",
+        )
+        .replace("source_rate_burst = 100000", "source_rate_burst = 3");
+    assert_ne!(lowered, config, "the local settings name the source budget");
+    std::fs::write(&config_path, lowered).unwrap();
+    net.terminate(0, Duration::from_secs(15))
+        .expect("the node was running");
+    net.restart(0).expect("the node comes back");
+    let addr = net.nodes[0].address.clone();
+    common::wait_for(
+        "the restarted node answers",
+        Duration::from_secs(10),
+        || (health(&addr).0 == 200).then_some(()),
+    );
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let (outcome, _) = raw(&addr, &[post("/v1/onion", &[0x42; PACKET_LEN])]);
@@ -1057,6 +1072,9 @@ fn a_source_over_its_rate_gets_429_with_a_json_body_and_is_counted() {
         statuses.push(status);
     }
     assert_eq!(statuses, [204, 204, 204, 429, 429]);
-    assert_eq!(metric(&net.admin(0), "ghost_rate_limited_total", &[]), 2.0);
+    assert_eq!(
+        metric(&net.nodes[0].admin, "ghost_rate_limited_total", &[]),
+        2.0
+    );
     assert_eq!(health(&addr).0, 200, "the node stays healthy");
 }
