@@ -63,19 +63,21 @@ impl Carrier for UreqCarrier {
             return;
         }
         let shared = &self.shared;
-        if shared.idle.load(Ordering::SeqCst) == 0
-            && shared.workers.fetch_add(1, Ordering::SeqCst) < MAX_WORKERS
-        {
-            let worker = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name("exchange".into())
-                .stack_size(256 * 1024)
-                .spawn(move || worker.work());
-            if spawned.is_err() {
-                shared.workers.fetch_sub(1, Ordering::SeqCst);
-            }
-        } else if shared.idle.load(Ordering::SeqCst) == 0 {
-            // At the maximum: undo the count taken above; a busy worker gets to it.
+        if shared.idle.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        // Every worker is busy: one more, unless at the maximum (then a busy worker gets
+        // to this exchange when it is done).
+        if shared.workers.fetch_add(1, Ordering::SeqCst) >= MAX_WORKERS {
+            shared.workers.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let worker = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("exchange".into())
+            .stack_size(256 * 1024)
+            .spawn(move || worker.work());
+        if spawned.is_err() {
             shared.workers.fetch_sub(1, Ordering::SeqCst);
         }
     }
