@@ -1,13 +1,14 @@
-//! The README's quick start, as a user runs it: `ghost up` starts a network and prints
-//! ready-to-paste commands; the printed `ghost send` delivers through three distinct hops
-//! and the printed `ghost fetch` prints the original message; Ctrl-C stops every node.
+//! The README's quick start, as a user runs it, on each runtime (`ghost up --runtime
+//! smol|sync|mixed`): `ghost up` starts a network and prints ready-to-paste commands; the
+//! printed `ghost send` delivers through three distinct hops and the printed `ghost fetch`
+//! prints the original message; Ctrl-C stops every node.
 //!
-//! `ghost up` needs the `ghostnode` binary of `runtime-smol`, found in this test's target
-//! directory (`target/<profile>/ghostnode`; tests run from `target/<profile>/deps/`).
-//! Cargo does not build a dependency's binaries for its dependents, so `cargo test -p
-//! ghost-cli` alone does not build it: `cargo test --workspace` (or `-p ghost-cli -p
-//! runtime-smol`) does, since runtime-smol has integration tests; or build it first with
-//! `cargo build -p runtime-smol --bins`.
+//! `ghost up` needs the node binaries `ghostnode` (runtime-smol) and `ghostnode-sync`
+//! (runtime-sync), found in this test's target directory (`target/<profile>/`; tests run
+//! from `target/<profile>/deps/`). Cargo does not build a dependency's binaries for its
+//! dependents, so `cargo test -p ghost-cli` alone does not build them: `cargo test
+//! --workspace` does, since both runtimes have integration tests; or build them first with
+//! `cargo build -p runtime-smol -p runtime-sync --bins`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -16,21 +17,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The `ghostnode` binary in this test's target directory; panics saying how to build it.
-fn ghostnode_binary() -> PathBuf {
+/// The node binary `name` in this test's target directory; panics saying how to build it.
+fn node_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test runs from target/<profile>/deps/");
-    let ghostnode = profile_dir.join("ghostnode");
+    let binary = profile_dir.join(name);
     assert!(
-        ghostnode.exists(),
-        "{} not found: build it first with `cargo build -p runtime-smol --bins` (same \
-         profile as the tests), or run `cargo test --workspace`",
-        ghostnode.display()
+        binary.exists(),
+        "{} not found: build it first with `cargo build -p runtime-smol -p runtime-sync \
+         --bins` (same profile as the tests), or run `cargo test --workspace`",
+        binary.display()
     );
-    ghostnode
+    binary
+}
+
+fn ghostnode_binary() -> PathBuf {
+    node_binary("ghostnode")
 }
 
 struct Up(Child);
@@ -59,13 +64,38 @@ fn run_printed(line: &str) -> std::process::Output {
 }
 
 #[test]
-fn printed_send_and_fetch_deliver_the_message_through_three_distinct_hops() {
+fn printed_send_and_fetch_deliver_the_message_through_three_distinct_hops_smol() {
+    quick_start("smol");
+}
+
+#[test]
+fn printed_send_and_fetch_deliver_the_message_through_three_distinct_hops_sync() {
+    quick_start("sync");
+}
+
+#[test]
+fn printed_send_and_fetch_deliver_the_message_through_three_distinct_hops_mixed() {
+    quick_start("mixed");
+}
+
+fn quick_start(runtime: &str) {
     let root = tempfile::tempdir().unwrap();
     let mut up = Up(Command::new(env!("CARGO_BIN_EXE_ghost"))
-        .args(["up", "--nodes", "5", "--base-port", "0", "--data-dir"])
+        .args([
+            "up",
+            "--nodes",
+            "5",
+            "--base-port",
+            "0",
+            "--runtime",
+            runtime,
+            "--data-dir",
+        ])
         .arg(root.path())
         .arg("--ghostnode")
         .arg(ghostnode_binary())
+        .arg("--ghostnode-sync")
+        .arg(node_binary("ghostnode-sync"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

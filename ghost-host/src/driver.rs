@@ -1,7 +1,7 @@
 //! The node driver: one thread that owns the [`Node`] and its database, fed by a
 //! channel.
 //!
-//! Everything that touches the node reaches it as a [`Command`] on the driver's inbox:
+//! Everything that touches the node reaches it as a command on the driver's inbox:
 //! HTTP requests handed over by a runtime, results of the node's own exchanges, reads for
 //! `/metrics` and the directory endpoints, and the stop. The thread sleeps until the next
 //! command or the core's [`Node::poll_timeout`], whichever comes first, so a new input

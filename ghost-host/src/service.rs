@@ -203,8 +203,11 @@ impl Host {
                 Err(e) => done(Answer::problem(&e)),
             },
             Route::Onion => {
-                let Ok(mut packet) = <[u8; PACKET_LEN]>::try_from(body.as_slice()) else {
-                    return done(Answer::problem(&ApiError::wrong_packet_size(body.len())));
+                // The body becomes the packet the core peels in place, without a copy.
+                let got = body.len();
+                let Ok(mut packet) = <Box<[u8; PACKET_LEN]>>::try_from(body.into_boxed_slice())
+                else {
+                    return done(Answer::problem(&ApiError::wrong_packet_size(got)));
                 };
                 self.driver.request(
                     move |n, t, r| n.handle_onion(t, r, peer, &mut packet),

@@ -1,6 +1,6 @@
 //! Carries the node's exchanges with ureq on a pool of worker threads: a thread is
 //! started when every worker is busy (up to [`MAX_WORKERS`]) and ends after
-//! [`IDLE_WORKER`] without work; connections to other nodes are kept alive and reused by
+//! 30 s without work; connections to other nodes are kept alive and reused by
 //! the shared agent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
