@@ -251,19 +251,6 @@ impl Driver {
         let _ = self.inbox.send(Command::Run(job));
     }
 
-    /// Runs `f` on the node and waits for its result; `None` once the driver stopped.
-    /// For blocking callers (worker threads, start-up and shutdown code).
-    pub fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut HostedNode, Timestamp) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.run(f, move |out| {
-            let _ = tx.send(out);
-        });
-        rx.recv().ok()
-    }
-
     /// Commits pending writes and closes the database while the node keeps running:
     /// later stores are refused and `/health` reports the node unavailable (what an
     /// operator sees when the disk goes away). Returns once done.
