@@ -17,6 +17,7 @@ pub mod config;
 pub mod driver;
 pub mod metrics;
 pub mod peers;
+pub mod process;
 pub mod redb_store;
 pub mod service;
 pub mod start;

@@ -52,8 +52,11 @@ impl Snapshot {
     /// The text a scrape returns.
     #[must_use]
     pub fn encode(self) -> String {
-        let mut registry = Registry::with_prefix("ghost");
-        registry.register_collector(Box::new(self));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
+        registry
+            .sub_registry_with_prefix("ghost")
+            .register_collector(Box::new(self));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
@@ -74,6 +77,33 @@ fn gauge_i(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fm
 fn gauge_f(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
     let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// This process's CPU time and memory under the standard names (no `ghost_` prefix), so
+/// dashboards and `ghost bench` read every node the same way. Read at encode time, after
+/// the node's lock is released.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let Some(usage) = crate::process::usage(None) else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(usage.cpu_seconds);
+        cpu.encode(e.encode_descriptor(
+            "process_cpu_seconds",
+            "CPU time used by the node process, user and system, seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        gauge_i(
+            &mut e,
+            "process_resident_memory_bytes",
+            "Resident memory of the node process, bytes.",
+            usage.rss_bytes,
+        )
+    }
 }
 
 impl Collector for Snapshot {
@@ -373,6 +403,15 @@ mod tests {
         ));
         assert!(
             matches!(value("ghost_db_up"), Some(prometheus_parse::Value::Gauge(v)) if v == 1.0)
+        );
+        assert!(
+            // A fresh test process may not have used a 10 ms tick yet: present is enough.
+            matches!(value("process_cpu_seconds_total"), Some(prometheus_parse::Value::Counter(v)) if v >= 0.0),
+            "{text}"
+        );
+        assert!(
+            matches!(value("process_resident_memory_bytes"), Some(prometheus_parse::Value::Gauge(v)) if v > 0.0),
+            "{text}"
         );
         assert!(
             text.contains("ghost_packets_dropped_total{reason=\"bad_mac\"} 3"),
