@@ -253,6 +253,16 @@ impl Client {
 
     /// [`Client::connect`] with a client configuration of one's own.
     pub fn with_config(seed: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        Self::with_transport(seed, config, Http::new(REQUEST_TIMEOUT))
+    }
+
+    /// [`Client::with_config`] over a given agent, which several clients may share (its
+    /// connection pool with them).
+    pub(crate) fn with_transport(
+        seed: &str,
+        config: ClientConfig,
+        http: Http,
+    ) -> Result<Self, ClientError> {
         let address = Address::new(seed).map_err(|_| {
             ClientError(format!(
                 "{seed:?} is not a node address (host:port, at most 64 printable characters)"
@@ -260,7 +270,7 @@ impl Client {
         })?;
         let client = Self {
             core: RefCell::new(core_client::Client::new(config, vec![address])),
-            http: Http::new(REQUEST_TIMEOUT),
+            http,
             ttl_ms: DEFAULT_TTL_MS,
         };
         client.core.borrow_mut().refresh_directory(now());
@@ -309,17 +319,56 @@ impl Client {
     /// at a swarm member, and verifies the W receipts (see
     /// [`proto_core::client`] for the retry and redirect rules).
     pub fn store(&self, recipient: &RecipientId, body: &[u8]) -> Result<Delivery, ClientError> {
+        self.store_op(recipient, body.to_vec()).map_err(Into::into)
+    }
+
+    /// [`Client::store`] with the core's own error, for tools that sort failures by
+    /// cause.
+    pub fn store_op(
+        &self,
+        recipient: &RecipientId,
+        body: Vec<u8>,
+    ) -> Result<Delivery, core_client::ClientError> {
         let spec = StoreSpec {
             recipient: *recipient,
-            body: body.to_vec(),
+            body,
             ttl_ms: self.ttl_ms,
             first_member: None,
         };
         let op = self.core.borrow_mut().start_store(now(), &mut rng(), spec);
         match self.drive(Some(op)) {
-            Some(Ok(core_client::Event::Stored { result, .. })) => result.map_err(Into::into),
-            Some(Err(e)) => Err(e.into()),
-            _ => fail("the store did not finish"),
+            Some(Ok(core_client::Event::Stored { result, .. })) => result,
+            Some(Err(e)) => Err(e),
+            _ => Err(unfinished()),
+        }
+    }
+
+    /// Reads every new message past `cursors` of `identity`'s recipient, from `member`
+    /// only or from the first member that answers, with the core's own error; returns
+    /// the cursors to keep (advanced only by walks that completed).
+    pub fn fetch_op(
+        &self,
+        identity: &IdentityKey,
+        cursors: core_client::FetchCursors,
+        member: Option<NodeId>,
+    ) -> (
+        core_client::FetchCursors,
+        Result<Fetched, core_client::ClientError>,
+    ) {
+        let spec = FetchSpec {
+            identity: IdentityKey::from_seed(&identity.to_seed()),
+            cursors: cursors.clone(),
+            only_member: member,
+        };
+        let op = self.core.borrow_mut().start_fetch(now(), &mut rng(), spec);
+        match self.drive(Some(op)) {
+            Some(Ok(core_client::Event::Fetched {
+                cursors: kept,
+                result,
+                ..
+            })) => (kept, result),
+            Some(Err(e)) => (cursors, Err(e)),
+            _ => (cursors, Err(unfinished())),
         }
     }
 
@@ -345,24 +394,9 @@ impl Client {
         cursors: &mut Cursors,
         only_member: Option<NodeId>,
     ) -> Result<Fetched, ClientError> {
-        let spec = FetchSpec {
-            identity: IdentityKey::from_seed(&keys.to_seed()),
-            cursors: cursors.to_core(),
-            only_member,
-        };
-        let op = self.core.borrow_mut().start_fetch(now(), &mut rng(), spec);
-        match self.drive(Some(op)) {
-            Some(Ok(core_client::Event::Fetched {
-                cursors: kept,
-                result,
-                ..
-            })) => {
-                *cursors = Cursors::from_core(&kept);
-                result.map_err(Into::into)
-            }
-            Some(Err(e)) => Err(e.into()),
-            _ => fail("the fetch did not finish"),
-        }
+        let (kept, result) = self.fetch_op(keys, cursors.to_core(), only_member);
+        *cursors = Cursors::from_core(&kept);
+        result.map_err(Into::into)
     }
 
     /// Carries out the core's exchanges one at a time until operation `op` ends (or, with
@@ -392,35 +426,19 @@ impl Client {
             let to = t.to.as_str().to_owned();
             match t.body {
                 TransmitBody::Onion(packet) => {
-                    let answer = self.http.post(&to, ONION_PATH, &packet[..]);
+                    let answer = self.http.send_onion(&to, &packet[..]);
                     let mut core = self.core.borrow_mut();
                     match answer {
                         Ok(mut bytes) => {
                             core.handle_onion_answer(now(), &mut rng(), t.id, Ok(&mut bytes));
                         }
-                        Err(e) => {
-                            let error = match e {
-                                TransmitFailure::Timeout => TransportError::Timeout,
-                                TransmitFailure::Refused { status } => {
-                                    TransportError::Status(status)
-                                }
-                                _ => TransportError::Unreachable,
-                            };
+                        Err(error) => {
                             core.handle_onion_answer(now(), &mut rng(), t.id, Err(error));
                         }
                     }
                 }
                 TransmitBody::Directory { after } => {
-                    let path = match after {
-                        None => DIRECTORY_PATH.to_owned(),
-                        Some(id) => format!("{DIRECTORY_PATH}?after={id}"),
-                    };
-                    let answer = match self.http.get(&to, &path) {
-                        Ok(body) => {
-                            api::parse_directory(&body).map_err(|_| TransportError::Malformed)
-                        }
-                        Err(_) => Err(TransportError::Unreachable),
-                    };
+                    let answer = self.http.directory_page(&to, after);
                     self.core
                         .borrow_mut()
                         .handle_directory(now(), &mut rng(), t.id, answer);
@@ -487,6 +505,14 @@ impl Client {
             )),
             Err(e) => fail(format!("the answer did not authenticate: {e}")),
         }
+    }
+}
+
+/// An operation the drive loop saw no end of: the core ends every operation it starts
+/// (its loops are bounded), so this only guards against a broken invariant.
+fn unfinished() -> core_client::ClientError {
+    core_client::ClientError::Failed {
+        attempts: Vec::new(),
     }
 }
 
@@ -557,8 +583,10 @@ pub fn get(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
 }
 
 /// Blocking HTTP/1.1 over one ureq agent, whose idle keep-alive connections are reused
-/// for [`IDLE_REUSE`].
-struct Http {
+/// for [`IDLE_REUSE`]. Cloning shares the agent and its connection pool, so threads of a
+/// load generator can carry exchanges side by side.
+#[derive(Clone)]
+pub(crate) struct Http {
     agent: ureq::Agent,
     /// What every call may take, from connecting to the end of the answer.
     timeout: Duration,
@@ -566,7 +594,17 @@ struct Http {
 
 impl Http {
     fn new(timeout: Duration) -> Self {
+        // ureq's default pool: a single client talks to few nodes one request at a time.
+        Self::with_pool(timeout, 10)
+    }
+
+    /// An agent keeping up to `idle_connections` idle keep-alive connections, per node
+    /// and in all: a load generator with that many exchanges in flight then reconnects
+    /// only when a node closes a connection.
+    pub(crate) fn with_pool(timeout: Duration, idle_connections: usize) -> Self {
         let config = ureq::Agent::config_builder()
+            .max_idle_connections(idle_connections)
+            .max_idle_connections_per_host(idle_connections)
             .timeout_global(Some(timeout))
             // A refusal is an answer the core weighs (a 429 is not a dead node).
             .http_status_as_error(false)
@@ -584,6 +622,59 @@ impl Http {
             agent: config.into(),
             timeout,
         }
+    }
+
+    /// Sends an onion packet to its first hop, with the errors as the core client weighs
+    /// them.
+    pub(crate) fn send_onion(
+        &self,
+        address: &str,
+        packet: &[u8],
+    ) -> Result<Vec<u8>, TransportError> {
+        self.post(address, ONION_PATH, packet).map_err(|e| match e {
+            TransmitFailure::Timeout => TransportError::Timeout,
+            TransmitFailure::Refused { status } => TransportError::Status(status),
+            _ => TransportError::Unreachable,
+        })
+    }
+
+    /// Reads one page of `address`'s directory listing (nothing in it verified yet).
+    pub(crate) fn directory_page(
+        &self,
+        address: &str,
+        after: Option<NodeId>,
+    ) -> Result<core_client::DirectoryAnswer, TransportError> {
+        let path = match after {
+            None => DIRECTORY_PATH.to_owned(),
+            Some(id) => format!("{DIRECTORY_PATH}?after={id}"),
+        };
+        match self.get(address, &path) {
+            Ok(body) => api::parse_directory(&body).map_err(|_| TransportError::Malformed),
+            Err(_) => Err(TransportError::Unreachable),
+        }
+    }
+
+    /// GETs `path` at `address` and reads the whole answer: its status, or what broke
+    /// (`timeout`, `unreachable`, `broken_answer`) as a short label for a bench report.
+    pub(crate) fn get_status(&self, address: &str, path: &str) -> Result<u16, &'static str> {
+        let label = |e: ureq::Error| match e {
+            ureq::Error::Timeout(_) => "timeout",
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
+            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => "unreachable",
+            ureq::Error::Io(e) if is_connect_failure(e.kind()) => "unreachable",
+            _ => "broken_answer",
+        };
+        let mut resp = self
+            .agent
+            .get(format!("http://{address}{path}"))
+            .call()
+            .map_err(label)?;
+        resp.body_mut()
+            .with_config()
+            .limit(MAX_GET_BYTES)
+            .read_to_vec()
+            .map_err(label)?;
+        Ok(resp.status().as_u16())
     }
 
     /// POSTs `body` to `path` at `address`: the answer's body when the status is 2xx.
@@ -619,7 +710,7 @@ impl Http {
 
     /// GETs `path` at `address`: the body of a 2xx answer (at most [`MAX_GET_BYTES`]),
     /// any other answer an error quoting its body.
-    fn get(&self, address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+    pub(crate) fn get(&self, address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
         let timeout = self.timeout;
         let problem = |e: ureq::Error| {
             ClientError(match e {

@@ -68,6 +68,94 @@ pub fn parse_start_lines(text: &str) -> Option<StartLines> {
     })
 }
 
+/// The node binaries a local network can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// `ghostnode`: the node on smol and hyper.
+    Smol,
+    /// `ghostnode-sync`: the node on blocking threads.
+    Sync,
+    /// Both, alternating: node 0 smol, node 1 sync, node 2 smol, ...
+    Mixed,
+}
+
+impl Runtime {
+    /// The binaries nodes 0, 1, 2, ... run, in turn.
+    fn rotation(self) -> &'static [NodeBinary] {
+        match self {
+            Self::Smol => &[NodeBinary::Smol],
+            Self::Sync => &[NodeBinary::Sync],
+            Self::Mixed => &[NodeBinary::Smol, NodeBinary::Sync],
+        }
+    }
+
+    /// The name on the command line (`smol`, `sync`, `mixed`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Smol => "smol",
+            Self::Sync => "sync",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+/// One node binary.
+#[derive(Clone, Copy, Debug)]
+enum NodeBinary {
+    /// `ghostnode`, built by `runtime-smol`.
+    Smol,
+    /// `ghostnode-sync`, built by `runtime-sync`.
+    Sync,
+}
+
+/// The node binaries given on the command line (or in the environment); `None` means
+/// the one next to the running program.
+#[derive(Clone, Debug, Default)]
+pub struct NodeBinaries {
+    /// `ghostnode`.
+    pub smol: Option<PathBuf>,
+    /// `ghostnode-sync`.
+    pub sync: Option<PathBuf>,
+}
+
+impl NodeBinaries {
+    /// The binary of each node of a `runtime` network, in turn, each checked to exist;
+    /// a missing one is an error saying how to build it or where to point.
+    pub fn rotation(&self, runtime: Runtime) -> Result<Vec<PathBuf>, String> {
+        runtime
+            .rotation()
+            .iter()
+            .map(|which| self.find(*which))
+            .collect()
+    }
+
+    fn find(&self, which: NodeBinary) -> Result<PathBuf, String> {
+        let (given, name, package, flag) = match which {
+            NodeBinary::Smol => (&self.smol, "ghostnode", "runtime-smol", "--ghostnode"),
+            NodeBinary::Sync => (
+                &self.sync,
+                "ghostnode-sync",
+                "runtime-sync",
+                "--ghostnode-sync",
+            ),
+        };
+        let binary = match given {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| format!("cannot find this program's path: {e}"))?
+                .with_file_name(name),
+        };
+        if !binary.exists() {
+            return Err(format!(
+                "{} not found: build it (cargo build --release -p {package} --bins) or pass {flag}",
+                binary.display()
+            ));
+        }
+        Ok(binary)
+    }
+}
+
 /// One running (or stopped) node process.
 pub struct LocalNode {
     /// The node binary it runs (and runs again on a restart).
@@ -88,6 +176,12 @@ impl LocalNode {
     #[must_use]
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Its process ID while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 

@@ -408,40 +408,7 @@ fn health_peers(address: SocketAddr) -> Option<u64> {
 
 /// Runs the `ghost` CLI with `args`; kills it and fails after [`CLI_TIMEOUT`].
 fn ghost(args: &[&str]) -> Output {
-    let mut child = Command::new(common::ghost_binary())
-        .args(args)
-        .env_remove("GHOST_SEED")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ghost starts");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ghost {args:?} did not finish within {CLI_TIMEOUT:?}");
-        }
-        std::thread::sleep(POLL);
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    common::run_ghost(args, CLI_TIMEOUT)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use ghost_cli::bench::{self, BenchArgs};
 use ghost_cli::client::{self, Client, Cursors, RecipientKeys};
-use ghost_cli::local::LocalNetwork;
+use ghost_cli::local::{LocalNetwork, NodeBinaries, Runtime};
 use ghost_host::now;
 use ghost_host::start::shutdown_signal;
 use proto_core::Descriptor;
@@ -26,7 +27,7 @@ const DEFAULT_SEED: &str = "127.0.0.1:7100";
 #[command(
     version,
     about = "GhostNodes: private messages through three relays to a replicated swarm store.",
-    after_help = "Examples:\n  ghost up                                   # 5 nodes on 127.0.0.1:7100-7104\n  ghost keygen --out alice.key               # prints alice's contact\n  ghost send --to CONTACT \"hello\"           # through 3 hops, end-to-end encrypted\n  ghost fetch --key alice.key                # signed retrieve, decrypted\n  ghost nodes                                # the directory"
+    after_help = "Examples:\n  ghost up                                   # 5 nodes on 127.0.0.1:7100-7104\n  ghost keygen --out alice.key               # prints alice's contact\n  ghost send --to CONTACT \"hello\"           # through 3 hops, end-to-end encrypted\n  ghost fetch --key alice.key                # signed retrieve, decrypted\n  ghost nodes                                # the directory\n  ghost bench --local 5 flow --messages 20000 # load test through 3 hops, with a report"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -97,23 +98,14 @@ enum Command {
         #[arg(long, env = "GHOST_SEED", default_value = DEFAULT_SEED)]
         via: String,
     },
+    /// Load-test a network through 3-hop paths and write a report (or compare two).
+    Bench(Box<BenchArgs>),
     /// List the nodes the network's directory knows.
     Nodes {
         /// Any node of the network.
         #[arg(long, env = "GHOST_SEED", default_value = DEFAULT_SEED)]
         via: String,
     },
-}
-
-/// The node binaries `ghost up` can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Runtime {
-    /// `ghostnode`: the node on smol and hyper.
-    Smol,
-    /// `ghostnode-sync`: the node on blocking threads.
-    Sync,
-    /// Both, alternating: node 0 smol, node 1 sync, node 2 smol, ...
-    Mixed,
 }
 
 /// Why `ghost` stopped: what to tell the user, and the exit code.
@@ -167,6 +159,10 @@ fn main() -> ExitCode {
         } => send(&to, &via, usize::from(quorum), ttl_hours, &message).map_err(Failure::from),
         Command::Fetch { key, via } => fetch(&key, &via).map_err(Failure::from),
         Command::Nodes { via } => nodes(&via).map_err(Failure::from),
+        Command::Bench(args) => bench::run(&args).map_err(|f| Failure {
+            message: f.message,
+            code: f.code,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -289,65 +285,6 @@ fn nodes(via: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl Runtime {
-    /// The binaries nodes 0, 1, 2, ... run, in turn.
-    fn rotation(self) -> &'static [NodeBinary] {
-        match self {
-            Self::Smol => &[NodeBinary::Smol],
-            Self::Sync => &[NodeBinary::Sync],
-            Self::Mixed => &[NodeBinary::Smol, NodeBinary::Sync],
-        }
-    }
-}
-
-/// One node binary `ghost up` can run.
-#[derive(Clone, Copy, Debug)]
-enum NodeBinary {
-    /// `ghostnode`, built by `runtime-smol`.
-    Smol,
-    /// `ghostnode-sync`, built by `runtime-sync`.
-    Sync,
-}
-
-/// The node binaries given on the command line (or in the environment); `None` means
-/// the one next to `ghost`.
-struct NodeBinaries {
-    smol: Option<PathBuf>,
-    sync: Option<PathBuf>,
-}
-
-impl NodeBinaries {
-    /// The path of `which`, checked to exist; a missing binary is an [`EXIT_SETUP`]
-    /// failure saying how to build it.
-    fn find(&self, which: NodeBinary) -> Result<PathBuf, Failure> {
-        let (given, name, package, flag) = match which {
-            NodeBinary::Smol => (&self.smol, "ghostnode", "runtime-smol", "--ghostnode"),
-            NodeBinary::Sync => (
-                &self.sync,
-                "ghostnode-sync",
-                "runtime-sync",
-                "--ghostnode-sync",
-            ),
-        };
-        let binary = match given {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| format!("cannot find this program's path: {e}"))?
-                .with_file_name(name),
-        };
-        if !binary.exists() {
-            return Err(Failure {
-                message: format!(
-                    "{} not found: build it (cargo build --release -p {package} --bins) or pass {flag}",
-                    binary.display()
-                ),
-                code: EXIT_SETUP,
-            });
-        }
-        Ok(binary)
-    }
-}
-
 fn up(
     n: usize,
     base_port: u16,
@@ -361,11 +298,10 @@ fn up(
         );
     }
     // Only the binaries this network runs need to exist.
-    let rotation = runtime
-        .rotation()
-        .iter()
-        .map(|which| binaries.find(*which))
-        .collect::<Result<Vec<PathBuf>, Failure>>()?;
+    let rotation = binaries.rotation(runtime).map_err(|message| Failure {
+        message,
+        code: EXIT_SETUP,
+    })?;
     let binary_of = |i: usize| rotation[i % rotation.len()].clone();
     let temp;
     let root = match data_dir {

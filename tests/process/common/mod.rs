@@ -15,7 +15,9 @@
 // Each test file uses some of these helpers, not all.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ghost_cli::client;
@@ -109,6 +111,45 @@ pub fn binary(name: &str) -> PathBuf {
 /// The `ghost` command line (package `ghost-cli`).
 pub fn ghost_binary() -> PathBuf {
     binary(CLI)
+}
+
+/// Runs the `ghost` CLI with `args` (no `GHOST_SEED` from the environment, no stdin) and
+/// collects its output; kills it and panics after `timeout`.
+pub fn run_ghost(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(ghost_binary())
+        .args(args)
+        .env_remove("GHOST_SEED")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ghost starts");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waitable") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ghost {args:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("drained"),
+        stderr: stderr.join().expect("drained"),
+    }
 }
 
 /// Polls `probe` until it yields a value; panics naming `what` after `timeout`.
