@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{SMOL_NODE, SYNC_NODE, binary, run_ghost};
+use common::{Runtime, SMOL_NODE, SYNC_NODE, binary, run_ghost, start_network};
 use serde_json::Value;
 
 /// The longest a bench of a few hundred operations may take on a loaded 2-core machine.
@@ -250,6 +250,54 @@ fn an_http_bench_reports_every_node_and_path_on_a_mixed_network() {
         assert_eq!(s["completed"], 50, "round robin over 6 targets: {name}");
     }
     assert_eq!(report["operations"]["http"]["completed"], 300);
+}
+
+#[test]
+fn a_bench_via_a_running_network_reads_each_admin_listener_as_its_node() {
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let net = start_network(Runtime::Sync, root.path(), 3);
+    let out = root.path().join("via");
+    // Admin listeners in another order than the directory's: each is matched to its
+    // node by the node ID its /health names.
+    let mut args = vec![
+        "bench".to_owned(),
+        "--via".into(),
+        net.seed().to_owned(),
+        "store".into(),
+        "--messages".into(),
+        "60".into(),
+        "--concurrency".into(),
+        "4".into(),
+        "--warmup".into(),
+        "0".into(),
+        "--out".into(),
+        out.to_str().unwrap().to_owned(),
+    ];
+    for node in net.nodes.iter().rev() {
+        args.push("--admin".into());
+        args.push(node.admin.clone());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_ghost(&refs, BENCH_TIMEOUT);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let report = read_report(&out);
+    assert_eq!(report["config"]["target"], "via");
+    assert_eq!(report["operations"]["store"]["completed"], 60);
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "one line per node: {nodes:?}");
+    for n in nodes {
+        let local = net
+            .nodes
+            .iter()
+            .find(|l| n["address"] == l.address.as_str())
+            .unwrap_or_else(|| panic!("a node of the network: {n}"));
+        assert_eq!(n["admin"], local.admin.as_str(), "matched by node ID: {n}");
+        assert!(
+            n["cpu_seconds"].is_number(),
+            "from process_cpu_seconds_total: {n}"
+        );
+        assert!(n["rss_bytes"].as_u64().expect("from /metrics") > 0, "{n}");
+    }
 }
 
 #[test]
