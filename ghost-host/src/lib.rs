@@ -21,6 +21,7 @@ pub mod process;
 pub mod redb_store;
 pub mod service;
 pub mod start;
+pub mod tls;
 pub mod write_behind;
 
 pub use driver::now;

@@ -1,0 +1,95 @@
+//! TLS between nodes, and from clients to first hops, trusting keys rather than CAs.
+//!
+//! Every node has a [`TlsKey`] (Ed25519) whose hash its signed descriptor carries as
+//! `tls_key_hash`. A client pins that hash ([`client_config`]); a server may ask peers
+//! for their own certificate and read their hash after the handshake
+//! ([`server_config`], [`peer_key_hash`]). Everything runs on rustls 0.23 with our own
+//! [`provider`] over the workspace's RustCrypto crates: TLS 1.3 only,
+//! TLS13_CHACHA20_POLY1305_SHA256, X25519, Ed25519.
+//!
+//! Session resumption is off on both sides: every connection re-proves the pinned server
+//! key and re-presents the client's certificate, so a peer's identity always comes from
+//! a fresh handshake signature; there are no ticket keys or session caches to manage,
+//! and nodes keep connections alive, so the full handshake is paid rarely.
+
+mod der;
+mod key;
+mod provider;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::server::NoServerSessionStorage;
+use rustls::version::TLS13;
+use rustls::{ClientConfig, ServerConfig};
+
+pub use der::{ed25519_key_from_cert, key_hash, peer_key_hash};
+pub use key::TlsKey;
+pub use provider::{TLS13_CHACHA20_POLY1305_SHA256, provider};
+pub use verify::{CertRejected, PeerClientVerifier, PinnedServerVerifier};
+
+/// The one application protocol nodes speak over TLS.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Whether a server asks connecting clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Node-to-node: the client must present an Ed25519 certificate and sign with it.
+    Required,
+    /// First hops: clients may present none; when one is presented it must verify, and
+    /// its hash is available after the handshake.
+    Optional,
+}
+
+/// A TLS 1.3 server config presenting `key`'s self-signed certificate, with client
+/// certificates per `client_auth`, ALPN `http/1.1`, and no session resumption.
+///
+/// Errors only if the certificate cannot be built or rustls refuses the provider or key,
+/// which would be a bug here rather than a runtime condition.
+pub fn server_config(
+    key: &TlsKey,
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&TLS13])?
+        .with_client_cert_verifier(Arc::new(PeerClientVerifier::new(client_auth)))
+        // Loads the key through our provider and checks it matches the certificate.
+        .with_single_cert(vec![key.certificate()?], key.private_key_der())?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 client config that accepts only a server whose Ed25519 key hashes to
+/// `expected_server_hash`, presenting `client_key`'s certificate when given (node to
+/// node), with ALPN `http/1.1`, no session resumption and no SNI.
+///
+/// The `ServerName` passed to `ClientConnection::new` is ignored by the verifier; with
+/// SNI off it never goes on the wire either, so any name (or the peer's IP) will do.
+pub fn client_config(
+    expected_server_hash: [u8; 32],
+    client_key: Option<&TlsKey>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(
+            expected_server_hash,
+        )));
+    let mut config = match client_key {
+        Some(key) => {
+            builder.with_client_auth_cert(vec![key.certificate()?], key.private_key_der())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.resumption = Resumption::disabled();
+    // Names mean nothing here (trust is the pinned hash); do not leak them in clear.
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
