@@ -31,6 +31,43 @@ recipient_rate_per_second = 10000
 recipient_rate_burst = 10000
 ";
 
+/// [`LOCAL_CONFIG`] with `extra` (TOML) merged over it ([`merge_settings`]). A
+/// network's nodes get this after their own addresses, so `extra` may not set those.
+pub fn local_settings(extra: &str) -> Result<String, String> {
+    let table = parse_settings(extra)?;
+    for key in ["listen", "admin_listen", "data_dir", "seeds"] {
+        if table.contains_key(key) {
+            return Err(format!(
+                "the extra node configuration sets `{key}`, which each local node gets on its own"
+            ));
+        }
+    }
+    merge_settings(LOCAL_CONFIG, extra)
+}
+
+/// `over` merged over `base` (both TOML): tables key by key, any other value replaced
+/// by `over`'s.
+pub fn merge_settings(base: &str, over: &str) -> Result<String, String> {
+    fn merge(base: &mut toml::Table, over: toml::Table) {
+        for (key, value) in over {
+            match (base.get_mut(&key), value) {
+                (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+                (_, value) => {
+                    base.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut settings = parse_settings(base)?;
+    merge(&mut settings, parse_settings(over)?);
+    toml::to_string(&settings).map_err(|e| format!("cannot write the node configuration: {e}"))
+}
+
+fn parse_settings(text: &str) -> Result<toml::Table, String> {
+    text.parse()
+        .map_err(|e| format!("the node configuration is not TOML: {e}"))
+}
+
 /// What `ghostnode` reports on stdout once it runs: its two start lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartLines {
@@ -194,8 +231,9 @@ pub struct LocalNetwork {
 impl LocalNetwork {
     /// Starts `n` nodes under `root`, node `i` running the binary `binary(i)` and
     /// listening on `base_port + i` (or on free ports when `base_port` is 0).
-    /// `extra_config` is appended to each node's config file (TOML, after
-    /// [`LOCAL_CONFIG`]).
+    /// `extra_config` (TOML) is merged over [`LOCAL_CONFIG`] key by key, its values
+    /// winning ([`local_settings`]); it must not set the addresses, data directory or
+    /// seeds, which are each node's own.
     pub fn start(
         binary: impl Fn(usize) -> PathBuf,
         root: &Path,
@@ -206,6 +244,7 @@ impl LocalNetwork {
         if n == 0 {
             return Err("a network needs at least one node".into());
         }
+        let settings = local_settings(extra_config)?;
         let mut net = Self {
             nodes: Vec::with_capacity(n),
         };
@@ -226,7 +265,7 @@ impl LocalNetwork {
             };
             let config = |listen: &str, admin: &str| {
                 format!(
-                    "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n{seeds}{LOCAL_CONFIG}{extra_config}",
+                    "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"{}\"\n{seeds}{settings}",
                     dir.display()
                 )
             };
@@ -377,5 +416,31 @@ fn spawn(binary: PathBuf, dir: &Path) -> Result<LocalNode, String> {
                 log.lines().last().unwrap_or("no message")
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_settings_merge_over_the_local_ones_key_by_key() {
+        let merged =
+            local_settings("[node]\ngossip_interval_ms = 7\n[store]\ncommit_interval_ms = 1\n")
+                .expect("valid TOML");
+        let table: toml::Table = merged.parse().expect("valid TOML out");
+        assert_eq!(table["node"]["gossip_interval_ms"].as_integer(), Some(7));
+        // Untouched local settings stay.
+        assert_eq!(table["node"]["probe_interval_ms"].as_integer(), Some(2000));
+        assert_eq!(table["store"]["commit_interval_ms"].as_integer(), Some(1));
+        assert!(local_settings("").is_ok());
+    }
+
+    #[test]
+    fn extra_settings_that_are_not_toml_or_set_a_node_address_are_refused() {
+        let e = local_settings("[node").unwrap_err();
+        assert!(e.contains("not TOML"), "{e}");
+        let e = local_settings("listen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(e.contains("`listen`"), "{e}");
     }
 }

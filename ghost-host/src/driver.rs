@@ -146,7 +146,7 @@ pub struct DriverSettings {
 impl Default for DriverSettings {
     fn default() -> Self {
         Self {
-            commit_interval: Duration::from_millis(5),
+            commit_interval: Duration::from_millis(1),
             peers_file: None,
         }
     }

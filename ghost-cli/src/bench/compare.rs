@@ -499,6 +499,7 @@ mod tests {
                 swarm_size: 3,
                 mix: Some("3:1".to_owned()),
                 seed: 7,
+                node_config: None,
             },
             measured_seconds: 30.0,
             operations: BTreeMap::from([

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// With --local: which node binary the nodes run.
     #[arg(long, value_enum, default_value_t = Runtime::Smol)]
     pub runtime: Runtime,
+    /// With --local: TOML merged over every node's settings (e.g. `[store]` then
+    /// `commit_interval_ms = 1`), to measure a configuration.
+    #[arg(long, value_name = "FILE")]
+    pub node_config: Option<PathBuf>,
     /// With --local: the ghostnode binary (default: next to this one).
     #[arg(long, env = "GHOSTNODE_BIN")]
     pub ghostnode: Option<PathBuf>,
@@ -181,6 +185,14 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
         )));
     }
     let plan_args = PlanArgs::check(args)?;
+    let node_config_text = match &args.node_config {
+        Some(path) if args.local.is_some() => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read --node-config {}: {e}", path.display())))?,
+        ),
+        Some(_) => return Err(usage("--node-config applies to --local networks only")),
+        None => None,
+    };
     let seed = args.seed.unwrap_or_else(random_seed);
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
@@ -199,7 +211,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
     // The network: started here (and stopped when `_local` drops), or given.
     let (_local, _dir, seed_address, mut watched, runtime) = match (args.local, &args.via) {
         (Some(n), _) => {
-            let (net, dir) = start_local(args, n)?;
+            let (net, dir) = start_local(args, n, node_config_text.as_deref())?;
             let seed_address = net.seed().to_owned();
             let watched = net
                 .nodes
@@ -505,6 +517,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
             swarm_size: args.swarm_size,
             mix: (args.scenario == Scenario::Mixed).then(|| args.mix.clone()),
             seed,
+            node_config: node_config_text,
         },
         measured_seconds,
         operations,
@@ -646,6 +659,7 @@ fn unix_ms() -> u64 {
 fn start_local(
     args: &BenchArgs,
     n: usize,
+    node_config: Option<&str>,
 ) -> Result<(LocalNetwork, tempfile::TempDir), BenchFailure> {
     let binaries = NodeBinaries {
         smol: args.ghostnode.clone(),
@@ -656,11 +670,17 @@ fn start_local(
         .prefix("ghost-bench-")
         .tempdir()
         .map_err(|e| failed(format!("cannot create a temporary directory: {e}")))?;
-    // Appended to the [node] table of the local config, then the [http] table.
-    let extra = format!(
-        "swarm_size = {}\nwrite_quorum = {}\n[http]\nmax_connections = 8192\nmax_connections_per_address = 8192\n",
+    // One client address opens up to a connection per worker and node.
+    let ours = format!(
+        "[node]\nswarm_size = {}\nwrite_quorum = {}\n[http]\nmax_connections = 8192\nmax_connections_per_address = 8192\n",
         args.swarm_size, args.quorum
     );
+    let extra = match node_config {
+        None => ours,
+        Some(text) => crate::local::merge_settings(&ours, text)
+            .map_err(|e| usage(format!("--node-config: {e}")))?,
+    };
+    crate::local::local_settings(&extra).map_err(usage)?;
     eprintln!("starting {n} local nodes ({}) ...", args.runtime.name());
     let net = LocalNetwork::start(
         |i| rotation[i % rotation.len()].clone(),

@@ -494,6 +494,7 @@ mod tests {
                 swarm_size: 3,
                 mix: None,
                 seed: 1,
+                node_config: None,
             },
             measured_seconds: 10.0,
             operations,

@@ -79,6 +79,9 @@ pub struct BenchConfig {
     pub mix: Option<String>,
     /// Seed of the generator's choices (recipients, payloads), for reproducibility.
     pub seed: u64,
+    /// `--node-config`: the TOML merged over every local node's settings.
+    #[serde(default)]
+    pub node_config: Option<String>,
 }
 
 /// Results of one kind of operation.
