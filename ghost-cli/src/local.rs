@@ -371,7 +371,14 @@ impl Drop for LocalNetwork {
 }
 
 /// Starts `binary` on `dir/ghostnode.toml` and waits for its start lines.
+/// How long a node may take to print its start lines.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn spawn(binary: PathBuf, dir: &Path) -> Result<LocalNode, String> {
+    spawn_within(binary, dir, START_TIMEOUT)
+}
+
+fn spawn_within(binary: PathBuf, dir: &Path, timeout: Duration) -> Result<LocalNode, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -391,12 +398,18 @@ fn spawn(binary: PathBuf, dir: &Path) -> Result<LocalNode, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut lines = String::new();
     // The node prints its listening and admin lines once bound, or exits with a
-    // message on stderr.
-    let mut stdout = BufReader::new(stdout);
-    let _ = stdout.read_line(&mut lines);
-    let _ = stdout.read_line(&mut lines);
+    // message on stderr; a node that does neither is not waited for forever. The reader
+    // ends when the lines are read or the pipe closes (the node exited or was killed).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = String::new();
+        let mut stdout = BufReader::new(stdout);
+        let _ = stdout.read_line(&mut lines);
+        let _ = stdout.read_line(&mut lines);
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(timeout).unwrap_or_default();
     match parse_start_lines(&lines) {
         Some(started) => Ok(LocalNode {
             binary,
@@ -411,7 +424,7 @@ fn spawn(binary: PathBuf, dir: &Path) -> Result<LocalNode, String> {
             let _ = child.wait();
             let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
             Err(format!(
-                "node in {} did not start: {}",
+                "node in {} did not start (no start lines within {timeout:?}, or it exited): {}",
                 dir.display(),
                 log.lines().last().unwrap_or("no message")
             ))
@@ -434,6 +447,25 @@ mod tests {
         assert_eq!(table["node"]["probe_interval_ms"].as_integer(), Some(2000));
         assert_eq!(table["store"]["commit_interval_ms"].as_integer(), Some(1));
         assert!(local_settings("").is_ok());
+    }
+
+    #[test]
+    fn a_node_that_never_prints_its_start_lines_is_not_waited_for_forever() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let silent = dir.path().join("silent-node");
+        std::fs::write(&silent, "#!/bin/sh\nexec sleep 30\n").expect("written");
+        std::fs::set_permissions(&silent, std::fs::Permissions::from_mode(0o755))
+            .expect("executable");
+        let started = std::time::Instant::now();
+        let e = spawn_within(silent, dir.path(), Duration::from_millis(300))
+            .err()
+            .expect("a silent node is refused");
+        assert!(e.contains("did not start"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "it was waited for"
+        );
     }
 
     #[test]
