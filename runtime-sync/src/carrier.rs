@@ -143,3 +143,111 @@ impl Shared {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    use super::*;
+
+    /// A one-connection peer on loopback that reads one request and answers with
+    /// `head` followed by `body_len` bytes of body (written in chunks, stopping quietly
+    /// when the carrier hangs up), or never answers when `head` is `None`.
+    fn hostile_peer(head: Option<String>, body_len: usize) -> (String, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let address = listener.local_addr().expect("bound").to_string();
+        let peer = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("the carrier connects");
+            let mut reader = BufReader::new(stream);
+            let mut content_length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut request_body = vec![0u8; content_length];
+            let _ = reader.read_exact(&mut request_body);
+            let mut stream = reader.into_inner();
+            let Some(head) = head else {
+                // Silent: hold the connection until the carrier gives up.
+                let _ = stream.read_to_end(&mut Vec::new());
+                return;
+            };
+            let _ = stream.write_all(head.as_bytes());
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < body_len {
+                let n = chunk.len().min(body_len - sent);
+                if stream.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                sent += n;
+            }
+        });
+        (address, peer)
+    }
+
+    fn carrier(peer_timeout_ms: u64) -> Arc<UreqCarrier> {
+        UreqCarrier::new(&HttpSection {
+            peer_timeout_ms,
+            ..HttpSection::default()
+        })
+    }
+
+    #[test]
+    fn a_peer_answering_more_than_the_cap_is_cut_off_as_unreachable() {
+        let too_long = MAX_ANSWER_BYTES * 4;
+        for head in [
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {too_long}\r\n\r\n"),
+            // No length announced: the carrier must still stop reading at the cap.
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_owned(),
+        ] {
+            let (address, peer) = hostile_peer(Some(head.clone()), too_long);
+            let got = carrier(20_000)
+                .shared
+                .exchange(&address, Endpoint::Peer, b"envelope");
+            assert_eq!(got, Err(TransmitFailure::Unreachable), "{head}");
+            peer.join()
+                .expect("the peer ends once the carrier hangs up");
+        }
+    }
+
+    #[test]
+    fn a_peer_answering_exactly_the_cap_is_read_whole() {
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {MAX_ANSWER_BYTES}\r\n\r\n");
+        let (address, peer) = hostile_peer(Some(head), MAX_ANSWER_BYTES);
+        let got = carrier(20_000)
+            .shared
+            .exchange(&address, Endpoint::Peer, b"envelope");
+        assert_eq!(got.map(|b| b.len()), Ok(MAX_ANSWER_BYTES));
+        peer.join().expect("the peer ends");
+    }
+
+    #[test]
+    fn a_refusing_peer_is_refused_with_its_status_and_a_silent_one_times_out() {
+        let head = "HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\n\r\n".to_owned();
+        let (address, peer) = hostile_peer(Some(head), 2);
+        let got = carrier(20_000)
+            .shared
+            .exchange(&address, Endpoint::Peer, b"envelope");
+        assert_eq!(got, Err(TransmitFailure::Refused { status: 429 }));
+        peer.join().expect("the peer ends");
+
+        let (address, peer) = hostile_peer(None, 0);
+        let got = carrier(300)
+            .shared
+            .exchange(&address, Endpoint::Onion, b"packet");
+        assert_eq!(got, Err(TransmitFailure::Timeout));
+        peer.join()
+            .expect("the peer ends once the carrier hangs up");
+    }
+}
