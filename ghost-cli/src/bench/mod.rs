@@ -372,22 +372,21 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
     std::thread::scope(|s| {
         let mut store_workers = Vec::new();
         for client in clients {
-            let (shared, plan, recorder, active) = (&shared, &plan, &recorder, &active);
-            active.fetch_add(1, Ordering::SeqCst);
+            let (shared, plan, recorder) = (&shared, &plan, &recorder);
+            let working = Working::start(&active);
             store_workers.push(s.spawn(move || {
+                let _working = working;
                 work::store_worker(&client, shared, plan, recorder);
-                active.fetch_sub(1, Ordering::SeqCst);
                 client
             }));
         }
         if args.scenario == Scenario::Http {
             for _ in 0..workers {
-                let (http, targets, plan, recorder, active) =
-                    (&http, &http_targets, &plan, &recorder, &active);
-                active.fetch_add(1, Ordering::SeqCst);
+                let (http, targets, plan, recorder) = (&http, &http_targets, &plan, &recorder);
+                let working = Working::start(&active);
                 s.spawn(move || {
+                    let _working = working;
                     work::http_worker(http, targets, plan, recorder);
-                    active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         }
@@ -532,6 +531,23 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
     write_report(&report, &out)?;
     print_summary(&report, &out);
     check_outcome(&report)
+}
+
+/// One worker counted as running until it is dropped, even by a panic, so the progress
+/// loop that waits for the workers always ends.
+struct Working<'a>(&'a AtomicUsize);
+
+impl<'a> Working<'a> {
+    fn start(active: &'a AtomicUsize) -> Self {
+        active.fetch_add(1, Ordering::SeqCst);
+        Self(active)
+    }
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Acknowledged stores of a `flow` run whose replication is timed.
@@ -838,6 +854,21 @@ fn run_compare(args: &BenchArgs) -> Result<(), BenchFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_stops_counting_as_running_even_when_it_panics() {
+        let active = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let working = Working::start(&active);
+            assert_eq!(active.load(Ordering::SeqCst), 1);
+            let worker = s.spawn(move || {
+                let _working = working;
+                panic!("a worker failed");
+            });
+            assert!(worker.join().is_err());
+        });
+        assert_eq!(active.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn mix_parses_stores_to_retrieves() {
