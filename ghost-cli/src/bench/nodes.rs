@@ -37,12 +37,12 @@ pub fn read(http: &Http, node: &Watched) -> Reading {
         .as_ref()
         .and_then(|admin| http.get(admin, "/metrics").ok())
     {
-        r.counters = counters(&String::from_utf8_lossy(&text));
-        r.cpu_seconds = r.counters.get("process_cpu_seconds_total").copied();
-        r.rss_bytes = gauge(
-            &String::from_utf8_lossy(&text),
-            "process_resident_memory_bytes",
-        );
+        // A node that answers something other than the text format gives no figures.
+        if let Some(scrape) = parse(&String::from_utf8_lossy(&text)) {
+            r.counters = counters(&scrape);
+            r.cpu_seconds = r.counters.get("process_cpu_seconds_total").copied();
+            r.rss_bytes = gauge(&scrape, "process_resident_memory_bytes");
+        }
     }
     if let Some(usage) = node.pid.and_then(|p| process::usage(Some(p))) {
         r.cpu_seconds = Some(usage.cpu_seconds);
@@ -88,11 +88,7 @@ pub fn usage(node: &Watched, before: &Reading, after: &Reading) -> NodeUsage {
 
 /// Every counter series of a Prometheus text page (histograms by their `_count` and
 /// `_sum`), keyed `name{label="value",...}`.
-fn counters(text: &str) -> BTreeMap<String, f64> {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
-        return BTreeMap::new();
-    };
+fn counters(scrape: &prometheus_parse::Scrape) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for s in &scrape.samples {
         let name = series_name(&s.metric, &s.labels);
@@ -123,9 +119,12 @@ fn counters(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
-fn gauge(text: &str, metric: &str) -> Option<u64> {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).ok()?;
+/// A `/metrics` page in the Prometheus text format, once.
+fn parse(text: &str) -> Option<prometheus_parse::Scrape> {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()
+}
+
+fn gauge(scrape: &prometheus_parse::Scrape, metric: &str) -> Option<u64> {
     scrape
         .samples
         .iter()
@@ -180,7 +179,8 @@ ghost_peers_known 4
 
     #[test]
     fn counters_and_histogram_totals_are_read_and_gauges_left_out() {
-        let c = counters(PAGE);
+        let page = parse(PAGE).expect("the text format");
+        let c = counters(&page);
         assert_eq!(c["ghost_packets_forwarded_total"], 40.0);
         assert_eq!(c["ghost_packets_dropped_total{reason=\"bad_mac\"}"], 3.0);
         assert_eq!(c["ghost_store_quorum_latency_seconds_count"], 5.0);
@@ -188,9 +188,39 @@ ghost_peers_known 4
         assert_eq!(c["process_cpu_seconds_total"], 12.5);
         assert!(!c.contains_key("ghost_peers_known"), "{c:?}");
         assert_eq!(
-            gauge(PAGE, "process_resident_memory_bytes"),
+            gauge(&page, "process_resident_memory_bytes"),
             Some(1_048_576)
         );
+    }
+
+    #[test]
+    fn a_hostile_metrics_page_is_read_without_a_panic() {
+        // What a lying or broken node might answer on its admin listener.
+        let mut garbage = vec![
+            String::new(),
+            "not metrics at all".to_owned(),
+            "process_cpu_seconds_total NaN\nprocess_cpu_seconds_total -1e308".to_owned(),
+            "# TYPE x histogram\nx_bucket{le=\"oops\"} 1\nx_sum\n".to_owned(),
+            "{{{{{{ }}}}}} 3".to_owned(),
+            "a{b=\"".repeat(10_000),
+        ];
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            let bytes: Vec<u8> = (0..64)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (seed >> 56) as u8
+                })
+                .collect();
+            garbage.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        for text in &garbage {
+            if let Some(page) = parse(text) {
+                let c = counters(&page);
+                let _ = gauge(&page, "process_resident_memory_bytes");
+                assert!(c.len() <= page.samples.len(), "{text:?}");
+            }
+        }
     }
 
     #[test]
@@ -203,7 +233,7 @@ ghost_peers_known 4
         let before = Reading {
             cpu_seconds: Some(1.0),
             rss_bytes: Some(10),
-            counters: counters(PAGE),
+            counters: counters(&parse(PAGE).expect("the text format")),
         };
         let mut after = before.clone();
         after.cpu_seconds = Some(3.5);
