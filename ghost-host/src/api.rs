@@ -306,6 +306,9 @@ pub struct NodeJson {
     pub address: String,
     /// Onion key epoch, for humans.
     pub epoch: u32,
+    /// The hash of the node's TLS key (hex), for humans pinning a link by hand.
+    #[serde(default)]
+    pub tls_key_hash: String,
     /// The signed descriptor, hex.
     pub descriptor: String,
 }
@@ -338,6 +341,7 @@ fn node_json(d: &Descriptor) -> NodeJson {
         id: d.node_id().to_string(),
         address: d.address().as_str().to_owned(),
         epoch: d.epoch().0,
+        tls_key_hash: d.tls_key_hash().to_string(),
         descriptor: descriptor_hex(d),
     }
 }
@@ -528,6 +532,7 @@ mod tests {
         let d = Descriptor::sign(
             &IdentityKey::from_seed(&[3; 32]),
             &OnionKey::generate(proto_core::Epoch(1), &mut rng),
+            proto_core::TlsKeyHash([0x77; 32]),
             Address::new("127.0.0.1:1").unwrap(),
             proto_core::Timestamp(1_000_000),
         );
@@ -550,6 +555,7 @@ mod tests {
         let d = Descriptor::sign(
             &IdentityKey::from_seed(&[4; 32]),
             &OnionKey::generate(proto_core::Epoch(1), &mut rng),
+            proto_core::TlsKeyHash([0x77; 32]),
             Address::new("127.0.0.1:2").unwrap(),
             proto_core::Timestamp(1_000_000),
         );

@@ -63,6 +63,9 @@ const BATCH: usize = 64;
 pub struct Exchange {
     /// `host:port` of the other node.
     pub address: String,
+    /// The hash of the TLS key the other node's descriptor names (`None` for a seed,
+    /// known by address alone).
+    pub tls_key_hash: Option<proto_core::TlsKeyHash>,
     /// Which endpoint to POST to.
     pub endpoint: Endpoint,
     /// The request body, moved out of the node (the one copy the wire needs).
@@ -383,11 +386,13 @@ impl Engine {
                 Output::Transmit {
                     id,
                     address,
+                    tls_key_hash,
                     endpoint,
                     body,
                     ..
                 } => self.carrier.carry(Exchange {
                     address: address.as_str().to_owned(),
+                    tls_key_hash,
                     endpoint,
                     body,
                     done: Completion {

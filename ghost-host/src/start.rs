@@ -1,6 +1,6 @@
 //! Start-up and stop of a node binary, the same for every runtime: settings (defaults <
-//! `--config` file < environment < flags), logs, the data directory (identity key, peers
-//! file, message database), a fresh onion key and epoch, the listening sockets, the node
+//! `--config` file < environment < flags), logs, the data directory (identity key, TLS
+//! key, peers file, message database), a fresh onion key and epoch, the listening sockets, the node
 //! driver thread, the two start lines scripts read on stdout, and the signals that stop
 //! the node.
 //!
@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use proto_core::Epoch;
 use proto_core::keys::{Address, IdentityKey, OnionKey};
 use proto_core::node::{Node, NodeKeys};
+use proto_core::{Epoch, TlsKeyHash};
 use rand_core::UnwrapErr;
 use zeroize::Zeroizing;
 
@@ -26,6 +26,7 @@ use crate::config::{AdminListen, Config, LogFormat};
 use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
 use crate::peers;
 use crate::service::Host;
+use crate::tls::TlsKey;
 use crate::write_behind::WriteBehind;
 
 /// The flags and environment variables every node binary takes.
@@ -163,6 +164,7 @@ pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, Stri
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let identity =
         load_or_create_identity(&data_dir.join("identity.key"), config.node.join_difficulty)?;
+    let tls_key = load_or_create_tls_key(&data_dir.join(TLS_KEY_FILE))?;
     let listener = TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let admin = match config.admin_listen.0 {
@@ -218,6 +220,7 @@ pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, Stri
     let keys = NodeKeys {
         onion: OnionKey::generate(epoch, &mut rng),
         identity,
+        tls_key_hash: TlsKeyHash(tls_key.key_hash()),
         address,
     };
     let mut node_config = config.node_config();
@@ -292,6 +295,32 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The TLS key's file in the data directory: its 32-byte Ed25519 seed, mode 0600.
+pub const TLS_KEY_FILE: &str = "tls.key";
+
+/// Reads the node's 32-byte TLS key seed, or creates it (readable by the owner only).
+/// Separate from the identity key: the descriptor the identity signs names its hash.
+pub fn load_or_create_tls_key(path: &Path) -> Result<TlsKey, String> {
+    match fs::read(path).map(Zeroizing::new) {
+        Ok(bytes) => {
+            let seed: Zeroizing<[u8; 32]> =
+                Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                    format!(
+                        "{} is not a 32-byte TLS key: move it away to generate a new one",
+                        path.display()
+                    )
+                })?);
+            Ok(TlsKey::from_secret_bytes(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = TlsKey::generate(&mut UnwrapErr(getrandom::SysRng));
+            write_private(path, &key.secret_bytes()[..])?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Reads the 32-byte identity seed, or creates it (readable by the owner only) carrying

@@ -53,7 +53,7 @@ use crate::request::{
 };
 use crate::ring::{DEFAULT_SWARM_SIZE, DEFAULT_VNODES, Ring};
 use crate::store::message_hash;
-use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp};
+use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp, TlsKeyHash};
 
 /// Most nodes a client holds in its directory (a network's directory holds at most as
 /// many, see [`crate::directory::DirectoryConfig`]): 10,000 descriptors are about 1.6 MB.
@@ -162,6 +162,9 @@ pub struct Transmit {
     pub id: TransmitId,
     /// The node to send to.
     pub to: Address,
+    /// The hash of the TLS key the node's verified descriptor names: the link must present
+    /// that key. `None` only for a seed the client knows by address alone.
+    pub tls_key_hash: Option<TlsKeyHash>,
     /// What to send.
     pub body: TransmitBody,
 }
@@ -634,7 +637,8 @@ struct InFlight {
 
 struct Refresh {
     id: TransmitId,
-    sources: Vec<Address>,
+    /// Where to ask, with the TLS key pin of those the directory knows.
+    sources: Vec<(Address, Option<TlsKeyHash>)>,
     source: usize,
     collected: BTreeMap<NodeId, Descriptor>,
     pages: usize,
@@ -740,14 +744,20 @@ impl Client {
         if self.refresh.is_some() {
             return;
         }
-        let mut sources: Vec<Address> = Vec::new();
+        let pin_of = |a: &Address| {
+            self.nodes
+                .values()
+                .find(|d| d.address() == a)
+                .map(Descriptor::tls_key_hash)
+        };
+        let mut sources: Vec<(Address, Option<TlsKeyHash>)> = Vec::new();
         for a in self
             .seeds
             .iter()
             .chain(self.nodes.values().map(Descriptor::address))
         {
-            if !sources.contains(a) && sources.len() < self.seeds.len() + 8 {
-                sources.push(*a);
+            if !sources.iter().any(|(s, _)| s == a) && sources.len() < self.seeds.len() + 8 {
+                sources.push((*a, pin_of(a)));
             }
         }
         if sources.is_empty() {
@@ -756,7 +766,8 @@ impl Client {
         let id = self.next_transmit();
         self.transmits.push_back(Transmit {
             id,
-            to: sources[0],
+            to: sources[0].0,
+            tls_key_hash: sources[0].1,
             body: TransmitBody::Directory { after: None },
         });
         self.refresh = Some(Refresh {
@@ -922,7 +933,7 @@ impl Client {
                     r.pages < MAX_DIRECTORY_PAGES && r.collected.len() < MAX_DIRECTORY_NODES
                 });
                 if let Some(after) = more {
-                    let to = r.sources[r.source];
+                    let (to, tls_key_hash) = r.sources[r.source];
                     let id = self.next_transmit();
                     let r = self.refresh.as_mut().expect("matched above");
                     r.id = id;
@@ -930,6 +941,7 @@ impl Client {
                     self.transmits.push_back(Transmit {
                         id,
                         to,
+                        tls_key_hash,
                         body: TransmitBody::Directory { after: Some(after) },
                     });
                     return;
@@ -976,7 +988,7 @@ impl Client {
         r.pages = 0;
         r.pow_difficulty = 0;
         if r.source < r.sources.len() {
-            let to = r.sources[r.source];
+            let (to, tls_key_hash) = r.sources[r.source];
             let id = self.next_transmit();
             let r = self.refresh.as_mut().expect("checked above");
             r.id = id;
@@ -984,6 +996,7 @@ impl Client {
             self.transmits.push_back(Transmit {
                 id,
                 to,
+                tls_key_hash,
                 body: TransmitBody::Directory { after: None },
             });
             return;
@@ -1288,6 +1301,7 @@ impl Client {
         self.transmits.push_back(Transmit {
             id: tid,
             to: *path[0].address(),
+            tls_key_hash: Some(path[0].tls_key_hash()),
             body: TransmitBody::Onion(packet),
         });
         self.in_flight.insert(

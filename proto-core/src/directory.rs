@@ -486,6 +486,7 @@ mod tests {
         Descriptor::sign(
             &IdentityKey::from_seed(&[seed; 32]),
             &onion,
+            crate::TlsKeyHash([0x77; 32]),
             Address::new("n:1").unwrap(),
             expires,
         )
@@ -673,6 +674,7 @@ mod tests {
         let good = Descriptor::sign(
             &worked,
             &onion,
+            crate::TlsKeyHash([0x77; 32]),
             Address::new("n:1").unwrap(),
             T0.plus_millis(10_000),
         );

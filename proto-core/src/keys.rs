@@ -21,7 +21,7 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::types::{Epoch, NodeId, Timestamp};
+use crate::types::{Epoch, NodeId, Timestamp, TlsKeyHash};
 
 /// HKDF-Extract salt for every per-hop key schedule (see `docs/PROTOCOL.md`, "Key schedule").
 pub(crate) const HOP_KDF_SALT: &[u8] = b"ghostnodes/v1/hop-kem";
@@ -57,14 +57,17 @@ pub fn node_id_work(id: &NodeId) -> u32 {
     bits
 }
 
-/// Version byte that opens an encoded descriptor.
-pub const DESCRIPTOR_VERSION: u8 = 1;
+/// Version byte that opens an encoded descriptor: the protocol version.
+pub const DESCRIPTOR_VERSION: u8 = 2;
 
 /// Longest node address (`host:port`) a descriptor carries, in bytes.
 pub const MAX_ADDRESS_LEN: usize = 64;
 
+/// Offset of the address length byte in an encoded descriptor.
+const ADDRESS_LEN_OFFSET: usize = 1 + 32 + 32 + 4 + 8 + 32;
+
 /// Bytes of an encoded descriptor before the address.
-const DESCRIPTOR_FIXED_LEN: usize = 1 + 32 + 32 + 4 + 8 + 1;
+const DESCRIPTOR_FIXED_LEN: usize = ADDRESS_LEN_OFFSET + 1;
 
 /// Longest encoded descriptor, in bytes.
 pub const MAX_DESCRIPTOR_LEN: usize = DESCRIPTOR_FIXED_LEN + MAX_ADDRESS_LEN + 64;
@@ -333,14 +336,15 @@ impl fmt::Display for Address {
     }
 }
 
-/// What a node publishes about itself: identity, onion key, epoch, address and expiry,
-/// signed by the identity key. A value of this type always carries a valid signature.
+/// What a node publishes about itself: identity, onion key, epoch, expiry, the hash of
+/// its TLS key and its address, signed by the identity key. A value of this type always carries a valid signature.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Descriptor {
     node_id: NodeId,
     onion_key: OnionPublicKey,
     epoch: Epoch,
     expires: Timestamp,
+    tls_key_hash: TlsKeyHash,
     address: Address,
     signature: [u8; 64],
 }
@@ -390,11 +394,13 @@ impl fmt::Display for DescriptorError {
 impl std::error::Error for DescriptorError {}
 
 impl Descriptor {
-    /// Signs a descriptor for `onion_key` reachable at `address`, valid until `expires`.
+    /// Signs a descriptor for `onion_key`, reachable at `address` over TLS with the key
+    /// whose hash is `tls_key_hash`, valid until `expires`.
     #[must_use]
     pub fn sign(
         identity: &IdentityKey,
         onion_key: &OnionKey,
+        tls_key_hash: TlsKeyHash,
         address: Address,
         expires: Timestamp,
     ) -> Self {
@@ -403,6 +409,7 @@ impl Descriptor {
             onion_key: onion_key.public(),
             epoch: onion_key.epoch(),
             expires,
+            tls_key_hash,
             address,
             signature: [0; 64],
         };
@@ -425,7 +432,8 @@ impl Descriptor {
         out[33..65].copy_from_slice(&self.onion_key.0);
         out[65..69].copy_from_slice(&self.epoch.0.to_be_bytes());
         out[69..77].copy_from_slice(&self.expires.0.to_be_bytes());
-        out[77] = self.address.len;
+        out[77..ADDRESS_LEN_OFFSET].copy_from_slice(&self.tls_key_hash.0);
+        out[ADDRESS_LEN_OFFSET] = self.address.len;
         let n = DESCRIPTOR_FIXED_LEN + usize::from(self.address.len);
         out[DESCRIPTOR_FIXED_LEN..n].copy_from_slice(self.address.as_str().as_bytes());
         n
@@ -473,6 +481,13 @@ impl Descriptor {
         self.expires
     }
 
+    /// The hash of the key the node's TLS server presents: a link to `address` is to this
+    /// node only if the server's key hashes to it.
+    #[must_use]
+    pub fn tls_key_hash(&self) -> TlsKeyHash {
+        self.tls_key_hash
+    }
+
     /// Where the node listens.
     #[must_use]
     pub fn address(&self) -> &Address {
@@ -509,7 +524,7 @@ impl UnverifiedDescriptor {
         if bytes[0] != DESCRIPTOR_VERSION {
             return Err(DescriptorError::UnknownVersion);
         }
-        let addr_len = usize::from(bytes[77]);
+        let addr_len = usize::from(bytes[ADDRESS_LEN_OFFSET]);
         let body_len = DESCRIPTOR_FIXED_LEN + addr_len;
         let total = body_len + 64;
         if bytes.len() < total {
@@ -523,6 +538,7 @@ impl UnverifiedDescriptor {
             onion_key: OnionPublicKey(fixed(&bytes[33..65])),
             epoch: Epoch(u32::from_be_bytes(fixed(&bytes[65..69]))),
             expires: Timestamp(u64::from_be_bytes(fixed(&bytes[69..77]))),
+            tls_key_hash: TlsKeyHash(fixed(&bytes[77..ADDRESS_LEN_OFFSET])),
             address: Address::from_bytes(&bytes[DESCRIPTOR_FIXED_LEN..body_len])?,
             signature: fixed(&bytes[body_len..total]),
         }))
@@ -533,7 +549,7 @@ impl UnverifiedDescriptor {
     #[must_use]
     pub fn encoded_len_at(bytes: &[u8]) -> Option<usize> {
         bytes
-            .get(77)
+            .get(ADDRESS_LEN_OFFSET)
             .map(|&a| DESCRIPTOR_FIXED_LEN + usize::from(a) + 64)
     }
 
@@ -611,6 +627,7 @@ mod tests {
         let d = Descriptor::sign(
             &id,
             &onion,
+            crate::TlsKeyHash([0x77; 32]),
             Address::new("127.0.0.1:4000").unwrap(),
             Timestamp(99),
         );
@@ -686,12 +703,14 @@ mod tests {
         let old = Descriptor::sign(
             &id,
             &OnionKey::generate(Epoch(1), &mut rng),
+            crate::TlsKeyHash([0x77; 32]),
             addr,
             Timestamp(10),
         );
         let new = Descriptor::sign(
             &id,
             &OnionKey::generate(Epoch(2), &mut rng),
+            crate::TlsKeyHash([0x77; 32]),
             addr,
             Timestamp(5),
         );

@@ -37,7 +37,7 @@ pub use packet::{
 pub use replay::ReplayFilter;
 pub use reply::{HopFailure, Opened, ReplyError, ReplyKey, ReplyStatus};
 pub use sealed::{Contact, EncryptionKey, EncryptionPublicKey, SEAL_OVERHEAD, SealError};
-pub use types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
+pub use types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp, TlsKeyHash};
 
 #[cfg(feature = "alloc")]
 pub mod client;

@@ -16,8 +16,8 @@ use crate::request::{Origin, Receipt, SIGNATURE_LEN};
 use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 use crate::wire::{Reader, WireError};
 
-/// Version byte opening every peer request.
-pub const PEER_VERSION: u8 = 1;
+/// Version byte opening every peer request: the protocol version.
+pub const PEER_VERSION: u8 = 2;
 /// Highest version byte answered as `unsupported_version` rather than `malformed`.
 const MAX_PLAUSIBLE_VERSION: u8 = 15;
 /// Version, kind, sender, time and signature: the shortest envelope of this version.
@@ -379,7 +379,7 @@ impl fmt::Display for PeerError {
             Self::Unavailable => "node unavailable",
             Self::RateLimited => "too many peer requests from this address",
             Self::UnsupportedVersion => {
-                "peer envelope of another protocol version (this node speaks version 1)"
+                "peer envelope of another protocol version (this node speaks version 2)"
             }
         })
     }
@@ -514,9 +514,9 @@ pub fn decode_request(
     let mut r = Reader::new(signed);
     match r.u8()? {
         PEER_VERSION => {}
-        // A later version (a small number in an envelope at least as long as this
+        // Another version (a small number in an envelope at least as long as this
         // version's shortest) is named as such; anything else is noise.
-        2..=MAX_PLAUSIBLE_VERSION if bytes.len() >= MIN_ENVELOPE_LEN => {
+        1..=MAX_PLAUSIBLE_VERSION if bytes.len() >= MIN_ENVELOPE_LEN => {
             return Err(PeerError::UnsupportedVersion);
         }
         _ => return Err(PeerError::Malformed),
@@ -876,6 +876,7 @@ mod tests {
         Descriptor::sign(
             &IdentityKey::from_seed(&[seed; 32]),
             &onion,
+            crate::TlsKeyHash([0x77; 32]),
             Address::new("10.0.0.1:1").unwrap(),
             NOW,
         )

@@ -17,12 +17,14 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::keys::{Descriptor, IdentityKey, MAX_DESCRIPTOR_LEN, verify_signature};
+use crate::keys::{
+    Descriptor, IdentityKey, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor, verify_signature,
+};
 use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp};
 use crate::wire::{Reader, WireError, Writer};
 
 /// Version byte opening every request.
-pub const REQUEST_VERSION: u8 = 1;
+pub const REQUEST_VERSION: u8 = 2;
 /// Signing context of recipient-signed requests.
 pub const REQUEST_SIGNING_CONTEXT: &[u8] = b"ghostnodes/v1/request";
 /// Signing context of storage receipts.
@@ -1147,10 +1149,9 @@ impl Response {
             let n = r.u8()?;
             let mut out = Vec::with_capacity(usize::from(n));
             for _ in 0..n {
-                // A descriptor's length follows from its address length byte at offset 77.
                 let rest = r.rest();
-                let addr_len = usize::from(*rest.get(77).ok_or(RequestError::Malformed)?);
-                let len = 78 + addr_len + 64;
+                let len =
+                    UnverifiedDescriptor::encoded_len_at(rest).ok_or(RequestError::Malformed)?;
                 let d = Descriptor::decode(rest.get(..len).ok_or(RequestError::Malformed)?)
                     .map_err(|_| RequestError::Malformed)?;
                 out.push(d);
@@ -1467,7 +1468,13 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(u64::from(seed));
         let id = key(seed);
         let onion = OnionKey::generate(Epoch(1), &mut rng);
-        Descriptor::sign(&id, &onion, Address::new("127.0.0.1:9000").unwrap(), NOW)
+        Descriptor::sign(
+            &id,
+            &onion,
+            crate::TlsKeyHash([0x77; 32]),
+            Address::new("127.0.0.1:9000").unwrap(),
+            NOW,
+        )
     }
 
     #[test]
@@ -1499,7 +1506,7 @@ mod tests {
                 members: vec![descriptor(1), descriptor(2)],
             },
             Response::Info {
-                version: 1,
+                version: 2,
                 node_time: NOW,
                 node: NodeId([5; 32]),
                 pow_difficulty: 12,

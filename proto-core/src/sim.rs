@@ -37,7 +37,7 @@ use crate::request::{
 };
 use crate::ring::Ring;
 use crate::store::{MemoryBackend, StoredMessage};
-use crate::types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp};
+use crate::types::{Epoch, MessageHash, Namespace, NodeId, RecipientId, Timestamp, TlsKeyHash};
 
 /// Network and timing parameters of a simulation.
 #[derive(Clone, Debug)]
@@ -149,6 +149,16 @@ enum EndpointKind {
 enum Failure {
     /// The target is down or its answer cannot reach the origin.
     Unreachable,
+}
+
+/// The hash of the TLS key a simulated node's links present (the simulation has no TLS;
+/// pins are still checked against it).
+fn sim_tls_key_hash(identity_seed: &[u8; 32]) -> TlsKeyHash {
+    let mut hash = *identity_seed;
+    for b in &mut hash {
+        *b ^= 0xa5;
+    }
+    TlsKeyHash(hash)
 }
 
 struct SimNode {
@@ -351,6 +361,7 @@ impl Sim {
                 n.onion_secret,
                 Epoch(u32::try_from(self.now.0 / 1000 + n.generation).unwrap_or(u32::MAX)),
             ),
+            tls_key_hash: sim_tls_key_hash(&n.identity_seed),
             address: n.address,
         };
         let node = Node::new(
@@ -755,11 +766,17 @@ impl Sim {
                 Output::Transmit {
                     id,
                     address,
+                    tls_key_hash,
                     endpoint,
                     body,
                     ..
                 } => {
-                    let target = self.nodes.iter().position(|n| n.address == address);
+                    // A link pinned to another key than the one at the address fails its
+                    // handshake: to the sender, as if nobody answered there.
+                    let target = self.nodes.iter().position(|n| {
+                        n.address == address
+                            && tls_key_hash.is_none_or(|h| h == sim_tls_key_hash(&n.identity_seed))
+                    });
                     let from = Origin::Node { node: i, id };
                     let endpoint = match endpoint {
                         Endpoint::Onion => EndpointKind::Onion,
@@ -1017,6 +1034,7 @@ impl Sim {
         let forever = Descriptor::sign(
             identity,
             &onion,
+            sim_tls_key_hash(&self.nodes[i].identity_seed),
             self.nodes[i].address,
             now.plus_millis(10 * 365 * 24 * 3_600_000),
         );
@@ -1073,7 +1091,13 @@ impl Sim {
         // Identities it made up, freshly signed, at addresses nobody answers at.
         if let Some(a) = self.adversaries.get(&i) {
             for (key, onion, address) in &a.fakes {
-                let d = Descriptor::sign(key, onion, *address, now.plus_millis(3_600_000));
+                let d = Descriptor::sign(
+                    key,
+                    onion,
+                    sim_tls_key_hash(&key.to_seed()),
+                    *address,
+                    now.plus_millis(3_600_000),
+                );
                 ds.push(unverified(&d));
             }
         }

@@ -94,6 +94,12 @@ byte_id!(
     32
 );
 byte_id!(
+    /// SHA-256 of a node's 32-byte Ed25519 TLS public key, as its descriptor publishes it:
+    /// what a link to the node is pinned to.
+    TlsKeyHash,
+    32
+);
+byte_id!(
     /// SHA-256 of a stored message, the key that deduplicates stores and replication.
     MessageHash,
     32

@@ -39,7 +39,13 @@ fn fake_node(i: u8, expires: Timestamp) -> FakeNode {
     let identity = IdentityKey::from_seed(&[i.wrapping_add(1); 32]);
     let onion = OnionKey::from_secret_bytes([i.wrapping_add(100); 32], Epoch(1));
     let address = Address::new(&format!("node-{i}:7100")).expect("short address");
-    let descriptor = Descriptor::sign(&identity, &onion, address, expires);
+    let descriptor = Descriptor::sign(
+        &identity,
+        &onion,
+        proto_core::TlsKeyHash([i; 32]),
+        address,
+        expires,
+    );
     FakeNode {
         identity,
         onion,
@@ -189,6 +195,11 @@ impl Net {
                 TransmitBody::Onion(mut packet) => {
                     self.first_hops.push(t.to);
                     let first = self.index_of_address(&t.to);
+                    assert_eq!(
+                        t.tls_key_hash,
+                        Some(self.nodes[first].descriptor.tls_key_hash()),
+                        "a first hop's link is pinned to the key its descriptor names"
+                    );
                     let (delivered, keys) = self.peel_all(first, &mut packet);
                     let response = answer(self, &delivered);
                     let mut body = Vec::new();

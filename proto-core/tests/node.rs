@@ -29,6 +29,7 @@ fn node(config: NodeConfig) -> (Node<MemoryBackend>, OnionKey) {
     let keys = NodeKeys {
         identity: IdentityKey::from_seed(&[1; 32]),
         onion: OnionKey::from_secret_bytes(onion_secret, Epoch(1)),
+        tls_key_hash: proto_core::TlsKeyHash([0x77; 32]),
         address: Address::new("127.0.0.1:1").unwrap(),
     };
     let config = NodeConfig {
@@ -121,6 +122,7 @@ fn a_known_node_address_gets_the_relay_budget_not_the_client_one() {
     let relay = Descriptor::sign(
         &IdentityKey::from_seed(&[5; 32]),
         &OnionKey::generate(Epoch(1), &mut rng),
+        proto_core::TlsKeyHash([0x77; 32]),
         Address::new("10.0.0.9:7100").unwrap(),
         NOW.plus_millis(3_600_000),
     );
@@ -204,6 +206,7 @@ fn learn_next_hop(n: &mut Node<MemoryBackend>) -> NodeId {
     let d = proto_core::Descriptor::sign(
         &peer_id,
         &peer_onion,
+        proto_core::TlsKeyHash([0x77; 32]),
         Address::new("127.0.0.2:1").unwrap(),
         NOW.plus_millis(3_600_000),
     );
@@ -554,6 +557,7 @@ fn a_registered_node_is_listed_only_after_answering_a_probe_at_its_address() {
     let d = Descriptor::sign(
         &key,
         &OnionKey::generate(Epoch(1), &mut rng),
+        proto_core::TlsKeyHash([0x77; 32]),
         Address::new("10.0.0.21:7100").unwrap(),
         NOW.plus_millis(3_600_000),
     );
@@ -607,12 +611,14 @@ fn a_fake_identity_at_an_honest_nodes_address_is_evicted_and_stays_out() {
     let honest = Descriptor::sign(
         &honest_key,
         &OnionKey::generate(Epoch(1), &mut rng),
+        proto_core::TlsKeyHash([0x77; 32]),
         Address::new(address).unwrap(),
         NOW.plus_millis(3_600_000),
     );
     let fake = Descriptor::sign(
         &fake_key,
         &OnionKey::generate(Epoch(1), &mut rng),
+        proto_core::TlsKeyHash([0x77; 32]),
         Address::new(address).unwrap(),
         NOW.plus_millis(3_600_000),
     );
@@ -710,6 +716,7 @@ fn a_closed_network_ignores_everyone_off_its_allowlist() {
         Descriptor::sign(
             key,
             &OnionKey::generate(Epoch(1), rng),
+            proto_core::TlsKeyHash([0x77; 32]),
             Address::new("10.0.0.50:7100").unwrap(),
             NOW.plus_millis(3_600_000),
         )

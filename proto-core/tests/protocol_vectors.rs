@@ -1,13 +1,13 @@
 //! Test vectors for every construction of `docs/PROTOCOL.md` besides the onion packet
-//! (`vectors.rs`, `onion-v1.txt`) and the ring (`ring_vectors.rs`, `ring-v1.txt`):
+//! (`vectors.rs`, `onion-v2.txt`) and the ring (`ring_vectors.rs`, `ring-v2.txt`):
 //!
-//! - `tests/vectors/descriptor-v1.txt`: descriptors, their signature pre-hash, descriptors
+//! - `tests/vectors/descriptor-v2.txt`: descriptors, their signature pre-hash, descriptors
 //!   that must be refused, the 24-hour plausibility rule and node-ID work (sections 1, 8.1);
-//! - `tests/vectors/request-v1.txt`: every final-hop request kind, requests that must be
+//! - `tests/vectors/request-v2.txt`: every final-hop request kind, requests that must be
 //!   refused, receipts, every response kind and every error byte (section 7);
-//! - `tests/vectors/pow-v1.txt`: the proof-of-work input, the first nonce that meets
+//! - `tests/vectors/pow-v2.txt`: the proof-of-work input, the first nonce that meets
 //!   difficulties 8, 12 and 16, and the nonce before it, which fails (section 7);
-//! - `tests/vectors/peer-v1.txt`: every node-to-node envelope kind, every peer answer, every
+//! - `tests/vectors/peer-v2.txt`: every node-to-node envelope kind, every peer answer, every
 //!   peer refusal and copy-refusal code, probe answers and envelopes that must be refused
 //!   (sections 8, 8.1).
 //!
@@ -70,6 +70,10 @@ const PROBE_NONCE: [u8; PROBE_NONCE_LEN] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 /// Most messages' TTL a member accepts (14 days), for checking origins.
 const MAX_TTL_MS: u64 = 14 * 86_400_000;
 
+/// The protocol version these vectors are of: the first byte of every descriptor, request
+/// and envelope.
+const VERSION: u8 = 2;
+
 /// Node `n`: Ed25519 identity seed of 32 bytes of value `n`.
 fn node_seed(n: u8) -> [u8; 32] {
     [n; 32]
@@ -78,6 +82,17 @@ fn node_seed(n: u8) -> [u8; 32] {
 /// Node `n`'s X25519 onion secret: 32 bytes of value `0x40 + n`.
 fn onion_secret(n: u8) -> [u8; 32] {
     [0x40 + n; 32]
+}
+
+/// Node `n`'s Ed25519 TLS key seed: 32 bytes of value `0x80 + n`.
+fn tls_seed(n: u8) -> [u8; 32] {
+    [0x80 + n; 32]
+}
+
+/// The descriptor's `tls_key_hash` of a TLS key seed: SHA-256 of its Ed25519 public key,
+/// computed with the reference crates.
+fn reference_tls_key_hash(seed: &[u8; 32]) -> [u8; 32] {
+    sha256(&SigningKey::from_bytes(seed).verifying_key().to_bytes())
 }
 
 fn node_address(n: u8) -> String {
@@ -93,6 +108,7 @@ fn node_descriptor(n: u8) -> Descriptor {
     Descriptor::sign(
         &IdentityKey::from_seed(&node_seed(n)),
         &OnionKey::from_secret_bytes(onion_secret(n), Epoch(epoch_now())),
+        proto_core::TlsKeyHash(reference_tls_key_hash(&tls_seed(n))),
         Address::new(&node_address(n)).expect("valid address"),
         Timestamp(NOW + 3_600_000),
     )
@@ -411,6 +427,7 @@ fn descriptor_body(
     onion_public: &[u8; 32],
     epoch: u32,
     expires: u64,
+    tls_key_hash: &[u8; 32],
     address: &[u8],
 ) -> Vec<u8> {
     let mut b = vec![version];
@@ -418,6 +435,7 @@ fn descriptor_body(
     b.extend_from_slice(onion_public);
     b.extend_from_slice(&epoch.to_be_bytes());
     b.extend_from_slice(&expires.to_be_bytes());
+    b.extend_from_slice(tls_key_hash);
     b.push(u8::try_from(address.len()).expect("short address"));
     b.extend_from_slice(address);
     b
@@ -428,12 +446,19 @@ fn descriptor(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Str
     let secret: [u8; 32] = f.arr("onion_secret")?;
     let epoch: u32 = f.num("epoch")?;
     let expires: u64 = f.num("expires_ms")?;
+    let tls_key_hash = reference_tls_key_hash(&f.arr("tls_seed")?);
     let address = f.hex("address")?;
     let text = std::str::from_utf8(&address).map_err(|e| e.to_string())?;
     let address_value = Address::new(text).map_err(|e| e.to_string())?;
     let identity = IdentityKey::from_seed(&seed);
     let onion = OnionKey::from_secret_bytes(secret, Epoch(epoch));
-    let d = Descriptor::sign(&identity, &onion, address_value, Timestamp(expires));
+    let d = Descriptor::sign(
+        &identity,
+        &onion,
+        proto_core::TlsKeyHash(tls_key_hash),
+        address_value,
+        Timestamp(expires),
+    );
     let bytes = encode_descriptor(&d);
 
     let node_id = identity.node_id();
@@ -446,7 +471,15 @@ fn descriptor(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Str
         onion_public == x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES),
         || "the onion public key is not X25519(secret, 9)".into(),
     )?;
-    let signed = descriptor_body(1, &node_id.0, &onion_public, epoch, expires, &address);
+    let signed = descriptor_body(
+        VERSION,
+        &node_id.0,
+        &onion_public,
+        epoch,
+        expires,
+        &tls_key_hash,
+        &address,
+    );
     let (body, signature) = bytes.split_at(bytes.len() - 64);
     ensure(body == signed.as_slice(), || {
         format!(
@@ -465,12 +498,14 @@ fn descriptor(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Str
             && back.onion_key().0 == onion_public
             && back.epoch() == Epoch(epoch)
             && back.expires() == Timestamp(expires)
+            && back.tls_key_hash().0 == tls_key_hash
             && back.address().as_str() == text,
         || "decoding the descriptor does not give its fields back".into(),
     )?;
     let input = prehash_input(DESCRIPTOR_SIGNING_CONTEXT, &signed);
     o.hex("node_id", &node_id.0);
     o.hex("onion_public", &onion_public);
+    o.hex("tls_key_hash", &tls_key_hash);
     o.hex("signed_bytes", &signed);
     o.hex("prehash_input", &input);
     o.hex("prehash", &sha256(&input));
@@ -1001,7 +1036,7 @@ fn envelope(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Strin
         || "decoding the envelope does not give it back".into(),
     )?;
     ensure(
-        request.label() == kind && bytes[0] == 1 && bytes[2..34] == sender.node_id().0,
+        request.label() == kind && bytes[0] == VERSION && bytes[2..34] == sender.node_id().0,
         || "the envelope header is not version ‖ kind ‖ sender".into(),
     )?;
     let (signed, sig) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
@@ -1315,6 +1350,7 @@ fn crafted_descriptor(n: u8, version: u8, epoch: u32, expires: u64, address: &[u
         &onion.public().0,
         epoch,
         expires,
+        &reference_tls_key_hash(&tls_seed(n)),
         address,
     );
     let sig = identity.sign(DESCRIPTOR_SIGNING_CONTEXT, &b);
@@ -1323,24 +1359,27 @@ fn crafted_descriptor(n: u8, version: u8, epoch: u32, expires: u64, address: &[u
 }
 
 const DESCRIPTOR_HEADER: &[&str] = &[
-    "GhostNodes descriptor test vectors, protocol v1: docs/PROTOCOL.md sections 1 and 8.1.",
+    "GhostNodes descriptor test vectors, protocol v2: docs/PROTOCOL.md sections 1 and 8.1.",
     "Checked line by line by",
     "`cargo test -p proto-core --all-features --test protocol_vectors`; regenerated (a protocol",
     "version change) with GHOST_UPDATE_VECTORS=1. Hex is lowercase; integers are decimal.",
     "",
-    "descriptor = 1 (1) ‖ node id (32) ‖ onion public (32) ‖ epoch (u32) ‖ expires_ms (u64)",
-    "             ‖ a (1) ‖ address (a) ‖ signature (64)       integers big-endian",
+    "descriptor = 2 (1) ‖ node id (32) ‖ onion public (32) ‖ epoch (u32) ‖ expires_ms (u64)",
+    "             ‖ tls_key_hash (32) ‖ a (1) ‖ address (a) ‖ signature (64)   integers big-endian",
     "signed_bytes  = everything before the signature",
     "prehash_input = len(ctx) (1 byte) ‖ ctx ‖ signed_bytes,   ctx = \"ghostnodes/v1/descriptor\"",
     "prehash       = SHA-256(prehash_input)",
     "signature     = plain Ed25519 (RFC 8032, not Ed25519ph) of the 32-byte prehash",
     "node_id       = the Ed25519 public key of identity_seed; onion_public = X25519(onion_secret, 9)",
+    "tls_key_hash  = SHA-256(the Ed25519 public key of tls_seed): the node's TLS key",
     "",
     "Node n: identity seed = 32 bytes of value n, onion secret = 32 bytes of value 0x40 + n,",
+    "TLS key seed = 32 bytes of value 0x80 + n,",
     "epoch = 1800000000 (the start time in seconds), expires_ms = 1800003600000 (one hour after",
     "the vectors' clock, 1800000000000 ms), address 127.0.0.1:900n (node 3: node-3.example.net:443).",
     "",
-    "[descriptor NAME]          inputs identity_seed, onion_secret, epoch, expires_ms, address (hex)",
+    "[descriptor NAME]          inputs identity_seed, onion_secret, epoch, expires_ms, tls_seed,",
+    "                           address (hex)",
     "[refused_descriptor NAME]  input bytes; signature_verifies = whether the last 64 bytes are",
     "                           the named node's valid signature over the rest; error = why refused",
     "[plausibility NAME]        a node at now_ms keeps a descriptor only while valid_at_now",
@@ -1361,6 +1400,7 @@ fn descriptor_specs() -> Vec<Spec> {
                 ("onion_secret", hex(&onion_secret(n))),
                 ("epoch", epoch_now().to_string()),
                 ("expires_ms", (NOW + 3_600_000).to_string()),
+                ("tls_seed", hex(&tls_seed(n))),
                 ("address", hex(node_address(n).as_bytes())),
             ],
         ));
@@ -1378,22 +1418,27 @@ fn descriptor_specs() -> Vec<Spec> {
         (
             "address_with_space",
             "node_1 with address `127.0.0.1 :9001`, validly signed",
-            crafted_descriptor(1, 1, e, x, b"127.0.0.1 :9001"),
+            crafted_descriptor(1, VERSION, e, x, b"127.0.0.1 :9001"),
         ),
         (
             "empty_address",
             "node_1 with an empty address (a = 0), validly signed",
-            crafted_descriptor(1, 1, e, x, b""),
+            crafted_descriptor(1, VERSION, e, x, b""),
         ),
         (
             "control_byte_address",
             "node_1 with address `127.0.0.1:9001\\n`, validly signed",
-            crafted_descriptor(1, 1, e, x, b"127.0.0.1:9001\n"),
+            crafted_descriptor(1, VERSION, e, x, b"127.0.0.1:9001\n"),
         ),
         (
-            "version_2",
-            "node_1 with version byte 2, validly signed",
-            crafted_descriptor(1, 2, e, x, b"127.0.0.1:9001"),
+            "version_1",
+            "node_1 with version byte 1 (the previous protocol), validly signed",
+            crafted_descriptor(1, 1, e, x, b"127.0.0.1:9001"),
+        ),
+        (
+            "version_3",
+            "node_1 with version byte 3, validly signed",
+            crafted_descriptor(1, 3, e, x, b"127.0.0.1:9001"),
         ),
         (
             "trailing_byte",
@@ -1421,19 +1466,19 @@ fn descriptor_specs() -> Vec<Spec> {
         (
             "expires_at_the_horizon",
             "expires exactly 24 h after now: kept",
-            crafted_descriptor(1, 1, e, horizon, b"127.0.0.1:9001"),
+            crafted_descriptor(1, VERSION, e, horizon, b"127.0.0.1:9001"),
             NOW,
         ),
         (
             "expires_past_the_horizon",
             "expires 24 h + 1 ms after now: refused",
-            crafted_descriptor(1, 1, e, horizon + 1, b"127.0.0.1:9001"),
+            crafted_descriptor(1, VERSION, e, horizon + 1, b"127.0.0.1:9001"),
             NOW,
         ),
         (
             "epoch_past_the_horizon",
             "epoch one second after now + 24 h: refused",
-            crafted_descriptor(1, 1, horizon_epoch + 1, x, b"127.0.0.1:9001"),
+            crafted_descriptor(1, VERSION, horizon_epoch + 1, x, b"127.0.0.1:9001"),
             NOW,
         ),
         ("expired", "node_1 one ms after it expired", node_1, x + 1),
@@ -1488,7 +1533,7 @@ const DESCRIPTOR_REQUIRED: &[&str] = &[
 ];
 
 const REQUEST_HEADER: &[&str] = &[
-    "GhostNodes final-hop request test vectors, protocol v1: docs/PROTOCOL.md section 7.",
+    "GhostNodes final-hop request test vectors, protocol v2: docs/PROTOCOL.md section 7.",
     "Checked line by line by",
     "`cargo test -p proto-core --all-features --test protocol_vectors`; regenerated (a protocol",
     "version change) with GHOST_UPDATE_VECTORS=1. Hex is lowercase; `-` is empty; integers are",
@@ -1497,7 +1542,7 @@ const REQUEST_HEADER: &[&str] = &[
     "The recipient (owner) has the Ed25519 seed of 32 bytes of value 42; recipient = its public",
     "key. Requests are made at ts_ms = 1800000000000; the final hop received the store at",
     "1800000000250, so the expiry it keeps is that + ttl_ms. Node n: identity seed of 32 bytes",
-    "of value n; descriptors as in descriptor-v1.txt.",
+    "of value n; descriptors as in descriptor-v2.txt.",
     "",
     "[request NAME]      inputs: method and its fields; outputs: recipient; for signed requests",
     "                    prehash_input = len(ctx) (1 byte) ‖ \"ghostnodes/v1/request\" ‖ every",
@@ -1642,7 +1687,7 @@ fn request_specs() -> Vec<Spec> {
         }),
         Some(&owner_key),
     );
-    let mut many = vec![1u8, 3];
+    let mut many = vec![VERSION, 3];
     many.extend_from_slice(&owner_key.recipient_id().0);
     many.extend_from_slice(&0u16.to_be_bytes());
     many.extend_from_slice(&NOW.to_be_bytes());
@@ -1653,12 +1698,18 @@ fn request_specs() -> Vec<Spec> {
     let sig = owner_key.sign(REQUEST_SIGNING_CONTEXT, &many);
     many.extend_from_slice(&sig);
     let bad = [
-        ("version_2", "info with version byte 2", vec![2u8, 6], NOW),
-        ("method_9", "version 1, method 9", vec![1u8, 9], NOW),
+        (
+            "version_1",
+            "info with version byte 1 (the previous protocol)",
+            vec![1u8, 6],
+            NOW,
+        ),
+        ("version_3", "info with version byte 3", vec![3u8, 6], NOW),
+        ("method_9", "version 2, method 9", vec![VERSION, 9], NOW),
         (
             "trailing_byte",
             "info followed by a zero byte",
-            vec![1u8, 6, 0],
+            vec![VERSION, 6, 0],
             NOW,
         ),
         (
@@ -1791,7 +1842,7 @@ fn request_specs() -> Vec<Spec> {
                 ),
             ],
         )
-        .note("descriptors: nodes 1, 2 and 3 of descriptor-v1.txt."),
+        .note("descriptors: nodes 1, 2 and 3 of descriptor-v2.txt."),
     );
     specs.push(
         spec(
@@ -1809,7 +1860,7 @@ fn request_specs() -> Vec<Spec> {
         "info",
         &[
             ("response", "info".into()),
-            ("version", "1".into()),
+            ("version", "2".into()),
             ("node_time_ms", ARRIVAL.to_string()),
             (
                 "node_id",
@@ -1856,7 +1907,7 @@ const REQUEST_REQUIRED: &[&str] = &[
 ];
 
 const POW_HEADER: &[&str] = &[
-    "GhostNodes proof-of-work test vectors, protocol v1: docs/PROTOCOL.md section 7.",
+    "GhostNodes proof-of-work test vectors, protocol v2: docs/PROTOCOL.md section 7.",
     "Checked line by line by",
     "`cargo test -p proto-core --all-features --test protocol_vectors`; regenerated (a protocol",
     "version change) with GHOST_UPDATE_VECTORS=1. Hex is lowercase; integers are decimal.",
@@ -1866,7 +1917,7 @@ const POW_HEADER: &[&str] = &[
     "digest = SHA-256(input); it meets difficulty d when it starts with d zero bits.",
     "nonce  = the first nonce from 0 upwards that meets d (what request::solve_pow finds);",
     "failing_nonce = nonce - 1, which does not; store_request = the unsigned store request",
-    "carrying the nonce. The recipient is the owner of request-v1.txt (seed of 32 bytes of 42).",
+    "carrying the nonce. The recipient is the owner of request-v2.txt (seed of 32 bytes of 42).",
 ];
 
 fn pow_specs() -> Vec<Spec> {
@@ -1892,7 +1943,7 @@ fn pow_specs() -> Vec<Spec> {
 const POW_REQUIRED: &[&str] = &["pow 8", "pow 12", "pow 16"];
 
 const PEER_HEADER: &[&str] = &[
-    "GhostNodes node-to-node test vectors, protocol v1: docs/PROTOCOL.md sections 8 and 8.1.",
+    "GhostNodes node-to-node test vectors, protocol v2: docs/PROTOCOL.md sections 8 and 8.1.",
     "Checked line by line by",
     "`cargo test -p proto-core --all-features --test protocol_vectors`; regenerated (a protocol",
     "version change) with GHOST_UPDATE_VECTORS=1. Hex is lowercase; `-` is empty; integers are",
@@ -1901,7 +1952,7 @@ const PEER_HEADER: &[&str] = &[
     "envelope = 1 ‖ kind (1) ‖ sender node id (32) ‖ sent_at (u64) ‖ body ‖ signature (64);",
     "prehash = SHA-256(len(ctx) (1 byte) ‖ \"ghostnodes/v1/peer\" ‖ every byte before the",
     "signature); signature = plain Ed25519 of prehash. Node n: identity seed of 32 bytes of",
-    "value n; descriptors as in descriptor-v1.txt. The owner (request-v1.txt) has the seed of",
+    "value n; descriptors as in descriptor-v2.txt. The owner (request-v2.txt) has the seed of",
     "32 bytes of value 42. Envelopes are sent by node 1 at 1800000000000 ms.",
     "",
     "[envelope NAME]        kind and its body's inputs. message i: a stored message with the",
@@ -2014,7 +2065,7 @@ fn peer_specs() -> Vec<Spec> {
         .note("The sender's own descriptor first, then node 2's."),
         envelope_spec("probe", "probe", &[("nonce", hex(&PROBE_NONCE))]),
         envelope_spec("relay", "relay", &[("request", hex(&delete_all))])
-            .note("The owner's delete-all of namespace 0 (request-v1.txt, delete_all)."),
+            .note("The owner's delete-all of namespace 0 (request-v2.txt, delete_all)."),
         envelope_spec(
             "tombstones",
             "tombstones",
@@ -2035,8 +2086,10 @@ fn peer_specs() -> Vec<Spec> {
     let probe = sign(PeerRequest::Probe { nonce: PROBE_NONCE });
     let mut bad_sig = fetch.clone();
     *bad_sig.last_mut().unwrap() ^= 0x01;
-    let mut v2 = probe.clone();
-    v2[0] = 2;
+    let mut v1 = probe.clone();
+    v1[0] = 1;
+    let mut v3 = probe.clone();
+    v3[0] = 3;
     let mut v16 = probe.clone();
     v16[0] = 16;
     let checks = [
@@ -2083,12 +2136,13 @@ fn peer_specs() -> Vec<Spec> {
             true,
         ),
         (
-            "version_2",
-            "the probe with version byte 2 (122 bytes >= 106)",
-            v2,
+            "version_1",
+            "the probe with version byte 1, the previous protocol (122 bytes >= 106)",
+            v1,
             NOW,
             true,
         ),
+        ("version_3", "the probe with version byte 3", v3, NOW, true),
         (
             "version_16",
             "the probe with version byte 16",
@@ -2242,25 +2296,25 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/");
 
 const FILES: [VectorFile; 4] = [
     VectorFile {
-        path: "descriptor-v1.txt",
+        path: "descriptor-v2.txt",
         header: DESCRIPTOR_HEADER,
         specs: descriptor_specs,
         required: DESCRIPTOR_REQUIRED,
     },
     VectorFile {
-        path: "request-v1.txt",
+        path: "request-v2.txt",
         header: REQUEST_HEADER,
         specs: request_specs,
         required: REQUEST_REQUIRED,
     },
     VectorFile {
-        path: "pow-v1.txt",
+        path: "pow-v2.txt",
         header: POW_HEADER,
         specs: pow_specs,
         required: POW_REQUIRED,
     },
     VectorFile {
-        path: "peer-v1.txt",
+        path: "peer-v2.txt",
         header: PEER_HEADER,
         specs: peer_specs,
         required: PEER_REQUIRED,

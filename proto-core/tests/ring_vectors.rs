@@ -1,5 +1,5 @@
 //! Consistent-hash ring test vectors: fixed node and recipient ids give exact swarms,
-//! stored in `tests/vectors/ring-v1.txt` and described in `docs/PROTOCOL.md` section 10.
+//! stored in `tests/vectors/ring-v2.txt` and described in `docs/PROTOCOL.md` section 10.
 //!
 //! The test parses the committed file and checks every line against `proto_core::ring`,
 //! so the file stands alone for another implementation. Any change to placement, ordering
@@ -15,7 +15,7 @@ use proto_core::ring::{self, DEFAULT_SWARM_SIZE, DEFAULT_VNODES, Ring};
 use proto_core::{IdentityKey, NodeId, RecipientId};
 use sha2::{Digest, Sha256};
 
-const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/ring-v1.txt");
+const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/ring-v2.txt");
 
 /// Nodes 1..=NODES form the full network.
 const NODES: u8 = 8;
@@ -223,7 +223,7 @@ fn render() -> String {
     let mut out = String::new();
     let w = &mut out;
     for line in [
-        "# GhostNodes consistent-hash ring test vectors, protocol v1. See docs/PROTOCOL.md,",
+        "# GhostNodes consistent-hash ring test vectors, protocol v2. See docs/PROTOCOL.md,",
         "# section 10. Every line is checked by",
         "# `cargo test -p proto-core --all-features --test ring_vectors`; regenerate (a protocol",
         "# version change) with GHOST_UPDATE_VECTORS=1.",

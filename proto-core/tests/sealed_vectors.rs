@@ -1,5 +1,5 @@
 //! Sealed-body test vectors (docs/PROTOCOL.md section 9): a fixed recipient and a fixed
-//! RNG stream give exact sealed bytes, stored in `tests/vectors/sealed-v1.txt`.
+//! RNG stream give exact sealed bytes, stored in `tests/vectors/sealed-v2.txt`.
 //!
 //! The test renders every vector with the real `sealed::seal` and compares it with the
 //! committed file, then opens each sealed body read from the file alone, so another
@@ -17,7 +17,7 @@ use common::{CountingRngForTestVectorsOnly, hex};
 use proto_core::IdentityKey;
 use proto_core::sealed::{self, Contact, EncryptionKey};
 
-const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sealed-v1.txt");
+const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sealed-v2.txt");
 
 /// The recipient: identity seed of 32 bytes of 42, encryption secret of 32 bytes of 0x43.
 fn recipient() -> (IdentityKey, EncryptionKey) {
@@ -59,7 +59,7 @@ fn render() -> String {
     };
     let mut out = String::new();
     out.push_str(
-        "# GhostNodes sealed-body test vectors, protocol v1. See docs/PROTOCOL.md section 9.\n",
+        "# GhostNodes sealed-body test vectors, protocol v2. See docs/PROTOCOL.md section 9.\n",
     );
     out.push_str(
         "# Recipient: identity seed = 32 bytes of 42, encryption secret = 32 bytes of 0x43.\n",

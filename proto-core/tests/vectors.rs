@@ -1,5 +1,5 @@
 //! Test vectors: fixed keys and a fixed RNG stream give exact bytes, stored in
-//! `tests/vectors/onion-v1.txt` and described in `docs/PROTOCOL.md`.
+//! `tests/vectors/onion-v2.txt` and described in `docs/PROTOCOL.md`.
 //!
 //! Any change to the wire format or key schedule changes these bytes: that is a protocol
 //! version change, and the file is regenerated deliberately with
@@ -13,7 +13,7 @@ use common::{CountingRngForTestVectorsOnly, EXPIRY, NOW, hex, relays};
 use proto_core::packet::{self, PACKET_LEN, Peeled};
 use proto_core::reply::{self, HopFailure, Opened, ReplyStatus};
 
-const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/onion-v1.txt");
+const VECTOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/onion-v2.txt");
 const PAYLOAD: &[u8] = b"ghostnodes test vector";
 const RESPONSE: &[u8] = b"pong";
 /// The reply length every vector packet asks for (bucket index 0).
@@ -24,7 +24,7 @@ fn render() -> String {
     let mut out = String::new();
     writeln!(
         out,
-        "# GhostNodes onion packet test vectors, protocol v1. See docs/PROTOCOL.md."
+        "# GhostNodes onion packet test vectors, protocol v2. See docs/PROTOCOL.md."
     )
     .unwrap();
     writeln!(

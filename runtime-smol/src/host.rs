@@ -68,6 +68,7 @@ impl Carrier for SmolCarrier {
             endpoint,
             body,
             done,
+            ..
         } = exchange;
         self.ex
             .spawn(async move { done.finish(pool.exchange(&address, endpoint, body).await) })

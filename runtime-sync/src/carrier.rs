@@ -99,6 +99,7 @@ impl Shared {
                     endpoint,
                     body,
                     done,
+                    ..
                 }) => done.finish(self.exchange(&address, endpoint, &body)),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }

@@ -29,6 +29,9 @@ fn serve(http: HttpSection) -> Served {
     let keys = NodeKeys {
         identity: IdentityKey::from_seed(&[4; 32]),
         onion: OnionKey::generate(Epoch(1), &mut rng),
+        tls_key_hash: proto_core::TlsKeyHash(
+            ghost_host::tls::TlsKey::from_secret_bytes(&[0x84; 32]).key_hash(),
+        ),
         address: Address::new(&address).unwrap(),
     };
     let backend = WriteBehind::open(&dir.path().join("messages.redb"), 1 << 20).unwrap();

@@ -71,6 +71,7 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on(r
             let d = Descriptor::sign(
                 &key,
                 &OnionKey::generate(Epoch(1), &mut rng),
+                proto_core::TlsKeyHash([0x77; 32]),
                 Address::new("127.0.0.2:9").unwrap(),
                 now().plus_millis(3_600_000),
             );

@@ -120,10 +120,48 @@ fn first_start_creates_a_private_identity_that_a_restart_keeps(runtime: Runtime)
             0o600
         );
     }
+    let tls_key = dir.path().join("tls.key");
+    let tls_seed: [u8; 32] = std::fs::read(&tls_key).unwrap().try_into().unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&tls_key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let published = published_tls_key_hash(&node.address, &id);
+    assert_eq!(
+        published,
+        ghost_host::tls::TlsKey::from_secret_bytes(&tls_seed).key_hash(),
+        "the descriptor names the hash of the key in tls.key"
+    );
     drop(node.process);
     let again = start(&binary, dir.path());
     wait_healthy(&again.address);
     assert_eq!(again.id, id, "restart must keep the node identity");
+    assert_eq!(
+        std::fs::read(&tls_key).unwrap(),
+        tls_seed,
+        "and its TLS key"
+    );
+    assert_eq!(published_tls_key_hash(&again.address, &id), published);
+}
+
+/// The `tls_key_hash` of node `id`'s own descriptor, as its directory listing serves it.
+fn published_tls_key_hash(addr: &str, id: &str) -> [u8; 32] {
+    let listing = get(addr, "/v1/nodes/directory").expect("answers");
+    let body = listing.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let page: serde_json::Value = serde_json::from_str(body).expect("a JSON listing");
+    page["nodes"]
+        .as_array()
+        .expect("a node list")
+        .iter()
+        .filter_map(|d| hex::decode(d["descriptor"].as_str()?).ok())
+        .filter_map(|bytes| proto_core::keys::Descriptor::decode(&bytes).ok())
+        .find(|d| d.node_id().to_string() == id)
+        .map(|d| d.tls_key_hash().0)
+        .expect("the node lists its own descriptor")
 }
 
 fn traffic_counts_and_health_detail_are_served_only_on_the_admin_listener(runtime: Runtime) {

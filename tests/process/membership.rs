@@ -93,6 +93,7 @@ fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding(runt
             let d = Descriptor::sign(
                 &key,
                 &OnionKey::generate(Epoch(1), &mut rng),
+                proto_core::TlsKeyHash([0x77; 32]),
                 Address::new(address).unwrap(),
                 now().plus_millis(3_600_000),
             );

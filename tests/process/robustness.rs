@@ -437,6 +437,7 @@ fn cases(own: &Descriptor, server: Server) -> Vec<Case> {
         Descriptor::sign(
             &stranger,
             &OnionKey::generate(Epoch(1), &mut ChaCha20Rng::seed_from_u64(5)),
+            proto_core::TlsKeyHash([0x77; 32]),
             Address::new("127.0.0.1:9").unwrap(),
             expires,
         )

@@ -229,8 +229,7 @@ impl<B: MessageBackend> Node<B> {
                 if seed != self.address {
                     self.transmit(
                         now,
-                        None,
-                        seed,
+                        Callee::Seed(seed),
                         Endpoint::Peer,
                         body.clone(),
                         Pending::Gossip,

@@ -63,7 +63,7 @@ use crate::store::{
     Changes, Inserted, MessageBackend, MessageStore, NewMessage, StoreConfig, StoreError,
     StoredMessage,
 };
-use crate::types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp};
+use crate::types::{Epoch, MessageHash, NodeId, RecipientId, Timestamp, TlsKeyHash};
 
 mod anti_entropy;
 mod membership;
@@ -74,7 +74,7 @@ use membership::Membership;
 use replication::Replication;
 
 /// Protocol version reported by `info`.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Everything a node operator can tune. Defaults are documented per field and in
 /// `docs/OPERATING.md`.
@@ -299,6 +299,8 @@ pub struct NodeKeys {
     /// The current onion key (a runtime persists it; a node restarted without its replay
     /// filter must use a fresh one).
     pub onion: OnionKey,
+    /// The hash of the TLS key the node's links present, published in the descriptor.
+    pub tls_key_hash: TlsKeyHash,
     /// The address published in the descriptor.
     pub address: Address,
 }
@@ -347,6 +349,15 @@ pub struct DirectoryPage {
     pub pow_difficulty: u8,
 }
 
+/// Whom an exchange goes to.
+#[derive(Clone, Copy)]
+enum Callee {
+    /// A node of the directory: its address, pinned to its descriptor's TLS key.
+    Node(Descriptor),
+    /// A seed, known by address alone.
+    Seed(Address),
+}
+
 /// What the node wants the runtime to do.
 #[derive(Debug)]
 pub enum Output {
@@ -358,6 +369,9 @@ pub enum Output {
         to: Option<NodeId>,
         /// Where to send it.
         address: Address,
+        /// The hash of the TLS key the peer's descriptor names: a link to `address` must
+        /// present that key. `None` for a seed, known only by address.
+        tls_key_hash: Option<TlsKeyHash>,
         /// Which endpoint.
         endpoint: Endpoint,
         /// The request body.
@@ -636,11 +650,13 @@ impl<B: MessageBackend> Node<B> {
         let NodeKeys {
             identity,
             onion,
+            tls_key_hash,
             address,
         } = keys;
         let descriptor = Descriptor::sign(
             &identity,
             &onion,
+            tls_key_hash,
             address,
             now.plus_millis(config.descriptor_lifetime_ms),
         );
@@ -823,12 +839,15 @@ impl<B: MessageBackend> Node<B> {
     fn transmit(
         &mut self,
         now: Timestamp,
-        to: Option<NodeId>,
-        address: Address,
+        callee: Callee,
         endpoint: Endpoint,
         body: Vec<u8>,
         pending: Pending,
     ) -> TransmitId {
+        let (to, address, tls_key_hash) = match callee {
+            Callee::Node(d) => (Some(d.node_id()), *d.address(), Some(d.tls_key_hash())),
+            Callee::Seed(address) => (None, address, None),
+        };
         let id = self.next_transmit_id();
         let timeout = match pending {
             Pending::Forward { .. } => self.config.forward_timeout_ms,
@@ -841,6 +860,7 @@ impl<B: MessageBackend> Node<B> {
             id,
             to,
             address,
+            tls_key_hash,
             endpoint,
             body,
         });
@@ -858,7 +878,7 @@ impl<B: MessageBackend> Node<B> {
             return false;
         };
         let body = request.encode_signed(&self.identity, now);
-        self.transmit(now, Some(to), *d.address(), Endpoint::Peer, body, pending);
+        self.transmit(now, Callee::Node(d), Endpoint::Peer, body, pending);
         true
     }
 
@@ -919,6 +939,7 @@ impl<B: MessageBackend> Node<B> {
         self.descriptor = Descriptor::sign(
             &self.identity,
             &self.onion,
+            self.descriptor.tls_key_hash(),
             self.address,
             now.plus_millis(self.config.descriptor_lifetime_ms),
         );
@@ -980,8 +1001,7 @@ impl<B: MessageBackend> Node<B> {
                         let body = packet.to_vec();
                         self.transmit(
                             now,
-                            Some(next_hop),
-                            *d.address(),
+                            Callee::Node(d),
                             Endpoint::Onion,
                             body,
                             Pending::Forward { req, reply },
@@ -1346,6 +1366,7 @@ impl<B: MessageBackend> Node<B> {
                 self.descriptor = Descriptor::sign(
                     &self.identity,
                     &self.onion,
+                    self.descriptor.tls_key_hash(),
                     self.address,
                     now.plus_millis(self.config.descriptor_lifetime_ms),
                 );

@@ -15,6 +15,7 @@ fn node_with_peers(rng: &mut ChaCha20Rng, peers: u8) -> Node<MemoryBackend> {
     let keys = NodeKeys {
         identity: IdentityKey::from_seed(&[1; 32]),
         onion: OnionKey::generate(Epoch(1), rng),
+        tls_key_hash: crate::TlsKeyHash([0x77; 32]),
         address: Address::new("10.0.0.1:7100").expect("valid"),
     };
     let config = NodeConfig {
@@ -34,6 +35,7 @@ fn node_with_peers(rng: &mut ChaCha20Rng, peers: u8) -> Node<MemoryBackend> {
         let d = Descriptor::sign(
             &IdentityKey::from_seed(&[i + 2; 32]),
             &OnionKey::generate(Epoch(1), rng),
+            crate::TlsKeyHash([0x77; 32]),
             Address::new(&alloc::format!("10.0.1.{i}:7100")).expect("valid"),
             NOW.plus_millis(3_600_000),
         );
@@ -740,19 +742,19 @@ fn a_member_that_held_nothing_when_everything_was_deleted_refuses_older_copies_l
 fn requests_and_envelopes_of_another_protocol_version_are_refused_by_name() {
     let mut rng = ChaCha20Rng::seed_from_u64(43);
     let mut n = node_with_peers(&mut rng, 3);
-    // A final-hop request whose version byte is 2: sealed back as unsupported_version.
+    // A final-hop request whose version byte is 1: sealed back as unsupported_version.
     let mut info = [0u8; 8];
     let len = Request::Info.encode(None, &mut info).expect("fits");
     let mut request = info[..len].to_vec();
-    request[0] = 2;
+    request[0] = 1;
     assert_eq!(
         final_hop_answer(&mut n, &request),
         Response::Refused(RequestError::UnsupportedVersion)
     );
-    // A peer envelope whose version byte is 2, from a live node: refused by name,
+    // A peer envelope whose version byte is 1, from a live node: refused by name,
     // before anything else is read.
     let mut envelope = PeerRequest::Fetch(vec![]).encode_signed(&peer_key(0), NOW);
-    envelope[0] = 2;
+    envelope[0] = 1;
     n.handle_peer(NOW, RequestId(92), PEER_IP, &envelope);
     let refused = core::iter::from_fn(|| n.poll_output()).any(|o| {
         matches!(
@@ -1020,6 +1022,7 @@ fn a_ring_change_rebuilds_the_digests() {
     let d = Descriptor::sign(
         &IdentityKey::from_seed(&[99; 32]),
         &OnionKey::generate(Epoch(1), &mut rng),
+        crate::TlsKeyHash([0x77; 32]),
         Address::new("10.0.2.1:7100").expect("valid"),
         NOW.plus_millis(3_600_000),
     );

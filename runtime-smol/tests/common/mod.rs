@@ -1,6 +1,8 @@
 //! In-process nodes on loopback for the integration tests: real sockets, real redb files
 //! in temporary directories, one executor thread.
 
+use ghost_host::tls::TlsKey;
+use proto_core::TlsKeyHash;
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -68,6 +70,9 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
         let keys = NodeKeys {
             identity: IdentityKey::from_seed(&[u8::try_from(i).unwrap() + 1; 32]),
             onion: OnionKey::generate(Epoch(1), &mut rng),
+            tls_key_hash: TlsKeyHash(
+                TlsKey::from_secret_bytes(&[u8::try_from(i).unwrap() + 0x80; 32]).key_hash(),
+            ),
             address: addrs[i],
         };
         let seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
