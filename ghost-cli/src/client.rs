@@ -9,7 +9,12 @@
 //! that names a recipient goes inside onion packets. Key and cursor files are written
 //! with mode 0600.
 //!
-//! The transport is blocking ureq, one keep-alive agent per [`Client`]: every call has
+//! Links to nodes are TLS 1.3 pinned to the key each node's verified descriptor names
+//! (a seed, known by address alone, is reached encrypted but unpinned; docs/PROTOCOL.md
+//! section 11), or plain HTTP only when asked for by name ([`Links::InsecurePlaintext`]).
+//! Admin listeners (`/metrics`, detailed `/health`) are plain HTTP on the operator's host.
+//!
+//! The transport is blocking ureq, keep-alive agents per [`Client`]: every call has
 //! the whole [`REQUEST_TIMEOUT`] (connect, send, answer), never follows a redirect nor a
 //! proxy from the environment, and sends no `User-Agent` (the same request line and
 //! headers for every client). An onion answer is read up to [`MAX_ANSWER_BYTES`]; a
@@ -19,11 +24,15 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ghost_host::api;
 use ghost_host::now;
 use ghost_host::service::MAX_ANSWER_BYTES;
+pub use ghost_host::tls::Links;
+use ghost_host::tls::TlsLinks;
+use ghost_host::tls::blocking::Agents;
 use proto_core::client::{
     self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StoreSpec, TransmitBody,
     TransportError,
@@ -34,7 +43,7 @@ use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
 use proto_core::reply::{self, Opened};
 use proto_core::request::{Request, Response};
 use proto_core::sealed::{self, Contact, EncryptionKey};
-use proto_core::{MessageHash, NodeId, RecipientId};
+use proto_core::{MessageHash, NodeId, RecipientId, TlsKeyHash};
 use rand_core::{CryptoRng, Rng, UnwrapErr};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -253,7 +262,13 @@ impl Client {
 
     /// [`Client::connect`] with a client configuration of one's own.
     pub fn with_config(seed: &str, config: ClientConfig) -> Result<Self, ClientError> {
-        Self::with_transport(seed, config, Http::new(REQUEST_TIMEOUT))
+        Self::with_links(seed, config, default_links())
+    }
+
+    /// [`Client::with_config`] over `links` (TLS pinned by descriptors unless
+    /// [`Links::InsecurePlaintext`]).
+    pub fn with_links(seed: &str, config: ClientConfig, links: Links) -> Result<Self, ClientError> {
+        Self::with_transport(seed, config, Http::new(REQUEST_TIMEOUT, links))
     }
 
     /// [`Client::with_config`] over a given agent, which several clients may share (its
@@ -424,9 +439,10 @@ impl Client {
                 continue;
             };
             let to = t.to.as_str().to_owned();
+            let pin = t.tls_key_hash;
             match t.body {
                 TransmitBody::Onion(packet) => {
-                    let answer = self.http.send_onion(&to, &packet[..]);
+                    let answer = self.http.send_onion(&to, pin, &packet[..]);
                     let mut core = self.core.borrow_mut();
                     match answer {
                         Ok(mut bytes) => {
@@ -438,7 +454,7 @@ impl Client {
                     }
                 }
                 TransmitBody::Directory { after } => {
-                    let answer = self.http.directory_page(&to, after);
+                    let answer = self.http.directory_page(&to, pin, after);
                     self.core
                         .borrow_mut()
                         .handle_directory(now(), &mut rng(), t.id, answer);
@@ -493,7 +509,7 @@ impl Client {
         let first = path[0].address().as_str();
         let mut answer = self
             .http
-            .post(first, ONION_PATH, &packet[..])
+            .post(first, Some(path[0].tls_key_hash()), ONION_PATH, &packet[..])
             .map_err(|e| ClientError(format!("first hop {first} did not answer: {e:?}")))?;
         match reply::open(keys.reply_keys(), &mut answer) {
             Ok(Opened::Response { body }) => Response::decode(body)
@@ -576,32 +592,58 @@ pub fn open_body(keys: &RecipientKeys, body: &[u8]) -> Result<Vec<u8>, ClientErr
     Ok(text.to_vec())
 }
 
-/// A plain `GET` of `path` on `address` on a connection of its own; a non-200 answer is
-/// an error quoting its body.
-pub fn get(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-    Http::new(REQUEST_TIMEOUT).get(address, path)
+/// The links a client uses unless told otherwise: TLS pinned by descriptors, with no
+/// certificate of its own (one value per process, so configs are built once).
+#[must_use]
+pub fn default_links() -> Links {
+    static TLS: OnceLock<Arc<TlsLinks>> = OnceLock::new();
+    Links::Tls(TLS.get_or_init(|| Arc::new(TlsLinks::for_client())).clone())
 }
 
-/// Blocking HTTP/1.1 over one ureq agent, whose idle keep-alive connections are reused
-/// for [`IDLE_REUSE`]. Cloning shares the agent and its connection pool, so threads of a
-/// load generator can carry exchanges side by side.
+/// A plain-HTTP `GET` of `path` on an admin listener at `address` (`/metrics`, detailed
+/// `/health`), on a connection of its own; a non-200 answer is an error quoting its body.
+pub fn get(address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+    Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext).get(address, path)
+}
+
+/// A `GET` of `path` on a node's public listener at `address` over `links` (TLS
+/// unpinned: what answers is trusted no further than its signatures); a non-200 answer is
+/// an error quoting its body.
+pub fn get_public(address: &str, path: &str, links: Links) -> Result<Vec<u8>, ClientError> {
+    Http::new(REQUEST_TIMEOUT, links).get_public(address, path)
+}
+
+/// Blocking HTTP/1.1 over ureq agents (one per pinned key for the nodes' public
+/// listeners, one plain for admin listeners), whose idle keep-alive connections are
+/// reused for [`IDLE_REUSE`]. Cloning shares the agents and their connection pools, so
+/// threads of a load generator can carry exchanges side by side.
 #[derive(Clone)]
 pub(crate) struct Http {
-    agent: ureq::Agent,
+    agents: Arc<Agents>,
+    admin: ureq::Agent,
     /// What every call may take, from connecting to the end of the answer.
     timeout: Duration,
 }
 
+/// Which listener of a node a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listening {
+    /// The public listener, over the client's links, pinned to this key when known.
+    Public(Option<TlsKeyHash>),
+    /// The admin listener: plain HTTP.
+    Admin,
+}
+
 impl Http {
-    fn new(timeout: Duration) -> Self {
+    fn new(timeout: Duration, links: Links) -> Self {
         // ureq's default pool: a single client talks to few nodes one request at a time.
-        Self::with_pool(timeout, 10)
+        Self::with_pool(timeout, 10, links)
     }
 
-    /// An agent keeping up to `idle_connections` idle keep-alive connections, per node
+    /// Agents keeping up to `idle_connections` idle keep-alive connections, per node
     /// and in all: a load generator with that many exchanges in flight then reconnects
     /// only when a node closes a connection.
-    pub(crate) fn with_pool(timeout: Duration, idle_connections: usize) -> Self {
+    pub(crate) fn with_pool(timeout: Duration, idle_connections: usize, links: Links) -> Self {
         let config = ureq::Agent::config_builder()
             .max_idle_connections(idle_connections)
             .max_idle_connections_per_host(idle_connections)
@@ -619,8 +661,16 @@ impl Http {
             .max_idle_age(IDLE_REUSE)
             .build();
         Self {
-            agent: config.into(),
+            agents: Arc::new(Agents::new(config.clone(), links)),
+            admin: config.into(),
             timeout,
+        }
+    }
+
+    fn agent(&self, listening: Listening) -> (ureq::Agent, &'static str) {
+        match listening {
+            Listening::Public(pin) => (self.agents.agent(pin), self.agents.links().scheme()),
+            Listening::Admin => (self.admin.clone(), "http"),
         }
     }
 
@@ -629,26 +679,29 @@ impl Http {
     pub(crate) fn send_onion(
         &self,
         address: &str,
+        pin: Option<TlsKeyHash>,
         packet: &[u8],
     ) -> Result<Vec<u8>, TransportError> {
-        self.post(address, ONION_PATH, packet).map_err(|e| match e {
-            TransmitFailure::Timeout => TransportError::Timeout,
-            TransmitFailure::Refused { status } => TransportError::Status(status),
-            _ => TransportError::Unreachable,
-        })
+        self.post(address, pin, ONION_PATH, packet)
+            .map_err(|e| match e {
+                TransmitFailure::Timeout => TransportError::Timeout,
+                TransmitFailure::Refused { status } => TransportError::Status(status),
+                _ => TransportError::Unreachable,
+            })
     }
 
     /// Reads one page of `address`'s directory listing (nothing in it verified yet).
     pub(crate) fn directory_page(
         &self,
         address: &str,
+        pin: Option<TlsKeyHash>,
         after: Option<NodeId>,
     ) -> Result<core_client::DirectoryAnswer, TransportError> {
         let path = match after {
             None => DIRECTORY_PATH.to_owned(),
             Some(id) => format!("{DIRECTORY_PATH}?after={id}"),
         };
-        match self.get(address, &path) {
+        match self.get_on(address, &path, Listening::Public(pin)) {
             Ok(body) => api::parse_directory(&body).map_err(|_| TransportError::Malformed),
             Err(_) => Err(TransportError::Unreachable),
         }
@@ -656,7 +709,12 @@ impl Http {
 
     /// GETs `path` at `address` and reads the whole answer: its status, or what broke
     /// (`timeout`, `unreachable`, `broken_answer`) as a short label for a bench report.
-    pub(crate) fn get_status(&self, address: &str, path: &str) -> Result<u16, &'static str> {
+    pub(crate) fn get_status(
+        &self,
+        address: &str,
+        path: &str,
+        listening: Listening,
+    ) -> Result<u16, &'static str> {
         let label = |e: ureq::Error| match e {
             ureq::Error::Timeout(_) => "timeout",
             ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
@@ -664,9 +722,9 @@ impl Http {
             ureq::Error::Io(e) if is_connect_failure(e.kind()) => "unreachable",
             _ => "broken_answer",
         };
-        let mut resp = self
-            .agent
-            .get(format!("http://{address}{path}"))
+        let (agent, scheme) = self.agent(listening);
+        let mut resp = agent
+            .get(format!("{scheme}://{address}{path}"))
             .call()
             .map_err(label)?;
         resp.body_mut()
@@ -682,7 +740,13 @@ impl Http {
     /// its timeout is [`TransmitFailure::Timeout`], another status is
     /// [`TransmitFailure::Refused`] (a refusal carries no reply layer), and an answer
     /// over [`MAX_ANSWER_BYTES`] or broken off is [`TransmitFailure::Unreachable`].
-    fn post(&self, address: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, TransmitFailure> {
+    fn post(
+        &self,
+        address: &str,
+        pin: Option<TlsKeyHash>,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, TransmitFailure> {
         let transport = |e: ureq::Error| match e {
             ureq::Error::Timeout(_) => TransmitFailure::Timeout,
             ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -690,9 +754,9 @@ impl Http {
             }
             _ => TransmitFailure::Unreachable,
         };
-        let mut resp = self
-            .agent
-            .post(format!("http://{address}{path}"))
+        let (agent, scheme) = self.agent(Listening::Public(pin));
+        let mut resp = agent
+            .post(format!("{scheme}://{address}{path}"))
             .send(body)
             .map_err(transport)?;
         let status = resp.status();
@@ -708,9 +772,23 @@ impl Http {
             .map_err(transport)
     }
 
-    /// GETs `path` at `address`: the body of a 2xx answer (at most [`MAX_GET_BYTES`]),
-    /// any other answer an error quoting its body.
+    /// GETs `path` on the admin listener at `address`: the body of a 2xx answer (at most
+    /// [`MAX_GET_BYTES`]), any other answer an error quoting its body.
     pub(crate) fn get(&self, address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.get_on(address, path, Listening::Admin)
+    }
+
+    /// [`Http::get`] on a node's public listener, unpinned.
+    pub(crate) fn get_public(&self, address: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.get_on(address, path, Listening::Public(None))
+    }
+
+    fn get_on(
+        &self,
+        address: &str,
+        path: &str,
+        listening: Listening,
+    ) -> Result<Vec<u8>, ClientError> {
         let timeout = self.timeout;
         let problem = |e: ureq::Error| {
             ClientError(match e {
@@ -727,9 +805,9 @@ impl Http {
                 e => format!("{address}: {e}"),
             })
         };
-        let mut resp = self
-            .agent
-            .get(format!("http://{address}{path}"))
+        let (agent, scheme) = self.agent(listening);
+        let mut resp = agent
+            .get(format!("{scheme}://{address}{path}"))
             .call()
             .map_err(problem)?;
         let status = resp.status();
@@ -824,7 +902,8 @@ mod tests {
     #[test]
     fn post_returns_the_body_of_a_2xx_answer_and_sends_only_the_needed_headers() {
         let (address, server) = serve_once(Some(answer("200 OK", b"reply")));
-        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        let got = Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext)
+            .post(&address, None, ONION_PATH, b"packet");
         assert_eq!(got, Ok(b"reply".to_vec()));
         let request = String::from_utf8(server.join().unwrap()).unwrap();
         assert!(
@@ -845,7 +924,8 @@ mod tests {
             "503 Service Unavailable",
         ] {
             let (address, server) = serve_once(Some(answer(status, b"{\"error\":\"x\"}")));
-            let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+            let got = Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext)
+                .post(&address, None, ONION_PATH, b"packet");
             let code: u16 = status[..3].parse().unwrap();
             assert_eq!(got, Err(TransmitFailure::Refused { status: code }));
             server.join().unwrap();
@@ -855,13 +935,15 @@ mod tests {
     #[test]
     fn post_reads_an_answer_of_one_mib_and_refuses_a_larger_one_as_unreachable() {
         let (address, server) = serve_once(Some(answer("200 OK", &vec![7u8; MAX_ANSWER_BYTES])));
-        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        let got = Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext)
+            .post(&address, None, ONION_PATH, b"packet");
         assert_eq!(got.map(|b| b.len()), Ok(MAX_ANSWER_BYTES));
         server.join().unwrap();
 
         let too_long = vec![7u8; MAX_ANSWER_BYTES + 1];
         let (address, server) = serve_once(Some(answer("200 OK", &too_long)));
-        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        let got = Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext)
+            .post(&address, None, ONION_PATH, b"packet");
         assert_eq!(got, Err(TransmitFailure::Unreachable));
         server.join().unwrap();
     }
@@ -872,14 +954,16 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().to_string()
         };
-        let got = Http::new(REQUEST_TIMEOUT).post(&address, ONION_PATH, b"packet");
+        let got = Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext)
+            .post(&address, None, ONION_PATH, b"packet");
         assert_eq!(got, Err(TransmitFailure::Unreachable));
     }
 
     #[test]
     fn post_to_a_silent_node_times_out() {
         let (address, server) = serve_once(None);
-        let got = Http::new(Duration::from_millis(300)).post(&address, ONION_PATH, b"packet");
+        let got = Http::new(Duration::from_millis(300), Links::InsecurePlaintext)
+            .post(&address, None, ONION_PATH, b"packet");
         assert_eq!(got, Err(TransmitFailure::Timeout));
         server.join().unwrap();
     }
@@ -887,7 +971,7 @@ mod tests {
     #[test]
     fn get_quotes_the_body_of_a_non_2xx_answer_and_returns_a_2xx_one() {
         let (address, server) = serve_once(Some(answer("503 Service Unavailable", b"busy")));
-        let got = Http::new(REQUEST_TIMEOUT).get(&address, "/health");
+        let got = Http::new(REQUEST_TIMEOUT, Links::InsecurePlaintext).get(&address, "/health");
         let message = got.expect_err("a 503 is an error").0;
         assert!(message.contains("/health answered 503"), "{message}");
         assert!(message.ends_with(": busy"), "{message}");

@@ -323,6 +323,11 @@ pub struct HttpSection {
     pub peer_timeout_ms: u64,
     /// Idle keep-alive connections kept per peer node. Default 8.
     pub peer_idle_connections: usize,
+    /// Serve, and call other nodes, over plain HTTP instead of TLS. For local debugging
+    /// only: anyone on the path reads which recipients' messages move between which nodes,
+    /// and nothing binds a connection to the node it claims to reach. A TLS node and a
+    /// plaintext node cannot talk to each other. Default false.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for HttpSection {
@@ -336,6 +341,7 @@ impl Default for HttpSection {
             shutdown_grace_ms: 10_000,
             peer_timeout_ms: 20_000,
             peer_idle_connections: 8,
+            insecure_plaintext: false,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::config::{AdminListen, Config, LogFormat};
 use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
 use crate::peers;
 use crate::service::Host;
-use crate::tls::TlsKey;
+use crate::tls::{Links, TlsKey, TlsLinks};
 use crate::write_behind::WriteBehind;
 
 /// The flags and environment variables every node binary takes.
@@ -58,6 +58,10 @@ pub struct NodeArgs {
     /// Log format [default: human].
     #[arg(long, env = "GHOST_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Serve and call other nodes over plain HTTP instead of TLS
+    /// (`http.insecure_plaintext`): for local debugging only.
+    #[arg(long, env = "GHOST_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 }
 
 /// A node whose sockets are bound and whose driver runs: what a runtime serves.
@@ -71,16 +75,19 @@ pub struct Started {
     /// The node driver thread: [`DriverThread::stop`] it last, once no request is left
     /// in flight (or the grace period ran out).
     pub driver: DriverThread,
+    /// How the listener serves and the carrier calls: TLS with the node's key, or plain
+    /// HTTP when configured so.
+    pub links: Links,
 }
 
 /// The whole life of a node binary: parses the settings, starts the node with the
-/// runtime's `carrier`, and calls `serve` with it and a receiver of the shutdown signal
+/// runtime's `carrier` (made for the node's links), and calls `serve` with it and a receiver of the shutdown signal
 /// (SIGINT or SIGTERM). Exit code 0 after a graceful stop, 2 for bad settings or a
 /// failed start (with a message on stderr saying what to fix).
 pub fn main(
     name: &'static str,
     about: &'static str,
-    carrier: impl FnOnce(&Config) -> Arc<dyn Carrier>,
+    carrier: impl FnOnce(&Config, &Links) -> Arc<dyn Carrier>,
     serve: impl FnOnce(Started, std::sync::mpsc::Receiver<()>) -> Result<(), String>,
 ) -> ExitCode {
     let args = <NodeArgs as clap::CommandFactory>::command()
@@ -100,8 +107,7 @@ pub fn main(
     init_logs(&config);
     let run = || -> Result<(), String> {
         let shutdown = shutdown_signal()?;
-        let carrier = carrier(&config);
-        let started = start(&config, carrier)?;
+        let started = start(&config, |links| carrier(&config, links))?;
         serve(started, shutdown)
     };
     match run() {
@@ -137,6 +143,9 @@ pub fn load_config(args: &NodeArgs) -> Result<Config, String> {
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
+    if args.insecure_plaintext {
+        config.http.insecure_plaintext = true;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -156,15 +165,29 @@ pub fn init_logs(config: &Config) {
     }
 }
 
-/// Opens the data directory, binds the listeners, starts the driver thread and prints
-/// `listening on ADDR as node ID` and `admin on ADDR` (or `admin off`).
-pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, String> {
+/// Opens the data directory, binds the listeners, starts the driver thread with the
+/// `carrier` made for the node's links, and prints `listening on ADDR as node ID` and
+/// `admin on ADDR` (or `admin off`).
+pub fn start(
+    config: &Config,
+    carrier: impl FnOnce(&Links) -> Arc<dyn Carrier>,
+) -> Result<Started, String> {
     let data_dir = &config.data_dir;
     fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let identity =
         load_or_create_identity(&data_dir.join("identity.key"), config.node.join_difficulty)?;
     let tls_key = load_or_create_tls_key(&data_dir.join(TLS_KEY_FILE))?;
+    let tls_key_hash = TlsKeyHash(tls_key.key_hash());
+    let links = if config.http.insecure_plaintext {
+        tracing::warn!(
+            "http.insecure_plaintext: links to and from this node are plain HTTP; \
+             anyone on the path reads and rewrites them"
+        );
+        Links::InsecurePlaintext
+    } else {
+        Links::Tls(Arc::new(TlsLinks::for_node(tls_key)?))
+    };
     let listener = TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let admin = match config.admin_listen.0 {
@@ -220,7 +243,7 @@ pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, Stri
     let keys = NodeKeys {
         onion: OnionKey::generate(epoch, &mut rng),
         identity,
-        tls_key_hash: TlsKeyHash(tls_key.key_hash()),
+        tls_key_hash,
         address,
     };
     let mut node_config = config.node_config();
@@ -231,7 +254,7 @@ pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, Stri
     let (messages, _) = node.store().totals();
     let driver = driver::spawn(
         node,
-        carrier,
+        carrier(&links),
         DriverSettings {
             commit_interval: Duration::from_millis(config.store.commit_interval_ms),
             peers_file: Some(peers_file),
@@ -257,6 +280,7 @@ pub fn start(config: &Config, carrier: Arc<dyn Carrier>) -> Result<Started, Stri
         listener,
         admin,
         driver,
+        links,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The smol runtime's sockets and HTTP: hyper's HTTP/1.1 server on smol for the public
-//! and admin listeners, and a pooled keep-alive hyper client that carries the node's
-//! exchanges ([`SmolCarrier`]). Everything a request means is answered by
+//! listener (inside TLS via futures-rustls unless `http.insecure_plaintext`) and the
+//! plain admin listener, and a pooled keep-alive hyper client, pinned to each peer's
+//! descriptor, that carries the node's exchanges ([`SmolCarrier`]). Everything a request means is answered by
 //! [`ghost_host::service::Host`] through the node driver thread.
 //!
 //! Invariants: a request body is never read beyond [`HttpSection::max_body_bytes`] nor
@@ -21,11 +22,16 @@ use ghost_host::api::{ApiError, Listener};
 use ghost_host::config::HttpSection;
 use ghost_host::driver::{Carrier, Exchange};
 use ghost_host::service::{Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES};
+use ghost_host::tls::{Links, TLS_HANDSHAKE_RECORD, plaintext_refusal};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
+use proto_core::TlsKeyHash;
 use proto_core::node::{Endpoint, TransmitFailure};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use smol::io::AsyncWriteExt as _;
 use smol::lock::Semaphore;
 use smol::{Async, Executor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
@@ -40,21 +46,28 @@ pub struct SmolCarrier {
     pool: Arc<Pool>,
 }
 
-/// Idle keep-alive connections to other nodes, by address.
+/// A peer as the pool knows it: its address and the TLS key its descriptor names.
+type PeerKey = (String, Option<TlsKeyHash>);
+
+/// Idle keep-alive connections to other nodes, by address and pinned key (a connection
+/// verified for one key is never reused for another that moved to the same address).
 struct Pool {
-    idle: Mutex<HashMap<String, Vec<SendRequest<Body>>>>,
+    idle: Mutex<HashMap<PeerKey, Vec<SendRequest<Body>>>>,
     http: HttpSection,
+    links: Links,
 }
 
 impl SmolCarrier {
-    /// A carrier spawning its tasks on `ex`, with the timeout and pool size of `http`.
+    /// A carrier spawning its tasks on `ex`, with the timeout and pool size of `http`,
+    /// calling over `links`.
     #[must_use]
-    pub fn new(ex: Arc<Executor<'static>>, http: HttpSection) -> Arc<Self> {
+    pub fn new(ex: Arc<Executor<'static>>, http: HttpSection, links: Links) -> Arc<Self> {
         Arc::new(Self {
             ex,
             pool: Arc::new(Pool {
                 idle: Mutex::default(),
                 http,
+                links,
             }),
         })
     }
@@ -65,45 +78,50 @@ impl Carrier for SmolCarrier {
         let pool = self.pool.clone();
         let Exchange {
             address,
+            tls_key_hash,
             endpoint,
             body,
             done,
-            ..
         } = exchange;
         self.ex
-            .spawn(async move { done.finish(pool.exchange(&address, endpoint, body).await) })
+            .spawn(async move {
+                let key = (address, tls_key_hash);
+                done.finish(pool.exchange(&key, endpoint, body).await);
+            })
             .detach();
     }
 }
 
 impl Pool {
-    fn take_idle(&self, address: &str) -> Option<SendRequest<Body>> {
+    fn take_idle(&self, key: &PeerKey) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.get_mut(address)
+        idle.get_mut(key)
             .and_then(|list| std::iter::from_fn(|| list.pop()).find(SendRequest::is_ready))
     }
 
-    fn keep_idle(&self, address: &str, sender: SendRequest<Body>) {
+    fn keep_idle(&self, key: &PeerKey, sender: SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.entry(address.to_owned()).or_default();
+        let list = idle.entry(key.clone()).or_default();
         if list.len() < self.http.peer_idle_connections {
             list.push(sender);
         }
     }
 
-    /// One exchange over a pooled connection, or a fresh one.
+    /// One exchange over a pooled connection, or a fresh one, to the node at `key.0`
+    /// whose descriptor names the TLS key hash `key.1`.
     async fn exchange(
         &self,
-        address: &str,
+        key: &PeerKey,
         endpoint: Endpoint,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, TransmitFailure> {
+        let address = key.0.as_str();
         let attempt = async {
             let req = build_request(address, endpoint, body);
-            let unsent = match self.take_idle(address) {
+            let unsent = match self.take_idle(key) {
                 Some(mut pooled) => match post(&mut pooled, req).await {
                     Ok(bytes) => {
-                        self.keep_idle(address, pooled);
+                        self.keep_idle(key, pooled);
                         return Ok(bytes);
                     }
                     // Never written: safe to send once more on a fresh connection.
@@ -112,11 +130,14 @@ impl Pool {
                 },
                 None => req,
             };
-            let mut fresh = connect(address)
+            let mut fresh = connect(address, self.links.client_config(key.1))
                 .await
-                .map_err(|_| TransmitFailure::Unreachable)?;
+                .map_err(|e| {
+                    tracing::debug!(%address, error = %e, "no link");
+                    TransmitFailure::Unreachable
+                })?;
             let bytes = post(&mut fresh, unsent).await.map_err(|(e, _)| e)?;
-            self.keep_idle(address, fresh);
+            self.keep_idle(key, fresh);
             Ok(bytes)
         };
         within(
@@ -150,6 +171,7 @@ pub fn serve(
         listener,
         admin,
         driver,
+        links,
     } = started;
     let listener =
         Async::new(listener).map_err(|e| format!("cannot use the listening socket: {e}"))?;
@@ -162,18 +184,24 @@ pub fn serve(
     let stop = smol::unblock(move || {
         let _ = shutdown.recv();
     });
-    smol::block_on(ex.run(serve_until(host, ex.clone(), listener, stop)));
+    let tls = match &links {
+        Links::Tls(tls) => tls.server_config(),
+        Links::InsecurePlaintext => None,
+    };
+    smol::block_on(ex.run(serve_until(host, ex.clone(), listener, tls, stop)));
     driver.stop();
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Serves the public listener until `shutdown` completes, then stops accepting and lets
-/// in-flight requests finish, up to the grace period.
+/// Serves the public listener (over TLS with `tls`, else plain HTTP) until `shutdown`
+/// completes, then stops accepting and lets in-flight requests finish, up to the grace
+/// period.
 pub async fn serve_until(
     host: Host,
     ex: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
+    tls: Option<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let connections = Arc::new(Semaphore::new(host.http().max_connections));
@@ -186,10 +214,14 @@ pub async fn serve_until(
                 continue;
             };
             let host = host.clone();
+            let tls = tls.clone();
             ex.spawn(async move {
                 let _permit = permit;
                 let _slot = slot;
-                serve_connection(host, stream, peer, Listener::Public).await;
+                match tls {
+                    Some(tls) => serve_tls(host, stream, peer, tls).await,
+                    None => serve_connection(host, stream, peer, Listener::Public).await,
+                }
             })
             .detach();
         }
@@ -227,12 +259,40 @@ pub async fn serve_admin(host: Host, ex: Arc<Executor<'static>>, listener: Async
     }
 }
 
-async fn serve_connection(
-    host: Host,
-    stream: Async<TcpStream>,
-    peer: SocketAddr,
-    listener: Listener,
-) {
+/// A public connection on a TLS listener: the handshake (within the header timeout),
+/// then HTTP inside it. One that opens with plain HTTP gets a JSON 400 saying TLS is
+/// required, in plain HTTP it can read, and is closed.
+async fn serve_tls(host: Host, stream: Async<TcpStream>, peer: SocketAddr, tls: Arc<ServerConfig>) {
+    let header_timeout = host.http().header_timeout();
+    let mut first = [0u8; 1];
+    let peeked = within(header_timeout, stream.peek(&mut first), Ok(0)).await;
+    if !matches!(peeked, Ok(1)) {
+        return;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let mut stream = stream;
+        let refusal = plaintext_refusal();
+        let _ = within(header_timeout, stream.write_all(&refusal), Ok(())).await;
+        let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+        return;
+    }
+    let handshake = futures_rustls::TlsAcceptor::from(tls).accept(stream);
+    let accepted = within(
+        header_timeout,
+        handshake,
+        Err(std::io::ErrorKind::TimedOut.into()),
+    )
+    .await;
+    match accepted {
+        Ok(session) => serve_connection(host, session, peer, Listener::Public).await,
+        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+async fn serve_connection<S>(host: Host, stream: S, peer: SocketAddr, listener: Listener)
+where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
+{
     let header_timeout = host.http().header_timeout();
     let service = hyper::service::service_fn(move |req| {
         let host = host.clone();
@@ -358,11 +418,36 @@ async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
     Err(last)
 }
 
-/// An HTTP/1.1 connection to `address`, ready for requests; the error says what failed.
-pub async fn connect(address: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+/// The name handed to rustls: the verifier ignores names and SNI is off, so it never
+/// reaches the wire.
+const UNUSED_SERVER_NAME: &str = "node.invalid";
+
+/// An HTTP/1.1 connection to `address`, over TLS with `tls` (else plain HTTP), ready for
+/// requests; the error says what failed (a refused TLS key among others).
+pub async fn connect(
+    address: &str,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = dial(address)
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    match tls {
+        None => http_over(address, stream).await,
+        Some(config) => {
+            let name = ServerName::try_from(UNUSED_SERVER_NAME).expect("a valid DNS name");
+            let session = futures_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS with {address} failed: {e}"))?;
+            http_over(address, session).await
+        }
+    }
+}
+
+async fn http_over<S>(address: &str, stream: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
         .await
         .map_err(|e| format!("{address}: {e}"))?;
@@ -403,16 +488,18 @@ async fn post(
     Ok(Vec::from(bytes))
 }
 
-/// One HTTP exchange on a fresh connection: POST `body` to `endpoint` at `address`,
-/// giving up after `timeout`. What clients use (the node itself pools connections).
+/// One HTTP exchange on a fresh connection (TLS with `tls`): POST `body` to `endpoint`
+/// at `address`, giving up after `timeout`. What clients use (the node itself pools
+/// connections).
 pub async fn exchange(
     address: &str,
+    tls: Option<Arc<ClientConfig>>,
     endpoint: Endpoint,
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, TransmitFailure> {
     let attempt = async {
-        let mut sender = connect(address)
+        let mut sender = connect(address, tls)
             .await
             .map_err(|_| TransmitFailure::Unreachable)?;
         post(&mut sender, build_request(address, endpoint, body))
@@ -422,17 +509,22 @@ pub async fn exchange(
     within(timeout, attempt, Err(TransmitFailure::Timeout)).await
 }
 
-/// A node served in-process on `ex`: its driver thread, with the public and admin
-/// listeners already bound. What the in-process tests start; the `ghostnode` binary goes
-/// through [`ghost_host::start`] instead.
+/// A node served in-process on `ex` over `links`: its driver thread, with the public and
+/// admin listeners already bound. What the in-process tests start; the `ghostnode` binary
+/// goes through [`ghost_host::start`] instead.
 pub fn spawn_node(
     node: ghost_host::driver::HostedNode,
     ex: &Arc<Executor<'static>>,
     http: HttpSection,
+    links: Links,
     listener: TcpListener,
     admin: TcpListener,
 ) -> std::io::Result<(Host, ghost_host::driver::DriverThread)> {
-    let carrier = SmolCarrier::new(ex.clone(), http.clone());
+    let tls = match &links {
+        Links::Tls(tls) => tls.server_config(),
+        Links::InsecurePlaintext => None,
+    };
+    let carrier = SmolCarrier::new(ex.clone(), http.clone(), links);
     let driver =
         ghost_host::driver::spawn(node, carrier, ghost_host::driver::DriverSettings::default())?;
     let host = Host::new(driver.driver(), http);
@@ -440,6 +532,7 @@ pub fn spawn_node(
         host.clone(),
         ex.clone(),
         Async::new(listener)?,
+        tls,
         smol::future::pending::<()>(),
     ))
     .detach();

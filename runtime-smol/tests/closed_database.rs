@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use ghost_cli::client;
@@ -21,17 +19,13 @@ use proto_core::{Descriptor, Namespace, Timestamp};
 use runtime_smol::config::HttpSection;
 use runtime_smol::host::{exchange, now};
 
-/// Status and JSON body of `GET path` at `addr`.
-fn get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).expect("the node listens");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("an answer");
+/// Status and JSON body of `GET path` at `addr` (over TLS with `tls`).
+fn get_json(
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let text = common::http_get(addr, tls, path);
     let status = text[9..12].parse().expect("a status line");
     let body = &text[text.find("\r\n\r\n").expect("a head") + 4..];
     (status, serde_json::from_str(body).unwrap_or_default())
@@ -50,6 +44,7 @@ fn send(path: &[Descriptor], payload: &[u8]) -> Response {
     let (packet, keys) = client::build_packet(path, payload).expect("fits a packet");
     let mut answer = smol::block_on(exchange(
         path[0].address().as_str(),
+        common::pinned(&path[0]),
         Endpoint::Onion,
         packet.to_vec(),
         Duration::from_secs(30),
@@ -100,7 +95,7 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
     let owner = IdentityKey::from_seed(&[42; 32]);
     let path = &net.descriptors[..1];
 
-    let (status, health) = get_json(&admin, "/health");
+    let (status, health) = get_json(&admin, None, "/health");
     assert_eq!(
         (status, &health["database"]),
         (200, &"open".into()),
@@ -113,14 +108,14 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
 
     net.hosts[0].driver().close_database();
 
-    let (status, health) = get_json(&admin, "/health");
+    let (status, health) = get_json(&admin, None, "/health");
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["status"], "unavailable");
     assert_eq!(health["database"], "closed");
     assert_eq!(metric(&admin, "ghost_db_up"), Some(0.0));
     // The public /health tells a load balancer the same, and nothing more.
     assert_eq!(
-        get_json(&addr, "/health"),
+        get_json(&addr, common::pinned(&net.descriptors[0]), "/health"),
         (503, serde_json::json!({"status": "unavailable"}))
     );
     assert_eq!(
@@ -132,6 +127,6 @@ fn health_reflects_a_closed_database_and_the_node_keeps_answering() {
         Response::Refused(RequestError::Unavailable)
     ));
     // Still up: it answers, and keeps saying why it is unavailable.
-    let (status, health) = get_json(&admin, "/health");
+    let (status, health) = get_json(&admin, None, "/health");
     assert_eq!((status, &health["database"]), (503, &"closed".into()));
 }

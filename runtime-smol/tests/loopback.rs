@@ -81,6 +81,7 @@ fn send(
     let first = net.descriptors[path[0]].address().as_str().to_owned();
     let mut answer = smol::block_on(exchange(
         &first,
+        common::pinned(&hops[0]),
         Endpoint::Onion,
         buf.to_vec(),
         Duration::from_secs(30),

@@ -11,6 +11,9 @@ use std::time::Duration;
 use ghost_host::config::HttpSection;
 use ghost_host::driver::{Carrier, Exchange};
 use ghost_host::service::MAX_ANSWER_BYTES;
+use ghost_host::tls::Links;
+use ghost_host::tls::blocking::Agents;
+use proto_core::TlsKeyHash;
 use proto_core::node::{Endpoint, TransmitFailure};
 
 /// Most exchanges carried at once; more wait in the queue (the core times them out).
@@ -29,15 +32,15 @@ pub struct UreqCarrier {
 
 struct Shared {
     work: Mutex<Receiver<Exchange>>,
-    agent: ureq::Agent,
+    agents: Agents,
     workers: AtomicUsize,
     idle: AtomicUsize,
 }
 
 impl UreqCarrier {
-    /// A carrier with the timeout and pool size of `http`.
+    /// A carrier with the timeout and pool size of `http`, calling over `links`.
     #[must_use]
-    pub fn new(http: &HttpSection) -> Arc<Self> {
+    pub fn new(http: &HttpSection, links: Links) -> Arc<Self> {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(http.peer_timeout()))
             .http_status_as_error(false)
@@ -49,7 +52,7 @@ impl UreqCarrier {
             queue,
             shared: Arc::new(Shared {
                 work: Mutex::new(work),
-                agent: config.into(),
+                agents: Agents::new(config, links),
                 workers: AtomicUsize::new(0),
                 idle: AtomicUsize::new(0),
             }),
@@ -96,11 +99,11 @@ impl Shared {
             match next {
                 Ok(Exchange {
                     address,
+                    tls_key_hash,
                     endpoint,
                     body,
                     done,
-                    ..
-                }) => done.finish(self.exchange(&address, endpoint, &body)),
+                }) => done.finish(self.exchange(&address, tls_key_hash, endpoint, &body)),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -110,6 +113,7 @@ impl Shared {
     fn exchange(
         &self,
         address: &str,
+        tls_key_hash: Option<TlsKeyHash>,
         endpoint: Endpoint,
         body: &[u8],
     ) -> Result<Vec<u8>, TransmitFailure> {
@@ -118,13 +122,17 @@ impl Shared {
             Endpoint::Peer => "/v1/peer",
         };
         let mut response = self
-            .agent
-            .post(&format!("http://{address}{path}"))
+            .agents
+            .agent(tls_key_hash)
+            .post(&self.agents.url(address, path))
             .header("content-type", "application/octet-stream")
             .send(body)
             .map_err(|e| match e {
                 ureq::Error::Timeout(_) => TransmitFailure::Timeout,
-                _ => TransmitFailure::Unreachable,
+                e => {
+                    tracing::debug!(%address, error = %e, "no link");
+                    TransmitFailure::Unreachable
+                }
             })?;
         let status = response.status();
         if !status.is_success() {
@@ -198,10 +206,15 @@ mod tests {
     }
 
     fn carrier(peer_timeout_ms: u64) -> Arc<UreqCarrier> {
-        UreqCarrier::new(&HttpSection {
-            peer_timeout_ms,
-            ..HttpSection::default()
-        })
+        // Hostile peers here speak plain HTTP; the carrier's answer cap is the same
+        // inside TLS.
+        UreqCarrier::new(
+            &HttpSection {
+                peer_timeout_ms,
+                ..HttpSection::default()
+            },
+            Links::InsecurePlaintext,
+        )
     }
 
     #[test]
@@ -215,7 +228,7 @@ mod tests {
             let (address, peer) = hostile_peer(Some(head.clone()), too_long);
             let got = carrier(20_000)
                 .shared
-                .exchange(&address, Endpoint::Peer, b"envelope");
+                .exchange(&address, None, Endpoint::Peer, b"envelope");
             assert_eq!(got, Err(TransmitFailure::Unreachable), "{head}");
             peer.join()
                 .expect("the peer ends once the carrier hangs up");
@@ -228,7 +241,7 @@ mod tests {
         let (address, peer) = hostile_peer(Some(head), MAX_ANSWER_BYTES);
         let got = carrier(20_000)
             .shared
-            .exchange(&address, Endpoint::Peer, b"envelope");
+            .exchange(&address, None, Endpoint::Peer, b"envelope");
         assert_eq!(got.map(|b| b.len()), Ok(MAX_ANSWER_BYTES));
         peer.join().expect("the peer ends");
     }
@@ -239,14 +252,14 @@ mod tests {
         let (address, peer) = hostile_peer(Some(head), 2);
         let got = carrier(20_000)
             .shared
-            .exchange(&address, Endpoint::Peer, b"envelope");
+            .exchange(&address, None, Endpoint::Peer, b"envelope");
         assert_eq!(got, Err(TransmitFailure::Refused { status: 429 }));
         peer.join().expect("the peer ends");
 
         let (address, peer) = hostile_peer(None, 0);
         let got = carrier(300)
             .shared
-            .exchange(&address, Endpoint::Onion, b"packet");
+            .exchange(&address, None, Endpoint::Onion, b"packet");
         assert_eq!(got, Err(TransmitFailure::Timeout));
         peer.join()
             .expect("the peer ends once the carrier hangs up");

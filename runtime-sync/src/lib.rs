@@ -17,8 +17,17 @@ use std::time::{Duration, Instant};
 use ghost_host::api::Listener;
 use ghost_host::service::MAX_ADMIN_CONNECTIONS;
 use ghost_host::start::Started;
+use ghost_host::tls::Links;
 
 use crate::server::Acceptor;
+
+/// The public listener's TLS config, `None` for plaintext links.
+fn server_config(links: &Links) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+    match links {
+        Links::Tls(tls) => tls.server_config(),
+        Links::InsecurePlaintext => None,
+    }
+}
 
 /// Serves `started`'s listeners until `shutdown` yields, then stops accepting, lets
 /// in-flight requests finish (up to the grace period) and stops the node driver (which
@@ -29,12 +38,27 @@ pub fn serve(started: Started, shutdown: &std::sync::mpsc::Receiver<()>) -> Resu
         listener,
         admin,
         driver,
+        links,
     } = started;
     let max = host.http().max_connections;
-    let public = Acceptor::start(host.clone(), listener, Listener::Public, max)
-        .map_err(|e| format!("cannot start accepting: {e}"))?;
+    let public = Acceptor::start(
+        host.clone(),
+        listener,
+        Listener::Public,
+        max,
+        server_config(&links),
+    )
+    .map_err(|e| format!("cannot start accepting: {e}"))?;
     let admin = admin
-        .map(|a| Acceptor::start(host.clone(), a, Listener::Admin, MAX_ADMIN_CONNECTIONS))
+        .map(|a| {
+            Acceptor::start(
+                host.clone(),
+                a,
+                Listener::Admin,
+                MAX_ADMIN_CONNECTIONS,
+                None,
+            )
+        })
         .transpose()
         .map_err(|e| format!("cannot start accepting admin connections: {e}"))?;
     let _ = shutdown.recv();
@@ -66,16 +90,24 @@ pub fn serve(started: Started, shutdown: &std::sync::mpsc::Receiver<()>) -> Resu
 pub fn spawn_node(
     node: ghost_host::driver::HostedNode,
     http: ghost_host::config::HttpSection,
+    links: Links,
     listener: std::net::TcpListener,
     admin: std::net::TcpListener,
 ) -> std::io::Result<InProcess> {
-    let carrier = carrier::UreqCarrier::new(&http);
+    let tls = server_config(&links);
+    let carrier = carrier::UreqCarrier::new(&http, links);
     let driver =
         ghost_host::driver::spawn(node, carrier, ghost_host::driver::DriverSettings::default())?;
     let host = ghost_host::service::Host::new(driver.driver(), http);
     let max = host.http().max_connections;
-    let public = Acceptor::start(host.clone(), listener, Listener::Public, max)?;
-    let admin = Acceptor::start(host.clone(), admin, Listener::Admin, MAX_ADMIN_CONNECTIONS)?;
+    let public = Acceptor::start(host.clone(), listener, Listener::Public, max, tls)?;
+    let admin = Acceptor::start(
+        host.clone(),
+        admin,
+        Listener::Admin,
+        MAX_ADMIN_CONNECTIONS,
+        None,
+    )?;
     Ok(InProcess {
         host,
         acceptors: vec![public, admin],

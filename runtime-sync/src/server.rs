@@ -1,7 +1,8 @@
 //! The blocking HTTP/1.1 server: one accept thread per listener, one thread per
-//! connection (at most [`HttpSection::max_connections`] at once), request heads parsed by
-//! `httparse`, chunked bodies decoded by `chunked_transfer`, answers from
-//! [`ghost_host::service::Host`].
+//! connection (at most [`HttpSection::max_connections`] at once), the public listener
+//! inside TLS (`rustls::StreamOwned`, handshake within the header timeout) unless
+//! `http.insecure_plaintext`, request heads parsed by `httparse`, chunked bodies decoded
+//! by `chunked_transfer`, answers from [`ghost_host::service::Host`].
 //!
 //! Why not tiny_http (what the design first named): it accepts connections itself on an
 //! unbounded thread pool, reads header lines without a length limit and sets no socket
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 use ghost_host::api::{ApiError, Listener};
 use ghost_host::config::HttpSection;
 use ghost_host::service::{Answer, Host, MAX_HEADER_BYTES};
+use ghost_host::tls::{TLS_HANDSHAKE_RECORD, plaintext_refusal};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// Largest request head (request line and headers) read: the header limit plus room for
 /// the request line; a longer head gets 431.
@@ -85,12 +88,13 @@ pub struct Acceptor {
 impl Acceptor {
     /// Starts accepting on `listener` for `which` of the node's listeners, serving at
     /// most `max_connections` at once (public connections also within the host's
-    /// per-address limit).
+    /// per-address limit), over TLS with `tls`, else plain HTTP.
     pub fn start(
         host: Host,
         listener: TcpListener,
         which: Listener,
         max_connections: usize,
+        tls: Option<Arc<ServerConfig>>,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let wake = match local.ip() {
@@ -107,7 +111,8 @@ impl Acceptor {
         let thread = std::thread::Builder::new()
             .name(format!("accept-{which:?}").to_lowercase())
             .spawn(move || {
-                accept_loop(&host, &listener, which, &Slots::new(max_connections), &flag)
+                let slots = Slots::new(max_connections);
+                accept_loop(&host, &listener, which, &slots, &flag, tls.as_ref());
             })?;
         Ok(Self {
             stopping,
@@ -134,6 +139,7 @@ fn accept_loop(
     which: Listener,
     slots: &Arc<Slots>,
     stopping: &Arc<AtomicBool>,
+    tls: Option<&Arc<ServerConfig>>,
 ) {
     loop {
         let slot = slots.acquire();
@@ -159,19 +165,116 @@ fn accept_loop(
         };
         let served = host.clone();
         let stopping = stopping.clone();
+        let tls = tls.cloned();
         let spawned = std::thread::Builder::new()
             .name("conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
                 let _slot = slot;
                 let _address_slot = address_slot;
-                Connection::new(stream, served.http()).serve(&served, peer, which, &stopping);
+                let http = served.http();
+                let wire = match tls {
+                    None => Wire::Plain(stream),
+                    Some(tls) => match accept_tls(stream, tls, http.header_timeout()) {
+                        Some(session) => Wire::Tls(Box::new(session)),
+                        None => return,
+                    },
+                };
+                Connection::new(wire, http).serve(&served, peer, which, &stopping);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a connection thread");
             host.record_refused_connection();
         }
     }
+}
+
+/// A connection's bytes: the socket itself, or a TLS session over it.
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Wire {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Ends the sending side (after TLS's close_notify), so the client reads the end of
+    /// the answer.
+    fn shutdown_write(&mut self) {
+        if let Self::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
+        let _ = self.socket().shutdown(Shutdown::Write);
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(out),
+            Self::Tls(t) => t.read(out),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(bytes),
+            Self::Tls(t) => t.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// The TLS handshake on an accepted socket, within `timeout` in all. A client that opens
+/// with plain HTTP gets a JSON 400 saying TLS is required, in plain HTTP it can read;
+/// `None` for it and for any failed or slow handshake.
+fn accept_tls(
+    stream: TcpStream,
+    tls: Arc<ServerConfig>,
+    timeout: Duration,
+) -> Option<StreamOwned<ServerConnection, TcpStream>> {
+    let deadline = Instant::now() + timeout;
+    let _ = stream.set_nodelay(true);
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).ok()? == 0 {
+        return None;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let mut stream = stream;
+        let _ = stream.write_all(&plaintext_refusal());
+        let _ = stream.shutdown(Shutdown::Write);
+        return None;
+    }
+    let mut conn = ServerConnection::new(tls).ok()?;
+    let mut stream = stream;
+    while conn.is_handshaking() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).ok()?;
+        if let Err(e) = conn.complete_io(&mut stream) {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return None;
+        }
+    }
+    Some(StreamOwned::new(conn, stream))
 }
 
 /// Why a request head could not be read.
@@ -197,9 +300,9 @@ struct Head {
     keep_alive: bool,
 }
 
-/// One client connection: its socket and the bytes read but not yet used.
+/// One client connection: its socket (or TLS session) and the bytes read but not yet used.
 struct Connection {
-    stream: TcpStream,
+    stream: Wire,
     buf: Vec<u8>,
     header_timeout: Duration,
     body_timeout: Duration,
@@ -207,8 +310,8 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, http: &HttpSection) -> Self {
-        let _ = stream.set_nodelay(true);
+    fn new(stream: Wire, http: &HttpSection) -> Self {
+        let _ = stream.socket().set_nodelay(true);
         Self {
             stream,
             buf: Vec::with_capacity(4096),
@@ -306,7 +409,7 @@ impl Connection {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        self.stream.set_read_timeout(Some(left))?;
+        self.stream.socket().set_read_timeout(Some(left))?;
         let start = self.buf.len();
         let room = cap.saturating_sub(start).clamp(1, 16 * 1024);
         self.buf.resize(start + room, 0);
@@ -372,7 +475,7 @@ impl Connection {
     /// Answers a request that broke the rules, then closes.
     fn refuse(&mut self, host: &Host, e: &ApiError) {
         self.answer(host, &Answer::problem(e), false);
-        let _ = self.stream.shutdown(Shutdown::Write);
+        self.stream.shutdown_write();
     }
 
     /// Writes `answer`; `false` when the client is gone.
@@ -391,7 +494,10 @@ impl Connection {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        let _ = self.stream.set_write_timeout(Some(self.body_timeout));
+        let _ = self
+            .stream
+            .socket()
+            .set_write_timeout(Some(self.body_timeout));
         self.stream
             .write_all(head.as_bytes())
             .and_then(|()| self.stream.write_all(&answer.body))

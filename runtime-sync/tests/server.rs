@@ -1,5 +1,7 @@
 //! The blocking server's HTTP edges against a real node in-process, over raw sockets:
-//! what hostile or unusual clients send, and what they must get back.
+//! what hostile or unusual clients send, and what they must get back. HTTP framing is the
+//! same inside TLS, so those run on a plaintext listener; the TLS listener's own edges
+//! (pinned clients, a wrong pin, plain HTTP on it) come last.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -15,13 +17,28 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use runtime_sync::{InProcess, spawn_node};
 
+use ghost_host::tls::{Links, TlsKey, TlsLinks};
+use proto_core::TlsKeyHash;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
+use std::sync::Arc;
+
 struct Served {
     address: String,
     _node: InProcess,
     _dir: tempfile::TempDir,
 }
 
+/// The node's TLS key.
+fn tls_key() -> TlsKey {
+    TlsKey::from_secret_bytes(&[0x84; 32])
+}
+
 fn serve(http: HttpSection) -> Served {
+    serve_over(http, Links::InsecurePlaintext)
+}
+
+fn serve_over(http: HttpSection, links: Links) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -29,9 +46,7 @@ fn serve(http: HttpSection) -> Served {
     let keys = NodeKeys {
         identity: IdentityKey::from_seed(&[4; 32]),
         onion: OnionKey::generate(Epoch(1), &mut rng),
-        tls_key_hash: proto_core::TlsKeyHash(
-            ghost_host::tls::TlsKey::from_secret_bytes(&[0x84; 32]).key_hash(),
-        ),
+        tls_key_hash: TlsKeyHash(tls_key().key_hash()),
         address: Address::new(&address).unwrap(),
     };
     let backend = WriteBehind::open(&dir.path().join("messages.redb"), 1 << 20).unwrap();
@@ -45,7 +60,7 @@ fn serve(http: HttpSection) -> Served {
     )
     .unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").unwrap();
-    let node = spawn_node(node, http, listener, admin).unwrap();
+    let node = spawn_node(node, http, links, listener, admin).unwrap();
     Served {
         address,
         _node: node,
@@ -232,4 +247,51 @@ fn one_address_gets_at_most_its_connections_and_the_rest_are_closed_unread() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn serve_tls() -> Served {
+    let links = Links::Tls(Arc::new(TlsLinks::for_node(tls_key()).unwrap()));
+    serve_over(HttpSection::default(), links)
+}
+
+/// `GET /health` over TLS pinned to `pin`: the whole answer, or the handshake's error.
+fn tls_health(address: &str, pin: [u8; 32]) -> Result<String, String> {
+    let config = TlsLinks::for_client().client_config(Some(TlsKeyHash(pin)));
+    let name = ServerName::try_from("node.invalid").unwrap();
+    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        // An answer followed by a close without close_notify is still the answer.
+        Err(_) if !out.is_empty() => Ok(String::from_utf8_lossy(&out).into_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn a_tls_listener_serves_a_pinned_client_and_refuses_a_wrong_pin() {
+    let node = serve_tls();
+    let answer = tls_health(&node.address, tls_key().key_hash()).expect("pinned TLS works");
+    assert_eq!(statuses(&answer), ["200"], "{answer}");
+    assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+    let other = TlsKey::from_secret_bytes(&[0x99; 32]).key_hash();
+    let refused = tls_health(&node.address, other).expect_err("another key is refused");
+    assert!(refused.contains("pinned tls_key_hash"), "{refused}");
+}
+
+#[test]
+fn plain_http_on_a_tls_listener_gets_a_json_400_naming_tls() {
+    let node = serve_tls();
+    let mut s = TcpStream::connect(&node.address).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(10));
+    assert_eq!(statuses(&answer), ["400"], "{answer}");
+    assert!(answer.contains(r#""error":"tls_required""#), "{answer}");
 }

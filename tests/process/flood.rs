@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ghost_cli::client::{self, Client};
 use ghost_host::now;
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
 use proto_core::peer::PeerRequest;
@@ -26,7 +25,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 mod common;
-use common::{Runtime, metric, start_network, start_network_with, wait_for};
+use common::{Runtime, metric, plaintext_client, plaintext_get, start_plaintext_network, wait_for};
 
 const NODES: usize = 3;
 const STORES: usize = 30;
@@ -60,7 +59,7 @@ fn post_from_other_address(target: SocketAddr, body: &[u8]) -> Option<u16> {
 
 fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let mut net = start_network(runtime, root.path(), NODES);
+    let mut net = start_plaintext_network(runtime, root.path(), NODES, "");
     let seed: SocketAddr = net.seed().parse().unwrap();
 
     // Strangers' gossip with valid signatures: each would cost a verification.
@@ -101,7 +100,7 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on(r
         })
         .collect();
 
-    let client = Client::connect(net.seed()).unwrap();
+    let client = plaintext_client(net.seed());
     let mut health_checks = 0;
     let mut slowest_health = Duration::ZERO;
     let stores_started = Instant::now();
@@ -113,7 +112,7 @@ fn a_peer_flood_from_one_address_is_refused_while_health_and_replication_go_on(r
             .unwrap_or_else(|e| panic!("store {i} during the flood failed: {e}"));
         assert!(delivery.ack.receipts.len() >= 2, "store {i}: no quorum");
         let t = Instant::now();
-        let health = client::get(net.seed(), "/health")
+        let health = plaintext_get(net.seed(), "/health")
             .unwrap_or_else(|e| panic!("/health did not answer during the flood: {e}"));
         slowest_health = slowest_health.max(t.elapsed());
         let json: serde_json::Value = serde_json::from_slice(&health).unwrap();
@@ -190,7 +189,7 @@ fn closed_by_node(s: &mut TcpStream) -> bool {
 
 fn one_address_cannot_hold_every_connection(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let net = start_network_with(
+    let net = start_plaintext_network(
         runtime,
         root.path(),
         1,
@@ -209,7 +208,7 @@ fn one_address_cannot_hold_every_connection(runtime: Runtime) {
     });
     assert_eq!(closed, 6, "the four within the limit stay open");
     // Other addresses are served meanwhile; the refusals are counted.
-    let health = client::get(net.seed(), "/health").expect("health answers");
+    let health = plaintext_get(net.seed(), "/health").expect("health answers");
     assert!(String::from_utf8_lossy(&health).contains("\"status\""));
     let refused = metric(&net.nodes[0].admin, "ghost_connections_refused_total").expect("reported");
     assert!(refused >= 6.0, "{refused}");

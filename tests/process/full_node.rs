@@ -11,13 +11,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ghost_cli::client::{self, Client, Cursors, RecipientKeys, seal_for};
+use ghost_cli::client::{self, Cursors, RecipientKeys, seal_for};
 use ghost_cli::local::LocalNetwork;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 mod common;
-use common::{Runtime, messages_stored, start_network_with};
+use common::{Runtime, messages_stored, plaintext_client, plaintext_get, start_plaintext_network};
 
 /// `[store] node_max_messages` of every node.
 const LIMIT: usize = 5;
@@ -46,13 +46,13 @@ fn wait_all_hold(net: &LocalNetwork, count: usize) {
 
 fn full_node_refuses_stores_with_a_clear_error_and_keeps_serving_retrieves(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let net = start_network_with(
+    let net = start_plaintext_network(
         runtime,
         root.path(),
         3,
         &format!("[store]\nnode_max_messages = {LIMIT}\n"),
     );
-    let client = Client::connect(net.seed()).unwrap();
+    let client = plaintext_client(net.seed());
     assert_eq!(client.nodes().len(), 3);
 
     let keys = RecipientKeys::generate(&mut ChaCha20Rng::seed_from_u64(21));
@@ -104,7 +104,7 @@ fn full_node_refuses_stores_with_a_clear_error_and_keeps_serving_retrieves(runti
     );
 
     for node in &net.nodes {
-        let health = client::get(&node.address, "/health")
+        let health = plaintext_get(&node.address, "/health")
             .unwrap_or_else(|e| panic!("node {} unhealthy while full: {e}", node.address));
         assert!(
             String::from_utf8_lossy(&health).contains("\"status\":\"ok\""),

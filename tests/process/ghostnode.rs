@@ -48,6 +48,8 @@ struct Started {
 fn start(binary: &Path, data_dir: &Path) -> Started {
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        // Raw HTTP to the public listener below: the edges are the same inside TLS.
+        .arg("--insecure-plaintext")
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::piped())

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ghost_cli::client::{self, Client};
 use ghost_host::now;
 use proto_core::keys::{Address, Descriptor, IdentityKey, OnionKey};
 use proto_core::peer::PeerRequest;
@@ -26,7 +25,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 mod common;
-use common::{Runtime, metric, start_network};
+use common::{Runtime, metric, plaintext_client, plaintext_get, start_plaintext_network};
 
 const NODES: usize = 5;
 const STORES: usize = 100;
@@ -70,7 +69,7 @@ fn register(address: &str, d: &Descriptor) -> Option<u16> {
 fn listed_ids(address: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for path in ["/v1/nodes/bootstrap", "/v1/nodes/directory"] {
-        let body = client::get(address, path).expect("the node answers its listings");
+        let body = plaintext_get(address, path).expect("the node answers its listings");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
         for n in json["nodes"].as_array().expect("a node list") {
             ids.push(n["id"].as_str().expect("an id").to_owned());
@@ -81,7 +80,7 @@ fn listed_ids(address: &str) -> Vec<String> {
 
 fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding(runtime: Runtime) {
     let root = tempfile::tempdir().unwrap();
-    let mut net = start_network(runtime, root.path(), NODES);
+    let mut net = start_plaintext_network(runtime, root.path(), NODES, "");
     let addresses: Vec<String> = net.nodes.iter().map(|n| n.address.clone()).collect();
 
     let mut rng = ChaCha20Rng::seed_from_u64(77);
@@ -141,7 +140,7 @@ fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding(runt
         })
     };
 
-    let client = Client::connect(net.seed()).unwrap();
+    let client = plaintext_client(net.seed());
     let mut checks = 0;
     for i in 0..STORES {
         let mut id = [0u8; 32];
@@ -201,6 +200,6 @@ fn fake_nodes_at_dead_addresses_are_never_listed_and_stores_keep_succeeding(runt
             NODES - 1
         );
     }
-    client::get(net.seed(), "/health").unwrap();
+    plaintext_get(net.seed(), "/health").unwrap();
     net.stop();
 }

@@ -345,6 +345,8 @@ fn spawn_node(binary: PathBuf, dir: &Path) -> NodeProcess {
     let mut child = Command::new(&binary)
         .arg("--config")
         .arg(dir.join("ghostnode.toml"))
+        // The proxies read the HTTP between nodes: plain on purpose here.
+        .arg("--insecure-plaintext")
         .env_remove("GHOST_LISTEN")
         .env_remove("GHOST_DATA_DIR")
         .env_remove("GHOST_SEEDS")
@@ -408,7 +410,11 @@ fn health_peers(address: SocketAddr) -> Option<u64> {
 
 /// Runs the `ghost` CLI with `args`; kills it and fails after [`CLI_TIMEOUT`].
 fn ghost(args: &[&str]) -> Output {
-    common::run_ghost(args, CLI_TIMEOUT)
+    let plaintext: Vec<&str> = ["--insecure-plaintext"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    common::run_ghost(&plaintext, CLI_TIMEOUT)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -19,8 +19,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Runtime, start_network_with};
-use ghost_cli::client::{self, Client};
+use common::{Runtime, plaintext_client, start_plaintext_network};
+use ghost_cli::client;
 use ghost_cli::local::LocalNetwork;
 use ghost_host::now;
 use proto_core::keys::{Address, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
@@ -68,7 +68,7 @@ fn http_section() -> String {
 /// `n` node processes of `runtime` with the short HTTP timeouts of these tests, each
 /// knowing all the others.
 fn start(runtime: Runtime, root: &std::path::Path, n: usize) -> LocalNetwork {
-    start_network_with(runtime, root, n, &http_section())
+    start_plaintext_network(runtime, root, n, &http_section())
 }
 
 /// The HTTP server node `i` of a `runtime` network runs.
@@ -91,9 +91,7 @@ fn server_of(runtime: Runtime, i: usize) -> Server {
 
 /// The verified descriptors of every node, from the seed's directory, in node order.
 fn descriptors(net: &LocalNetwork) -> Vec<Descriptor> {
-    let listed = Client::connect(net.seed())
-        .expect("the seed lists the network")
-        .nodes();
+    let listed = plaintext_client(net.seed()).nodes();
     net.nodes
         .iter()
         .map(|node| {
@@ -353,7 +351,7 @@ fn store<'a>(owner: &IdentityKey, body: &'a [u8], ttl_ms: u64) -> Request<'a> {
 /// member that took the store may answer with two other members' receipts before its
 /// own copy is committed, so it is not the one to ask.)
 fn store_and_retrieve_through_three_hops(seed: &str, owner: &IdentityKey, body: &[u8]) {
-    let client = Client::connect(seed).expect("the seed lists the network");
+    let client = plaintext_client(seed);
     let delivery = client
         .store(&owner.recipient_id(), body)
         .expect("a valid store is acknowledged by a write quorum");
@@ -954,7 +952,7 @@ fn refusals_travel_encrypted_through_three_hops_and_valid_requests_still_work(ru
     let root = tempfile::tempdir().unwrap();
     let net = start(runtime, root.path(), 3);
     let seed = net.seed();
-    let client = Client::connect(seed).expect("the seed lists the network");
+    let client = plaintext_client(seed);
     let owner = IdentityKey::from_seed(&[42; 32]);
     let other = IdentityKey::from_seed(&[43; 32]);
     let swarm = client.swarm(&owner.recipient_id()).expect("a swarm");

@@ -28,7 +28,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use proto_core::sealed::MAX_MESSAGE_IN_ONE_BODY;
 
-use crate::client::Client;
+use crate::client::{Client, Links, Listening};
 use crate::local::{LocalNetwork, NodeBinaries, Runtime};
 use load::{LoadModel, Plan, Recorder, Stop};
 use report::{BenchConfig, FlowCheck, GeneratorUsage, Report, SCHEMA};
@@ -174,7 +174,7 @@ fn failed(message: impl Into<String>) -> BenchFailure {
 }
 
 /// Runs `ghost bench` with `args`.
-pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
+pub fn run(args: &BenchArgs, links: &Links) -> Result<(), BenchFailure> {
     if args.scenario == Scenario::Compare {
         return run_compare(args);
     }
@@ -211,7 +211,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
     // The network: started here (and stopped when `_local` drops), or given.
     let (_local, _dir, seed_address, mut watched, runtime) = match (args.local, &args.via) {
         (Some(n), _) => {
-            let (net, dir) = start_local(args, n, node_config_text.as_deref())?;
+            let (net, dir) = start_local(args, n, node_config_text.as_deref(), links)?;
             let seed_address = net.seed().to_owned();
             let watched = net
                 .nodes
@@ -240,7 +240,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
 
     let config = work::client_config(args.quorum, args.swarm_size);
     let workers = plan_args.model.workers();
-    let http = work::pool(workers + 8);
+    let http = work::pool(workers + 8, links.clone());
     let directory_client = Client::with_transport(&seed_address, config.clone(), http.clone())
         .map_err(|e| {
             failed(format!(
@@ -335,11 +335,18 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchFailure> {
             .map(|w| HttpTarget {
                 address: w.address.clone(),
                 path: "/health".into(),
+                listening: Listening::Public(
+                    directory
+                        .iter()
+                        .find(|d| d.address().as_str() == w.address)
+                        .map(proto_core::Descriptor::tls_key_hash),
+                ),
             })
             .chain(watched.iter().filter_map(|w| {
                 w.admin.as_ref().map(|a| HttpTarget {
                     address: a.clone(),
                     path: "/metrics".into(),
+                    listening: Listening::Admin,
                 })
             }))
             .collect(),
@@ -676,6 +683,7 @@ fn start_local(
     args: &BenchArgs,
     n: usize,
     node_config: Option<&str>,
+    links: &Links,
 ) -> Result<(LocalNetwork, tempfile::TempDir), BenchFailure> {
     let binaries = NodeBinaries {
         smol: args.ghostnode.clone(),
@@ -688,8 +696,10 @@ fn start_local(
         .map_err(|e| failed(format!("cannot create a temporary directory: {e}")))?;
     // One client address opens up to a connection per worker and node.
     let ours = format!(
-        "[node]\nswarm_size = {}\nwrite_quorum = {}\n[http]\nmax_connections = 8192\nmax_connections_per_address = 8192\n",
-        args.swarm_size, args.quorum
+        "[node]\nswarm_size = {}\nwrite_quorum = {}\n[http]\nmax_connections = 8192\nmax_connections_per_address = 8192\ninsecure_plaintext = {}\n",
+        args.swarm_size,
+        args.quorum,
+        matches!(links, Links::InsecurePlaintext)
     );
     let extra = match node_config {
         None => ours,

@@ -15,7 +15,7 @@ use proto_core::sealed::{Contact, EncryptionKey};
 use proto_core::{MessageHash, NodeId};
 
 use super::load::{Choices, Plan, Recorder, Ticket, new_histogram, record_into};
-use crate::client::{Client, Http, REQUEST_TIMEOUT, seal_for};
+use crate::client::{Client, Http, Links, Listening, REQUEST_TIMEOUT, seal_for};
 
 /// One recipient the bench writes to: keys made from the run's seed.
 pub struct Recipient {
@@ -96,10 +96,10 @@ pub fn connect(seed: &str, config: &ClientConfig, http: &Http) -> Result<Client,
         .map_err(|e| e.0)
 }
 
-/// The shared connection pool for `workers` threads.
+/// The shared connection pool for `workers` threads, over `links`.
 #[must_use]
-pub fn pool(workers: usize) -> Http {
-    Http::with_pool(REQUEST_TIMEOUT, workers.max(1))
+pub fn pool(workers: usize, links: Links) -> Http {
+    Http::with_pool(REQUEST_TIMEOUT, workers.max(1), links)
 }
 
 /// A worker of the `store`, `flow` and `mixed` scenarios: takes operations from the
@@ -253,6 +253,8 @@ pub struct HttpTarget {
     pub address: String,
     /// `/health` or `/metrics`.
     pub path: String,
+    /// The public listener (pinned) or the admin one.
+    pub listening: Listening,
 }
 
 impl HttpTarget {
@@ -268,7 +270,7 @@ pub fn http_worker(http: &Http, targets: &Arc<Vec<HttpTarget>>, plan: &Plan, rec
     while let Some(ticket) = plan.take() {
         let index = usize::try_from(ticket.index % targets.len() as u64).expect("below len");
         let target = &targets[index];
-        let outcome = match http.get_status(&target.address, &target.path) {
+        let outcome = match http.get_status(&target.address, &target.path, target.listening) {
             Ok(200..=299) => Ok(()),
             Ok(status) => Err(format!("http_{status}")),
             Err(label) => Err(label.to_owned()),

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ghost_cli::bench::{self, BenchArgs};
-use ghost_cli::client::{self, Client, Cursors, RecipientKeys};
+use ghost_cli::client::{self, Client, Cursors, Links, RecipientKeys};
 use ghost_cli::local::{LocalNetwork, NodeBinaries, Runtime};
 use ghost_host::now;
 use ghost_host::start::shutdown_signal;
 use proto_core::Descriptor;
+use proto_core::client::ClientConfig;
 use proto_core::sealed::Contact;
 use rand_core::UnwrapErr;
 
@@ -30,6 +31,11 @@ const DEFAULT_SEED: &str = "127.0.0.1:7100";
     after_help = "Examples:\n  ghost up                                   # 5 nodes on 127.0.0.1:7100-7104\n  ghost keygen --out alice.key               # prints alice's contact\n  ghost send --to CONTACT \"hello\"           # through 3 hops, end-to-end encrypted\n  ghost fetch --key alice.key                # signed retrieve, decrypted\n  ghost nodes                                # the directory\n  ghost bench --local 5 flow --messages 20000 # load test through 3 hops, with a report"
 )]
 struct Cli {
+    /// Talk to nodes over plain HTTP instead of TLS, and have `ghost up` run its nodes so
+    /// (`http.insecure_plaintext`). For local debugging only: anyone on the path reads
+    /// and rewrites the traffic.
+    #[arg(long, global = true, env = "GHOST_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,6 +137,12 @@ impl From<String> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let links = if cli.insecure_plaintext {
+        eprintln!("ghost: --insecure-plaintext: talking to nodes over plain HTTP");
+        Links::InsecurePlaintext
+    } else {
+        client::default_links()
+    };
     let result = match cli.command {
         Command::Keygen { out } => keygen(&out).map_err(Failure::from),
         Command::Up {
@@ -149,6 +161,7 @@ fn main() -> ExitCode {
                 smol: ghostnode,
                 sync: ghostnode_sync,
             },
+            &links,
         ),
         Command::Send {
             to,
@@ -156,10 +169,12 @@ fn main() -> ExitCode {
             quorum,
             ttl_hours,
             message,
-        } => send(&to, &via, usize::from(quorum), ttl_hours, &message).map_err(Failure::from),
-        Command::Fetch { key, via } => fetch(&key, &via).map_err(Failure::from),
-        Command::Nodes { via } => nodes(&via).map_err(Failure::from),
-        Command::Bench(args) => bench::run(&args).map_err(|f| Failure {
+        } => {
+            send(&to, &via, usize::from(quorum), ttl_hours, &message, links).map_err(Failure::from)
+        }
+        Command::Fetch { key, via } => fetch(&key, &via, links).map_err(Failure::from),
+        Command::Nodes { via } => nodes(&via, links).map_err(Failure::from),
+        Command::Bench(args) => bench::run(&args, &links).map_err(|f| Failure {
             message: f.message,
             code: f.code,
         }),
@@ -202,7 +217,14 @@ fn hop_line(path: &[Descriptor]) -> String {
         .join(" -> ")
 }
 
-fn send(to: &str, via: &str, quorum: usize, ttl_hours: u16, message: &str) -> Result<(), String> {
+fn send(
+    to: &str,
+    via: &str,
+    quorum: usize,
+    ttl_hours: u16,
+    message: &str,
+    links: Links,
+) -> Result<(), String> {
     let contact = Contact::parse(to).map_err(|e| {
         format!("--to must be a contact of 128 hex digits as printed by `ghost keygen` ({e})")
     })?;
@@ -216,7 +238,7 @@ fn send(to: &str, via: &str, quorum: usize, ttl_hours: u16, message: &str) -> Re
         message.as_bytes().to_vec()
     };
     let body = client::seal_for(&contact, &text).map_err(|e| e.0)?;
-    let net = Client::connect(via)
+    let net = Client::with_links(via, ClientConfig::default(), links)
         .map_err(|e| e.0)?
         .with_write_quorum(quorum)
         .with_ttl_ms(u64::from(ttl_hours) * 3_600_000);
@@ -252,13 +274,13 @@ fn warn_misbehaviour(problems: &[client::AttemptFailure]) {
     }
 }
 
-fn fetch(key: &Path, via: &str) -> Result<(), String> {
+fn fetch(key: &Path, via: &str, links: Links) -> Result<(), String> {
     let keys = RecipientKeys::load(key)?;
     let mut cursor_path = key.as_os_str().to_owned();
     cursor_path.push(".cursors");
     let cursor_path = PathBuf::from(cursor_path);
     let mut cursors = Cursors::load(&cursor_path)?;
-    let net = Client::connect(via).map_err(|e| e.0)?;
+    let net = Client::with_links(via, ClientConfig::default(), links).map_err(|e| e.0)?;
     let fetched = net.fetch(&keys.identity, &mut cursors).map_err(|e| e.0)?;
     warn_misbehaviour(&fetched.problems);
     println!("path (3 hops): {}", hop_line(&fetched.path));
@@ -276,8 +298,8 @@ fn fetch(key: &Path, via: &str) -> Result<(), String> {
     cursors.save(&cursor_path)
 }
 
-fn nodes(via: &str) -> Result<(), String> {
-    let net = Client::connect(via).map_err(|e| e.0)?;
+fn nodes(via: &str, links: Links) -> Result<(), String> {
+    let net = Client::with_links(via, ClientConfig::default(), links).map_err(|e| e.0)?;
     println!("{} nodes known to {via}:", net.nodes().len());
     for d in net.nodes() {
         println!("  {}  {}  epoch {}", d.node_id(), d.address(), d.epoch().0);
@@ -291,6 +313,7 @@ fn up(
     data_dir: Option<PathBuf>,
     runtime: Runtime,
     binaries: &NodeBinaries,
+    links: &Links,
 ) -> Result<(), Failure> {
     if n < 3 {
         return Err(
@@ -316,7 +339,11 @@ fn up(
     };
     let stop = shutdown_signal()?;
     eprintln!("starting {n} nodes under {} ...", root.display());
-    let mut net = LocalNetwork::start(binary_of, &root, n, base_port, "")?;
+    let extra = match links {
+        Links::InsecurePlaintext => "[http]\ninsecure_plaintext = true\n",
+        Links::Tls(_) => "",
+    };
+    let mut net = LocalNetwork::start(binary_of, &root, n, base_port, extra)?;
     net.wait_ready(Duration::from_secs(30))?;
     let demo_key = root.join("demo.key");
     let keys = match RecipientKeys::load(&demo_key) {

@@ -12,8 +12,10 @@
 //! a fresh handshake signature; there are no ticket keys or session caches to manage,
 //! and nodes keep connections alive, so the full handshake is paid rarely.
 
+pub mod blocking;
 mod der;
 mod key;
+mod links;
 mod provider;
 mod verify;
 
@@ -29,6 +31,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 pub use der::{ed25519_key_from_cert, key_hash, peer_key_hash};
 pub use key::TlsKey;
+pub use links::{Links, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal};
 pub use provider::{TLS13_CHACHA20_POLY1305_SHA256, provider};
 pub use verify::{CertRejected, PeerClientVerifier, PinnedServerVerifier};
 
@@ -75,12 +78,25 @@ pub fn client_config(
     expected_server_hash: [u8; 32],
     client_key: Option<&TlsKey>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
+    client_config_with(PinnedServerVerifier::new(expected_server_hash), client_key)
+}
+
+/// [`client_config`] for a server known by address alone (a seed): any Ed25519 server
+/// key that signs the handshake is accepted, so the link is encrypted but not pinned.
+pub fn unpinned_client_config(
+    client_key: Option<&TlsKey>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    client_config_with(PinnedServerVerifier::unpinned(), client_key)
+}
+
+fn client_config_with(
+    verifier: PinnedServerVerifier,
+    client_key: Option<&TlsKey>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let builder = ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(
-            expected_server_hash,
-        )));
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match client_key {
         Some(key) => {
             builder.with_client_auth_cert(vec![key.certificate()?], key.private_key_der())?

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
     ghost_host::start::main(
         "ghostnode",
         "A GhostNodes node on smol: relays onion packets and stores its swarms' messages.",
-        |config| -> Arc<dyn Carrier> { SmolCarrier::new(ex.clone(), config.http.clone()) },
+        |config, links| -> Arc<dyn Carrier> {
+            SmolCarrier::new(ex.clone(), config.http.clone(), links.clone())
+        },
         |started, shutdown| serve(started, &ex, shutdown),
     )
 }

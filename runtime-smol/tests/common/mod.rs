@@ -1,7 +1,7 @@
 //! In-process nodes on loopback for the integration tests: real sockets, real redb files
 //! in temporary directories, one executor thread.
 
-use ghost_host::tls::TlsKey;
+use ghost_host::tls::{Links, TlsKey, TlsLinks};
 use proto_core::TlsKeyHash;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -29,6 +29,45 @@ pub struct Network {
     pub hosts: Vec<Host>,
     _drivers: Vec<DriverThread>,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+/// The TLS client config a client uses for the first hop `d`: pinned to its descriptor.
+#[allow(dead_code)] // not every test file sends packets
+pub fn pinned(d: &Descriptor) -> Option<Arc<rustls::ClientConfig>> {
+    static CLIENT: std::sync::OnceLock<TlsLinks> = std::sync::OnceLock::new();
+    Some(
+        CLIENT
+            .get_or_init(TlsLinks::for_client)
+            .client_config(Some(d.tls_key_hash())),
+    )
+}
+
+/// The whole answer to `GET path` at `address` over `tls` (a pinned config) or plain
+/// HTTP, with `Connection: close`.
+#[allow(dead_code)] // not every test file reads a public listener by hand
+pub fn http_get(address: &str, tls: Option<Arc<rustls::ClientConfig>>, path: &str) -> String {
+    use std::io::{Read, Write};
+    let sock = std::net::TcpStream::connect(address).expect("the node listens");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n");
+    let mut out = Vec::new();
+    match tls {
+        None => {
+            let mut sock = sock;
+            sock.write_all(request.as_bytes()).unwrap();
+            let _ = sock.read_to_end(&mut out);
+        }
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("node.invalid").unwrap();
+            let conn = rustls::ClientConnection::new(config, name).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            tls.write_all(request.as_bytes())
+                .expect("the TLS handshake succeeds");
+            let _ = tls.read_to_end(&mut out);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Network {
@@ -67,20 +106,20 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
     for (i, listener) in listeners.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let backend = WriteBehind::open(&dir.path().join("messages.redb"), 1 << 20).unwrap();
+        let tls_key = TlsKey::from_secret_bytes(&[u8::try_from(i).unwrap() + 0x80; 32]);
         let keys = NodeKeys {
             identity: IdentityKey::from_seed(&[u8::try_from(i).unwrap() + 1; 32]),
             onion: OnionKey::generate(Epoch(1), &mut rng),
-            tls_key_hash: TlsKeyHash(
-                TlsKey::from_secret_bytes(&[u8::try_from(i).unwrap() + 0x80; 32]).key_hash(),
-            ),
+            tls_key_hash: TlsKeyHash(tls_key.key_hash()),
             address: addrs[i],
         };
+        let links = Links::Tls(Arc::new(TlsLinks::for_node(tls_key).unwrap()));
         let seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
         let node = Node::new(config.clone(), keys, seeds, backend, now(), &mut rng).unwrap();
         net.descriptors.push(*node.descriptor());
         let admin = TcpListener::bind("127.0.0.1:0").unwrap();
         net.admins.push(admin.local_addr().unwrap().to_string());
-        let (host, driver) = spawn_node(node, &ex, http.clone(), listener, admin).unwrap();
+        let (host, driver) = spawn_node(node, &ex, http.clone(), links, listener, admin).unwrap();
         net.hosts.push(host);
         net._drivers.push(driver);
         net._dirs.push(dir);

@@ -178,10 +178,44 @@ pub fn messages_stored(admin: &str) -> Option<u64> {
     metric(admin, "ghost_messages_stored").map(|v| v as u64)
 }
 
+/// What a test that writes raw HTTP to public listeners appends to its nodes' config: the
+/// HTTP edges under test are the same inside TLS, which other tests cover.
+#[allow(dead_code)] // not every test file talks raw HTTP
+pub const PLAINTEXT: &str = "[http]\ninsecure_plaintext = true\n";
+
+/// A client of a [`PLAINTEXT`] network, reading its directory from `seed`.
+#[allow(dead_code)] // not every test file talks raw HTTP
+pub fn plaintext_client(seed: &str) -> ghost_cli::client::Client {
+    ghost_cli::client::Client::with_links(
+        seed,
+        proto_core::client::ClientConfig::default(),
+        ghost_cli::client::Links::InsecurePlaintext,
+    )
+    .expect("the seed lists the network")
+}
+
+/// `GET path` on the public listener at `address` of a [`PLAINTEXT`] node.
+#[allow(dead_code)] // not every test file talks raw HTTP
+pub fn plaintext_get(address: &str, path: &str) -> Result<Vec<u8>, ghost_cli::client::ClientError> {
+    ghost_cli::client::get_public(address, path, ghost_cli::client::Links::InsecurePlaintext)
+}
+
 /// `n` real node processes of `runtime` under `root` on free loopback ports, each knowing
 /// all the others.
 pub fn start_network(runtime: Runtime, root: &Path, n: usize) -> LocalNetwork {
     start_network_with(runtime, root, n, "")
+}
+
+/// [`start_network_with`] on [`PLAINTEXT`] nodes.
+#[allow(dead_code)] // not every test file talks raw HTTP
+pub fn start_plaintext_network(
+    runtime: Runtime,
+    root: &Path,
+    n: usize,
+    extra_config: &str,
+) -> LocalNetwork {
+    let config = ghost_cli::local::merge_settings(extra_config, PLAINTEXT).expect("valid TOML");
+    start_network_with(runtime, root, n, &config)
 }
 
 /// [`start_network`] with `extra_config` appended to every node's config file.
