@@ -20,9 +20,12 @@
 //! tests; or build them first with `cargo build -p runtime-smol -p runtime-sync -p
 //! ghost-cli --bins`.
 //!
-//! Negative controls: the main test checks the recorder saw the client's plain GET and
-//! the onion packets of every hop; a second test sends a per-recipient request through a
-//! proxy and shows the same scanner reports it. Invariants: every wait has a deadline;
+//! The first two tests run the nodes and the CLI with `--insecure-plaintext` so the
+//! scanner can read the HTTP. Negative controls: the main test checks the recorder saw
+//! the client's plain GET and the onion packets of every hop; a second test sends a
+//! per-recipient request through a proxy and shows the same scanner reports it. The last
+//! test runs the same network on its default TLS links and finds only TLS records on
+//! every connection: no request line, no header, no recipient, peer envelopes included. Invariants: every wait has a deadline;
 //! nodes are killed and proxy threads joined when a test ends, however it ends.
 
 use std::collections::BTreeSet;
@@ -54,6 +57,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 common::runtime_tests!(cli_send_and_fetch_reveal_no_recipient_outside_onions);
 common::runtime_tests!(single: scanner_reports_a_per_recipient_request_sent_through_a_proxy);
+common::runtime_tests!(on_tls_links_the_wire_shows_no_http_and_no_recipient);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -255,9 +259,9 @@ struct ProxiedNetwork {
 }
 
 impl ProxiedNetwork {
-    /// Starts `n` nodes of `runtime`; node 0 is the seed and the others join through its
-    /// proxy.
-    fn start(runtime: Runtime, n: usize) -> Self {
+    /// Starts `n` nodes of `runtime` (over plain HTTP when `plaintext`, else TLS); node 0
+    /// is the seed and the others join through its proxy.
+    fn start(runtime: Runtime, n: usize, plaintext: bool) -> Self {
         let mut net = Self {
             nodes: Vec::new(),
             proxies: Vec::new(),
@@ -278,7 +282,7 @@ impl ProxiedNetwork {
                 dir.display()
             );
             std::fs::write(dir.join("ghostnode.toml"), config).unwrap();
-            let node = spawn_node(runtime.binary_for(i), &dir);
+            let node = spawn_node(runtime.binary_for(i), &dir, plaintext);
             proxy.set_target(node.listen);
             net.nodes.push(node);
             net.proxies.push(proxy);
@@ -340,13 +344,15 @@ impl ProxiedNetwork {
 
 /// Starts the node `binary` on `dir/ghostnode.toml` and waits for its "listening on" and
 /// "admin on" lines.
-fn spawn_node(binary: PathBuf, dir: &Path) -> NodeProcess {
+fn spawn_node(binary: PathBuf, dir: &Path, plaintext: bool) -> NodeProcess {
     let log = std::fs::File::create(dir.join("node.log")).unwrap();
-    let mut child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    if plaintext {
+        command.arg("--insecure-plaintext");
+    }
+    let mut child = command
         .arg("--config")
         .arg(dir.join("ghostnode.toml"))
-        // The proxies read the HTTP between nodes: plain on purpose here.
-        .arg("--insecure-plaintext")
         .env_remove("GHOST_LISTEN")
         .env_remove("GHOST_DATA_DIR")
         .env_remove("GHOST_SEEDS")
@@ -408,13 +414,19 @@ fn health_peers(address: SocketAddr) -> Option<u64> {
     json["peers"].as_u64()
 }
 
-/// Runs the `ghost` CLI with `args`; kills it and fails after [`CLI_TIMEOUT`].
+/// Runs the `ghost` CLI with `args` over plain HTTP (so the scanner can read what it
+/// sends); kills it and fails after [`CLI_TIMEOUT`].
 fn ghost(args: &[&str]) -> Output {
     let plaintext: Vec<&str> = ["--insecure-plaintext"]
         .into_iter()
         .chain(args.iter().copied())
         .collect();
     common::run_ghost(&plaintext, CLI_TIMEOUT)
+}
+
+/// Runs the `ghost` CLI with `args` as a user would: TLS links.
+fn ghost_tls(args: &[&str]) -> Output {
+    common::run_ghost(args, CLI_TIMEOUT)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -458,8 +470,8 @@ struct HttpRequest {
 impl HttpRequest {
     /// Bodies the scan skips: onion packets (`POST /v1/onion`, opaque by design: only
     /// the hops' keys open them) and signed node-to-node envelopes (`POST /v1/peer`, sent
-    /// by swarm members after peeling, which do name the recipient; the TLS issue will
-    /// encrypt those on the wire).
+    /// by swarm members after peeling, which do name the recipient; on the default TLS
+    /// links nothing of them shows, see the last test).
     fn body_is_opaque(&self) -> bool {
         self.method == "POST" && (self.path == "/v1/onion" || self.path == "/v1/peer")
     }
@@ -763,7 +775,7 @@ fn scan(recordings: &[Recording], needles: &[Needle]) -> Scan {
 
 fn cli_send_and_fetch_reveal_no_recipient_outside_onions(runtime: Runtime) {
     let started = Instant::now();
-    let mut net = ProxiedNetwork::start(runtime, NODES);
+    let mut net = ProxiedNetwork::start(runtime, NODES, true);
     net.wait_ready();
     let seed = net.seed();
     let proxy_addresses: BTreeSet<String> =
@@ -862,7 +874,7 @@ fn cli_send_and_fetch_reveal_no_recipient_outside_onions(runtime: Runtime) {
 /// node is reported, both its path and the hex id in it, while the same recipient inside
 /// an onion body is not, and bodies of other endpoints (chunked here) are scanned.
 fn scanner_reports_a_per_recipient_request_sent_through_a_proxy(runtime: Runtime) {
-    let mut net = ProxiedNetwork::start(runtime, 1);
+    let mut net = ProxiedNetwork::start(runtime, 1, true);
     let keys = tempfile::tempdir().unwrap();
     let contact = keygen(&keys.path().join("bob.key"));
     let id = contact.recipient.0;
@@ -944,5 +956,90 @@ fn scanner_reports_a_per_recipient_request_sent_through_a_proxy(runtime: Runtime
             "ring point (lowercase hex) in node 0 connection 0 request 2 (POST /v1/nodes/register), body".to_owned(),
         ],
         "the id in the onion body is not reported; the id in the path and the point in the chunked body are"
+    );
+}
+
+/// The same network on its default links, TLS: every byte a proxy recorded, client to
+/// node and node to node alike, is a TLS record stream. No request line, no header and no
+/// recipient needle shows anywhere, peer envelopes (which do name recipients) included,
+/// while the CLI still sends and fetches through the proxies, pinning every node but the
+/// seed to its descriptor's key.
+fn on_tls_links_the_wire_shows_no_http_and_no_recipient(runtime: Runtime) {
+    let mut net = ProxiedNetwork::start(runtime, NODES, false);
+    net.wait_ready();
+    let seed = net.seed();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("carol.key");
+    let key = key.to_str().unwrap();
+    let contact = keygen(Path::new(key));
+    let message = "tls check: nothing readable on the wire";
+    let sent = ghost_tls(&[
+        "send",
+        "--via",
+        &seed,
+        "--to",
+        &contact.to_string(),
+        message,
+    ]);
+    assert!(
+        sent.status.success(),
+        "send over TLS failed: {}\n{}\nseed log:\n{}",
+        text(&sent.stdout),
+        text(&sent.stderr),
+        net.log_tail(0)
+    );
+    wait_for(
+        "ghost fetch over TLS prints the message",
+        CLI_TIMEOUT,
+        || {
+            let fetched = ghost_tls(&["fetch", "--via", &seed, "--key", key]);
+            assert!(
+                fetched.status.success(),
+                "fetch over TLS failed: {fetched:?}"
+            );
+            text(&fetched.stdout).contains(message).then_some(())
+        },
+    );
+    net.stop_nodes();
+
+    let recordings = net.recordings();
+    let carrying: Vec<&Recording> = recordings.iter().filter(|r| !r.bytes.is_empty()).collect();
+    // The client's connections and the nodes' connections to each other (gossip,
+    // probes, replication, forwarded onions): more connections than nodes.
+    assert!(
+        carrying.len() > NODES,
+        "the proxies recorded only {} connections with bytes",
+        carrying.len()
+    );
+    for r in &carrying {
+        assert_eq!(
+            r.bytes[..2],
+            [0x16, 0x03],
+            "node {} connection {} does not open with a TLS handshake record",
+            r.node,
+            r.conn
+        );
+        for clear in [&b"HTTP/1."[..], b"POST /", b"GET /", b"content-length"] {
+            assert!(
+                find(&r.bytes, clear).is_none(),
+                "node {} connection {} carries {:?} in the clear",
+                r.node,
+                r.conn,
+                String::from_utf8_lossy(clear)
+            );
+        }
+    }
+    let mut needles = needles_for(&contact);
+    needles.extend(printed_hashes(&text(&sent.stdout), &contact.recipient));
+    let found = scan(&recordings, &needles);
+    assert!(
+        found.requests.is_empty(),
+        "requests parsed: {:?}",
+        found.requests
+    );
+    assert!(
+        found.leaks.is_empty(),
+        "the recipient showed on the wire:\n  {}",
+        found.leaks.join("\n  ")
     );
 }
