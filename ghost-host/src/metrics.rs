@@ -223,6 +223,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut e,
+            "peer_session_envelopes",
+            "Peer envelopes accepted on their sender's TLS session, without a signature each.",
+            s.peer_session_envelopes,
+        )?;
+        counter(
+            &mut e,
             "changes_already_applied",
             "Signed deletes and expiry updates refused as already applied (retries, replays).",
             s.changes_already_applied,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proto_core::PACKET_LEN;
 use proto_core::node::Reply;
+pub use proto_core::peer::Session;
 use rand_core::UnwrapErr;
 
 use crate::api::{self, ApiError, Listener, Route};
@@ -149,15 +150,18 @@ impl Host {
         api::route(listener, method, path).map_err(|e| Answer::problem(&e))
     }
 
-    /// Answers a routed request. `body` is what the runtime read (empty for routes
-    /// without one); `done` gets the answer, possibly later and on another thread. When
-    /// the node stops first, `done` is dropped uncalled: answer [`Answer::stopping`].
+    /// Answers a routed request from `peer`, on a connection authenticated as `session`
+    /// (the TLS client key, if one was presented). `body` is what the runtime read (empty
+    /// for routes without one); `done` gets the answer, possibly later and on another
+    /// thread. When the node stops first, `done` is dropped uncalled: answer
+    /// [`Answer::stopping`].
     pub fn dispatch(
         &self,
         route: Route,
         query: Option<&str>,
         body: Vec<u8>,
         peer: IpAddr,
+        session: Session,
         done: impl FnOnce(Answer) + Send + 'static,
     ) {
         match route {
@@ -215,7 +219,7 @@ impl Host {
                 );
             }
             Route::Peer => self.driver.request(
-                move |n, t, r| n.handle_peer(t, r, peer, &body),
+                move |n, t, r| n.handle_peer(t, r, peer, session, &body),
                 move |reply| done(Answer::from_reply(reply)),
             ),
         }

@@ -247,6 +247,9 @@ pub fn start(
         address,
     };
     let mut node_config = config.node_config();
+    // On TLS links a node presents its own certificate to its peers: the session
+    // authenticates its envelopes, which then need no signature each.
+    node_config.session_authenticated_peers = matches!(links, Links::Tls(_));
     node_config.directory.allowlist = config.allowlist()?;
     let node = Node::new(node_config, keys, seeds, backend, now(), &mut rng)
         .map_err(|e| format!("cannot open the store: {e}"))?;

@@ -13,7 +13,7 @@ use core::fmt;
 
 use crate::keys::{IdentityKey, MAX_DESCRIPTOR_LEN, UnverifiedDescriptor, verify_signature};
 use crate::request::{Origin, Receipt, SIGNATURE_LEN};
-use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp};
+use crate::types::{MessageHash, Namespace, NodeId, RecipientId, Timestamp, TlsKeyHash};
 use crate::wire::{Reader, WireError};
 
 /// Version byte opening every peer request: the protocol version.
@@ -41,6 +41,12 @@ pub(crate) const KIND_GOSSIP: u8 = 4;
 pub(crate) const KIND_PROBE: u8 = 5;
 /// Kind byte of a tombstones envelope.
 const KIND_TOMBSTONES: u8 = 7;
+/// Set in the kind byte of an envelope authenticated by its TLS session instead of a
+/// signature: it carries none, and counts only on a connection whose client certificate
+/// is the key the sender's descriptor names (docs/PROTOCOL.md section 8).
+pub const KIND_SESSION: u8 = 0x80;
+/// Version, kind, sender and time: the header every envelope opens with.
+const HEADER_LEN: usize = 1 + 1 + 32 + 8;
 /// Longest owner's delete a tombstones envelope carries: a request fits one packet.
 pub const MAX_EVIDENCE: usize = crate::packet::MAX_PAYLOAD;
 /// Length of a probe's nonce.
@@ -274,13 +280,37 @@ impl PeerRequest {
         }
     }
 
+    /// Whether this kind may travel authenticated by its TLS session alone: every kind
+    /// but gossip and probes, which strangers send (a node not yet in the receiver's
+    /// directory has no descriptor there to bind its session key to).
+    #[must_use]
+    pub fn session_authenticated_allowed(&self) -> bool {
+        !matches!(self, Self::Gossip(_) | Self::Probe { .. })
+    }
+
     /// Encodes and signs the request as `sender` at `now`.
     #[must_use]
     pub fn encode_signed(&self, sender: &IdentityKey, now: Timestamp) -> Vec<u8> {
+        let mut out = self.encode_unsigned(sender.node_id(), self.kind(), now);
+        let sig = sender.sign(PEER_SIGNING_CONTEXT, &out);
+        out.extend_from_slice(&sig);
+        out
+    }
+
+    /// Encodes the request from `sender` at `now` without a signature, for a TLS link on
+    /// which `sender` presented the certificate its descriptor names. `None` for gossip
+    /// and probes, which always carry a signature.
+    #[must_use]
+    pub fn encode_session(&self, sender: NodeId, now: Timestamp) -> Option<Vec<u8>> {
+        self.session_authenticated_allowed()
+            .then(|| self.encode_unsigned(sender, self.kind() | KIND_SESSION, now))
+    }
+
+    fn encode_unsigned(&self, sender: NodeId, kind: u8, now: Timestamp) -> Vec<u8> {
         let mut out = Vec::new();
         out.push(PEER_VERSION);
-        out.push(self.kind());
-        out.extend_from_slice(sender.node_id().as_bytes());
+        out.push(kind);
+        out.extend_from_slice(sender.as_bytes());
         out.extend_from_slice(&now.0.to_be_bytes());
         match self {
             Self::Replicate(ms) => {
@@ -312,13 +342,12 @@ impl PeerRequest {
                 }
             }
         }
-        let sig = sender.sign(PEER_SIGNING_CONTEXT, &out);
-        out.extend_from_slice(&sig);
         out
     }
 }
 
-/// A peer request whose envelope signature verified.
+/// A peer request whose envelope signature verified, or whose TLS session is its
+/// sender's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authenticated {
     /// Who sent it.
@@ -496,20 +525,40 @@ pub fn claimed_sender(bytes: &[u8]) -> Option<NodeId> {
     bytes.get(2..34)?.try_into().ok().map(NodeId)
 }
 
-/// Decodes a peer request and verifies its envelope: a timestamp within `window_ms` of
-/// `now`, a sender the caller `knows` (asked for every kind but gossip, which is how a new
-/// node becomes known), and the claimed sender's signature. The cheap checks come first,
-/// so a stranger's or a stale envelope never costs a signature verification.
+/// How the connection a peer request arrived on is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Session {
+    /// No client certificate (plain HTTP, or TLS without one): only signed envelopes.
+    None,
+    /// A TLS session whose client certificate carries the key with this hash.
+    Tls(TlsKeyHash),
+}
+
+/// Decodes a peer request and authenticates its envelope: a timestamp within `window_ms`
+/// of `now`, a sender the caller `knows` (asked for every kind but gossip and probes,
+/// which is how a new node becomes known), and either the claimed sender's signature or,
+/// for an envelope marked [`KIND_SESSION`], a `session` whose client key is the one
+/// `pinned_key` (the sender's descriptor) names. The cheap checks come first, so a
+/// stranger's or a stale envelope never costs a signature verification.
 pub fn decode_request(
     bytes: &[u8],
     now: Timestamp,
     window_ms: u64,
-    knows: impl FnOnce(&NodeId) -> bool,
+    session: Session,
+    knows: impl FnOnce(&NodeId) -> Option<TlsKeyHash>,
 ) -> Result<Authenticated, PeerError> {
-    let signed_len = bytes
-        .len()
-        .checked_sub(SIGNATURE_LEN)
-        .ok_or(PeerError::Malformed)?;
+    let session_kind = bytes.get(1).is_some_and(|k| k & KIND_SESSION != 0);
+    let signed_len = if session_kind {
+        bytes.len()
+    } else {
+        bytes
+            .len()
+            .checked_sub(SIGNATURE_LEN)
+            .ok_or(PeerError::Malformed)?
+    };
+    if signed_len < HEADER_LEN {
+        return Err(PeerError::Malformed);
+    }
     let (signed, sig) = bytes.split_at(signed_len);
     let mut r = Reader::new(signed);
     match r.u8()? {
@@ -521,14 +570,28 @@ pub fn decode_request(
         }
         _ => return Err(PeerError::Malformed),
     }
-    let kind = r.u8()?;
+    let kind = r.u8()? & !KIND_SESSION;
     let sender = NodeId(r.array()?);
     let sent_at = Timestamp(r.u64()?);
     if sent_at.0.abs_diff(now.0) > window_ms {
         return Err(PeerError::StaleTimestamp);
     }
-    if kind != KIND_GOSSIP && kind != KIND_PROBE && !knows(&sender) {
-        return Err(PeerError::UnknownSender);
+    let stranger_kind = kind == KIND_GOSSIP || kind == KIND_PROBE;
+    if session_kind && stranger_kind {
+        return Err(PeerError::Malformed);
+    }
+    let pinned_key = if stranger_kind {
+        None
+    } else {
+        Some(knows(&sender).ok_or(PeerError::UnknownSender)?)
+    };
+    // Checked before decoding the body: a session that is not the sender's costs nothing
+    // more.
+    if session_kind {
+        match (pinned_key, session) {
+            (Some(pinned), Session::Tls(presented)) if pinned == presented => {}
+            _ => return Err(PeerError::BadSignature),
+        }
     }
     let request = match kind {
         1 => {
@@ -570,9 +633,11 @@ pub fn decode_request(
         _ => return Err(PeerError::Malformed),
     };
     r.finish()?;
-    let sig: [u8; SIGNATURE_LEN] = crate::keys::fixed(sig);
-    if !verify_signature(sender.as_bytes(), PEER_SIGNING_CONTEXT, signed, &sig) {
-        return Err(PeerError::BadSignature);
+    if !session_kind {
+        let sig: [u8; SIGNATURE_LEN] = crate::keys::fixed(sig);
+        if !verify_signature(sender.as_bytes(), PEER_SIGNING_CONTEXT, signed, &sig) {
+            return Err(PeerError::BadSignature);
+        }
     }
     Ok(Authenticated {
         sender,
@@ -851,6 +916,63 @@ mod tests {
     use rand_core::SeedableRng;
 
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
+    /// The TLS key hash every known sender's descriptor names in these tests.
+    const PIN: TlsKeyHash = TlsKeyHash([0x5a; 32]);
+
+    #[test]
+    fn a_session_envelope_counts_only_on_its_senders_session() {
+        let sender = IdentityKey::from_seed(&[11; 32]);
+        let request = PeerRequest::Replicate(vec![msg(1)]);
+        let signed = request.encode_signed(&sender, NOW);
+        let bytes = request
+            .encode_session(sender.node_id(), NOW)
+            .expect("replication may ride a session");
+        // The same header and body, with the session bit and without the 64-byte signature.
+        assert_eq!(bytes.len() + SIGNATURE_LEN, signed.len());
+        assert_eq!(bytes[1], signed[1] | KIND_SESSION);
+        assert_eq!(bytes[2..], signed[2..signed.len() - SIGNATURE_LEN]);
+        let ok = decode_request(&bytes, NOW, 60_000, Session::Tls(PIN), |_| Some(PIN))
+            .expect("the sender's session");
+        assert_eq!((ok.sender, ok.request), (sender.node_id(), request.clone()));
+        // Another client key, no client key, or a sender not in the directory: refused.
+        let other = TlsKeyHash([0x5b; 32]);
+        for (session, known) in [(Session::Tls(other), Some(PIN)), (Session::None, Some(PIN))] {
+            assert_eq!(
+                decode_request(&bytes, NOW, 60_000, session, |_| known),
+                Err(PeerError::BadSignature)
+            );
+        }
+        assert_eq!(
+            decode_request(&bytes, NOW, 60_000, Session::Tls(PIN), |_| None),
+            Err(PeerError::UnknownSender)
+        );
+        // A signed envelope still counts on any session, or none.
+        for session in [Session::Tls(other), Session::None] {
+            assert!(decode_request(&signed, NOW, 60_000, session, |_| Some(PIN)).is_ok());
+        }
+        // The session bit on a signed envelope: the signature is then read as body bytes.
+        let mut marked = signed.clone();
+        marked[1] |= KIND_SESSION;
+        assert!(decode_request(&marked, NOW, 60_000, Session::Tls(PIN), |_| Some(PIN)).is_err());
+    }
+
+    #[test]
+    fn gossip_and_probes_never_ride_a_session() {
+        let sender = IdentityKey::from_seed(&[12; 32]);
+        for request in [
+            PeerRequest::Gossip(vec![descriptor(12)]),
+            PeerRequest::Probe { nonce: [3; 16] },
+        ] {
+            assert_eq!(request.encode_session(sender.node_id(), NOW), None);
+            let mut forged = request.encode_signed(&sender, NOW);
+            forged.truncate(forged.len() - SIGNATURE_LEN);
+            forged[1] |= KIND_SESSION;
+            assert_eq!(
+                decode_request(&forged, NOW, 60_000, Session::Tls(PIN), |_| Some(PIN)),
+                Err(PeerError::Malformed)
+            );
+        }
+    }
 
     fn msg(i: u8) -> WireMessage {
         // Every other message is owner-only, so both origin layouts are exercised.
@@ -910,7 +1032,7 @@ mod tests {
         let key = IdentityKey::from_seed(&[9; 32]);
         for req in every_request() {
             let bytes = req.encode_signed(&key, NOW);
-            let got = decode_request(&bytes, NOW, 60_000, |_| true).unwrap();
+            let got = decode_request(&bytes, NOW, 60_000, Session::None, |_| Some(PIN)).unwrap();
             assert_eq!(got.sender, key.node_id());
             assert_eq!(got.request, req);
         }
@@ -924,16 +1046,22 @@ mod tests {
             let mut t = bytes.clone();
             t[i] ^= 1;
             assert!(
-                decode_request(&t, NOW, 60_000, |_| true).is_err(),
+                decode_request(&t, NOW, 60_000, Session::None, |_| Some(PIN)).is_err(),
                 "flip at {i} accepted"
             );
         }
         assert_eq!(
-            decode_request(&bytes, NOW.plus_millis(60_001), 60_000, |_| true),
+            decode_request(
+                &bytes,
+                NOW.plus_millis(60_001),
+                60_000,
+                Session::None,
+                |_| Some(PIN)
+            ),
             Err(PeerError::StaleTimestamp)
         );
         assert_eq!(
-            decode_request(&bytes[..10], NOW, 60_000, |_| true),
+            decode_request(&bytes[..10], NOW, 60_000, Session::None, |_| Some(PIN)),
             Err(PeerError::Malformed)
         );
     }
@@ -944,22 +1072,28 @@ mod tests {
         let mut bytes = PeerRequest::Replicate(vec![msg(1)]).encode_signed(&stranger, NOW);
         // A broken signature: only the order of the checks can name the other reasons.
         *bytes.last_mut().unwrap() ^= 1;
-        let knows_nobody = |_: &NodeId| false;
+        let knows_nobody = |_: &NodeId| None;
         assert_eq!(
-            decode_request(&bytes, NOW, 60_000, knows_nobody),
+            decode_request(&bytes, NOW, 60_000, Session::None, knows_nobody),
             Err(PeerError::UnknownSender)
         );
         assert_eq!(
-            decode_request(&bytes, NOW.plus_millis(60_001), 60_000, |_| true),
+            decode_request(
+                &bytes,
+                NOW.plus_millis(60_001),
+                60_000,
+                Session::None,
+                |_| Some(PIN)
+            ),
             Err(PeerError::StaleTimestamp)
         );
         assert_eq!(
-            decode_request(&bytes, NOW, 60_000, |_| true),
+            decode_request(&bytes, NOW, 60_000, Session::None, |_| Some(PIN)),
             Err(PeerError::BadSignature)
         );
         // Gossip is how a stranger introduces itself: it is verified, not refused.
         let hello = PeerRequest::Gossip(vec![descriptor(10)]).encode_signed(&stranger, NOW);
-        let got = decode_request(&hello, NOW, 60_000, knows_nobody).unwrap();
+        let got = decode_request(&hello, NOW, 60_000, Session::None, knows_nobody).unwrap();
         assert_eq!(got.sender, stranger.node_id());
     }
 

@@ -65,6 +65,8 @@ impl Default for SimConfig {
         let node = NodeConfig {
             // Small filters: the simulation runs thousands of networks.
             replay_filter_words: crate::replay::BUCKETS * 64,
+            // As on the TLS links nodes run by default.
+            session_authenticated_peers: true,
             ..NodeConfig::default()
         };
         Self {
@@ -708,7 +710,14 @@ impl Sim {
                 }
                 node.handle_onion(now, req, source_ip(sender), &mut packet);
             }
-            EndpointKind::Peer => node.handle_peer(now, req, source_ip(sender), &body),
+            EndpointKind::Peer => {
+                // A node's links are TLS sessions on which it presents its own key.
+                let session = sender.map_or(peer::Session::None, |s| {
+                    peer::Session::Tls(sim_tls_key_hash(&self.nodes[s].identity_seed))
+                });
+                let node = self.nodes[to].node.as_mut().expect("checked above");
+                node.handle_peer(now, req, source_ip(sender), session, &body);
+            }
             EndpointKind::Directory { .. } => {}
         }
         self.drain(to);
@@ -879,7 +888,11 @@ impl Sim {
         match a.how {
             Adversary::Withholding => is_membership(body),
             Adversary::Replaying => {
-                if let Ok(envelope) = peer::decode_request(body, now, window, |_| true)
+                // The adversary reads what it receives, whoever's session carried it.
+                let any = TlsKeyHash::default();
+                let session = peer::Session::Tls(any);
+                if let Ok(envelope) =
+                    peer::decode_request(body, now, window, session, |_| Some(any))
                     && let PeerRequest::Relay(change) = envelope.request
                 {
                     remember(&mut a.changes, change);

@@ -8,7 +8,7 @@ use proto_core::node::{
     Endpoint, Node, NodeConfig, NodeKeys, Output, Reply, RequestId, TransmitFailure, TransmitId,
 };
 use proto_core::packet::{self, PACKET_LEN, PathHop};
-use proto_core::peer::{self, PROBE_NONCE_LEN, PeerError, PeerRequest, PeerResponse};
+use proto_core::peer::{self, PROBE_NONCE_LEN, PeerError, PeerRequest, PeerResponse, Session};
 use proto_core::ratelimit::RateLimitConfig;
 use proto_core::reply::{self, HopFailure, Opened};
 use proto_core::store::MemoryBackend;
@@ -211,7 +211,7 @@ fn learn_next_hop(n: &mut Node<MemoryBackend>) -> NodeId {
         NOW.plus_millis(3_600_000),
     );
     let gossip = PeerRequest::Gossip(vec![d.into()]).encode_signed(&peer_id, NOW);
-    n.handle_peer(NOW, RequestId(1), PEER_IP, &gossip);
+    n.handle_peer(NOW, RequestId(1), PEER_IP, Session::None, &gossip);
     drain(n);
     peer_id.node_id()
 }
@@ -459,14 +459,16 @@ fn peer_requests_from_strangers_or_garbage_are_refused_but_probes_are_answered()
         NOW,
         RequestId(1),
         PEER_IP,
+        Session::None,
         &PeerRequest::Fetch(vec![]).encode_signed(&stranger, NOW),
     );
-    n.handle_peer(NOW, RequestId(2), PEER_IP, b"garbage");
+    n.handle_peer(NOW, RequestId(2), PEER_IP, Session::None, b"garbage");
     let nonce = [6; PROBE_NONCE_LEN];
     n.handle_peer(
         NOW,
         RequestId(3),
         PEER_IP,
+        Session::None,
         &PeerRequest::Probe { nonce }.encode_signed(&stranger, NOW),
     );
     let out = drain(&mut n);
@@ -526,7 +528,9 @@ fn answer_probes(
         .collect();
     let mut answered = 0;
     for (id, body) in probes {
-        let Ok(auth) = peer::decode_request(&body, now, 60_000, |_| true) else {
+        let Ok(auth) = peer::decode_request(&body, now, 60_000, Session::None, |_| {
+            Some(proto_core::TlsKeyHash::default())
+        }) else {
             continue;
         };
         if let PeerRequest::Probe { nonce } = auth.request {
@@ -640,7 +644,7 @@ fn a_fake_identity_at_an_honest_nodes_address_is_evicted_and_stays_out() {
             PeerRequest::Gossip(vec![honest.into(), fake.into()]).encode_signed(&honest_key, t);
         // Its own gossip only every other round: in between, others repeat it.
         let gossip = if (req / 2) % 2 == 0 { own } else { relayed };
-        n.handle_peer(t, RequestId(req), PEER_IP, &gossip);
+        n.handle_peer(t, RequestId(req), PEER_IP, Session::None, &gossip);
         req += 1;
         n.handle_timeout(t);
         answer_probes(&mut n, t, address, &honest_key, &honest);
@@ -673,7 +677,7 @@ fn a_flood_of_peer_requests_from_one_address_is_cut_off_before_any_signature_che
     let flood_ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66));
     let answers: Vec<Reply> = (0..burst + 10)
         .map(|i| {
-            n.handle_peer(NOW, RequestId(1000 + i), flood_ip, &gossip);
+            n.handle_peer(NOW, RequestId(1000 + i), flood_ip, Session::None, &gossip);
             only_reply(drain(&mut n), RequestId(1000 + i))
         })
         .collect();
@@ -689,7 +693,7 @@ fn a_flood_of_peer_requests_from_one_address_is_cut_off_before_any_signature_che
     );
     assert_eq!(n.stats().peer_rate_limited, 10);
     // Another address is not affected, and the budget refills with time.
-    n.handle_peer(NOW, RequestId(1), PEER_IP, &gossip);
+    n.handle_peer(NOW, RequestId(1), PEER_IP, Session::None, &gossip);
     assert_eq!(
         only_reply(drain(&mut n), RequestId(1)),
         Reply::PeerRefused(PeerError::BadSignature)
@@ -697,7 +701,7 @@ fn a_flood_of_peer_requests_from_one_address_is_cut_off_before_any_signature_che
     let later = NOW.plus_millis(1_000);
     let mut fresh = PeerRequest::Gossip(vec![]).encode_signed(&flooder, later);
     *fresh.last_mut().unwrap() ^= 1;
-    n.handle_peer(later, RequestId(2), flood_ip, &fresh);
+    n.handle_peer(later, RequestId(2), flood_ip, Session::None, &fresh);
     assert_eq!(
         only_reply(drain(&mut n), RequestId(2)),
         Reply::PeerRefused(PeerError::BadSignature)
@@ -727,6 +731,7 @@ fn a_closed_network_ignores_everyone_off_its_allowlist() {
         NOW,
         RequestId(1),
         PEER_IP,
+        Session::None,
         &PeerRequest::Gossip(vec![theirs.into()]).encode_signed(&outsider, NOW),
     );
     assert_eq!(
@@ -744,6 +749,7 @@ fn a_closed_network_ignores_everyone_off_its_allowlist() {
         NOW,
         RequestId(2),
         PEER_IP,
+        Session::None,
         &PeerRequest::Gossip(vec![ours.into(), theirs.into()]).encode_signed(&member, NOW),
     );
     drain(&mut n);

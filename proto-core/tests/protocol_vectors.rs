@@ -31,11 +31,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use proto_core::TlsKeyHash;
 use proto_core::directory::{MAX_DESCRIPTOR_AHEAD_MS, is_plausible};
 use proto_core::keys::{DESCRIPTOR_SIGNING_CONTEXT, MAX_DESCRIPTOR_LEN, NODE_ID_WORK_CONTEXT};
 use proto_core::peer::{
     self, CopyRefusal, PEER_SIGNING_CONTEXT, PROBE_NONCE_LEN, PROBE_SIGNING_CONTEXT, PeerError,
-    PeerRequest, PeerResponse, WireMessage,
+    PeerRequest, PeerResponse, Session, WireMessage,
 };
 use proto_core::request::{
     DEFAULT_AUTH_WINDOW_MS, DeleteRequest, DeleteSelector, HashList, MessageView, Origin,
@@ -108,7 +109,7 @@ fn node_descriptor(n: u8) -> Descriptor {
     Descriptor::sign(
         &IdentityKey::from_seed(&node_seed(n)),
         &OnionKey::from_secret_bytes(onion_secret(n), Epoch(epoch_now())),
-        proto_core::TlsKeyHash(reference_tls_key_hash(&tls_seed(n))),
+        TlsKeyHash(reference_tls_key_hash(&tls_seed(n))),
         Address::new(&node_address(n)).expect("valid address"),
         Timestamp(NOW + 3_600_000),
     )
@@ -455,7 +456,7 @@ fn descriptor(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Str
     let d = Descriptor::sign(
         &identity,
         &onion,
-        proto_core::TlsKeyHash(tls_key_hash),
+        TlsKeyHash(tls_key_hash),
         address_value,
         Timestamp(expires),
     );
@@ -1029,7 +1030,8 @@ fn envelope(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Strin
         k => return Err(format!("unknown envelope kind `{k}`")),
     };
     let bytes = request.encode_signed(&sender, sent_at);
-    let got = peer::decode_request(&bytes, sent_at, 0, |_| true)
+    let sender_pin = TlsKeyHash(reference_tls_key_hash(&tls_seed(seed[0])));
+    let got = peer::decode_request(&bytes, sent_at, 0, Session::None, |_| Some(sender_pin))
         .map_err(|e| format!("decoding the envelope: {e}"))?;
     ensure(
         got.sender == sender.node_id() && got.sent_at == sent_at && got.request == request,
@@ -1050,6 +1052,32 @@ fn envelope(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(), Strin
     );
     o.hex("signature", sig);
     o.hex("bytes", &bytes);
+    // On a TLS session whose client key is the sender's: the same bytes, kind | 0x80,
+    // no signature. Gossip and probes always carry theirs.
+    let session_bytes = request.encode_session(sender.node_id(), sent_at);
+    let stranger_kind = matches!(kind, "gossip" | "probe");
+    match &session_bytes {
+        Some(b) => {
+            let mut expected = signed.to_vec();
+            expected[1] |= 0x80;
+            ensure(!stranger_kind && *b == expected, || {
+                "the session envelope is not the signed one with kind | 0x80 and no signature"
+                    .into()
+            })?;
+            let back = peer::decode_request(b, sent_at, 0, Session::Tls(sender_pin), |_| {
+                Some(sender_pin)
+            })
+            .map_err(|e| format!("decoding the session envelope: {e}"))?;
+            ensure(back.request == request, || {
+                "decoding the session envelope does not give it back".into()
+            })?;
+            o.hex("session_bytes", b);
+        }
+        None => {
+            ensure(stranger_kind, || format!("{kind} may ride a session"))?;
+            o.hex("session_bytes", &[]);
+        }
+    }
     cov.insert(format!("envelope {kind}"));
     Ok(())
 }
@@ -1059,10 +1087,22 @@ fn envelope_check(f: &Inputs<'_>, o: &mut Out, cov: &mut Coverage) -> Result<(),
     let now = Timestamp(f.num("now_ms")?);
     let window: u64 = f.num("window_ms")?;
     let known = f.flag("sender_known")?;
-    match peer::decode_request(&bytes, now, window, |_| known) {
+    let session = match f.hex("session")?.as_slice() {
+        [] => Session::None,
+        key => Session::Tls(TlsKeyHash(
+            key.try_into()
+                .map_err(|_| "a session key hash is 32 bytes".to_owned())?,
+        )),
+    };
+    // A live sender is known with node 1's descriptor, whose TLS key seed is 0x81.
+    let pin = TlsKeyHash(reference_tls_key_hash(&tls_seed(1)));
+    match peer::decode_request(&bytes, now, window, session, |_| known.then_some(pin)) {
         Ok(a) => {
             o.put("result", "ok");
             o.put("kind", a.request.label());
+            if bytes.get(1).is_some_and(|k| k & 0x80 != 0) {
+                cov.insert(format!("envelope_check session ok {}", a.request.label()));
+            }
             cov.insert(format!("envelope_check ok {}", a.request.label()));
         }
         Err(e) => {
@@ -1949,7 +1989,9 @@ const PEER_HEADER: &[&str] = &[
     "version change) with GHOST_UPDATE_VECTORS=1. Hex is lowercase; `-` is empty; integers are",
     "decimal; on the wire they are big-endian.",
     "",
-    "envelope = 1 ‖ kind (1) ‖ sender node id (32) ‖ sent_at (u64) ‖ body ‖ signature (64);",
+    "envelope = 2 ‖ kind (1) ‖ sender node id (32) ‖ sent_at (u64) ‖ body ‖ signature (64);",
+    "session envelope (not gossip or probe) = the same with kind | 0x80 and no signature, valid",
+    "only on a TLS session whose client key hashes to the sender descriptor's tls_key_hash;",
     "prehash = SHA-256(len(ctx) (1 byte) ‖ \"ghostnodes/v1/peer\" ‖ every byte before the",
     "signature); signature = plain Ed25519 of prehash. Node n: identity seed of 32 bytes of",
     "value n; descriptors as in descriptor-v2.txt. The owner (request-v2.txt) has the seed of",
@@ -1962,7 +2004,9 @@ const PEER_HEADER: &[&str] = &[
     "                       digest_hashes (bucket = first hash byte: count (4) ‖ XOR (32)), then",
     "                       the start byte. relay and tombstones carry owner-signed requests.",
     "[envelope_check NAME]  the envelope bytes received at now_ms with window_ms, from a live",
-    "                       sender or not: result = ok (and kind) or the refusal and its answer",
+    "                       sender or not (live: node 1's descriptor, tls_key_hash of seed 0x81),",
+    "                       on a TLS session with the client key hash `session` (- : none):",
+    "                       result = ok (and kind) or the refusal and its answer",
     "[answer NAME]          one peer answer; bytes = its encoding, first byte the tag. stored:",
     "                       receipts of receipt_seed over (hash, recipient, expiry_ms), then one",
     "                       refusal per reason, the refused hash being 32 bytes of its code.",
@@ -2092,6 +2136,59 @@ fn peer_specs() -> Vec<Spec> {
     v3[0] = 3;
     let mut v16 = probe.clone();
     v16[0] = 16;
+    let on_session = PeerRequest::Fetch(vec![direct_hash()])
+        .encode_session(node_1, Timestamp(NOW))
+        .expect("a fetch may ride a session");
+    let mut gossip_on_session = gossip.clone();
+    gossip_on_session.truncate(gossip.len() - SIGNATURE_LEN);
+    gossip_on_session[1] |= 0x80;
+    let own_session = reference_tls_key_hash(&tls_seed(1));
+    let other_session = reference_tls_key_hash(&tls_seed(2));
+    let session_checks = [
+        (
+            "fetch_on_its_senders_session",
+            "the fetch without signature, kind | 0x80, on a TLS session whose client key is node 1's",
+            on_session.clone(),
+            Some(own_session),
+        ),
+        (
+            "fetch_on_another_nodes_session",
+            "the same, on node 2's TLS session: refused as bad_signature",
+            on_session.clone(),
+            Some(other_session),
+        ),
+        (
+            "fetch_without_a_session",
+            "the same on plain HTTP (or TLS without a client key): bad_signature",
+            on_session,
+            None,
+        ),
+        (
+            "gossip_on_a_session",
+            "gossip without signature, kind | 0x80, on node 1's session: malformed",
+            gossip_on_session,
+            Some(own_session),
+        ),
+    ];
+    for (name, how, bytes, session) in session_checks {
+        specs.push(
+            spec(
+                "envelope_check",
+                name,
+                &[
+                    ("bytes", hex(&bytes)),
+                    ("now_ms", NOW.to_string()),
+                    ("window_ms", DEFAULT_AUTH_WINDOW_MS.to_string()),
+                    ("sender_known", "true".into()),
+                    (
+                        "session",
+                        session.map_or_else(|| "-".to_owned(), |k| hex(&k)),
+                    ),
+                ],
+            )
+            .note(how),
+        );
+    }
     let checks = [
         (
             "fetch_from_a_live_node",
@@ -2168,6 +2265,7 @@ fn peer_specs() -> Vec<Spec> {
                     ("now_ms", now.to_string()),
                     ("window_ms", DEFAULT_AUTH_WINDOW_MS.to_string()),
                     ("sender_known", known.to_string()),
+                    ("session", "-".into()),
                 ],
             )
             .note(how),
@@ -2252,6 +2350,7 @@ const PEER_REQUIRED: &[&str] = &[
     "envelope relay",
     "envelope tombstones",
     "envelope_check ok fetch",
+    "envelope_check session ok fetch",
     "envelope_check ok gossip",
     "envelope_check ok probe",
     "envelope_check stale_timestamp",

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use ghost_host::api::{ApiError, Listener};
 use ghost_host::config::HttpSection;
 use ghost_host::driver::{Carrier, Exchange};
+use ghost_host::service::Session;
 use ghost_host::service::{Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES};
-use ghost_host::tls::{Links, TLS_HANDSHAKE_RECORD, plaintext_refusal};
+use ghost_host::tls::{Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -220,7 +221,9 @@ pub async fn serve_until(
                 let _slot = slot;
                 match tls {
                     Some(tls) => serve_tls(host, stream, peer, tls).await,
-                    None => serve_connection(host, stream, peer, Listener::Public).await,
+                    None => {
+                        serve_connection(host, stream, peer, Listener::Public, Session::None).await;
+                    }
                 }
             })
             .detach();
@@ -253,7 +256,7 @@ pub async fn serve_admin(host: Host, ex: Arc<Executor<'static>>, listener: Async
         let host = host.clone();
         ex.spawn(async move {
             let _permit = permit;
-            serve_connection(host, stream, peer, Listener::Admin).await;
+            serve_connection(host, stream, peer, Listener::Admin, Session::None).await;
         })
         .detach();
     }
@@ -284,13 +287,26 @@ async fn serve_tls(host: Host, stream: Async<TcpStream>, peer: SocketAddr, tls: 
     )
     .await;
     match accepted {
-        Ok(session) => serve_connection(host, session, peer, Listener::Public).await,
+        Ok(tls) => {
+            let session = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(peer_key_hash)
+                .map_or(Session::None, |h| Session::Tls(TlsKeyHash(h)));
+            serve_connection(host, tls, peer, Listener::Public, session).await;
+        }
         Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
     }
 }
 
-async fn serve_connection<S>(host: Host, stream: S, peer: SocketAddr, listener: Listener)
-where
+async fn serve_connection<S>(
+    host: Host,
+    stream: S,
+    peer: SocketAddr,
+    listener: Listener,
+    session: Session,
+) where
     S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = host.http().header_timeout();
@@ -298,7 +314,7 @@ where
         let host = host.clone();
         async move {
             let _in_flight = host.in_flight();
-            let answer = handle(&host, req, peer, listener).await;
+            let answer = handle(&host, req, peer, listener, session).await;
             host.record(answer.status);
             Ok::<_, Infallible>(response(answer))
         }
@@ -317,6 +333,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     listener: Listener,
+    session: Session,
 ) -> Answer {
     let header_bytes: usize = req
         .headers()
@@ -342,9 +359,16 @@ async fn handle(
         Vec::new()
     };
     let (tx, rx) = smol::channel::bounded(1);
-    host.dispatch(route, query.as_deref(), body, peer.ip(), move |answer| {
-        let _ = tx.try_send(answer);
-    });
+    host.dispatch(
+        route,
+        query.as_deref(),
+        body,
+        peer.ip(),
+        session,
+        move |answer| {
+            let _ = tx.try_send(answer);
+        },
+    );
     rx.recv().await.unwrap_or_else(|_| Answer::stopping())
 }
 

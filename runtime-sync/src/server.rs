@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 
 use ghost_host::api::{ApiError, Listener};
 use ghost_host::config::HttpSection;
+use ghost_host::service::Session;
 use ghost_host::service::{Answer, Host, MAX_HEADER_BYTES};
-use ghost_host::tls::{TLS_HANDSHAKE_RECORD, plaintext_refusal};
+use ghost_host::tls::{TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
+use proto_core::TlsKeyHash;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// Largest request head (request line and headers) read: the header limit plus room for
@@ -196,6 +198,18 @@ enum Wire {
 }
 
 impl Wire {
+    /// How the connection is authenticated: the client's TLS key, if it presented one.
+    fn session(&self) -> Session {
+        match self {
+            Self::Plain(_) => Session::None,
+            Self::Tls(t) => t
+                .conn
+                .peer_certificates()
+                .and_then(peer_key_hash)
+                .map_or(Session::None, |h| Session::Tls(TlsKeyHash(h))),
+        }
+    }
+
     fn socket(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,
@@ -303,6 +317,7 @@ struct Head {
 /// One client connection: its socket (or TLS session) and the bytes read but not yet used.
 struct Connection {
     stream: Wire,
+    session: Session,
     buf: Vec<u8>,
     header_timeout: Duration,
     body_timeout: Duration,
@@ -313,6 +328,7 @@ impl Connection {
     fn new(stream: Wire, http: &HttpSection) -> Self {
         let _ = stream.socket().set_nodelay(true);
         Self {
+            session: stream.session(),
             stream,
             buf: Vec::with_capacity(4096),
             header_timeout: http.header_timeout(),
@@ -359,7 +375,7 @@ impl Connection {
                 Vec::new()
             };
             let (tx, rx) = mpsc::sync_channel(1);
-            host.dispatch(route, query, body, peer.ip(), move |answer| {
+            host.dispatch(route, query, body, peer.ip(), self.session, move |answer| {
                 let _ = tx.send(answer);
             });
             let answer = rx.recv().unwrap_or_else(|_| Answer::stopping());

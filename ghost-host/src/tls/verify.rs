@@ -18,7 +18,7 @@ use super::der::{ed25519_key_from_cert, key_hash};
 
 /// Why a peer's certificate was refused (carried in `CertificateError::Other`, so the
 /// rustls error names it and the peer gets a `certificate_unknown` alert).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum CertRejected {
     /// The certificate is malformed or its key is not Ed25519.
     NotEd25519,
@@ -32,6 +32,13 @@ impl fmt::Display for CertRejected {
             Self::NotEd25519 => "certificate does not carry an Ed25519 key",
             Self::KeyHashMismatch => "certificate key does not match the pinned tls_key_hash",
         })
+    }
+}
+
+// rustls prints the reason inside its error with `Debug`: make that the sentence too.
+impl fmt::Debug for CertRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -90,6 +90,11 @@ pub struct NodeConfig {
     /// Accepted distance between a request's timestamp and the node's clock, in ms
     /// (default 60,000).
     pub auth_window_ms: u64,
+    /// Whether this node's links to other nodes are TLS sessions on which it presents the
+    /// certificate its descriptor names: then its peer envelopes (but gossip and probes)
+    /// travel without a signature, authenticated by the session (default false: every
+    /// envelope signed, as on plain HTTP).
+    pub session_authenticated_peers: bool,
     /// Leading zero bits a store's proof of work must have (default 0: none).
     pub pow_difficulty: u8,
     /// How long a hop waits for the next hop's answer, in ms (default 15,000).
@@ -149,6 +154,7 @@ impl Default for NodeConfig {
             write_quorum: 2,
             vnodes: crate::ring::DEFAULT_VNODES,
             auth_window_ms: crate::request::DEFAULT_AUTH_WINDOW_MS,
+            session_authenticated_peers: false,
             pow_difficulty: 0,
             forward_timeout_ms: 15_000,
             store_timeout_ms: 5_000,
@@ -430,6 +436,8 @@ pub struct NodeStats {
     pub rate_limited: u64,
     /// `/v1/peer` requests and registrations refused by their source's rate limit.
     pub peer_rate_limited: u64,
+    /// Peer envelopes accepted on their sender's TLS session, without a signature.
+    pub peer_session_envelopes: u64,
     /// Stores acknowledged to clients.
     pub stores_acked: u64,
     /// Stores that missed the write quorum.
@@ -877,7 +885,12 @@ impl<B: MessageBackend> Node<B> {
         let Some(d) = self.membership.directory().get(&to).copied() else {
             return false;
         };
-        let body = request.encode_signed(&self.identity, now);
+        let session = self
+            .config
+            .session_authenticated_peers
+            .then(|| request.encode_session(self.node_id(), now))
+            .flatten();
+        let body = session.unwrap_or_else(|| request.encode_signed(&self.identity, now));
         self.transmit(now, Callee::Node(d), Endpoint::Peer, body, pending);
         true
     }
@@ -1229,8 +1242,16 @@ impl<B: MessageBackend> Node<B> {
         limited
     }
 
-    /// A peer request arrived on `/v1/peer` from `source`.
-    pub fn handle_peer(&mut self, now: Timestamp, req: RequestId, source: IpAddr, bytes: &[u8]) {
+    /// A peer request arrived on `/v1/peer` from `source`, over a connection authenticated
+    /// as `session`.
+    pub fn handle_peer(
+        &mut self,
+        now: Timestamp,
+        req: RequestId,
+        source: IpAddr,
+        session: peer::Session,
+        bytes: &[u8],
+    ) {
         let now = self.monotonic(now);
         let claimed = peer::claimed_sender(bytes);
         if self.peer_limited(source, claimed, now) {
@@ -1241,14 +1262,17 @@ impl<B: MessageBackend> Node<B> {
             return self.respond(req, Reply::PeerRefused(PeerError::UnknownSender));
         }
         let directory = &self.membership.directory();
-        let decoded = peer::decode_request(bytes, now, self.config.auth_window_ms, |id| {
-            directory.contains(id)
+        let decoded = peer::decode_request(bytes, now, self.config.auth_window_ms, session, |id| {
+            directory.get(id).map(Descriptor::tls_key_hash)
         });
         let auth = match decoded {
             Ok(a) => a,
             // Not an envelope from a node at all: refused outright, nothing is decoded further.
             Err(e) => return self.respond(req, Reply::PeerRefused(e)),
         };
+        if bytes.get(1).is_some_and(|k| k & peer::KIND_SESSION != 0) {
+            self.stats.peer_session_envelopes += 1;
+        }
         if self.identities.check(auth.sender, now).is_err() {
             self.stats.peer_rate_limited += 1;
             return self.respond(req, Reply::PeerRefused(PeerError::RateLimited));

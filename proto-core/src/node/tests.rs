@@ -180,7 +180,7 @@ fn replicate_at(
     now: Timestamp,
 ) -> (Vec<MessageHash>, Vec<(MessageHash, CopyRefusal)>) {
     let bytes = PeerRequest::Replicate(ms).encode_signed(&peer_key(sender), now);
-    n.handle_peer(now, RequestId(77), PEER_IP, &bytes);
+    n.handle_peer(now, RequestId(77), PEER_IP, peer::Session::None, &bytes);
     match answer_at(n, RequestId(77), now) {
         PeerResponse::Stored { receipts, refused } => {
             (receipts.into_iter().map(|(h, _)| h).collect(), refused)
@@ -496,7 +496,7 @@ fn a_replayed_signed_delete_all_deletes_nothing_the_second_time() {
         Response::Refused(RequestError::AlreadyApplied)
     );
     let relay = PeerRequest::Relay(delete_all.clone()).encode_signed(&peer_key(0), NOW);
-    n.handle_peer(NOW, RequestId(78), PEER_IP, &relay);
+    n.handle_peer(NOW, RequestId(78), PEER_IP, peer::Session::None, &relay);
     assert_eq!(answer(&mut n, RequestId(78)), PeerResponse::Applied(0));
     assert!(
         kept.iter().all(|m| held(&n, m)),
@@ -528,7 +528,7 @@ fn a_delete_all_applied_late_spares_mail_stored_after_it_was_signed() {
     new.origin.timestamp = new.stored_at;
     n.store.insert(new_message(&new), later).expect("stored");
     let relay = PeerRequest::Relay(delete_all).encode_signed(&peer_key(1), later);
-    n.handle_peer(later, RequestId(79), PEER_IP, &relay);
+    n.handle_peer(later, RequestId(79), PEER_IP, peer::Session::None, &relay);
     assert_eq!(answer(&mut n, RequestId(79)), PeerResponse::Applied(1));
     assert!(!held(&n, &old), "the delete removed the older message");
     assert!(held(&n, &new), "the late delete removed newer mail");
@@ -555,7 +555,7 @@ fn a_message_deleted_here_is_not_brought_back_by_a_member_that_missed_the_delete
         }),
     );
     let relay = PeerRequest::Relay(delete).encode_signed(&peer_key(1), NOW);
-    n.handle_peer(NOW, RequestId(80), PEER_IP, &relay);
+    n.handle_peer(NOW, RequestId(80), PEER_IP, peer::Session::None, &relay);
     assert_eq!(answer(&mut n, RequestId(80)), PeerResponse::Applied(1));
 
     // Anti-entropy from the member that missed it: pushed as a handoff, and as the
@@ -601,7 +601,13 @@ fn an_identity_has_one_peer_budget_whatever_address_it_sends_from() {
     // refused all the same.
     for k in 0..5u8 {
         let source = IpAddr::from([10, 0, 1, k]);
-        n.handle_peer(NOW, RequestId(u64::from(k)), source, &digest(0));
+        n.handle_peer(
+            NOW,
+            RequestId(u64::from(k)),
+            source,
+            peer::Session::None,
+            &digest(0),
+        );
         assert_eq!(refused(&mut n, u64::from(k)), k >= 3, "request {k}");
     }
     // Another identity from the same address is not charged for it; and naming
@@ -610,11 +616,23 @@ fn an_identity_has_one_peer_budget_whatever_address_it_sends_from() {
     let last = forged.len() - 1;
     forged[last] ^= 1;
     for k in 10..13 {
-        n.handle_peer(NOW, RequestId(k), IpAddr::from([10, 0, 1, 0]), &forged);
+        n.handle_peer(
+            NOW,
+            RequestId(k),
+            IpAddr::from([10, 0, 1, 0]),
+            peer::Session::None,
+            &forged,
+        );
     }
     while n.poll_output().is_some() {}
     for k in 20..23 {
-        n.handle_peer(NOW, RequestId(k), IpAddr::from([10, 0, 1, 0]), &digest(1));
+        n.handle_peer(
+            NOW,
+            RequestId(k),
+            IpAddr::from([10, 0, 1, 0]),
+            peer::Session::None,
+            &digest(1),
+        );
         assert!(!refused(&mut n, k));
     }
 }
@@ -637,7 +655,7 @@ fn a_digest_that_differs_everywhere_is_answered_in_pages_of_buckets() {
             start,
         }
         .encode_signed(&peer_key(0), NOW);
-        n.handle_peer(NOW, RequestId(90), PEER_IP, &bytes);
+        n.handle_peer(NOW, RequestId(90), PEER_IP, peer::Session::None, &bytes);
         match answer(n, RequestId(90)) {
             PeerResponse::DigestDiff {
                 hashes,
@@ -698,7 +716,7 @@ fn a_member_that_held_nothing_when_everything_was_deleted_refuses_older_copies_l
     new.origin.timestamp = new.stored_at;
     let bytes =
         PeerRequest::Replicate(vec![old.clone(), new.clone()]).encode_signed(&peer_key(0), later);
-    n.handle_peer(later, RequestId(91), PEER_IP, &bytes);
+    n.handle_peer(later, RequestId(91), PEER_IP, peer::Session::None, &bytes);
     n.handle_durable(later);
     let outputs: Vec<Output> = core::iter::from_fn(|| n.poll_output()).collect();
     let answer = outputs.iter().find_map(|o| match o {
@@ -725,9 +743,11 @@ fn a_member_that_held_nothing_when_everything_was_deleted_refuses_older_copies_l
                 body,
                 ..
             } if to == peer_key(0).node_id() => {
-                peer::decode_request(&body, later, 60_000, |_| true)
-                    .ok()
-                    .map(|a| a.request)
+                peer::decode_request(&body, later, 60_000, peer::Session::None, |_| {
+                    Some(crate::TlsKeyHash::default())
+                })
+                .ok()
+                .map(|a| a.request)
             }
             _ => None,
         })
@@ -755,7 +775,7 @@ fn requests_and_envelopes_of_another_protocol_version_are_refused_by_name() {
     // before anything else is read.
     let mut envelope = PeerRequest::Fetch(vec![]).encode_signed(&peer_key(0), NOW);
     envelope[0] = 1;
-    n.handle_peer(NOW, RequestId(92), PEER_IP, &envelope);
+    n.handle_peer(NOW, RequestId(92), PEER_IP, peer::Session::None, &envelope);
     let refused = core::iter::from_fn(|| n.poll_output()).any(|o| {
         matches!(
             o,
@@ -808,7 +828,7 @@ fn show_tombstones(
     now: Timestamp,
 ) -> PeerResponse {
     let bytes = PeerRequest::Tombstones(entries).encode_signed(&peer_key(sender), now);
-    n.handle_peer(now, RequestId(81), PEER_IP, &bytes);
+    n.handle_peer(now, RequestId(81), PEER_IP, peer::Session::None, &bytes);
     answer_at(n, RequestId(81), now)
 }
 
@@ -821,7 +841,7 @@ fn a_member_that_applied_a_delete_shows_it_to_a_peer_still_holding_the_message()
     n.store.insert(new_message(&m), NOW).expect("stored");
     let delete = delete_of(&owner, &m, NOW);
     let relay = PeerRequest::Relay(delete.clone()).encode_signed(&peer_key(1), NOW);
-    n.handle_peer(NOW, RequestId(80), PEER_IP, &relay);
+    n.handle_peer(NOW, RequestId(80), PEER_IP, peer::Session::None, &relay);
     assert_eq!(answer(&mut n, RequestId(80)), PeerResponse::Applied(1));
     while n.poll_output().is_some() {}
 
@@ -843,9 +863,11 @@ fn a_member_that_applied_a_delete_shows_it_to_a_peer_still_holding_the_message()
                 endpoint: Endpoint::Peer,
                 body,
                 ..
-            } => peer::decode_request(&body, later, 60_000, |_| true)
-                .ok()
-                .map(|a| a.request),
+            } => peer::decode_request(&body, later, 60_000, peer::Session::None, |_| {
+                Some(crate::TlsKeyHash::default())
+            })
+            .ok()
+            .map(|a| a.request),
             _ => None,
         })
         .collect();
@@ -907,7 +929,9 @@ fn relays_sent(n: &mut Node<MemoryBackend>, now: Timestamp) -> Vec<(TransmitId, 
                 endpoint: Endpoint::Peer,
                 body,
                 ..
-            } => match peer::decode_request(&body, now, 60_000, |_| true) {
+            } => match peer::decode_request(&body, now, 60_000, peer::Session::None, |_| {
+                Some(crate::TlsKeyHash::default())
+            }) {
                 Ok(a) if matches!(a.request, PeerRequest::Relay(_)) => Some((id, peer)),
                 _ => None,
             },

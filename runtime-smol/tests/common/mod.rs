@@ -115,7 +115,12 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
         };
         let links = Links::Tls(Arc::new(TlsLinks::for_node(tls_key).unwrap()));
         let seeds = if i == 0 { Vec::new() } else { vec![addrs[0]] };
-        let node = Node::new(config.clone(), keys, seeds, backend, now(), &mut rng).unwrap();
+        // TLS links with each node's own certificate: peer envelopes ride the session.
+        let config = NodeConfig {
+            session_authenticated_peers: true,
+            ..config.clone()
+        };
+        let node = Node::new(config, keys, seeds, backend, now(), &mut rng).unwrap();
         net.descriptors.push(*node.descriptor());
         let admin = TcpListener::bind("127.0.0.1:0").unwrap();
         net.admins.push(admin.local_addr().unwrap().to_string());
