@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub http_responses: BTreeMap<u16, u64>,
     /// Connections closed on accept because their address had too many open.
     pub connections_refused: u64,
+    /// Connections a TLS listener closed before any request: (handshakes that failed or
+    /// timed out, plain HTTP answered `tls_required`).
+    pub tls_refused: (u64, u64),
 }
 
 impl Snapshot {
@@ -375,6 +378,18 @@ impl Collector for Snapshot {
             "Connections closed on accept: their address had http.max_connections_per_address open.",
             self.connections_refused,
         )?;
+        {
+            let mut m = e.encode_descriptor(
+                "tls_refused",
+                "Connections the TLS listener closed before any request, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            let (handshake, plaintext) = self.tls_refused;
+            for (reason, n) in [("handshake_failed", handshake), ("plaintext", plaintext)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -91,6 +91,18 @@ impl Answer {
 struct Counters {
     http_responses: Mutex<BTreeMap<u16, u64>>,
     connections_refused: AtomicU64,
+    tls_handshakes_failed: AtomicU64,
+    tls_plaintext_refused: AtomicU64,
+}
+
+/// Why a TLS listener closed a connection before any request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsRefusal {
+    /// The handshake failed (a client key that does not verify, TLS 1.2, garbage) or did
+    /// not finish within the header timeout.
+    HandshakeFailed,
+    /// The client spoke plain HTTP; it was answered `400 tls_required`.
+    Plaintext,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,8 +190,12 @@ impl Host {
                 let http_responses = lock(&self.counters.http_responses).clone();
                 let connections_refused = self.counters.connections_refused.load(Ordering::Relaxed)
                     + self.limits.refused.load(Ordering::Relaxed);
+                let tls_refused = (
+                    self.counters.tls_handshakes_failed.load(Ordering::Relaxed),
+                    self.counters.tls_plaintext_refused.load(Ordering::Relaxed),
+                );
                 self.driver.run(
-                    move |n, _| snapshot(n, http_responses, connections_refused),
+                    move |n, _| snapshot(n, http_responses, connections_refused, tls_refused),
                     move |s| done(Answer::new(200, metrics::CONTENT_TYPE, s.encode())),
                 );
             }
@@ -240,6 +256,15 @@ impl Host {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection a TLS listener closed before any request.
+    pub fn record_tls_refusal(&self, why: TlsRefusal) {
+        let counter = match why {
+            TlsRefusal::HandshakeFailed => &self.counters.tls_handshakes_failed,
+            TlsRefusal::Plaintext => &self.counters.tls_plaintext_refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A slot for one more connection from `ip`, or `None` (close it unread) when that
     /// address has its maximum open.
     #[must_use]
@@ -265,6 +290,7 @@ fn snapshot(
     node: &crate::driver::HostedNode,
     http_responses: BTreeMap<u16, u64>,
     connections_refused: u64,
+    tls_refused: (u64, u64),
 ) -> Snapshot {
     let (messages, message_bytes) = node.store().totals();
     let backend = node.store().backend();
@@ -280,6 +306,7 @@ fn snapshot(
         replay_fill: f64::from(node.replay_fill_ratio()),
         http_responses,
         connections_refused,
+        tls_refused,
     }
 }
 

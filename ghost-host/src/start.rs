@@ -1,8 +1,8 @@
 //! Start-up and stop of a node binary, the same for every runtime: settings (defaults <
 //! `--config` file < environment < flags), logs, the data directory (identity key, TLS
-//! key, peers file, message database), a fresh onion key and epoch, the listening sockets, the node
-//! driver thread, the two start lines scripts read on stdout, and the signals that stop
-//! the node.
+//! key, peers file, message database), the links (TLS, or plain HTTP when asked for), a
+//! fresh onion key and epoch, the listening sockets, the node driver thread, the two
+//! start lines scripts read on stdout, and the signals that stop the node.
 //!
 //! A runtime's `main` is [`main`] with a function that serves the two bound listeners
 //! until the shutdown signal, then lets in-flight requests finish.
@@ -81,9 +81,10 @@ pub struct Started {
 }
 
 /// The whole life of a node binary: parses the settings, starts the node with the
-/// runtime's `carrier` (made for the node's links), and calls `serve` with it and a receiver of the shutdown signal
-/// (SIGINT or SIGTERM). Exit code 0 after a graceful stop, 2 for bad settings or a
-/// failed start (with a message on stderr saying what to fix).
+/// runtime's `carrier` (made for the node's links), and calls `serve` with it and a
+/// receiver of the shutdown signal (SIGINT or SIGTERM). Exit code 0 after a graceful
+/// stop, 2 for bad settings or a failed start (with a message on stderr saying what to
+/// fix).
 pub fn main(
     name: &'static str,
     about: &'static str,

@@ -337,7 +337,8 @@ impl fmt::Display for Address {
 }
 
 /// What a node publishes about itself: identity, onion key, epoch, expiry, the hash of
-/// its TLS key and its address, signed by the identity key. A value of this type always carries a valid signature.
+/// its TLS key and its address, signed by the identity key. A value of this type always
+/// carries a valid signature.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Descriptor {
     node_id: NodeId,

@@ -1,8 +1,9 @@
 //! The smol runtime's sockets and HTTP: hyper's HTTP/1.1 server on smol for the public
 //! listener (inside TLS via futures-rustls unless `http.insecure_plaintext`) and the
 //! plain admin listener, and a pooled keep-alive hyper client, pinned to each peer's
-//! descriptor, that carries the node's exchanges ([`SmolCarrier`]). Everything a request means is answered by
-//! [`ghost_host::service::Host`] through the node driver thread.
+//! descriptor, that carries the node's exchanges ([`SmolCarrier`]). Everything a
+//! request means is answered by [`ghost_host::service::Host`] through the node driver
+//! thread.
 //!
 //! Invariants: a request body is never read beyond [`HttpSection::max_body_bytes`] nor
 //! for longer than its timeout; a client that half-closes its side after a complete
@@ -21,8 +22,9 @@ use std::time::{Duration, Instant};
 use ghost_host::api::{ApiError, Listener};
 use ghost_host::config::HttpSection;
 use ghost_host::driver::{Carrier, Exchange};
-use ghost_host::service::Session;
-use ghost_host::service::{Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES};
+use ghost_host::service::{
+    Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES, Session, TlsRefusal,
+};
 use ghost_host::tls::{Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -273,6 +275,7 @@ async fn serve_tls(host: Host, stream: Async<TcpStream>, peer: SocketAddr, tls: 
         return;
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
+        host.record_tls_refusal(TlsRefusal::Plaintext);
         let mut stream = stream;
         let refusal = plaintext_refusal();
         let _ = within(header_timeout, stream.write_all(&refusal), Ok(())).await;
@@ -296,7 +299,10 @@ async fn serve_tls(host: Host, stream: Async<TcpStream>, peer: SocketAddr, tls: 
                 .map_or(Session::None, |h| Session::Tls(TlsKeyHash(h)));
             serve_connection(host, tls, peer, Listener::Public, session).await;
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(e) => {
+            host.record_tls_refusal(TlsRefusal::HandshakeFailed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
     }
 }
 

@@ -159,6 +159,8 @@ mod tests {
     use std::net::TcpListener;
     use std::thread::JoinHandle;
 
+    use ghost_host::tls::{TlsKey, TlsLinks};
+
     use super::*;
 
     /// A one-connection peer on loopback that reads one request and answers with
@@ -244,6 +246,67 @@ mod tests {
             .exchange(&address, None, Endpoint::Peer, b"envelope");
         assert_eq!(got.map(|b| b.len()), Ok(MAX_ANSWER_BYTES));
         peer.join().expect("the peer ends");
+    }
+
+    /// A one-connection TLS peer presenting `key` and asking for a client certificate:
+    /// answers one request with `ok`; the thread returns the client's key hash, or the
+    /// handshake's error.
+    fn tls_peer(key: TlsKey) -> (String, JoinHandle<Result<[u8; 32], String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let address = listener.local_addr().expect("bound").to_string();
+        let config = ghost_host::tls::server_config(&key, ghost_host::tls::ClientAuth::Required)
+            .expect("a server config");
+        let peer = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            let conn = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                tls.read_exact(&mut byte).map_err(|e| e.to_string())?;
+                head.push(byte[0]);
+            }
+            let client = tls
+                .conn
+                .peer_certificates()
+                .and_then(ghost_host::tls::peer_key_hash)
+                .ok_or("no client certificate")?;
+            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .map_err(|e| e.to_string())?;
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            Ok(client)
+        });
+        (address, peer)
+    }
+
+    #[test]
+    fn a_tls_peer_is_reached_only_with_the_key_its_descriptor_names() {
+        let seed = |b: u8| TlsKey::from_secret_bytes(&[b; 32]);
+        let own = seed(0xb0);
+        let own_hash = own.key_hash();
+        let links = Links::Tls(Arc::new(TlsLinks::for_node(own).expect("links")));
+        let carrier = UreqCarrier::new(&HttpSection::default(), links);
+
+        // The peer's real key: answered, and the peer saw this node's own certificate.
+        let (address, peer) = tls_peer(seed(0xa0));
+        let pin = Some(TlsKeyHash(seed(0xa0).key_hash()));
+        let got = carrier
+            .shared
+            .exchange(&address, pin, Endpoint::Peer, b"envelope");
+        assert_eq!(got, Ok(b"ok".to_vec()));
+        assert_eq!(peer.join().expect("the peer ends"), Ok(own_hash));
+
+        // Something else at the address (another node's key, a man in the middle's):
+        // the handshake fails and nothing is sent.
+        let (address, peer) = tls_peer(seed(0xc0));
+        let got = carrier
+            .shared
+            .exchange(&address, pin, Endpoint::Peer, b"envelope");
+        assert_eq!(got, Err(TransmitFailure::Unreachable));
+        assert!(peer.join().expect("the peer ends").is_err());
     }
 
     #[test]

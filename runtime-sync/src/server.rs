@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ghost_host::api::{ApiError, Listener};
 use ghost_host::config::HttpSection;
 use ghost_host::service::Session;
-use ghost_host::service::{Answer, Host, MAX_HEADER_BYTES};
+use ghost_host::service::{Answer, Host, MAX_HEADER_BYTES, TlsRefusal};
 use ghost_host::tls::{TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
 use proto_core::TlsKeyHash;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -177,7 +177,7 @@ fn accept_loop(
                 let http = served.http();
                 let wire = match tls {
                     None => Wire::Plain(stream),
-                    Some(tls) => match accept_tls(stream, tls, http.header_timeout()) {
+                    Some(tls) => match accept_tls(&served, stream, tls) {
                         Some(session) => Wire::Tls(Box::new(session)),
                         None => return,
                     },
@@ -253,14 +253,15 @@ impl Write for Wire {
     }
 }
 
-/// The TLS handshake on an accepted socket, within `timeout` in all. A client that opens
-/// with plain HTTP gets a JSON 400 saying TLS is required, in plain HTTP it can read;
-/// `None` for it and for any failed or slow handshake.
+/// The TLS handshake on an accepted socket, within the header timeout in all. A client
+/// that opens with plain HTTP gets a JSON 400 saying TLS is required, in plain HTTP it
+/// can read; `None` for it and for any failed or slow handshake (both counted).
 fn accept_tls(
+    host: &Host,
     stream: TcpStream,
     tls: Arc<ServerConfig>,
-    timeout: Duration,
 ) -> Option<StreamOwned<ServerConnection, TcpStream>> {
+    let timeout = host.http().header_timeout();
     let deadline = Instant::now() + timeout;
     let _ = stream.set_nodelay(true);
     stream.set_read_timeout(Some(timeout)).ok()?;
@@ -270,6 +271,7 @@ fn accept_tls(
         return None;
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
+        host.record_tls_refusal(TlsRefusal::Plaintext);
         let mut stream = stream;
         let _ = stream.write_all(&plaintext_refusal());
         let _ = stream.shutdown(Shutdown::Write);
@@ -279,11 +281,15 @@ fn accept_tls(
     let mut stream = stream;
     while conn.is_handshaking() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        stream.set_read_timeout(Some(left)).ok()?;
-        if let Err(e) = conn.complete_io(&mut stream) {
+        let step = if left.is_zero() {
+            Err(io::ErrorKind::TimedOut.into())
+        } else {
+            stream
+                .set_read_timeout(Some(left))
+                .and_then(|()| conn.complete_io(&mut stream).map(|_| ()))
+        };
+        if let Err(e) = step {
+            host.record_tls_refusal(TlsRefusal::HandshakeFailed);
             tracing::debug!(error = %e, "TLS handshake failed");
             return None;
         }

@@ -25,8 +25,9 @@
 //! the client's plain GET and the onion packets of every hop; a second test sends a
 //! per-recipient request through a proxy and shows the same scanner reports it. The last
 //! test runs the same network on its default TLS links and finds only TLS records on
-//! every connection: no request line, no header, no recipient, peer envelopes included. Invariants: every wait has a deadline;
-//! nodes are killed and proxy threads joined when a test ends, however it ends.
+//! every connection: no request line, no header, no recipient, peer envelopes included.
+//! Invariants: every wait has a deadline; nodes are killed and proxy threads joined when
+//! a test ends, however it ends.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};

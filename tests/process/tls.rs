@@ -78,6 +78,19 @@ fn plaintext_is_refused_by_name_and_pinned_tls_is_served(runtime: Runtime) {
         assert!(text.contains(r#""error":"tls_required""#), "{text}");
     }
 
+    // Each node counted what it refused before any request: the plain request and the
+    // handshake the client pinned to another key gave up.
+    for node in &net.nodes {
+        for reason in ["plaintext", "handshake_failed"] {
+            let name = format!("ghost_tls_refused_total{{reason=\"{reason}\"}}");
+            common::wait_for(&name, Duration::from_secs(10), || {
+                common::metric(&node.admin, &name)
+                    .filter(|n| *n >= 1.0)
+                    .map(drop)
+            });
+        }
+    }
+
     // The nodes' envelopes to each other ride their TLS sessions, unsigned: every node
     // took some (gossip and probes stay signed, replication and anti-entropy do not).
     let client = Client::with_links(&seed, ClientConfig::default(), client::default_links())
