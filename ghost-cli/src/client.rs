@@ -667,10 +667,11 @@ impl Http {
         }
     }
 
-    fn agent(&self, listening: Listening) -> (ureq::Agent, &'static str) {
+    /// The agent for `listening` and the URL of `path` at `address` on it.
+    fn target(&self, listening: Listening, address: &str, path: &str) -> (ureq::Agent, String) {
         match listening {
-            Listening::Public(pin) => (self.agents.agent(pin), self.agents.links().scheme()),
-            Listening::Admin => (self.admin.clone(), "http"),
+            Listening::Public(pin) => (self.agents.agent(pin), self.agents.url(address, path)),
+            Listening::Admin => (self.admin.clone(), format!("http://{address}{path}")),
         }
     }
 
@@ -722,11 +723,8 @@ impl Http {
             ureq::Error::Io(e) if is_connect_failure(e.kind()) => "unreachable",
             _ => "broken_answer",
         };
-        let (agent, scheme) = self.agent(listening);
-        let mut resp = agent
-            .get(format!("{scheme}://{address}{path}"))
-            .call()
-            .map_err(label)?;
+        let (agent, url) = self.target(listening, address, path);
+        let mut resp = agent.get(url).call().map_err(label)?;
         resp.body_mut()
             .with_config()
             .limit(MAX_GET_BYTES)
@@ -754,11 +752,8 @@ impl Http {
             }
             _ => TransmitFailure::Unreachable,
         };
-        let (agent, scheme) = self.agent(Listening::Public(pin));
-        let mut resp = agent
-            .post(format!("{scheme}://{address}{path}"))
-            .send(body)
-            .map_err(transport)?;
+        let (agent, url) = self.target(Listening::Public(pin), address, path);
+        let mut resp = agent.post(url).send(body).map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
             return Err(TransmitFailure::Refused {
@@ -805,11 +800,8 @@ impl Http {
                 e => format!("{address}: {e}"),
             })
         };
-        let (agent, scheme) = self.agent(listening);
-        let mut resp = agent
-            .get(format!("{scheme}://{address}{path}"))
-            .call()
-            .map_err(problem)?;
+        let (agent, url) = self.target(listening, address, path);
+        let mut resp = agent.get(url).call().map_err(problem)?;
         let status = resp.status();
         let body = resp
             .body_mut()

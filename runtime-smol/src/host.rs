@@ -25,14 +25,15 @@ use ghost_host::driver::{Carrier, Exchange};
 use ghost_host::service::{
     Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES, Session, TlsRefusal,
 };
-use ghost_host::tls::{Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
+use ghost_host::tls::{
+    Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal, unused_server_name,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use proto_core::TlsKeyHash;
 use proto_core::node::{Endpoint, TransmitFailure};
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use smol::io::AsyncWriteExt as _;
 use smol::lock::Semaphore;
@@ -187,10 +188,7 @@ pub fn serve(
     let stop = smol::unblock(move || {
         let _ = shutdown.recv();
     });
-    let tls = match &links {
-        Links::Tls(tls) => tls.server_config(),
-        Links::InsecurePlaintext => None,
-    };
+    let tls = links.server_config();
     smol::block_on(ex.run(serve_until(host, ex.clone(), listener, tls, stop)));
     driver.stop();
     tracing::info!("stopped");
@@ -448,10 +446,6 @@ async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
     Err(last)
 }
 
-/// The name handed to rustls: the verifier ignores names and SNI is off, so it never
-/// reaches the wire.
-const UNUSED_SERVER_NAME: &str = "node.invalid";
-
 /// An HTTP/1.1 connection to `address`, over TLS with `tls` (else plain HTTP), ready for
 /// requests; the error says what failed (a refused TLS key among others).
 pub async fn connect(
@@ -464,9 +458,8 @@ pub async fn connect(
     match tls {
         None => http_over(address, stream).await,
         Some(config) => {
-            let name = ServerName::try_from(UNUSED_SERVER_NAME).expect("a valid DNS name");
             let session = futures_rustls::TlsConnector::from(config)
-                .connect(name, stream)
+                .connect(unused_server_name(), stream)
                 .await
                 .map_err(|e| format!("TLS with {address} failed: {e}"))?;
             http_over(address, session).await
@@ -550,10 +543,7 @@ pub fn spawn_node(
     listener: TcpListener,
     admin: TcpListener,
 ) -> std::io::Result<(Host, ghost_host::driver::DriverThread)> {
-    let tls = match &links {
-        Links::Tls(tls) => tls.server_config(),
-        Links::InsecurePlaintext => None,
-    };
+    let tls = links.server_config();
     let carrier = SmolCarrier::new(ex.clone(), http.clone(), links);
     let driver =
         ghost_host::driver::spawn(node, carrier, ghost_host::driver::DriverSettings::default())?;

@@ -21,14 +21,6 @@ use ghost_host::tls::Links;
 
 use crate::server::Acceptor;
 
-/// The public listener's TLS config, `None` for plaintext links.
-fn server_config(links: &Links) -> Option<std::sync::Arc<rustls::ServerConfig>> {
-    match links {
-        Links::Tls(tls) => tls.server_config(),
-        Links::InsecurePlaintext => None,
-    }
-}
-
 /// Serves `started`'s listeners until `shutdown` yields, then stops accepting, lets
 /// in-flight requests finish (up to the grace period) and stops the node driver (which
 /// commits and closes the database).
@@ -46,7 +38,7 @@ pub fn serve(started: Started, shutdown: &std::sync::mpsc::Receiver<()>) -> Resu
         listener,
         Listener::Public,
         max,
-        server_config(&links),
+        links.server_config(),
     )
     .map_err(|e| format!("cannot start accepting: {e}"))?;
     let admin = admin
@@ -94,7 +86,7 @@ pub fn spawn_node(
     listener: std::net::TcpListener,
     admin: std::net::TcpListener,
 ) -> std::io::Result<InProcess> {
-    let tls = server_config(&links);
+    let tls = links.server_config();
     let carrier = carrier::UreqCarrier::new(&http, links);
     let driver =
         ghost_host::driver::spawn(node, carrier, ghost_host::driver::DriverSettings::default())?;

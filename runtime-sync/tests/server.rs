@@ -19,7 +19,6 @@ use runtime_sync::{InProcess, spawn_node};
 
 use ghost_host::tls::{Links, TlsKey, TlsLinks};
 use proto_core::TlsKeyHash;
-use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use std::sync::Arc;
 
@@ -257,8 +256,8 @@ fn serve_tls() -> Served {
 /// `GET /health` over TLS pinned to `pin`: the whole answer, or the handshake's error.
 fn tls_health(address: &str, pin: [u8; 32]) -> Result<String, String> {
     let config = TlsLinks::for_client().client_config(Some(TlsKeyHash(pin)));
-    let name = ServerName::try_from("node.invalid").unwrap();
-    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(config, ghost_host::tls::unused_server_name())
+        .map_err(|e| e.to_string())?;
     let sock = TcpStream::connect(address).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

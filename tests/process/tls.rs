@@ -13,7 +13,6 @@ use ghost_host::tls::TlsLinks;
 use proto_core::TlsKeyHash;
 use proto_core::client::ClientConfig;
 use rand_core::SeedableRng;
-use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 
 mod common;
@@ -27,8 +26,8 @@ common::runtime_tests!(plaintext_is_refused_by_name_and_pinned_tls_is_served);
 /// handshake failed.
 fn tls_health(address: &str, pin: TlsKeyHash) -> Result<String, String> {
     let config = TlsLinks::for_client().client_config(Some(pin));
-    let name = ServerName::try_from("node.invalid").expect("a DNS name");
-    let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(config, ghost_host::tls::unused_server_name())
+        .map_err(|e| e.to_string())?;
     let sock = TcpStream::connect(address).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("a timeout");

@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use proto_core::TlsKeyHash;
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{
@@ -15,14 +14,10 @@ use ureq::unversioned::transport::{
     Transport, TransportAdapter,
 };
 
-use super::Links;
+use super::{Links, unused_server_name};
 
 /// Most agents kept, one per pinned key; past it the cache starts over.
 const MAX_AGENTS: usize = 4096;
-
-/// The name handed to rustls: the verifier ignores names and SNI is off, so it never
-/// reaches the wire.
-const UNUSED_SERVER_NAME: &str = "node.invalid";
 
 /// ureq agents for `links`, by pinned key.
 pub struct Agents {
@@ -40,12 +35,6 @@ impl Agents {
             links,
             agents: Mutex::default(),
         }
-    }
-
-    /// The links these agents use.
-    #[must_use]
-    pub fn links(&self) -> &Links {
-        &self.links
     }
 
     /// The URL of `path` at `address` (`host:port`) over these links.
@@ -103,8 +92,7 @@ impl<In: Transport> Connector<In> for PinnedTlsConnector {
         if !details.needs_tls() || transport.is_tls() {
             return Ok(Some(Either::A(transport)));
         }
-        let name = ServerName::try_from(UNUSED_SERVER_NAME).expect("a valid DNS name");
-        let mut conn = ClientConnection::new(self.config.clone(), name)
+        let mut conn = ClientConnection::new(self.config.clone(), unused_server_name())
             .map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
         let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
         sock.set_timeout(details.timeout);

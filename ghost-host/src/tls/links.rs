@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use proto_core::TlsKeyHash;
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::{ClientAuth, TlsKey, client_config, server_config, unpinned_client_config};
@@ -13,6 +14,13 @@ use crate::api::ApiError;
 /// Most client configs kept, one per pinned key; past it the cache starts over (building
 /// one again costs a certificate, microseconds).
 const MAX_CACHED_CONFIGS: usize = 4096;
+
+/// The server name handed to rustls when connecting: our verifier ignores names and SNI
+/// is off, so it never reaches the wire.
+#[must_use]
+pub fn unused_server_name() -> ServerName<'static> {
+    ServerName::try_from("node.invalid").expect("a valid DNS name")
+}
 
 /// The first byte of every TLS record that opens a connection (a handshake record).
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -34,6 +42,15 @@ impl Links {
         match self {
             Self::Tls(_) => "https",
             Self::InsecurePlaintext => "http",
+        }
+    }
+
+    /// The public listener's server config; `None` for plaintext links.
+    #[must_use]
+    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        match self {
+            Self::Tls(tls) => tls.server_config(),
+            Self::InsecurePlaintext => None,
         }
     }
 

@@ -31,7 +31,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 pub use der::{ed25519_key_from_cert, key_hash, peer_key_hash};
 pub use key::TlsKey;
-pub use links::{Links, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal};
+pub use links::{Links, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal, unused_server_name};
 pub use provider::{TLS13_CHACHA20_POLY1305_SHA256, provider};
 pub use verify::{CertRejected, PeerClientVerifier, PinnedServerVerifier};
 

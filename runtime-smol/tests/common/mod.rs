@@ -59,8 +59,8 @@ pub fn http_get(address: &str, tls: Option<Arc<rustls::ClientConfig>>, path: &st
             let _ = sock.read_to_end(&mut out);
         }
         Some(config) => {
-            let name = rustls::pki_types::ServerName::try_from("node.invalid").unwrap();
-            let conn = rustls::ClientConnection::new(config, name).unwrap();
+            let conn = rustls::ClientConnection::new(config, ghost_host::tls::unused_server_name())
+                .unwrap();
             let mut tls = rustls::StreamOwned::new(conn, sock);
             tls.write_all(request.as_bytes())
                 .expect("the TLS handshake succeeds");
