@@ -328,6 +328,15 @@ pub struct HttpSection {
     /// and nothing binds a connection to the node it claims to reach. A TLS node and a
     /// plaintext node cannot talk to each other. Default false.
     pub insecure_plaintext: bool,
+    /// How long one TLS key is presented before the node makes a new one and publishes
+    /// its hash in a new descriptor, ms (0: never). Default 86,400,000 (1 day).
+    pub tls_key_rotation_ms: u64,
+    /// How long after a TLS key rotation the previous key is still presented to clients
+    /// that pinned it (and peer envelopes are signed, for peers that have not yet seen the
+    /// new descriptor), ms; then it is wiped. Default 600,000 (10 minutes: a client
+    /// refreshes its directory at least every 5 minutes); at least two
+    /// `node.gossip_interval_ms`, and below `tls_key_rotation_ms`.
+    pub tls_key_overlap_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -342,6 +351,8 @@ impl Default for HttpSection {
             peer_timeout_ms: 20_000,
             peer_idle_connections: 8,
             insecure_plaintext: false,
+            tls_key_rotation_ms: 86_400_000,
+            tls_key_overlap_ms: 600_000,
         }
     }
 }
@@ -433,6 +444,23 @@ impl Config {
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
+        }
+        // Peers learn a new descriptor by gossip: the previous key must outlive a round
+        // or two, or links pinned to it break before their callers hear of the new one.
+        let min_overlap = self.node.gossip_interval_ms.saturating_mul(2);
+        if self.http.tls_key_overlap_ms < min_overlap {
+            return Err(format!(
+                "http.tls_key_overlap_ms must be at least {min_overlap} (two \
+                 node.gossip_interval_ms)"
+            ));
+        }
+        let rotation = self.http.tls_key_rotation_ms;
+        if rotation != 0 && rotation <= self.http.tls_key_overlap_ms {
+            return Err(
+                "http.tls_key_rotation_ms must be 0 (no rotation) or longer than \
+                 http.tls_key_overlap_ms"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -620,6 +648,25 @@ mod tests {
         let e = Config::from_toml("[node]\nonion_key_rotation_ms = 600000\n").unwrap_err();
         assert!(e.contains("node.onion_key_rotation_ms"), "{e}");
         assert!(Config::from_toml("[node]\nonion_key_rotation_ms = 0\n").is_ok());
+    }
+
+    #[test]
+    fn a_tls_key_overlap_shorter_than_gossip_or_longer_than_the_rotation_is_refused() {
+        let config = Config::from_toml(
+            "[http]\ntls_key_rotation_ms = 3600000\ntls_key_overlap_ms = 900000\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.tls_key_rotation_ms, 3_600_000);
+        let e = Config::from_toml("[http]\ntls_key_overlap_ms = 20000\n").unwrap_err();
+        assert!(
+            e.contains("http.tls_key_overlap_ms must be at least 30000"),
+            "{e}"
+        );
+        let fast_gossip = "[node]\ngossip_interval_ms = 1000\n[http]\ntls_key_overlap_ms = 2000\n";
+        assert!(Config::from_toml(fast_gossip).is_ok());
+        let e = Config::from_toml("[http]\ntls_key_rotation_ms = 600000\n").unwrap_err();
+        assert!(e.contains("http.tls_key_rotation_ms"), "{e}");
+        assert!(Config::from_toml("[http]\ntls_key_rotation_ms = 0\n").is_ok());
     }
 
     #[test]

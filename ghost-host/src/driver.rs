@@ -31,8 +31,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto_core::node::{Endpoint, Node, Output, Reply, RequestId, TransmitFailure, TransmitId};
 use proto_core::{NodeId, Timestamp};
+use rand_core::UnwrapErr;
 
 use crate::peers;
+use crate::tls::TlsRotation;
 use crate::write_behind::WriteBehind;
 
 /// The node as the host runs it: the core's state machine on the write-behind redb
@@ -138,12 +140,15 @@ impl Status {
 }
 
 /// Settings of the driver thread.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DriverSettings {
     /// Longest a write waits for the group commit that makes it durable.
     pub commit_interval: Duration,
     /// Where the known nodes' addresses are written down, if anywhere.
     pub peers_file: Option<PathBuf>,
+    /// The TLS key schedule, on TLS links: the driver runs it and tells the core about
+    /// every new key ([`Node::rotate_tls_key`]).
+    pub tls_rotation: Option<TlsRotation>,
 }
 
 impl Default for DriverSettings {
@@ -151,6 +156,7 @@ impl Default for DriverSettings {
         Self {
             commit_interval: Duration::from_millis(1),
             peers_file: None,
+            tls_rotation: None,
         }
     }
 }
@@ -308,6 +314,7 @@ impl Engine {
         loop {
             let wake = [
                 Some(self.until_node_timer()),
+                self.until_tls_rotation(),
                 commit_due.map(|at| at.saturating_duration_since(Instant::now())),
                 Some(save_peers_at.saturating_duration_since(Instant::now())),
                 Some(check_health_at.saturating_duration_since(Instant::now())),
@@ -346,6 +353,7 @@ impl Engine {
                 self.node.handle_timeout(t);
                 self.drain();
             }
+            self.rotate_tls_key(t);
             if self.node.store().has_pending_writes() {
                 let due = *commit_due
                     .get_or_insert_with(|| Instant::now() + self.settings.commit_interval);
@@ -372,6 +380,27 @@ impl Engine {
         self.node.poll_timeout().map_or(MAX_SLEEP, |wake| {
             Duration::from_millis(wake.millis_since(now())).min(MAX_SLEEP)
         })
+    }
+
+    /// Time until the TLS key schedule has something to do, if it ever has.
+    fn until_tls_rotation(&self) -> Option<Duration> {
+        let due = self.settings.tls_rotation.as_ref()?.next_due()?;
+        Some(Duration::from_millis(due.millis_since(now())))
+    }
+
+    /// Runs the TLS key schedule when due; a new key goes into a new descriptor.
+    fn rotate_tls_key(&mut self, t: Timestamp) {
+        let Some(rotation) = &mut self.settings.tls_rotation else {
+            return;
+        };
+        if rotation.next_due().is_none_or(|due| due > t) {
+            return;
+        }
+        if let Some(rotated) = rotation.run(t, &mut UnwrapErr(getrandom::SysRng)) {
+            self.node
+                .rotate_tls_key(t, rotated.tls_key_hash, rotated.overlap_until);
+            self.drain();
+        }
     }
 
     /// The drain rule: carry out outputs until the node has none.

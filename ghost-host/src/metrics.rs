@@ -160,6 +160,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut e,
+            "tls_keys_rotated",
+            "TLS keys replaced by a fresh one (a new descriptor published each time; the previous key is presented for http.tls_key_overlap_ms more).",
+            s.tls_keys_rotated,
+        )?;
+        counter(
+            &mut e,
             "replies_refused",
             "Answers from a next hop not passed back: empty (it dropped the packet) or of another length than the packet asked for.",
             s.replies_refused,

@@ -26,7 +26,7 @@ use crate::config::{AdminListen, Config, LogFormat};
 use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
 use crate::peers;
 use crate::service::Host;
-use crate::tls::{Links, TlsKey, TlsLinks};
+use crate::tls::{KeyFile, Links, TlsLinks, TlsRotation};
 use crate::write_behind::WriteBehind;
 
 /// The flags and environment variables every node binary takes.
@@ -178,16 +178,32 @@ pub fn start(
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let identity =
         load_or_create_identity(&data_dir.join("identity.key"), config.node.join_difficulty)?;
-    let tls_key = load_or_create_tls_key(&data_dir.join(TLS_KEY_FILE))?;
-    let tls_key_hash = TlsKeyHash(tls_key.key_hash());
-    let links = if config.http.insecure_plaintext {
+    let tls_key_path = data_dir.join(TLS_KEY_FILE);
+    let tls_keys =
+        KeyFile::load_or_create(&tls_key_path, now(), &mut UnwrapErr(getrandom::SysRng))?;
+    let tls_key_hash = TlsKeyHash(tls_keys.current.key_hash());
+    // A restart within a rotation's overlap: the previous key is served until its end.
+    let tls_overlap_until = tls_keys.previous.as_ref().map(|(_, until)| *until);
+    let (links, tls_rotation) = if config.http.insecure_plaintext {
         tracing::warn!(
             "http.insecure_plaintext: links to and from this node are plain HTTP; \
              anyone on the path reads and rewrites them"
         );
-        Links::InsecurePlaintext
+        (Links::InsecurePlaintext, None)
     } else {
-        Links::Tls(Arc::new(TlsLinks::for_node(tls_key)?))
+        let tls = Arc::new(TlsLinks::for_node(tls_keys.current.duplicate())?);
+        tls.install(
+            &tls_keys.current,
+            tls_keys.previous.as_ref().map(|(k, _)| k),
+        )?;
+        let rotation = TlsRotation::new(
+            tls_key_path,
+            tls_keys,
+            tls.clone(),
+            config.http.tls_key_rotation_ms,
+            config.http.tls_key_overlap_ms,
+        );
+        (Links::Tls(tls), Some(rotation))
     };
     let listener = TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -252,8 +268,11 @@ pub fn start(
     // authenticates its envelopes, which then need no signature each.
     node_config.session_authenticated_peers = matches!(links, Links::Tls(_));
     node_config.directory.allowlist = config.allowlist()?;
-    let node = Node::new(node_config, keys, seeds, backend, now(), &mut rng)
+    let mut node = Node::new(node_config, keys, seeds, backend, now(), &mut rng)
         .map_err(|e| format!("cannot open the store: {e}"))?;
+    if let Some(until) = tls_overlap_until.filter(|_| tls_rotation.is_some()) {
+        node.rotate_tls_key(now(), tls_key_hash, until);
+    }
     let node_id = node.node_id();
     let (messages, _) = node.store().totals();
     let driver = driver::spawn(
@@ -262,6 +281,7 @@ pub fn start(
         DriverSettings {
             commit_interval: Duration::from_millis(config.store.commit_interval_ms),
             peers_file: Some(peers_file),
+            tls_rotation,
         },
     )
     .map_err(|e| format!("cannot start the node thread: {e}"))?;
@@ -325,31 +345,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// The TLS key's file in the data directory: its 32-byte Ed25519 seed, mode 0600.
+/// The TLS key's file in the data directory, mode 0600: the current key (and during a
+/// rotation's overlap the previous one), as [`KeyFile`] describes.
 pub const TLS_KEY_FILE: &str = "tls.key";
-
-/// Reads the node's 32-byte TLS key seed, or creates it (readable by the owner only).
-/// Separate from the identity key: the descriptor the identity signs names its hash.
-pub fn load_or_create_tls_key(path: &Path) -> Result<TlsKey, String> {
-    match fs::read(path).map(Zeroizing::new) {
-        Ok(bytes) => {
-            let seed: Zeroizing<[u8; 32]> =
-                Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
-                    format!(
-                        "{} is not a 32-byte TLS key: move it away to generate a new one",
-                        path.display()
-                    )
-                })?);
-            Ok(TlsKey::from_secret_bytes(&seed))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = TlsKey::generate(&mut UnwrapErr(getrandom::SysRng));
-            write_private(path, &key.secret_bytes()[..])?;
-            Ok(key)
-        }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
 
 /// Reads the 32-byte identity seed, or creates it (readable by the owner only) carrying
 /// the network's join work (`node.join_difficulty` bits: about 2^bits key generations).

@@ -756,3 +756,143 @@ fn a_closed_network_ignores_everyone_off_its_allowlist() {
     assert!(n.directory().holds(&member.node_id()));
     assert!(!n.directory().holds(&outsider.node_id()));
 }
+
+/// Runs `n`'s timers at `at`, answers its probes to the peer `answerer` at `address` (so
+/// it stays live), and returns the kinds (second byte) of the other envelopes sent there:
+/// gossip and probes are left out, they are always signed.
+fn session_capable_envelopes(
+    n: &mut Node<MemoryBackend>,
+    at: Timestamp,
+    answerer: &IdentityKey,
+    descriptor: &Descriptor,
+) -> Vec<u8> {
+    n.handle_timeout(at);
+    let address = descriptor.address().as_str();
+    let mut kinds = Vec::new();
+    for o in drain(n) {
+        let Output::Transmit {
+            id,
+            address: a,
+            endpoint: Endpoint::Peer,
+            body,
+            ..
+        } = o
+        else {
+            continue;
+        };
+        if a.as_str() != address {
+            continue;
+        }
+        let decoded = peer::decode_request(&body, at, 60_000, Session::None, |_| None);
+        match decoded.map(|auth| auth.request) {
+            Ok(PeerRequest::Probe { nonce }) => {
+                let answer = PeerResponse::Alive {
+                    descriptor: Box::new((*descriptor).into()),
+                    signature: peer::prove_alive(answerer, &nonce, &n.node_id()),
+                };
+                n.handle_transmit_result(at, id, Ok(answer.encode()));
+            }
+            Ok(PeerRequest::Gossip(_)) => {}
+            _ => kinds.push(body[1]),
+        }
+    }
+    drain(n);
+    kinds
+}
+
+/// [`session_capable_envelopes`] of every second from `from` to `to`.
+fn envelopes_between(
+    n: &mut Node<MemoryBackend>,
+    from: Timestamp,
+    to: Timestamp,
+    answerer: &IdentityKey,
+    descriptor: &Descriptor,
+) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    let mut at = from;
+    while at <= to {
+        kinds.extend(session_capable_envelopes(n, at, answerer, descriptor));
+        at = at.plus_millis(1000);
+    }
+    kinds
+}
+
+#[test]
+fn a_tls_key_rotation_publishes_the_new_pin_and_signs_envelopes_for_the_overlap() {
+    let config = NodeConfig {
+        session_authenticated_peers: true,
+        ..NodeConfig::default()
+    };
+    let ae = config.anti_entropy_interval_ms;
+    let (mut n, _) = node(config);
+    let peer_key = IdentityKey::from_seed(&[2; 32]);
+    let peer_id = learn_next_hop(&mut n);
+    let peer_descriptor = *n.directory().get(&peer_id).expect("learned");
+    envelopes_between(&mut n, NOW, NOW, &peer_key, &peer_descriptor);
+    assert!(
+        n.directory().contains(&peer_id),
+        "the peer answered its probe"
+    );
+
+    // Before any rotation, anti-entropy rides the session: no signature.
+    let mut at = NOW.plus_millis(ae);
+    let kinds = envelopes_between(&mut n, NOW, at, &peer_key, &peer_descriptor);
+    assert!(!kinds.is_empty(), "an anti-entropy round went to the peer");
+    assert!(
+        kinds.iter().all(|k| k & peer::KIND_SESSION != 0),
+        "{kinds:?}"
+    );
+
+    // The host rotates: a new descriptor naming the new key, gossiped at once, later
+    // expiry, same onion epoch; envelopes are signed until the overlap ends.
+    let before = *n.descriptor();
+    let new_pin = proto_core::TlsKeyHash([0x78; 32]);
+    let overlap_until = at.plus_millis(ae + 5_000);
+    n.rotate_tls_key(at, new_pin, overlap_until);
+    let after = *n.descriptor();
+    assert_eq!(after.tls_key_hash(), new_pin);
+    assert_eq!(after.epoch(), before.epoch());
+    assert!(after.supersedes(&before), "peers take the new descriptor");
+    assert_eq!(n.stats().tls_keys_rotated, 1);
+    assert!(
+        n.poll_timeout().is_some_and(|t| t <= at),
+        "gossip is due at once"
+    );
+    assert!(n.in_tls_key_overlap(at));
+
+    let later = at.plus_millis(ae);
+    let kinds = envelopes_between(
+        &mut n,
+        at.plus_millis(1000),
+        later,
+        &peer_key,
+        &peer_descriptor,
+    );
+    assert!(!kinds.is_empty());
+    assert!(
+        kinds.iter().all(|k| k & peer::KIND_SESSION == 0),
+        "{kinds:?}"
+    );
+    at = later;
+
+    // Rotating to the key already published changes nothing but may extend the overlap
+    // (a restart within an overlap does that).
+    n.rotate_tls_key(at, new_pin, overlap_until);
+    assert_eq!(*n.descriptor(), after);
+    assert_eq!(n.stats().tls_keys_rotated, 1);
+
+    // Once the overlap is over, sessions authenticate envelopes again.
+    assert!(!n.in_tls_key_overlap(overlap_until));
+    let kinds = envelopes_between(
+        &mut n,
+        overlap_until,
+        overlap_until.plus_millis(ae),
+        &peer_key,
+        &peer_descriptor,
+    );
+    assert!(!kinds.is_empty());
+    assert!(
+        kinds.iter().all(|k| k & peer::KIND_SESSION != 0),
+        "{kinds:?}"
+    );
+}

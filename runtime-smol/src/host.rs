@@ -25,16 +25,14 @@ use ghost_host::driver::{Carrier, Exchange};
 use ghost_host::service::{
     Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES, Session, TlsRefusal,
 };
-use ghost_host::tls::{
-    Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal, unused_server_name,
-};
+use ghost_host::tls::{Dial, Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use proto_core::TlsKeyHash;
 use proto_core::node::{Endpoint, TransmitFailure};
-use rustls::{ClientConfig, ServerConfig};
+use rustls::ServerConfig;
 use smol::io::AsyncWriteExt as _;
 use smol::lock::Semaphore;
 use smol::{Async, Executor, Timer};
@@ -56,9 +54,29 @@ type PeerKey = (String, Option<TlsKeyHash>);
 /// Idle keep-alive connections to other nodes, by address and pinned key (a connection
 /// verified for one key is never reused for another that moved to the same address).
 struct Pool {
-    idle: Mutex<HashMap<PeerKey, Vec<SendRequest<Body>>>>,
+    idle: Mutex<Idle>,
     http: HttpSection,
     links: Links,
+}
+
+/// The idle connections opened since the node's TLS keys last changed: after a rotation,
+/// connections presenting the previous certificate are closed, not reused.
+#[derive(Default)]
+struct Idle {
+    generation: u64,
+    by_peer: HashMap<PeerKey, Vec<SendRequest<Body>>>,
+}
+
+impl Idle {
+    /// The idle connections of `generation`, or `None` when that generation is past (an
+    /// exchange that began before a rotation must not bring its connection back).
+    fn of(&mut self, generation: u64) -> Option<&mut HashMap<PeerKey, Vec<SendRequest<Body>>>> {
+        if generation > self.generation {
+            self.by_peer.clear();
+            self.generation = generation;
+        }
+        (generation == self.generation).then_some(&mut self.by_peer)
+    }
 }
 
 impl SmolCarrier {
@@ -97,15 +115,23 @@ impl Carrier for SmolCarrier {
 }
 
 impl Pool {
-    fn take_idle(&self, key: &PeerKey) -> Option<SendRequest<Body>> {
+    fn take_idle(&self, key: &PeerKey, generation: u64) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.get_mut(key)
+        idle.of(generation)?
+            .get_mut(key)
             .and_then(|list| std::iter::from_fn(|| list.pop()).find(SendRequest::is_ready))
     }
 
-    fn keep_idle(&self, key: &PeerKey, sender: SendRequest<Body>) {
+    fn keep_idle(&self, key: &PeerKey, generation: u64, sender: SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.entry(key.clone()).or_default();
+        let Some(by_peer) = idle.of(generation) else {
+            return;
+        };
+        if !by_peer.contains_key(key) {
+            // A peer that moved to a new key (or a new address) leaves no idle links behind.
+            by_peer.retain(|(address, _), _| *address != key.0);
+        }
+        let list = by_peer.entry(key.clone()).or_default();
         if list.len() < self.http.peer_idle_connections {
             list.push(sender);
         }
@@ -120,12 +146,14 @@ impl Pool {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, TransmitFailure> {
         let address = key.0.as_str();
+        // Links opened now present the certificate of this generation of the node's keys.
+        let generation = self.links.generation();
         let attempt = async {
             let req = build_request(address, endpoint, body);
-            let unsent = match self.take_idle(key) {
+            let unsent = match self.take_idle(key, generation) {
                 Some(mut pooled) => match post(&mut pooled, req).await {
                     Ok(bytes) => {
-                        self.keep_idle(key, pooled);
+                        self.keep_idle(key, generation, pooled);
                         return Ok(bytes);
                     }
                     // Never written: safe to send once more on a fresh connection.
@@ -134,14 +162,14 @@ impl Pool {
                 },
                 None => req,
             };
-            let mut fresh = connect(address, self.links.client_config(key.1))
+            let mut fresh = connect(address, self.links.dial(key.1))
                 .await
                 .map_err(|e| {
                     tracing::debug!(%address, error = %e, "no link");
                     TransmitFailure::Unreachable
                 })?;
             let bytes = post(&mut fresh, unsent).await.map_err(|(e, _)| e)?;
-            self.keep_idle(key, fresh);
+            self.keep_idle(key, generation, fresh);
             Ok(bytes)
         };
         within(
@@ -446,20 +474,17 @@ async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
     Err(last)
 }
 
-/// An HTTP/1.1 connection to `address`, over TLS with `tls` (else plain HTTP), ready for
-/// requests; the error says what failed (a refused TLS key among others).
-pub async fn connect(
-    address: &str,
-    tls: Option<Arc<ClientConfig>>,
-) -> Result<SendRequest<Full<Bytes>>, String> {
+/// An HTTP/1.1 connection to `address`, over TLS dialled with `tls` (else plain HTTP),
+/// ready for requests; the error says what failed (a refused TLS key among others).
+pub async fn connect(address: &str, tls: Option<Dial>) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = dial(address)
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     match tls {
         None => http_over(address, stream).await,
-        Some(config) => {
+        Some(Dial { config, name }) => {
             let session = futures_rustls::TlsConnector::from(config)
-                .connect(unused_server_name(), stream)
+                .connect(name, stream)
                 .await
                 .map_err(|e| format!("TLS with {address} failed: {e}"))?;
             http_over(address, session).await
@@ -511,12 +536,12 @@ async fn post(
     Ok(Vec::from(bytes))
 }
 
-/// One HTTP exchange on a fresh connection (TLS with `tls`): POST `body` to `endpoint`
-/// at `address`, giving up after `timeout`. What clients use (the node itself pools
-/// connections).
+/// One HTTP exchange on a fresh connection (TLS dialled with `tls`): POST `body` to
+/// `endpoint` at `address`, giving up after `timeout`. What clients use (the node itself
+/// pools connections).
 pub async fn exchange(
     address: &str,
-    tls: Option<Arc<ClientConfig>>,
+    tls: Option<Dial>,
     endpoint: Endpoint,
     body: Vec<u8>,
     timeout: Duration,

@@ -22,7 +22,7 @@ use runtime_smol::host::{exchange, now};
 /// Status and JSON body of `GET path` at `addr` (over TLS with `tls`).
 fn get_json(
     addr: &str,
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    tls: Option<ghost_host::tls::Dial>,
     path: &str,
 ) -> (u16, serde_json::Value) {
     let text = common::http_get(addr, tls, path);

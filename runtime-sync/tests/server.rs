@@ -255,9 +255,8 @@ fn serve_tls() -> Served {
 
 /// `GET /health` over TLS pinned to `pin`: the whole answer, or the handshake's error.
 fn tls_health(address: &str, pin: [u8; 32]) -> Result<String, String> {
-    let config = TlsLinks::for_client().client_config(Some(TlsKeyHash(pin)));
-    let conn = ClientConnection::new(config, ghost_host::tls::unused_server_name())
-        .map_err(|e| e.to_string())?;
+    let dial = TlsLinks::for_client().dial(Some(TlsKeyHash(pin)));
+    let conn = ClientConnection::new(dial.config, dial.name).map_err(|e| e.to_string())?;
     let sock = TcpStream::connect(address).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -123,7 +123,10 @@ fn first_start_creates_a_private_identity_that_a_restart_keeps(runtime: Runtime)
         );
     }
     let tls_key = dir.path().join("tls.key");
-    let tls_seed: [u8; 32] = std::fs::read(&tls_key).unwrap().try_into().unwrap();
+    // The current key's seed, then when it was made (docs/OPERATING.md).
+    let tls_file = std::fs::read(&tls_key).unwrap();
+    assert_eq!(tls_file.len(), 40, "a seed and its creation time");
+    let tls_seed: [u8; 32] = tls_file[..32].try_into().unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -144,7 +147,7 @@ fn first_start_creates_a_private_identity_that_a_restart_keeps(runtime: Runtime)
     assert_eq!(again.id, id, "restart must keep the node identity");
     assert_eq!(
         std::fs::read(&tls_key).unwrap(),
-        tls_seed,
+        tls_file,
         "and its TLS key"
     );
     assert_eq!(published_tls_key_hash(&again.address, &id), published);

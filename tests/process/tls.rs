@@ -2,11 +2,13 @@
 //! runtime and a mixed one. A client speaking plain HTTP to a node, or the CLI told to,
 //! gets a clear refusal; a client pinned to another key than the node's descriptor names
 //! is refused in the handshake; the CLI over TLS reads the directory and every node's
-//! descriptor names the key its TLS server presents.
+//! descriptor names the key its TLS server presents. Nodes rotating their TLS keys
+//! every few seconds under a steady stream of stores lose nothing and break no link.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ghost_cli::client::{self, Client, Links};
 use ghost_host::tls::TlsLinks;
@@ -20,14 +22,26 @@ use common::{Runtime, run_ghost, start_network};
 
 const NODES: usize = 3;
 
-common::runtime_tests!(plaintext_is_refused_by_name_and_pinned_tls_is_served);
+common::runtime_tests!(
+    plaintext_is_refused_by_name_and_pinned_tls_is_served,
+    tls_keys_rotate_under_traffic_and_nothing_is_lost
+);
+
+/// Rotation every 6 s with a 3 s overlap (at least two gossip rounds of the local
+/// network's 1 s).
+const FAST_ROTATION: &str = "[http]\ntls_key_rotation_ms = 6000\ntls_key_overlap_ms = 3000\n";
+/// Rotations every node must have made before the load stops.
+const ROTATIONS: f64 = 2.0;
+/// Longest the load runs, whatever happens.
+const LOAD_LIMIT: Duration = Duration::from_secs(90);
+/// Most stores the load makes.
+const MAX_STORES: usize = 2_000;
 
 /// The whole answer to `GET /health` at `address`, over TLS pinned to `pin`, or why the
 /// handshake failed.
 fn tls_health(address: &str, pin: TlsKeyHash) -> Result<String, String> {
-    let config = TlsLinks::for_client().client_config(Some(pin));
-    let conn = ClientConnection::new(config, ghost_host::tls::unused_server_name())
-        .map_err(|e| e.to_string())?;
+    let dial = TlsLinks::for_client().dial(Some(pin));
+    let conn = ClientConnection::new(dial.config, dial.name).map_err(|e| e.to_string())?;
     let sock = TcpStream::connect(address).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("a timeout");
@@ -125,4 +139,131 @@ fn plaintext_is_refused_by_name_and_pinned_tls_is_served(runtime: Runtime) {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("{NODES} nodes known")), "{stdout}");
+}
+
+/// The sum of `name` over every node's metrics.
+fn total(net: &ghost_cli::local::LocalNetwork, name: &str) -> f64 {
+    net.nodes
+        .iter()
+        .filter_map(|n| common::metric(&n.admin, name))
+        .sum()
+}
+
+/// The `tls_key_hash` of every node as the seed's directory lists it.
+fn published_pins(seed: &str) -> BTreeSet<[u8; 32]> {
+    Client::with_links(seed, ClientConfig::default(), client::default_links())
+        .expect("the directory over TLS")
+        .nodes()
+        .iter()
+        .map(|d| d.tls_key_hash().0)
+        .collect()
+}
+
+fn tls_keys_rotate_under_traffic_and_nothing_is_lost(runtime: Runtime) {
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let net = common::start_network_with(runtime, root.path(), NODES, FAST_ROTATION);
+    let seed = net.seed().to_owned();
+    let first_pins = published_pins(&seed);
+    assert_eq!(first_pins.len(), NODES);
+    let nodes = Client::with_links(&seed, ClientConfig::default(), client::default_links())
+        .expect("the directory over TLS")
+        .nodes();
+
+    // A store at a time, each from a client with a fresh directory (as each `ghost send`
+    // is), until every node has rotated its key twice: no store may fail.
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
+    let recipients: Vec<client::RecipientKeys> = (0..3)
+        .map(|_| client::RecipientKeys::generate(&mut rng))
+        .collect();
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); recipients.len()];
+    let started = Instant::now();
+    let rotated_everywhere = || {
+        net.nodes.iter().all(|n| {
+            common::metric(&n.admin, "ghost_tls_keys_rotated_total").is_some_and(|r| r >= ROTATIONS)
+        })
+    };
+    let mut stores = 0;
+    while !rotated_everywhere() {
+        assert!(
+            started.elapsed() < LOAD_LIMIT && stores < MAX_STORES,
+            "every node rotates its TLS key {ROTATIONS} times within {LOAD_LIMIT:?}"
+        );
+        let r = stores % recipients.len();
+        let text = format!("message {stores} during rotations");
+        let contact = recipients[r].contact();
+        let body = client::seal_for(&contact, text.as_bytes()).expect("sealed");
+        let client = Client::with_links(&seed, ClientConfig::default(), client::default_links())
+            .expect("the directory over TLS, whichever key the seed presents");
+        client
+            .store(&contact.recipient, &body)
+            .unwrap_or_else(|e| panic!("store {stores} failed during TLS key rotations: {e}"));
+        sent[r].push(text);
+        stores += 1;
+    }
+
+    // Every node now publishes a key it did not start with.
+    let pins_now = published_pins(&seed);
+    assert!(
+        pins_now.is_disjoint(&first_pins),
+        "every descriptor names a new TLS key"
+    );
+    // No link between the nodes, or from the clients, failed a handshake: whoever pinned
+    // the previous key was served it until they learnt the new one.
+    assert_eq!(
+        total(&net, "ghost_tls_refused_total{reason=\"handshake_failed\"}"),
+        0.0,
+        "no TLS handshake failed during the rotations"
+    );
+
+    // Every member of every swarm (all three nodes) holds every acknowledged message
+    // exactly once: replication and anti-entropy ran over the rotated links.
+    let reader = Client::with_links(&seed, ClientConfig::default(), client::default_links())
+        .expect("the directory over TLS");
+    for (r, keys) in recipients.iter().enumerate() {
+        let mut want = sent[r].clone();
+        want.sort();
+        for member in &reader.nodes() {
+            common::wait_for(
+                "every message on every member",
+                Duration::from_secs(60),
+                || {
+                    let mut cursors = client::Cursors::default();
+                    let fetched = reader
+                        .fetch_from(member, &keys.identity, &mut cursors)
+                        .ok()?;
+                    let mut got: Vec<String> = fetched
+                        .messages
+                        .iter()
+                        .map(|m| {
+                            let text = client::open_body(keys, &m.body).expect("the owner's");
+                            String::from_utf8(text).expect("UTF-8")
+                        })
+                        .collect();
+                    got.sort();
+                    (got == want).then_some(())
+                },
+            );
+        }
+    }
+
+    // Once their overlap is over, the keys the nodes started with are refused by name.
+    for d in &nodes {
+        let address = d.address().as_str();
+        let old = d.tls_key_hash();
+        common::wait_for("the first key retired", Duration::from_secs(30), || {
+            tls_health(address, old)
+                .err()
+                .filter(|e| e.contains("pinned tls_key_hash"))
+        });
+    }
+
+    // Between overlaps the nodes' envelopes ride their sessions again.
+    let before = total(&net, "ghost_peer_session_envelopes_total");
+    common::wait_for("session envelopes again", Duration::from_secs(60), || {
+        (total(&net, "ghost_peer_session_envelopes_total") > before).then_some(())
+    });
+    println!(
+        "{runtime:?}: {stores} stores acknowledged during {ROTATIONS} TLS key rotations per node in {:?}",
+        started.elapsed()
+    );
 }

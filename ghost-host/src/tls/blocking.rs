@@ -14,7 +14,9 @@ use ureq::unversioned::transport::{
     Transport, TransportAdapter,
 };
 
-use super::{Links, unused_server_name};
+use rustls::pki_types::ServerName;
+
+use super::{Links, server_name};
 
 /// Most agents kept, one per pinned key; past it the cache starts over.
 const MAX_AGENTS: usize = 4096;
@@ -23,7 +25,15 @@ const MAX_AGENTS: usize = 4096;
 pub struct Agents {
     config: ureq::config::Config,
     links: Links,
-    agents: Mutex<HashMap<Option<[u8; 32]>, ureq::Agent>>,
+    agents: Mutex<AgentsOf>,
+}
+
+/// The agents made since the node's TLS keys last changed: after a rotation, agents (and
+/// their pooled connections) presenting the previous certificate are dropped.
+#[derive(Default)]
+struct AgentsOf {
+    generation: u64,
+    by_pin: HashMap<Option<[u8; 32]>, ureq::Agent>,
 }
 
 impl Agents {
@@ -51,31 +61,43 @@ impl Agents {
             Links::Tls(_) => pin.map(|p| p.0),
             Links::InsecurePlaintext => None,
         };
+        let generation = self.links.generation();
         let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(agent) = agents.get(&slot) {
-            return agent.clone();
+        if generation > agents.generation || agents.by_pin.len() >= MAX_AGENTS {
+            agents.by_pin.clear();
+            agents.generation = generation;
         }
-        if agents.len() >= MAX_AGENTS {
-            agents.clear();
+        if let Some(agent) = agents
+            .by_pin
+            .get(&slot)
+            .filter(|_| agents.generation == generation)
+        {
+            return agent.clone();
         }
         let agent = match self.links.client_config(pin) {
             Some(tls) => ureq::Agent::with_parts(
                 self.config.clone(),
-                ().chain(TcpConnector::default())
-                    .chain(PinnedTlsConnector { config: tls }),
+                ().chain(TcpConnector::default()).chain(PinnedTlsConnector {
+                    config: tls,
+                    name: server_name(pin),
+                }),
                 DefaultResolver::default(),
             ),
             None => self.config.clone().into(),
         };
-        agents.insert(slot, agent.clone());
+        if agents.generation == generation {
+            agents.by_pin.insert(slot, agent.clone());
+        }
         agent
     }
 }
 
-/// Wraps a TCP transport in TLS with a fixed client config (one pinned key).
+/// Wraps a TCP transport in TLS with a fixed client config (one pinned key), naming
+/// that key by SNI.
 #[derive(Debug)]
 struct PinnedTlsConnector {
     config: Arc<ClientConfig>,
+    name: ServerName<'static>,
 }
 
 impl<In: Transport> Connector<In> for PinnedTlsConnector {
@@ -92,7 +114,7 @@ impl<In: Transport> Connector<In> for PinnedTlsConnector {
         if !details.needs_tls() || transport.is_tls() {
             return Ok(Some(Either::A(transport)));
         }
-        let mut conn = ClientConnection::new(self.config.clone(), unused_server_name())
+        let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
             .map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
         let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
         sock.set_timeout(details.timeout);

@@ -9,7 +9,7 @@ use rand_core::CryptoRng;
 use rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer,
 };
-use rustls::sign::{Signer, SigningKey};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
 use zeroize::Zeroizing;
 
@@ -94,8 +94,21 @@ impl TlsKey {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))
     }
 
-    /// The key as rustls signs with it (for tests that build odd certified keys).
-    #[cfg(test)]
+    /// The certificate and signing key a server presents, as rustls takes them from a
+    /// certificate resolver.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, rustls::Error> {
+        Ok(Arc::new(CertifiedKey::new(
+            vec![self.certificate()?],
+            self.signing_key(),
+        )))
+    }
+
+    /// Another handle on the same key (both wipe their copy of the secret when dropped).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self::from_secret_bytes(&self.secret_bytes())
+    }
+
+    /// The key as rustls signs with it.
     pub(crate) fn signing_key(&self) -> Arc<dyn SigningKey> {
         Arc::new(Ed25519SigningKey(Arc::new(self.key.clone())))
     }

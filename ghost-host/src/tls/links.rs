@@ -2,25 +2,44 @@
 //! default), or plain HTTP when an operator asked for it by name.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use proto_core::TlsKeyHash;
 use rustls::pki_types::ServerName;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig};
 
-use super::{ClientAuth, TlsKey, client_config, server_config, unpinned_client_config};
+use super::{
+    ClientAuth, TlsKey, client_config, server_config_with_resolver, unpinned_client_config,
+};
 use crate::api::ApiError;
 
 /// Most client configs kept, one per pinned key; past it the cache starts over (building
 /// one again costs a certificate, microseconds).
 const MAX_CACHED_CONFIGS: usize = 4096;
 
-/// The server name handed to rustls when connecting: our verifier ignores names and SNI
-/// is off, so it never reaches the wire.
+/// The server name a client sends (as SNI) to a node whose descriptor names `pin`:
+/// `<first 8 bytes of the pin in hex>.pin.ghost`. A node serving two keys during a TLS key
+/// rotation presents the one the name points at (docs/PROTOCOL.md section 11); the name
+/// says nothing an observer does not already know from the address. A link to a seed
+/// (`None`, not pinned) sends no SNI and gets the node's current key.
 #[must_use]
-pub fn unused_server_name() -> ServerName<'static> {
-    ServerName::try_from("node.invalid").expect("a valid DNS name")
+pub fn server_name(pin: Option<TlsKeyHash>) -> ServerName<'static> {
+    let name = match pin {
+        Some(pin) => pin_server_name(&pin.0),
+        None => "node.invalid".to_owned(),
+    };
+    ServerName::try_from(name).expect("hex labels make a valid DNS name")
 }
+
+/// The SNI naming the key whose hash is `hash`.
+pub(crate) fn pin_server_name(hash: &[u8; 32]) -> String {
+    format!("{}{PIN_NAME_SUFFIX}", hex::encode(&hash[..8]))
+}
+
+/// What follows the hex label of a pin's server name.
+const PIN_NAME_SUFFIX: &str = ".pin.ghost";
 
 /// The first byte of every TLS record that opens a connection (a handshake record).
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -54,6 +73,27 @@ impl Links {
         }
     }
 
+    /// What opening a TLS link to a node whose descriptor names `pin` takes (`None`: a
+    /// seed), or `None` for plaintext links.
+    #[must_use]
+    pub fn dial(&self, pin: Option<TlsKeyHash>) -> Option<Dial> {
+        match self {
+            Self::Tls(tls) => Some(tls.dial(pin)),
+            Self::InsecurePlaintext => None,
+        }
+    }
+
+    /// How many times the node's TLS keys changed (0 for plaintext or a client's links):
+    /// pools keep connections of the current generation only, so every new link presents
+    /// the current certificate.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        match self {
+            Self::Tls(tls) => tls.generation(),
+            Self::InsecurePlaintext => 0,
+        }
+    }
+
     /// The client config for a link to a node whose descriptor names `pin` (`None`: a
     /// seed known by address alone), or `None` for plaintext links.
     #[must_use]
@@ -74,22 +114,48 @@ impl std::fmt::Debug for Links {
     }
 }
 
-/// The TLS side of a node (its key, its server config, a client config per pinned peer
-/// key, presenting its own certificate) or of a client (no key, no certificate).
+/// What a TLS link to one node is opened with: the client config pinned to the key its
+/// descriptor names, and the server name (SNI) naming that key.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    /// The pinned client config.
+    pub config: Arc<ClientConfig>,
+    /// The name to connect with ([`server_name`]).
+    pub name: ServerName<'static>,
+}
+
+/// The TLS side of a node (its keys, its server config, a client config per pinned peer
+/// key, presenting its own current certificate) or of a client (no key, no certificate).
+///
+/// A node's keys change at a rotation ([`TlsLinks::install`]): the server then presents
+/// the current key, or the previous one to clients whose SNI names it, and every new
+/// outgoing connection presents the current one. [`TlsLinks::generation`] counts the
+/// changes, so connection pools can drop links opened with an older certificate.
 pub struct TlsLinks {
-    key: Option<TlsKey>,
+    served: Option<Arc<ServedKeys>>,
     server: Option<Arc<ServerConfig>>,
-    clients: Mutex<HashMap<Option<[u8; 32]>, Arc<ClientConfig>>>,
+    clients: Mutex<ClientConfigs>,
+}
+
+/// Client configs by pinned key, all presenting the certificate of one generation.
+#[derive(Default)]
+struct ClientConfigs {
+    generation: u64,
+    by_pin: HashMap<Option<[u8; 32]>, Arc<ClientConfig>>,
 }
 
 impl TlsLinks {
     /// A node's links: serves with `key` (clients may present a certificate, nodes do)
     /// and presents it when calling other nodes.
     pub fn for_node(key: TlsKey) -> Result<Self, String> {
-        let server = server_config(&key, ClientAuth::Optional)
+        let served = Arc::new(
+            ServedKeys::new(key)
+                .map_err(|e| format!("cannot set up TLS with the key in tls.key: {e}"))?,
+        );
+        let server = server_config_with_resolver(served.clone(), ClientAuth::Optional)
             .map_err(|e| format!("cannot set up TLS with the key in tls.key: {e}"))?;
         Ok(Self {
-            key: Some(key),
+            served: Some(served),
             server: Some(server),
             clients: Mutex::default(),
         })
@@ -99,7 +165,7 @@ impl TlsLinks {
     #[must_use]
     pub fn for_client() -> Self {
         Self {
-            key: None,
+            served: None,
             server: None,
             clients: Mutex::default(),
         }
@@ -114,28 +180,159 @@ impl TlsLinks {
     /// The hash of the key this side presents (a node's links only).
     #[must_use]
     pub fn key_hash(&self) -> Option<TlsKeyHash> {
-        self.key.as_ref().map(|k| TlsKeyHash(k.key_hash()))
+        self.served.as_ref().map(|s| s.current_hash())
+    }
+
+    /// How many times the keys changed ([`TlsLinks::install`]); 0 for a client.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.served.as_ref().map_or(0, |s| s.generation())
+    }
+
+    /// Presents `current` from now on, and `previous` too to clients that name it by SNI
+    /// (`None`: the previous key is retired). A node's links only; errors if a
+    /// certificate cannot be made, leaving the keys as they were.
+    pub fn install(&self, current: &TlsKey, previous: Option<&TlsKey>) -> Result<(), String> {
+        let served = self
+            .served
+            .as_ref()
+            .ok_or("a client's links have no keys to rotate")?;
+        served
+            .install(current, previous)
+            .map_err(|e| format!("cannot make a certificate for the new TLS key: {e}"))
+    }
+
+    /// [`TlsLinks::client_config`] with the server name that goes with it.
+    #[must_use]
+    pub fn dial(&self, pin: Option<TlsKeyHash>) -> Dial {
+        Dial {
+            config: self.client_config(pin),
+            name: server_name(pin),
+        }
     }
 
     /// The client config accepting only a server whose key hashes to `pin`; with `None`
     /// (a seed), any Ed25519 server key that signs its handshake: encrypted, not pinned.
+    /// Connect with [`server_name`]`(pin)`.
     #[must_use]
     pub fn client_config(&self, pin: Option<TlsKeyHash>) -> Arc<ClientConfig> {
         let slot = pin.map(|p| p.0);
+        let (generation, key) = match &self.served {
+            Some(served) => {
+                let (generation, key) = served.client_key();
+                (generation, Some(key))
+            }
+            None => (0, None),
+        };
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(config) = clients.get(&slot) {
+        if generation > clients.generation || clients.by_pin.len() >= MAX_CACHED_CONFIGS {
+            clients.by_pin.clear();
+            clients.generation = generation;
+        }
+        if let Some(config) = clients
+            .by_pin
+            .get(&slot)
+            .filter(|_| clients.generation == generation)
+        {
             return config.clone();
         }
-        if clients.len() >= MAX_CACHED_CONFIGS {
-            clients.clear();
-        }
         let config = match slot {
-            Some(hash) => client_config(hash, self.key.as_ref()),
-            None => unpinned_client_config(self.key.as_ref()),
+            Some(hash) => client_config(hash, key.as_deref()),
+            None => unpinned_client_config(key.as_deref()),
         }
         .expect("our provider, protocol version and Ed25519 key always make a config");
-        clients.insert(slot, config.clone());
+        // A caller that read the keys just before a rotation gets its config uncached.
+        if clients.generation == generation {
+            clients.by_pin.insert(slot, config.clone());
+        }
         config
+    }
+}
+
+/// The keys a node's TLS server presents: the current one to every client but those whose
+/// SNI names the previous one, during a rotation's overlap.
+struct ServedKeys {
+    state: RwLock<Served>,
+}
+
+struct Served {
+    generation: u64,
+    current_hash: TlsKeyHash,
+    current_key: Arc<TlsKey>,
+    current: Arc<CertifiedKey>,
+    /// The previous key's server name and certified key.
+    previous: Option<(String, Arc<CertifiedKey>)>,
+}
+
+impl ServedKeys {
+    fn new(key: TlsKey) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            state: RwLock::new(Served {
+                generation: 0,
+                current_hash: TlsKeyHash(key.key_hash()),
+                current: key.certified_key()?,
+                current_key: Arc::new(key),
+                previous: None,
+            }),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Served> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_hash(&self) -> TlsKeyHash {
+        self.read().current_hash
+    }
+
+    fn generation(&self) -> u64 {
+        self.read().generation
+    }
+
+    fn client_key(&self) -> (u64, Arc<TlsKey>) {
+        let served = self.read();
+        (served.generation, served.current_key.clone())
+    }
+
+    fn install(&self, current: &TlsKey, previous: Option<&TlsKey>) -> Result<(), rustls::Error> {
+        let certified = current.certified_key()?;
+        let previous = match previous {
+            Some(key) => Some((pin_server_name(&key.key_hash()), key.certified_key()?)),
+            None => None,
+        };
+        let hash = TlsKeyHash(current.key_hash());
+        let mut served = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if served.current_hash != hash {
+            served.generation += 1;
+            served.current_hash = hash;
+            served.current = certified;
+            served.current_key = Arc::new(current.duplicate());
+        }
+        served.previous = previous;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ServedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let served = self.read();
+        f.debug_struct("ServedKeys")
+            .field("generation", &served.generation)
+            .field("current_hash", &served.current_hash)
+            .field("previous", &served.previous.as_ref().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for ServedKeys {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let served = self.read();
+        if let (Some(asked), Some((name, previous))) = (hello.server_name(), &served.previous)
+            && asked.eq_ignore_ascii_case(name)
+        {
+            return Some(previous.clone());
+        }
+        Some(served.current.clone())
     }
 }
 

@@ -17,6 +17,7 @@ mod der;
 mod key;
 mod links;
 mod provider;
+mod rotation;
 mod verify;
 
 #[cfg(test)]
@@ -25,14 +26,15 @@ mod tests;
 use std::sync::Arc;
 
 use rustls::client::Resumption;
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{NoServerSessionStorage, ResolvesServerCert};
 use rustls::version::TLS13;
 use rustls::{ClientConfig, ServerConfig};
 
 pub use der::{ed25519_key_from_cert, key_hash, peer_key_hash};
 pub use key::TlsKey;
-pub use links::{Links, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal, unused_server_name};
+pub use links::{Dial, Links, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal, server_name};
 pub use provider::{TLS13_CHACHA20_POLY1305_SHA256, provider};
+pub use rotation::{KeyFile, Rotated, TlsRotation};
 pub use verify::{CertRejected, PeerClientVerifier, PinnedServerVerifier};
 
 /// The one application protocol nodes speak over TLS.
@@ -57,28 +59,49 @@ pub fn server_config(
     key: &TlsKey,
     client_auth: ClientAuth,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&TLS13])?
         .with_client_cert_verifier(Arc::new(PeerClientVerifier::new(client_auth)))
         // Loads the key through our provider and checks it matches the certificate.
         .with_single_cert(vec![key.certificate()?], key.private_key_der())?;
+    Ok(finish_server_config(builder))
+}
+
+/// [`server_config`] presenting whatever certificate `resolver` picks per connection (a
+/// node's current or previous key, during a rotation).
+pub(crate) fn server_config_with_resolver(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&TLS13])?
+        .with_client_cert_verifier(Arc::new(PeerClientVerifier::new(client_auth)))
+        .with_cert_resolver(resolver);
+    Ok(finish_server_config(builder))
+}
+
+fn finish_server_config(mut config: ServerConfig) -> Arc<ServerConfig> {
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A TLS 1.3 client config that accepts only a server whose Ed25519 key hashes to
 /// `expected_server_hash`, presenting `client_key`'s certificate when given (node to
-/// node), with ALPN `http/1.1`, no session resumption and no SNI.
+/// node), with ALPN `http/1.1` and no session resumption.
 ///
-/// The `ServerName` passed to `ClientConnection::new` is ignored by the verifier; with
-/// SNI off it never goes on the wire either, so any name (or the peer's IP) will do.
+/// Connect with [`server_name`]`(Some(pin))`: the verifier ignores it, but it goes on the
+/// wire as SNI so that a node serving two keys during a rotation presents the pinned one.
 pub fn client_config(
     expected_server_hash: [u8; 32],
     client_key: Option<&TlsKey>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    client_config_with(PinnedServerVerifier::new(expected_server_hash), client_key)
+    client_config_with(
+        PinnedServerVerifier::new(expected_server_hash),
+        client_key,
+        true,
+    )
 }
 
 /// [`client_config`] for a server known by address alone (a seed): any Ed25519 server
@@ -86,12 +109,13 @@ pub fn client_config(
 pub fn unpinned_client_config(
     client_key: Option<&TlsKey>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    client_config_with(PinnedServerVerifier::unpinned(), client_key)
+    client_config_with(PinnedServerVerifier::unpinned(), client_key, false)
 }
 
 fn client_config_with(
     verifier: PinnedServerVerifier,
     client_key: Option<&TlsKey>,
+    send_pin_name: bool,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let builder = ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&TLS13])?
@@ -105,7 +129,8 @@ fn client_config_with(
     };
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     config.resumption = Resumption::disabled();
-    // Names mean nothing here (trust is the pinned hash); do not leak them in clear.
-    config.enable_sni = false;
+    // Trust is the pinned hash, not a name; the only name sent is the pin's own
+    // ([`server_name`]), which picks the key during a rotation. An unpinned link sends none.
+    config.enable_sni = send_pin_name;
     Ok(Arc::new(config))
 }

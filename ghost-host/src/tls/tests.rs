@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use proto_core::TlsKeyHash;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use rustls::client::danger::ServerCertVerifier;
@@ -441,4 +442,78 @@ fn der_extraction_refuses_truncated_and_garbage_certificates() {
             )
             .is_err()
     );
+}
+
+/// One request from `dial` to a fresh one-connection server of `server`: the hash of the
+/// key the server presented and of the certificate the client presented, or the client's
+/// error.
+fn dial_once(
+    server: Arc<ServerConfig>,
+    dial: Dial,
+) -> Result<([u8; 32], Option<[u8; 32]>), io::Error> {
+    let (addr, handle) = serve_one(server);
+    let sock = socket(TcpStream::connect(addr).expect("connect"));
+    let conn = ClientConnection::new(dial.config, dial.name).expect("client connection");
+    let mut tls = StreamOwned::new(conn, sock);
+    let answer = exchange(&mut tls);
+    let served = handle.join().expect("thread");
+    answer?;
+    let presented = tls
+        .conn
+        .peer_certificates()
+        .and_then(peer_key_hash)
+        .expect("the server presented a certificate");
+    Ok((presented, served.expect("served").client_hash))
+}
+
+#[test]
+fn during_an_overlap_a_node_presents_the_key_each_client_pinned_and_then_only_the_new_one() {
+    let (old, new) = (key(40), key(41));
+    let pin = |k: &TlsKey| Some(TlsKeyHash(k.key_hash()));
+    let node = TlsLinks::for_node(old.duplicate()).expect("links");
+    let server = node.server_config().expect("a node serves");
+    let client = TlsLinks::for_client();
+    let presented = |p| dial_once(server.clone(), client.dial(p)).map(|(key, _)| key);
+    assert_eq!(presented(pin(&old)).expect("pinned"), old.key_hash());
+    assert_eq!(presented(None).expect("unpinned"), old.key_hash());
+    assert_eq!(node.generation(), 0);
+
+    // Rotation: the new key for everyone, the old one for clients whose SNI names it.
+    node.install(&new, Some(&old)).expect("installed");
+    assert_eq!(node.generation(), 1);
+    assert_eq!(node.key_hash(), pin(&new));
+    assert_eq!(presented(pin(&old)).expect("old pin"), old.key_hash());
+    assert_eq!(presented(pin(&new)).expect("new pin"), new.key_hash());
+    assert_eq!(presented(None).expect("unpinned"), new.key_hash());
+
+    // The node's own new links present the new certificate to the peers it calls.
+    let peer = key(42);
+    let peer_server = server_config(&peer, ClientAuth::Required).expect("peer");
+    let (_, shown) = dial_once(peer_server, node.dial(pin(&peer))).expect("peer link");
+    assert_eq!(shown, Some(new.key_hash()));
+
+    // Installing the same keys again changes nothing.
+    node.install(&new, Some(&old)).expect("installed");
+    assert_eq!(node.generation(), 1);
+
+    // End of the overlap: a client still pinned to the old key is refused by name.
+    node.install(&new, None).expect("retired");
+    let refused = presented(pin(&old)).expect_err("the old key is gone");
+    assert!(
+        matches!(rustls_error(&refused), Some(rustls::Error::InvalidCertificate(CertificateError::Other(o)))
+            if o.0.downcast_ref::<CertRejected>() == Some(&CertRejected::KeyHashMismatch)),
+        "{refused}"
+    );
+    assert_eq!(presented(pin(&new)).expect("new pin"), new.key_hash());
+}
+
+#[test]
+fn a_pin_names_its_key_in_sni_and_a_seed_link_sends_no_name() {
+    let pin = TlsKeyHash([0xab; 32]);
+    assert_eq!(
+        server_name(Some(pin)).to_str(),
+        "abababababababab.pin.ghost"
+    );
+    assert!(client_config(pin.0, None).expect("pinned").enable_sni);
+    assert!(!unpinned_client_config(None).expect("unpinned").enable_sni);
 }

@@ -432,6 +432,8 @@ pub struct NodeStats {
     pub replies_refused: u64,
     /// Onion keys replaced by a fresh one ([`NodeConfig::onion_key_rotation_ms`]).
     pub onion_keys_rotated: u64,
+    /// TLS keys replaced by the host ([`Node::rotate_tls_key`]).
+    pub tls_keys_rotated: u64,
     /// Requests refused by a rate limit.
     pub rate_limited: u64,
     /// `/v1/peer` requests and registrations refused by their source's rate limit.
@@ -609,6 +611,9 @@ pub struct Node<B: MessageBackend> {
     /// The onion key before the current one and until when its packets are accepted;
     /// dropped (and zeroized) after that.
     previous_onion: Option<(OnionKey, Timestamp)>,
+    /// Until when peer envelopes are signed even on TLS sessions: after a TLS key rotation,
+    /// peers still holding the previous descriptor would not recognise the new session key.
+    signed_envelopes_until: Option<Timestamp>,
     address: Address,
     descriptor: Descriptor,
     replay: ReplayFilter<Box<[u64]>>,
@@ -695,6 +700,7 @@ impl<B: MessageBackend> Node<B> {
             clock: now,
             onion_since: now,
             previous_onion: None,
+            signed_envelopes_until: None,
             store,
             seeds,
             pending: BTreeMap::new(),
@@ -885,9 +891,8 @@ impl<B: MessageBackend> Node<B> {
         let Some(d) = self.membership.directory().get(&to).copied() else {
             return false;
         };
-        let session = self
-            .config
-            .session_authenticated_peers
+        let overlap = self.signed_envelopes_until.is_some_and(|until| now < until);
+        let session = (self.config.session_authenticated_peers && !overlap)
             .then(|| request.encode_session(self.node_id(), now))
             .flatten();
         let body = session.unwrap_or_else(|| request.encode_signed(&self.identity, now));
@@ -961,6 +966,49 @@ impl<B: MessageBackend> Node<B> {
         // Peers learn the new descriptor (and clients from them) without waiting a round.
         self.timers[Timer::Gossip as usize] = now;
         self.stats.onion_keys_rotated += 1;
+    }
+
+    /// The host's links now present the TLS key hashing to `tls_key_hash` (a rotation, or
+    /// a restart within one's overlap): a new descriptor naming it is signed and gossiped
+    /// at once, and until `overlap_until` this node signs every peer envelope instead of
+    /// letting the session authenticate it, because a peer that still holds the previous
+    /// descriptor would refuse a session on the new key. The host keeps serving the
+    /// previous key until then too (docs/PROTOCOL.md section 11).
+    pub fn rotate_tls_key(
+        &mut self,
+        now: Timestamp,
+        tls_key_hash: TlsKeyHash,
+        overlap_until: Timestamp,
+    ) {
+        let now = self.monotonic(now);
+        self.signed_envelopes_until = Some(
+            self.signed_envelopes_until
+                .map_or(overlap_until, |t| t.max(overlap_until)),
+        );
+        if self.descriptor.tls_key_hash() == tls_key_hash {
+            return;
+        }
+        // Peers take a descriptor of the same epoch only if it expires later.
+        let expires = now
+            .plus_millis(self.config.descriptor_lifetime_ms)
+            .max(self.descriptor.expires().plus_millis(1));
+        self.descriptor = Descriptor::sign(
+            &self.identity,
+            &self.onion,
+            tls_key_hash,
+            self.address,
+            expires,
+        );
+        self.timers[Timer::Descriptor as usize] =
+            now.plus_millis(self.config.descriptor_lifetime_ms / 2);
+        self.timers[Timer::Gossip as usize] = now;
+        self.stats.tls_keys_rotated += 1;
+    }
+
+    /// Whether peer envelopes are signed because a TLS key rotation's overlap runs.
+    #[must_use]
+    pub fn in_tls_key_overlap(&self, now: Timestamp) -> bool {
+        self.signed_envelopes_until.is_some_and(|until| now < until)
     }
 
     // ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! In-process nodes on loopback for the integration tests: real sockets, real redb files
 //! in temporary directories, one executor thread.
 
-use ghost_host::tls::{Links, TlsKey, TlsLinks};
+use ghost_host::tls::{Dial, Links, TlsKey, TlsLinks};
 use proto_core::TlsKeyHash;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -33,19 +33,19 @@ pub struct Network {
 
 /// The TLS client config a client uses for the first hop `d`: pinned to its descriptor.
 #[allow(dead_code)] // not every test file sends packets
-pub fn pinned(d: &Descriptor) -> Option<Arc<rustls::ClientConfig>> {
+pub fn pinned(d: &Descriptor) -> Option<Dial> {
     static CLIENT: std::sync::OnceLock<TlsLinks> = std::sync::OnceLock::new();
     Some(
         CLIENT
             .get_or_init(TlsLinks::for_client)
-            .client_config(Some(d.tls_key_hash())),
+            .dial(Some(d.tls_key_hash())),
     )
 }
 
 /// The whole answer to `GET path` at `address` over `tls` (a pinned config) or plain
 /// HTTP, with `Connection: close`.
 #[allow(dead_code)] // not every test file reads a public listener by hand
-pub fn http_get(address: &str, tls: Option<Arc<rustls::ClientConfig>>, path: &str) -> String {
+pub fn http_get(address: &str, tls: Option<Dial>, path: &str) -> String {
     use std::io::{Read, Write};
     let sock = std::net::TcpStream::connect(address).expect("the node listens");
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -58,9 +58,8 @@ pub fn http_get(address: &str, tls: Option<Arc<rustls::ClientConfig>>, path: &st
             sock.write_all(request.as_bytes()).unwrap();
             let _ = sock.read_to_end(&mut out);
         }
-        Some(config) => {
-            let conn = rustls::ClientConnection::new(config, ghost_host::tls::unused_server_name())
-                .unwrap();
+        Some(dial) => {
+            let conn = rustls::ClientConnection::new(dial.config, dial.name).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, sock);
             tls.write_all(request.as_bytes())
                 .expect("the TLS handshake succeeds");
