@@ -84,25 +84,56 @@ fn ring(c: &mut Criterion) {
     }
 }
 
-fn store(c: &mut Criterion) {
-    let mut s = common::filled_store(100_000, 10_000);
+/// Inserts per timed batch in the store insert benches; each batch is removed again,
+/// untimed, so the store holds the same number of messages throughout.
+const INSERT_BATCH: u64 = 10_000;
+
+/// One insert into a store holding `held` messages (over `held / 10` recipients), the
+/// store kept at that size: criterion's iterations are timed in batches of
+/// [`INSERT_BATCH`] fresh messages (one hour shorter lived than those held), each batch
+/// expired again untimed.
+fn store_insert_holding(c: &mut Criterion, name: &str, held: u64) {
+    let recipients = held / 10;
+    let mut s = common::filled_store(held, recipients);
     let mut i = 0u64;
-    c.bench_function("store insert (100k held)", |b| {
-        b.iter(|| {
-            i += 1;
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
             let now = common::NOW;
-            black_box(s.insert(
-                NewMessage::unsigned(
-                    common::recipient(i % 5000),
-                    Namespace::DIRECT,
-                    &(i << 20).to_be_bytes(),
-                    now,
-                    now.plus_millis(60_000),
-                ),
-                now,
-            ))
+            let mut timed = std::time::Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(INSERT_BATCH);
+                let started = std::time::Instant::now();
+                for _ in 0..n {
+                    i += 1;
+                    black_box(s.insert(
+                        NewMessage::unsigned(
+                            common::recipient(i % recipients),
+                            Namespace::DIRECT,
+                            &(i << 20).to_be_bytes(),
+                            now,
+                            now.plus_millis(60_000),
+                        ),
+                        now,
+                    ))
+                    .expect("fits");
+                }
+                timed += started.elapsed();
+                let removed = s
+                    .expire(now.plus_millis(60_000), usize::MAX)
+                    .expect("memory");
+                assert_eq!(removed as u64, n, "only the batch expires");
+                let _ = s.take_changes();
+                left -= n;
+            }
+            timed
         })
     });
+}
+
+fn store(c: &mut Criterion) {
+    store_insert_holding(c, "store insert (100k held)", 100_000);
+    store_insert_holding(c, "store insert (1M held)", 1_000_000);
 
     // 1,000,000 messages over 1,000 recipients: each recipient holds 1,000.
     let big = common::filled_store(1_000_000, 1_000);

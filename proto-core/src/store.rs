@@ -806,7 +806,9 @@ pub fn delete_covers(d: &DeleteRequest<'_>, m: &StoredMessage) -> bool {
 struct Tables {
     by_key: BTreeMap<(RecipientId, Namespace, u64), StoredMessage>,
     key_of: BTreeMap<MessageHash, (RecipientId, Namespace, u64)>,
-    by_expiry: BTreeSet<(Timestamp, MessageHash)>,
+    /// By expiry, then sequence number: a new message (a later sequence number) lands at
+    /// the end of its expiry's run instead of at a random place among equal expiries.
+    by_expiry: BTreeMap<(Timestamp, u64), MessageHash>,
     usage: BTreeMap<RecipientId, (u64, u64)>,
     totals: (u64, u64),
     last_seq: u64,
@@ -825,7 +827,7 @@ impl Tables {
         let len = m.body.len() as u64;
         let key = (m.recipient, m.namespace, m.seq);
         self.key_of.insert(m.hash, key);
-        self.by_expiry.insert((m.expiry, m.hash));
+        self.by_expiry.insert((m.expiry, m.seq), m.hash);
         let u = self.usage.entry(m.recipient).or_default();
         u.0 += 1;
         u.1 += len;
@@ -839,7 +841,7 @@ impl Tables {
         let key = self.key_of.remove(hash)?;
         let m = self.by_key.remove(&key)?;
         let len = m.body.len() as u64;
-        self.by_expiry.remove(&(m.expiry, m.hash));
+        self.by_expiry.remove(&(m.expiry, m.seq));
         if let Some(u) = self.usage.get_mut(&m.recipient) {
             u.0 -= 1;
             u.1 -= len;
@@ -886,9 +888,9 @@ impl Tables {
         let Some(m) = self.key_of.get(hash).and_then(|k| self.by_key.get_mut(k)) else {
             return false;
         };
-        self.by_expiry.remove(&(m.expiry, m.hash));
+        self.by_expiry.remove(&(m.expiry, m.seq));
         m.expiry = expiry;
-        self.by_expiry.insert((expiry, *hash));
+        self.by_expiry.insert((expiry, m.seq), *hash);
         true
     }
 }
@@ -1081,7 +1083,7 @@ impl MessageBackend for MemoryBackend {
             .live
             .by_expiry
             .iter()
-            .take_while(|(e, _)| *e <= before)
+            .take_while(|((e, _), _)| *e <= before)
             .take(limit)
             .map(|(_, h)| *h)
             .collect())

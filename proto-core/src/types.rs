@@ -37,11 +37,43 @@ impl fmt::Display for Timestamp {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Epoch(pub u32);
 
+/// Eight bytes as a big-endian integer (`chunk` is exactly eight bytes long).
+#[inline]
+fn be_u64(chunk: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(chunk);
+    u64::from_be_bytes(bytes)
+}
+
 macro_rules! byte_id {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
         pub struct $name(pub [u8; $len]);
+
+        // Byte order (lexicographic), compared eight bytes at a time: these are B-tree
+        // keys in the store and the ring, where a call to `memcmp` per comparison was a
+        // large part of an insert.
+        impl Ord for $name {
+            #[inline]
+            fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+                const { assert!($len % 8 == 0) };
+                for (a, b) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
+                    let (a, b) = (be_u64(a), be_u64(b));
+                    if a != b {
+                        return a.cmp(&b);
+                    }
+                }
+                core::cmp::Ordering::Equal
+            }
+        }
+
+        impl PartialOrd for $name {
+            #[inline]
+            fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         impl $name {
             /// Length of the identifier in bytes.
@@ -121,5 +153,30 @@ impl Namespace {
     #[must_use]
     pub const fn requires_owner_signature(self) -> bool {
         self.0 >= Self::FIRST_OWNER_ONLY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::cmp::Ordering;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn ids_order_exactly_as_their_bytes(
+            a in any::<[u8; 32]>(),
+            b in any::<[u8; 32]>(),
+            shared in 0usize..=32,
+        ) {
+            // A shared prefix makes every chunk, and equality, decide some cases.
+            let mut b = b;
+            b[..shared].copy_from_slice(&a[..shared]);
+            prop_assert_eq!(MessageHash(a).cmp(&MessageHash(b)), a.cmp(&b));
+            prop_assert_eq!(RecipientId(b).partial_cmp(&RecipientId(a)), Some(b.cmp(&a)));
+            prop_assert_eq!(NodeId(a).cmp(&NodeId(a)), Ordering::Equal);
+        }
     }
 }
