@@ -806,9 +806,7 @@ pub fn delete_covers(d: &DeleteRequest<'_>, m: &StoredMessage) -> bool {
 struct Tables {
     by_key: BTreeMap<(RecipientId, Namespace, u64), StoredMessage>,
     key_of: BTreeMap<MessageHash, (RecipientId, Namespace, u64)>,
-    /// By expiry, then sequence number: a new message (a later sequence number) lands at
-    /// the end of its expiry's run instead of at a random place among equal expiries.
-    by_expiry: BTreeMap<(Timestamp, u64), MessageHash>,
+    by_expiry: BTreeSet<(Timestamp, MessageHash)>,
     usage: BTreeMap<RecipientId, (u64, u64)>,
     totals: (u64, u64),
     last_seq: u64,
@@ -827,7 +825,7 @@ impl Tables {
         let len = m.body.len() as u64;
         let key = (m.recipient, m.namespace, m.seq);
         self.key_of.insert(m.hash, key);
-        self.by_expiry.insert((m.expiry, m.seq), m.hash);
+        self.by_expiry.insert((m.expiry, m.hash));
         let u = self.usage.entry(m.recipient).or_default();
         u.0 += 1;
         u.1 += len;
@@ -841,7 +839,7 @@ impl Tables {
         let key = self.key_of.remove(hash)?;
         let m = self.by_key.remove(&key)?;
         let len = m.body.len() as u64;
-        self.by_expiry.remove(&(m.expiry, m.seq));
+        self.by_expiry.remove(&(m.expiry, m.hash));
         if let Some(u) = self.usage.get_mut(&m.recipient) {
             u.0 -= 1;
             u.1 -= len;
@@ -888,9 +886,9 @@ impl Tables {
         let Some(m) = self.key_of.get(hash).and_then(|k| self.by_key.get_mut(k)) else {
             return false;
         };
-        self.by_expiry.remove(&(m.expiry, m.seq));
+        self.by_expiry.remove(&(m.expiry, m.hash));
         m.expiry = expiry;
-        self.by_expiry.insert((expiry, m.seq), *hash);
+        self.by_expiry.insert((expiry, *hash));
         true
     }
 }
@@ -1083,7 +1081,7 @@ impl MessageBackend for MemoryBackend {
             .live
             .by_expiry
             .iter()
-            .take_while(|((e, _), _)| *e <= before)
+            .take_while(|(e, _)| *e <= before)
             .take(limit)
             .map(|(_, h)| *h)
             .collect())
