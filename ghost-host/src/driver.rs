@@ -393,9 +393,6 @@ impl Engine {
         let Some(rotation) = &mut self.settings.tls_rotation else {
             return;
         };
-        if rotation.next_due().is_none_or(|due| due > t) {
-            return;
-        }
         if let Some(rotated) = rotation.run(t, &mut UnwrapErr(getrandom::SysRng)) {
             self.node
                 .rotate_tls_key(t, rotated.tls_key_hash, rotated.overlap_until);

@@ -192,10 +192,9 @@ pub fn start(
         (Links::InsecurePlaintext, None)
     } else {
         let tls = Arc::new(TlsLinks::for_node(tls_keys.current.duplicate())?);
-        tls.install(
-            &tls_keys.current,
-            tls_keys.previous.as_ref().map(|(k, _)| k),
-        )?;
+        if let Some((previous, _)) = &tls_keys.previous {
+            tls.install(&tls_keys.current, Some(previous))?;
+        }
         let rotation = TlsRotation::new(
             tls_key_path,
             tls_keys,

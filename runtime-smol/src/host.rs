@@ -12,7 +12,6 @@
 //! the connection closed); on shutdown no new connection is accepted and in-flight
 //! requests get [`HttpSection::shutdown_grace_ms`] to finish.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,7 +24,9 @@ use ghost_host::driver::{Carrier, Exchange};
 use ghost_host::service::{
     Answer, Host, MAX_ADMIN_CONNECTIONS, MAX_ANSWER_BYTES, Session, TlsRefusal,
 };
-use ghost_host::tls::{Dial, Links, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal};
+use ghost_host::tls::{
+    Dial, Links, PerGeneration, TLS_HANDSHAKE_RECORD, peer_key_hash, plaintext_refusal,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -61,23 +62,7 @@ struct Pool {
 
 /// The idle connections opened since the node's TLS keys last changed: after a rotation,
 /// connections presenting the previous certificate are closed, not reused.
-#[derive(Default)]
-struct Idle {
-    generation: u64,
-    by_peer: HashMap<PeerKey, Vec<SendRequest<Body>>>,
-}
-
-impl Idle {
-    /// The idle connections of `generation`, or `None` when that generation is past (an
-    /// exchange that began before a rotation must not bring its connection back).
-    fn of(&mut self, generation: u64) -> Option<&mut HashMap<PeerKey, Vec<SendRequest<Body>>>> {
-        if generation > self.generation {
-            self.by_peer.clear();
-            self.generation = generation;
-        }
-        (generation == self.generation).then_some(&mut self.by_peer)
-    }
-}
+type Idle = PerGeneration<PeerKey, Vec<SendRequest<Body>>>;
 
 impl SmolCarrier {
     /// A carrier spawning its tasks on `ex`, with the timeout and pool size of `http`,

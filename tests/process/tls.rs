@@ -62,9 +62,7 @@ fn plaintext_is_refused_by_name_and_pinned_tls_is_served(runtime: Runtime) {
     let seed = net.seed().to_owned();
 
     // The CLI's default links: TLS, the seed unpinned, every node after it pinned.
-    let tls_client = Client::with_links(&seed, ClientConfig::default(), client::default_links())
-        .expect("the directory over TLS");
-    let nodes = tls_client.nodes();
+    let nodes = tls_client(&seed).nodes();
     assert_eq!(nodes.len(), NODES);
 
     for d in &nodes {
@@ -106,8 +104,7 @@ fn plaintext_is_refused_by_name_and_pinned_tls_is_served(runtime: Runtime) {
 
     // The nodes' envelopes to each other ride their TLS sessions, unsigned: every node
     // took some (gossip and probes stay signed, replication and anti-entropy do not).
-    let client = Client::with_links(&seed, ClientConfig::default(), client::default_links())
-        .expect("the directory over TLS");
+    let client = tls_client(&seed);
     let contact =
         client::RecipientKeys::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(5)).contact();
     let body = client::seal_for(&contact, b"replicated over sessions").expect("sealed");
@@ -141,6 +138,13 @@ fn plaintext_is_refused_by_name_and_pinned_tls_is_served(runtime: Runtime) {
     assert!(stdout.contains(&format!("{NODES} nodes known")), "{stdout}");
 }
 
+/// A client of the network at `seed` on the CLI's default links (TLS, pinned after the
+/// seed), with the directory read.
+fn tls_client(seed: &str) -> Client {
+    Client::with_links(seed, ClientConfig::default(), client::default_links())
+        .expect("the directory over TLS")
+}
+
 /// The sum of `name` over every node's metrics.
 fn total(net: &ghost_cli::local::LocalNetwork, name: &str) -> f64 {
     net.nodes
@@ -151,8 +155,7 @@ fn total(net: &ghost_cli::local::LocalNetwork, name: &str) -> f64 {
 
 /// The `tls_key_hash` of every node as the seed's directory lists it.
 fn published_pins(seed: &str) -> BTreeSet<[u8; 32]> {
-    Client::with_links(seed, ClientConfig::default(), client::default_links())
-        .expect("the directory over TLS")
+    tls_client(seed)
         .nodes()
         .iter()
         .map(|d| d.tls_key_hash().0)
@@ -163,11 +166,9 @@ fn tls_keys_rotate_under_traffic_and_nothing_is_lost(runtime: Runtime) {
     let root = tempfile::tempdir().expect("a temporary directory");
     let net = common::start_network_with(runtime, root.path(), NODES, FAST_ROTATION);
     let seed = net.seed().to_owned();
-    let first_pins = published_pins(&seed);
+    let nodes = tls_client(&seed).nodes();
+    let first_pins: BTreeSet<[u8; 32]> = nodes.iter().map(|d| d.tls_key_hash().0).collect();
     assert_eq!(first_pins.len(), NODES);
-    let nodes = Client::with_links(&seed, ClientConfig::default(), client::default_links())
-        .expect("the directory over TLS")
-        .nodes();
 
     // A store at a time, each from a client with a fresh directory (as each `ghost send`
     // is), until every node has rotated its key twice: no store may fail.
@@ -217,8 +218,7 @@ fn tls_keys_rotate_under_traffic_and_nothing_is_lost(runtime: Runtime) {
 
     // Every member of every swarm (all three nodes) holds every acknowledged message
     // exactly once: replication and anti-entropy ran over the rotated links.
-    let reader = Client::with_links(&seed, ClientConfig::default(), client::default_links())
-        .expect("the directory over TLS");
+    let reader = tls_client(&seed);
     for (r, keys) in recipients.iter().enumerate() {
         let mut want = sent[r].clone();
         want.sort();

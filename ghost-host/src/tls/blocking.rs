@@ -2,7 +2,6 @@
 //! keep-alive pool, whose connector wraps ureq's TCP transport in our rustls client
 //! config (ureq's own TLS support builds its config from CA roots, which we have none of).
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -16,7 +15,7 @@ use ureq::unversioned::transport::{
 
 use rustls::pki_types::ServerName;
 
-use super::{Links, server_name};
+use super::{Links, PerGeneration, server_name};
 
 /// Most agents kept, one per pinned key; past it the cache starts over.
 const MAX_AGENTS: usize = 4096;
@@ -30,11 +29,7 @@ pub struct Agents {
 
 /// The agents made since the node's TLS keys last changed: after a rotation, agents (and
 /// their pooled connections) presenting the previous certificate are dropped.
-#[derive(Default)]
-struct AgentsOf {
-    generation: u64,
-    by_pin: HashMap<Option<[u8; 32]>, ureq::Agent>,
-}
+type AgentsOf = PerGeneration<Option<[u8; 32]>, ureq::Agent>;
 
 impl Agents {
     /// Agents with ureq settings `config` over `links`.
@@ -63,16 +58,13 @@ impl Agents {
         };
         let generation = self.links.generation();
         let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
-        if generation > agents.generation || agents.by_pin.len() >= MAX_AGENTS {
-            agents.by_pin.clear();
-            agents.generation = generation;
-        }
-        if let Some(agent) = agents
-            .by_pin
-            .get(&slot)
-            .filter(|_| agents.generation == generation)
-        {
-            return agent.clone();
+        if let Some(by_pin) = agents.of(generation) {
+            if let Some(agent) = by_pin.get(&slot) {
+                return agent.clone();
+            }
+            if by_pin.len() >= MAX_AGENTS {
+                by_pin.clear();
+            }
         }
         let agent = match self.links.client_config(pin) {
             Some(tls) => ureq::Agent::with_parts(
@@ -85,8 +77,8 @@ impl Agents {
             ),
             None => self.config.clone().into(),
         };
-        if agents.generation == generation {
-            agents.by_pin.insert(slot, agent.clone());
+        if let Some(by_pin) = agents.of(generation) {
+            by_pin.insert(slot, agent.clone());
         }
         agent
     }

@@ -138,10 +138,36 @@ pub struct TlsLinks {
 }
 
 /// Client configs by pinned key, all presenting the certificate of one generation.
-#[derive(Default)]
-struct ClientConfigs {
+type ClientConfigs = PerGeneration<Option<[u8; 32]>, Arc<ClientConfig>>;
+
+/// A cache of things made with one generation of a node's TLS keys
+/// ([`TlsLinks::generation`]): client configs, agents and pooled connections that present
+/// its certificate. A newer generation empties it; an older one (a caller that read the
+/// generation just before a rotation) neither reads nor fills it.
+#[derive(Debug)]
+pub struct PerGeneration<K, V> {
     generation: u64,
-    by_pin: HashMap<Option<[u8; 32]>, Arc<ClientConfig>>,
+    entries: HashMap<K, V>,
+}
+
+impl<K, V> Default for PerGeneration<K, V> {
+    fn default() -> Self {
+        Self {
+            generation: 0,
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<K, V> PerGeneration<K, V> {
+    /// The entries made with `generation`, or `None` when that generation is past.
+    pub fn of(&mut self, generation: u64) -> Option<&mut HashMap<K, V>> {
+        if generation > self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+        (generation == self.generation).then_some(&mut self.entries)
+    }
 }
 
 impl TlsLinks {
@@ -225,25 +251,21 @@ impl TlsLinks {
             None => (0, None),
         };
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if generation > clients.generation || clients.by_pin.len() >= MAX_CACHED_CONFIGS {
-            clients.by_pin.clear();
-            clients.generation = generation;
-        }
-        if let Some(config) = clients
-            .by_pin
-            .get(&slot)
-            .filter(|_| clients.generation == generation)
-        {
-            return config.clone();
+        if let Some(by_pin) = clients.of(generation) {
+            if let Some(config) = by_pin.get(&slot) {
+                return config.clone();
+            }
+            if by_pin.len() >= MAX_CACHED_CONFIGS {
+                by_pin.clear();
+            }
         }
         let config = match slot {
             Some(hash) => client_config(hash, key.as_deref()),
             None => unpinned_client_config(key.as_deref()),
         }
         .expect("our provider, protocol version and Ed25519 key always make a config");
-        // A caller that read the keys just before a rotation gets its config uncached.
-        if clients.generation == generation {
-            clients.by_pin.insert(slot, config.clone());
+        if let Some(by_pin) = clients.of(generation) {
+            by_pin.insert(slot, config.clone());
         }
         config
     }
@@ -257,7 +279,6 @@ struct ServedKeys {
 
 struct Served {
     generation: u64,
-    current_hash: TlsKeyHash,
     current_key: Arc<TlsKey>,
     current: Arc<CertifiedKey>,
     /// The previous key's server name and certified key.
@@ -269,7 +290,6 @@ impl ServedKeys {
         Ok(Self {
             state: RwLock::new(Served {
                 generation: 0,
-                current_hash: TlsKeyHash(key.key_hash()),
                 current: key.certified_key()?,
                 current_key: Arc::new(key),
                 previous: None,
@@ -282,7 +302,7 @@ impl ServedKeys {
     }
 
     fn current_hash(&self) -> TlsKeyHash {
-        self.read().current_hash
+        TlsKeyHash(self.read().current_key.key_hash())
     }
 
     fn generation(&self) -> u64 {
@@ -300,11 +320,9 @@ impl ServedKeys {
             Some(key) => Some((pin_server_name(&key.key_hash()), key.certified_key()?)),
             None => None,
         };
-        let hash = TlsKeyHash(current.key_hash());
         let mut served = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        if served.current_hash != hash {
+        if served.current_key.public_key() != current.public_key() {
             served.generation += 1;
-            served.current_hash = hash;
             served.current = certified;
             served.current_key = Arc::new(current.duplicate());
         }
@@ -318,7 +336,7 @@ impl std::fmt::Debug for ServedKeys {
         let served = self.read();
         f.debug_struct("ServedKeys")
             .field("generation", &served.generation)
-            .field("current_hash", &served.current_hash)
+            .field("current_public_key", &served.current_key.public_key())
             .field("previous", &served.previous.as_ref().map(|(name, _)| name))
             .finish()
     }

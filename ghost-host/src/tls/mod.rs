@@ -32,7 +32,9 @@ use rustls::{ClientConfig, ServerConfig};
 
 pub use der::{ed25519_key_from_cert, key_hash, peer_key_hash};
 pub use key::TlsKey;
-pub use links::{Dial, Links, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal, server_name};
+pub use links::{
+    Dial, Links, PerGeneration, TLS_HANDSHAKE_RECORD, TlsLinks, plaintext_refusal, server_name,
+};
 pub use provider::{TLS13_CHACHA20_POLY1305_SHA256, provider};
 pub use rotation::{KeyFile, Rotated, TlsRotation};
 pub use verify::{CertRejected, PeerClientVerifier, PinnedServerVerifier};

@@ -233,7 +233,8 @@ impl TlsRotation {
         let due = self
             .next_due()
             .is_some_and(|t| t <= now && self.keys.previous.is_none());
-        if self.period_ms == 0 || !due {
+        // With rotation off, `next_due` names only the end of an overlap.
+        if !due {
             return None;
         }
         let overlap_until = now.plus_millis(self.overlap_ms);

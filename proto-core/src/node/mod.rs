@@ -954,18 +954,28 @@ impl<B: MessageBackend> Node<B> {
         let old = core::mem::replace(&mut self.onion, fresh);
         self.previous_onion = Some((old, now.plus_millis(self.config.onion_key_grace_ms)));
         self.onion_since = now;
+        self.publish_descriptor(now, self.descriptor.tls_key_hash());
+        self.stats.onion_keys_rotated += 1;
+    }
+
+    /// Signs a new descriptor naming the current onion key and `tls_key_hash`, and gossips
+    /// it at once: peers (and clients from them) learn a rotated key without waiting a
+    /// round. Its expiry is later than the previous descriptor's, so peers take it even
+    /// within one epoch.
+    fn publish_descriptor(&mut self, now: Timestamp, tls_key_hash: TlsKeyHash) {
+        let expires = now
+            .plus_millis(self.config.descriptor_lifetime_ms)
+            .max(self.descriptor.expires().plus_millis(1));
         self.descriptor = Descriptor::sign(
             &self.identity,
             &self.onion,
-            self.descriptor.tls_key_hash(),
+            tls_key_hash,
             self.address,
-            now.plus_millis(self.config.descriptor_lifetime_ms),
+            expires,
         );
         self.timers[Timer::Descriptor as usize] =
             now.plus_millis(self.config.descriptor_lifetime_ms / 2);
-        // Peers learn the new descriptor (and clients from them) without waiting a round.
         self.timers[Timer::Gossip as usize] = now;
-        self.stats.onion_keys_rotated += 1;
     }
 
     /// The host's links now present the TLS key hashing to `tls_key_hash` (a rotation, or
@@ -988,20 +998,7 @@ impl<B: MessageBackend> Node<B> {
         if self.descriptor.tls_key_hash() == tls_key_hash {
             return;
         }
-        // Peers take a descriptor of the same epoch only if it expires later.
-        let expires = now
-            .plus_millis(self.config.descriptor_lifetime_ms)
-            .max(self.descriptor.expires().plus_millis(1));
-        self.descriptor = Descriptor::sign(
-            &self.identity,
-            &self.onion,
-            tls_key_hash,
-            self.address,
-            expires,
-        );
-        self.timers[Timer::Descriptor as usize] =
-            now.plus_millis(self.config.descriptor_lifetime_ms / 2);
-        self.timers[Timer::Gossip as usize] = now;
+        self.publish_descriptor(now, tls_key_hash);
         self.stats.tls_keys_rotated += 1;
     }
 
