@@ -76,7 +76,7 @@ enum Command {
     },
     /// Send a message through a fresh 3-hop path, end-to-end encrypted to the recipient.
     #[command(
-        after_help = "Examples:\n  ghost send --to CONTACT \"hello\"\n  echo hello | ghost send --to CONTACT --via 10.0.0.5:7100 -"
+        after_help = "Examples:\n  ghost send --to CONTACT \"hello\"\n  echo hello | ghost send --to CONTACT --via 10.0.0.5:7100 -\n  ghost send --to CONTACT --file note.txt"
     )]
     Send {
         /// The recipient's contact (128 hex digits, printed by `ghost keygen`).
@@ -92,10 +92,16 @@ enum Command {
         #[arg(long, default_value_t = 336, value_parser = clap::value_parser!(u16).range(1..=336))]
         ttl_hours: u16,
         /// The message, or `-` to read it from standard input.
-        message: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        message: Option<String>,
+        /// Read the message from this file (any bytes) instead.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
     /// Fetch and decrypt new messages through a 3-hop path (signed retrieve).
-    #[command(after_help = "Example:\n  ghost fetch --key alice.key")]
+    #[command(
+        after_help = "Examples:\n  ghost fetch --key alice.key\n  ghost fetch --key alice.key --out inbox/"
+    )]
     Fetch {
         /// The recipient key file (from `ghost keygen`); cursors go to FILE.cursors.
         #[arg(long)]
@@ -103,6 +109,10 @@ enum Command {
         /// Any node of the network.
         #[arg(long, env = "GHOST_SEED", default_value = DEFAULT_SEED)]
         via: String,
+        /// Write each message to DIR/HASH.msg (readable by the owner only) instead of
+        /// printing it. The cursors advance only once the files are on disk.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Load-test a network through 3-hop paths and write a report (or compare two).
     Bench(Box<BenchArgs>),
@@ -169,10 +179,19 @@ fn main() -> ExitCode {
             quorum,
             ttl_hours,
             message,
+            file,
         } => {
-            send(&to, &via, usize::from(quorum), ttl_hours, &message, links).map_err(Failure::from)
+            let input = match (&message, &file) {
+                (_, Some(path)) => Input::File(path),
+                (Some(m), None) if m == "-" => Input::Stdin,
+                (Some(m), None) => Input::Text(m),
+                (None, None) => unreachable!("clap requires a message or --file"),
+            };
+            send(&to, &via, usize::from(quorum), ttl_hours, input, links).map_err(Failure::from)
         }
-        Command::Fetch { key, via } => fetch(&key, &via, links).map_err(Failure::from),
+        Command::Fetch { key, via, out } => {
+            fetch(&key, &via, out.as_deref(), links).map_err(Failure::from)
+        }
         Command::Nodes { via } => nodes(&via, links).map_err(Failure::from),
         Command::Bench(args) => bench::run(&args, &links).map_err(|f| Failure {
             message: f.message,
@@ -217,25 +236,35 @@ fn hop_line(path: &[Descriptor]) -> String {
         .join(" -> ")
 }
 
+/// Where `ghost send` reads the message.
+enum Input<'a> {
+    Text(&'a str),
+    Stdin,
+    File(&'a Path),
+}
+
 fn send(
     to: &str,
     via: &str,
     quorum: usize,
     ttl_hours: u16,
-    message: &str,
+    input: Input<'_>,
     links: Links,
 ) -> Result<(), String> {
     let contact = Contact::parse(to).map_err(|e| {
         format!("--to must be a contact of 128 hex digits as printed by `ghost keygen` ({e})")
     })?;
-    let text = if message == "-" {
-        let mut s = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut s)
-            .map_err(|e| format!("cannot read the message from stdin: {e}"))?;
-        s
-    } else {
-        message.as_bytes().to_vec()
+    let text = match input {
+        Input::Text(message) => message.as_bytes().to_vec(),
+        Input::Stdin => {
+            let mut s = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut s)
+                .map_err(|e| format!("cannot read the message from stdin: {e}"))?;
+            s
+        }
+        Input::File(path) => std::fs::read(path)
+            .map_err(|e| format!("cannot read --file {}: {e}", path.display()))?,
     };
     let body = client::seal_for(&contact, &text).map_err(|e| e.0)?;
     let net = Client::with_links(via, ClientConfig::default(), links)
@@ -274,8 +303,11 @@ fn warn_misbehaviour(problems: &[client::AttemptFailure]) {
     }
 }
 
-fn fetch(key: &Path, via: &str, links: Links) -> Result<(), String> {
+fn fetch(key: &Path, via: &str, out: Option<&Path>, links: Links) -> Result<(), String> {
     let keys = RecipientKeys::load(key)?;
+    if let Some(dir) = out {
+        create_private_dir(dir)?;
+    }
     let mut cursor_path = key.as_os_str().to_owned();
     cursor_path.push(".cursors");
     let cursor_path = PathBuf::from(cursor_path);
@@ -290,12 +322,57 @@ fn fetch(key: &Path, via: &str, links: Links) -> Result<(), String> {
     let t = now();
     for m in &fetched.messages {
         let age = t.millis_since(m.stored_at) / 1000;
-        match client::open_body(&keys, &m.body) {
-            Ok(text) => println!("[{age}s ago] {}", String::from_utf8_lossy(&text)),
-            Err(e) => println!("[{age}s ago] (message {} could not be opened: {e})", m.hash),
+        match (client::open_body(&keys, &m.body), out) {
+            (Ok(text), None) => println!("[{age}s ago] {}", String::from_utf8_lossy(&text)),
+            (Ok(text), Some(dir)) => {
+                let path = write_message(dir, &m.hash.to_string(), &text)?;
+                println!("[{age}s ago] {} bytes -> {}", text.len(), path.display());
+            }
+            (Err(e), _) => println!("[{age}s ago] (message {} could not be opened: {e})", m.hash),
         }
     }
+    if let Some(dir) = out {
+        // The new names must be durable before the cursors move past their messages.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+    }
     cursors.save(&cursor_path)
+}
+
+/// Creates `dir` (readable by the owner only) unless it exists as a directory.
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| format!("cannot create --out directory {}: {e}", dir.display()))
+}
+
+/// Writes a fetched message to `dir/HASH.msg`, durably (a temporary file, fsync'd, then
+/// renamed). A message with the same hash is the same message: an existing file is kept.
+fn write_message(dir: &Path, hash: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(format!("{hash}.msg"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".{hash}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot replace {}: {e}", tmp.display())),
+    }
+    ghost_host::start::write_private(&tmp, bytes)?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 fn nodes(via: &str, links: Links) -> Result<(), String> {

@@ -1,0 +1,268 @@
+//! `ghost send --file PATH`, `ghost send -` (standard input) and `ghost fetch --out DIR`
+//! against a real network: any bytes go in, the same bytes come out as one file per
+//! message (readable by the owner only), a second fetch writes nothing new, and bad input
+//! gets a message that says what to fix.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::{Runtime, run_ghost, wait_for};
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `ghost keygen --out PATH`: the contact it prints.
+fn keygen(path: &Path) -> String {
+    let out = run_ghost(&["keygen", "--out", path.to_str().unwrap()], CLI_TIMEOUT);
+    assert!(out.status.success(), "keygen failed: {out:?}");
+    text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("contact:"))
+        .map(|c| c.trim().to_owned())
+        .expect("keygen prints the contact")
+}
+
+/// `ghost ARGS` with `input` on its standard input.
+fn ghost_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(common::ghost_binary())
+        .args(args)
+        .env_remove("GHOST_SEED")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ghost starts");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input)
+        .expect("ghost reads its input");
+    // The pipe is closed (dropped) above: ghost sees the end of its input.
+    let deadline = std::time::Instant::now() + CLI_TIMEOUT;
+    while child.try_wait().expect("waitable").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ghost {args:?} did not finish"
+        );
+        std::thread::sleep(common::POLL);
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The `*.msg` files of `dir`, by name.
+fn messages_in(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .map(|e| e.expect("readable directory").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).expect("readable message"))
+        })
+        .collect()
+}
+
+/// Fetches into `out` until it holds `count` messages; returns them.
+fn fetch_until(seed: &str, key: &str, out: &Path, count: usize) -> BTreeMap<String, Vec<u8>> {
+    let out_arg = out.to_str().unwrap();
+    wait_for(
+        "ghost fetch --out writes the messages",
+        FETCH_TIMEOUT,
+        || {
+            let fetched = run_ghost(
+                &["fetch", "--via", seed, "--key", key, "--out", out_arg],
+                CLI_TIMEOUT,
+            );
+            assert!(
+                fetched.status.success(),
+                "fetch failed: {}{}",
+                text(&fetched.stdout),
+                text(&fetched.stderr)
+            );
+            let found = messages_in(out);
+            (found.len() >= count).then_some(found)
+        },
+    )
+}
+
+#[test]
+fn files_and_stdin_in_byte_identical_files_out() {
+    let root = tempfile::tempdir().unwrap();
+    let net = common::start_network(Runtime::Mixed, root.path(), 3);
+    let seed = net.nodes[0].address.clone();
+    let key_path = root.path().join("alice.key");
+    let key = key_path.to_str().unwrap();
+    let contact = keygen(&key_path);
+
+    // Every byte value, not UTF-8, near the one-packet limit.
+    let binary: Vec<u8> = (0..1300u32).map(|i| (i * 7 % 256) as u8).collect();
+    let file = root.path().join("binary.bin");
+    std::fs::write(&file, &binary).unwrap();
+    let sent = run_ghost(
+        &[
+            "send",
+            "--via",
+            &seed,
+            "--to",
+            &contact,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(sent.status.success(), "send --file failed: {sent:?}");
+    assert!(
+        text(&sent.stdout).contains("delivered 1300 bytes"),
+        "{sent:?}"
+    );
+
+    let piped = b"from standard input\0\xff\n".to_vec();
+    let sent = ghost_with_stdin(&["send", "--via", &seed, "--to", &contact, "-"], &piped);
+    assert!(sent.status.success(), "send - failed: {sent:?}");
+
+    let out = root.path().join("inbox").join("alice");
+    let found = fetch_until(&seed, key, &out, 2);
+    let mut bodies: Vec<&Vec<u8>> = found.values().collect();
+    bodies.sort_by_key(|b| b.len());
+    assert_eq!(
+        bodies,
+        [&piped, &binary],
+        "the files hold exactly what was sent"
+    );
+    for name in found.keys() {
+        let hash = name.strip_suffix(".msg").unwrap();
+        assert!(
+            hash.len() == 64 && hash.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&out), 0o700, "the --out directory is private");
+        for name in found.keys() {
+            assert_eq!(mode(&out.join(name)), 0o600, "{name} is private");
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".msg"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // The cursors moved past both: a second fetch writes nothing and removes nothing.
+    let again = run_ghost(
+        &[
+            "fetch",
+            "--via",
+            &seed,
+            "--key",
+            key,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(again.status.success(), "{again:?}");
+    assert!(text(&again.stdout).contains("no new messages"), "{again:?}");
+    assert_eq!(messages_in(&out), found);
+}
+
+#[test]
+fn bad_files_are_refused_with_what_to_fix() {
+    let root = tempfile::tempdir().unwrap();
+    let key_path = root.path().join("bob.key");
+    let contact = keygen(&key_path);
+
+    // Refused before any network is asked: no node listens at the seed.
+    let missing = root.path().join("missing.txt");
+    let out = run_ghost(
+        &[
+            "send",
+            "--via",
+            "127.0.0.1:9",
+            "--to",
+            &contact,
+            "--file",
+            missing.to_str().unwrap(),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(&format!("cannot read --file {}", missing.display())),
+        "{out:?}"
+    );
+
+    let large = root.path().join("large.bin");
+    std::fs::write(&large, vec![b'x'; 2000]).unwrap();
+    let out = run_ghost(
+        &[
+            "send",
+            "--via",
+            "127.0.0.1:9",
+            "--to",
+            &contact,
+            "--file",
+            large.to_str().unwrap(),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("the message is 2000 bytes; at most") && said.contains("fit in one packet"),
+        "{out:?}"
+    );
+
+    let both = run_ghost(
+        &[
+            "send",
+            "--to",
+            &contact,
+            "--file",
+            large.to_str().unwrap(),
+            "text",
+        ],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    assert!(
+        text(&both.stderr).contains("cannot be used with"),
+        "{both:?}"
+    );
+
+    // --out naming a file, not a directory.
+    let not_a_dir = root.path().join("plain-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let out = run_ghost(
+        &[
+            "fetch",
+            "--via",
+            "127.0.0.1:9",
+            "--key",
+            key_path.to_str().unwrap(),
+            "--out",
+            not_a_dir.to_str().unwrap(),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("cannot create --out directory"),
+        "{out:?}"
+    );
+}
