@@ -4,13 +4,12 @@
 //! gets a message that says what to fix.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 mod common;
-use common::{Runtime, run_ghost, wait_for};
+use common::{Runtime, run_ghost, run_ghost_with_input, wait_for};
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -28,34 +27,6 @@ fn keygen(path: &Path) -> String {
         .find_map(|l| l.strip_prefix("contact:"))
         .map(|c| c.trim().to_owned())
         .expect("keygen prints the contact")
-}
-
-/// `ghost ARGS` with `input` on its standard input.
-fn ghost_with_stdin(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(common::ghost_binary())
-        .args(args)
-        .env_remove("GHOST_SEED")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ghost starts");
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input)
-        .expect("ghost reads its input");
-    // The pipe is closed (dropped) above: ghost sees the end of its input.
-    let deadline = std::time::Instant::now() + CLI_TIMEOUT;
-    while child.try_wait().expect("waitable").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ghost {args:?} did not finish"
-        );
-        std::thread::sleep(common::POLL);
-    }
-    child.wait_with_output().expect("output")
 }
 
 /// The `*.msg` files of `dir`, by name.
@@ -128,7 +99,11 @@ fn files_and_stdin_in_byte_identical_files_out() {
     );
 
     let piped = b"from standard input\0\xff\n".to_vec();
-    let sent = ghost_with_stdin(&["send", "--via", &seed, "--to", &contact, "-"], &piped);
+    let sent = run_ghost_with_input(
+        &["send", "--via", &seed, "--to", &contact, "-"],
+        Some(&piped),
+        CLI_TIMEOUT,
+    );
     assert!(sent.status.success(), "send - failed: {sent:?}");
 
     let out = root.path().join("inbox").join("alice");
@@ -181,6 +156,21 @@ fn files_and_stdin_in_byte_identical_files_out() {
     assert_eq!(messages_in(&out), found);
 }
 
+/// `ghost send --file PATH` with no node at the seed: what it says before any network.
+fn send_file_to_nowhere(contact: &str, path: &Path) -> Output {
+    let path = path.to_str().unwrap();
+    let args = [
+        "send",
+        "--via",
+        "127.0.0.1:9",
+        "--to",
+        contact,
+        "--file",
+        path,
+    ];
+    run_ghost(&args, CLI_TIMEOUT)
+}
+
 #[test]
 fn bad_files_are_refused_with_what_to_fix() {
     let root = tempfile::tempdir().unwrap();
@@ -189,18 +179,7 @@ fn bad_files_are_refused_with_what_to_fix() {
 
     // Refused before any network is asked: no node listens at the seed.
     let missing = root.path().join("missing.txt");
-    let out = run_ghost(
-        &[
-            "send",
-            "--via",
-            "127.0.0.1:9",
-            "--to",
-            &contact,
-            "--file",
-            missing.to_str().unwrap(),
-        ],
-        CLI_TIMEOUT,
-    );
+    let out = send_file_to_nowhere(&contact, &missing);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         text(&out.stderr).contains(&format!("cannot read --file {}", missing.display())),
@@ -209,18 +188,7 @@ fn bad_files_are_refused_with_what_to_fix() {
 
     let large = root.path().join("large.bin");
     std::fs::write(&large, vec![b'x'; 2000]).unwrap();
-    let out = run_ghost(
-        &[
-            "send",
-            "--via",
-            "127.0.0.1:9",
-            "--to",
-            &contact,
-            "--file",
-            large.to_str().unwrap(),
-        ],
-        CLI_TIMEOUT,
-    );
+    let out = send_file_to_nowhere(&contact, &large);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let said = text(&out.stderr);
     assert!(

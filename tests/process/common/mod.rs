@@ -116,14 +116,28 @@ pub fn ghost_binary() -> PathBuf {
 /// Runs the `ghost` CLI with `args` (no `GHOST_SEED` from the environment, no stdin) and
 /// collects its output; kills it and panics after `timeout`.
 pub fn run_ghost(args: &[&str], timeout: Duration) -> Output {
+    run_ghost_with_input(args, None, timeout)
+}
+
+/// [`run_ghost`] with `input`, when given, on its standard input (then closed).
+pub fn run_ghost_with_input(args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Output {
     let mut child = Command::new(ghost_binary())
         .args(args)
         .env_remove("GHOST_SEED")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("ghost starts");
+    if let Some(input) = input {
+        // Dropping the pipe after the write is the end of ghost's input.
+        let mut stdin = child.stdin.take().expect("piped");
+        std::io::Write::write_all(&mut stdin, input).expect("ghost reads its input");
+    }
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut out = Vec::new();
