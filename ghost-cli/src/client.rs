@@ -68,7 +68,7 @@ pub const HAND_MADE_REPLY_LEN: usize = 64 * 1024;
 /// How long stored messages live unless the sender says otherwise: 14 days, the maximum.
 pub const DEFAULT_TTL_MS: u64 = proto_core::store::MAX_TTL_MS;
 
-pub use ghost_host::start::write_private;
+pub use ghost_host::start::{replace_private, write_private};
 
 /// A recipient's two private keys: Ed25519 identity (the ID, signs retrieves) and an
 /// independent X25519 key that opens message bodies.
@@ -203,16 +203,8 @@ impl Cursors {
     /// Saves cursors atomically (a new private file, mode 0600 like the key file, then
     /// a rename): which messages a recipient read is nobody else's business.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(self).expect("maps of strings and integers serialize");
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot replace {}: {e}", tmp.display())),
-        }
-        write_private(&tmp, &text)?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot save cursors to {}: {e}", path.display()))
+        replace_private(path, &text)
     }
 
     fn to_core(&self) -> FetchCursors {

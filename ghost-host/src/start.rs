@@ -344,6 +344,31 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Replaces `path` with `bytes` atomically and privately: written to `PATH.new` by
+/// [`write_private`], renamed over `path`, and the directory synced, so a crash leaves the
+/// old file or the new one, never a torn one, and the new name is durable on return.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    // A leftover from a crash in the middle of a replace: never read, safe to drop.
+    let _ = fs::remove_file(&tmp);
+    let renamed = write_private(&tmp, bytes).and_then(|()| {
+        fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    });
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+}
+
 /// The TLS key's file in the data directory, mode 0600: the current key (and during a
 /// rotation's overlap the previous one), as [`KeyFile`] describes.
 pub const TLS_KEY_FILE: &str = "tls.key";

@@ -331,12 +331,6 @@ fn fetch(key: &Path, via: &str, out: Option<&Path>, links: Links) -> Result<(), 
             (Err(e), _) => println!("[{age}s ago] (message {} could not be opened: {e})", m.hash),
         }
     }
-    if let Some(dir) = out {
-        // The new names must be durable before the cursors move past their messages.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
-    }
     cursors.save(&cursor_path)
 }
 
@@ -357,21 +351,13 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create --out directory {}: {e}", dir.display()))
 }
 
-/// Writes a fetched message to `dir/HASH.msg`, durably (a temporary file, fsync'd, then
-/// renamed). A message with the same hash is the same message: an existing file is kept.
+/// Writes a fetched message to `dir/HASH.msg`, durably, before the cursors move past it.
+/// A message with the same hash is the same message: an existing file is kept.
 fn write_message(dir: &Path, hash: &str, bytes: &[u8]) -> Result<PathBuf, String> {
     let path = dir.join(format!("{hash}.msg"));
-    if path.exists() {
-        return Ok(path);
+    if !path.exists() {
+        client::replace_private(&path, bytes)?;
     }
-    let tmp = dir.join(format!(".{hash}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot replace {}: {e}", tmp.display())),
-    }
-    ghost_host::start::write_private(&tmp, bytes)?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 

@@ -9,7 +9,6 @@
 //! within an overlap keeps serving both.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -132,36 +131,7 @@ impl KeyFile {
     /// renamed over it, and the directory synced, so a crash leaves the old file or the
     /// new one, never a torn one.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let tmp = path.with_extension("key.new");
-        // A leftover from a crash in the middle of a save: never read, safe to drop.
-        let _ = fs::remove_file(&tmp);
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let written = options.open(&tmp).and_then(|mut file| {
-            file.write_all(&self.encode())?;
-            file.sync_all()
-        });
-        let renamed = written.and_then(|()| fs::rename(&tmp, path));
-        if let Err(e) = renamed {
-            let _ = fs::remove_file(&tmp);
-            return Err(format!("cannot write {}: {e}", path.display()));
-        }
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
-        }
-        Ok(())
+        crate::start::replace_private(path, &self.encode())
     }
 }
 
