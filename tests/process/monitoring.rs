@@ -20,26 +20,12 @@ use common::Runtime;
 
 common::runtime_tests!(single: every_metric_the_dashboard_and_alerts_name_is_served);
 
-const DASHBOARD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docker/grafana/dashboards/ghostnodes.json"
-);
-const ALERTS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docker/prometheus/alerts.yml"
-);
-const PROMETHEUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docker/prometheus/prometheus.yml"
-);
-const DATASOURCE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docker/grafana/provisioning/datasources/prometheus.yml"
-);
-const DASHBOARD_PROVIDER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docker/grafana/provisioning/dashboards/ghostnodes.yml"
-);
+/// The monitoring files, under `docker/`.
+const DASHBOARD: &str = "grafana/dashboards/ghostnodes.json";
+const ALERTS: &str = "prometheus/alerts.yml";
+const PROMETHEUS: &str = "prometheus/prometheus.yml";
+const DATASOURCE: &str = "grafana/provisioning/datasources/prometheus.yml";
+const DASHBOARD_PROVIDER: &str = "grafana/provisioning/dashboards/ghostnodes.yml";
 
 /// Fewer distinct names than these means the extraction broke (an empty extraction
 /// would otherwise pass), not that the files got smaller on purpose.
@@ -53,8 +39,10 @@ const ADMIN_PORT: u16 = 9710;
 const COMPOSE_NODES: usize = 5;
 const DATASOURCE_UID: &str = "ghost-prometheus";
 
+/// The text of `docker/<path>`.
 fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    let full = format!("{}/../docker/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
 }
 
 /// The metric names in a PromQL expression: `ghost_…` and `process_…` where an
@@ -268,7 +256,7 @@ fn every_metric_the_dashboard_and_alerts_name_is_served(runtime: Runtime) {
     assert!(
         unknown_in_dashboard.is_empty() && unknown_in_alerts.is_empty(),
         "{runtime:?}: metrics the node does not serve (renamed? a typo?):\n  \
-         dashboard {DASHBOARD}: {unknown_in_dashboard:?}\n  alerts {ALERTS}: \
+         dashboard docker/{DASHBOARD}: {unknown_in_dashboard:?}\n  alerts docker/{ALERTS}: \
          {unknown_in_alerts:?}\nserved: {served:?}"
     );
     let not_shown: Vec<&String> = served.iter().filter(|n| !dashboard.contains(*n)).collect();
