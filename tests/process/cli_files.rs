@@ -1,7 +1,8 @@
 //! `ghost send --file PATH`, `ghost send -` (standard input) and `ghost fetch --out DIR`
 //! against a real network: any bytes go in, the same bytes come out as one file per
-//! message (readable by the owner only), a second fetch writes nothing new, and bad input
-//! gets a message that says what to fix.
+//! message (readable by the owner only), what a stranger forged into the inbox never
+//! becomes a file, a second fetch writes nothing new, and bad input gets a message that
+//! says what to fix.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 mod common;
 use common::{Runtime, run_ghost, run_ghost_with_input, wait_for};
+use ghost_cli::client;
+use proto_core::sealed::Contact;
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,10 +47,18 @@ fn messages_in(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Fetches into `out` until it holds `count` messages; returns them.
-fn fetch_until(seed: &str, key: &str, out: &Path, count: usize) -> BTreeMap<String, Vec<u8>> {
+/// Fetches into `out` until it holds `files` messages and the fetches reported
+/// `unopened` messages that did not open; returns the files and everything printed.
+fn fetch_until(
+    seed: &str,
+    key: &str,
+    out: &Path,
+    files: usize,
+    unopened: usize,
+) -> (BTreeMap<String, Vec<u8>>, String) {
     let out_arg = out.to_str().unwrap();
-    wait_for(
+    let mut printed = String::new();
+    let found = wait_for(
         "ghost fetch --out writes the messages",
         FETCH_TIMEOUT,
         || {
@@ -61,10 +72,13 @@ fn fetch_until(seed: &str, key: &str, out: &Path, count: usize) -> BTreeMap<Stri
                 text(&fetched.stdout),
                 text(&fetched.stderr)
             );
+            printed.push_str(&text(&fetched.stdout));
             let found = messages_in(out);
-            (found.len() >= count).then_some(found)
+            let refused = printed.matches("could not be opened").count();
+            (found.len() >= files && refused >= unopened).then_some(found)
         },
-    )
+    );
+    (found, printed)
 }
 
 #[test]
@@ -106,8 +120,29 @@ fn files_and_stdin_in_byte_identical_files_out() {
     );
     assert!(sent.status.success(), "send - failed: {sent:?}");
 
+    // Anyone may store to a recipient: a stranger writes a message sealed to someone
+    // else and bytes sealed to nobody into alice's inbox. Neither opens with her key, so
+    // neither becomes a file; both are reported, and the cursors move past them.
+    let alice = Contact::parse(&contact).expect("keygen printed a contact");
+    let bob = Contact::parse(&keygen(&root.path().join("bob.key"))).expect("a contact");
+    let stranger = client::Client::connect(&seed).expect("the directory");
+    let forged = [
+        client::seal_for(&bob, b"sealed to bob, stored for alice").expect("fits"),
+        vec![0x5a; 512],
+    ];
+    for body in &forged {
+        stranger
+            .store(&alice.recipient, body)
+            .expect("the swarm stores any body for any recipient");
+    }
+
     let out = root.path().join("inbox").join("alice");
-    let found = fetch_until(&seed, key, &out, 2);
+    let (found, printed) = fetch_until(&seed, key, &out, 2, forged.len());
+    assert_eq!(
+        printed.matches("could not be opened").count(),
+        forged.len(),
+        "each forged message is reported once: {printed}"
+    );
     let mut bodies: Vec<&Vec<u8>> = found.values().collect();
     bodies.sort_by_key(|b| b.len());
     assert_eq!(
