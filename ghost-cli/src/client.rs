@@ -34,9 +34,10 @@ pub use ghost_host::tls::Links;
 use ghost_host::tls::TlsLinks;
 use ghost_host::tls::blocking::Agents;
 use proto_core::client::{
-    self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StoreSpec, TransmitBody,
-    TransportError,
+    self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StorePartsSpec, StoreSpec,
+    TransmitBody, TransportError,
 };
+use proto_core::fragment::{self, Inbox, InboxConfig, MessageId, StoredPart};
 use proto_core::keys::{Address, Descriptor, IdentityKey};
 use proto_core::node::TransmitFailure;
 use proto_core::packet::{self, MAX_PAYLOAD, PACKET_LEN, PathHop, PathKeys};
@@ -350,6 +351,31 @@ impl Client {
         }
     }
 
+    /// Stores every body of one message (its fragments, from [`seal_message`]) for
+    /// `recipient`, each through its own 3-hop path, several at once
+    /// (`ClientConfig::parts_in_flight`); delivered only when every body has its W
+    /// receipts, in the order given.
+    pub fn store_parts(
+        &self,
+        recipient: &RecipientId,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<Delivery>, core_client::ClientError> {
+        let spec = StorePartsSpec {
+            recipient: *recipient,
+            bodies,
+            ttl_ms: self.ttl_ms,
+        };
+        let op = self
+            .core
+            .borrow_mut()
+            .start_store_parts(now(), &mut rng(), spec);
+        match self.drive(Some(op)) {
+            Some(Ok(core_client::Event::StoredParts { result, .. })) => result,
+            Some(Err(e)) => Err(e),
+            _ => Err(unfinished()),
+        }
+    }
+
     /// Reads every new message past `cursors` of `identity`'s recipient, from `member`
     /// only or from the first member that answers, with the core's own error; returns
     /// the cursors to keep (advanced only by walks that completed).
@@ -569,6 +595,97 @@ pub fn seal_for(to: &Contact, text: &[u8]) -> Result<Vec<u8>, ClientError> {
         .map_err(|e| ClientError(format!("cannot seal the message: {e}")))?;
     out.truncate(n);
     Ok(out)
+}
+
+/// Seals `message` for `to` into the bodies to store: one when it fits one packet,
+/// otherwise its fragments ([`proto_core::fragment`]); refused above
+/// [`fragment::MAX_MESSAGE_LEN`].
+pub fn seal_message(to: &Contact, message: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
+    fragment::seal_message(to, message, &mut rng()).map_err(|e| ClientError(e.to_string()))
+}
+
+/// A recipient's [`Inbox`] kept in a private file beside its key (`KEY.inbox`): the
+/// fragments of messages still incomplete (sealed, as fetched) and the ids of messages
+/// already given out, so a large message spread over several fetches comes out once.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InboxFile {
+    /// Fragments of incomplete messages, as fetched.
+    pub waiting: Vec<WaitingPart>,
+    /// Ids (hex) of large messages already given out or given up, oldest first.
+    pub finished: Vec<String>,
+}
+
+/// One saved fragment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WaitingPart {
+    /// Its store hash (hex).
+    pub hash: String,
+    /// When the swarm drops it, ms since the Unix epoch.
+    pub expiry: u64,
+    /// The sealed body (hex).
+    pub body: String,
+}
+
+impl InboxFile {
+    /// Loads the file, or an empty inbox when there is none.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "inbox file {} is damaged ({e}); delete it to drop incomplete messages",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// An inbox holding what this file saved, for `keys`.
+    pub fn restore(&self, keys: &RecipientKeys) -> Result<Inbox, String> {
+        let mut inbox = Inbox::new(InboxConfig::default());
+        for id in &self.finished {
+            let mut bytes = [0u8; fragment::MESSAGE_ID_LEN];
+            hex::decode_to_slice(id, &mut bytes)
+                .map_err(|e| format!("inbox file: bad message id {id}: {e}"))?;
+            inbox.remember_finished(MessageId(bytes));
+        }
+        for part in &self.waiting {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&part.hash, &mut hash)
+                .map_err(|e| format!("inbox file: bad hash {}: {e}", part.hash))?;
+            let body = hex::decode(&part.body).map_err(|e| format!("inbox file: bad body: {e}"))?;
+            let part = StoredPart {
+                hash: MessageHash(hash),
+                expiry: proto_core::Timestamp(part.expiry),
+                body,
+            };
+            inbox.receive(&keys.identity.recipient_id(), &keys.encryption, part, now());
+        }
+        Ok(inbox)
+    }
+
+    /// What to save of `inbox`.
+    #[must_use]
+    pub fn of(inbox: &Inbox) -> Self {
+        Self {
+            waiting: inbox
+                .waiting_parts()
+                .map(|p| WaitingPart {
+                    hash: p.hash.to_string(),
+                    expiry: p.expiry.0,
+                    body: hex::encode(&p.body),
+                })
+                .collect(),
+            finished: inbox.finished().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Saves the file atomically, private like the key file.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let text = serde_json::to_vec(self).expect("strings and integers serialize");
+        replace_private(path, &text)
+    }
 }
 
 /// Opens a sealed body with the recipient's keys.

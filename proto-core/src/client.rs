@@ -109,6 +109,9 @@ pub struct ClientConfig {
     /// Hashes of fetched messages remembered so a message read on one member is not
     /// shown again when a later fetch reads another (default 10,000).
     pub seen_memory: usize,
+    /// Stores of one [`Client::start_store_parts`] in flight at once (default 8): the
+    /// fragments of a large message go out on this many paths together.
+    pub parts_in_flight: usize,
 }
 
 impl Default for ClientConfig {
@@ -130,6 +133,7 @@ impl Default for ClientConfig {
             page_limit: 50,
             pow_max_tries: 1 << 26,
             seen_memory: 10_000,
+            parts_in_flight: 8,
         }
     }
 }
@@ -240,6 +244,18 @@ pub struct StoreSpec {
     pub first_member: Option<NodeId>,
 }
 
+/// Several bodies for one recipient to store as one operation: the fragments of a large
+/// message ([`crate::fragment::seal_message`]). Each is an ordinary store on its own path.
+#[derive(Clone, Debug)]
+pub struct StorePartsSpec {
+    /// Whose message.
+    pub recipient: RecipientId,
+    /// The (already sealed) bodies, in order.
+    pub bodies: Vec<Vec<u8>>,
+    /// How long the swarm keeps them, ms.
+    pub ttl_ms: u64,
+}
+
 /// A fetch to start.
 pub struct FetchSpec {
     /// The recipient's identity key (signs every retrieve).
@@ -282,6 +298,14 @@ pub enum Event {
         /// The delivery, or why there is none.
         result: Result<Delivery, ClientError>,
     },
+    /// A [`Client::start_store_parts`] ended: every body delivered, or the first that
+    /// could not be (the others are then abandoned).
+    StoredParts {
+        /// Which operation.
+        op: OpId,
+        /// Each body's delivery, in the order given, or why one failed.
+        result: Result<Vec<Delivery>, ClientError>,
+    },
     /// A fetch ended.
     Fetched {
         /// Which operation.
@@ -298,7 +322,9 @@ impl Event {
     #[must_use]
     pub fn op(&self) -> OpId {
         match self {
-            Self::Stored { op, .. } | Self::Fetched { op, .. } => *op,
+            Self::Stored { op, .. } | Self::StoredParts { op, .. } | Self::Fetched { op, .. } => {
+                *op
+            }
         }
     }
 }
@@ -461,6 +487,15 @@ pub enum ClientError {
         /// What went wrong with each attempt.
         attempts: Vec<AttemptFailure>,
     },
+    /// One body of a [`Client::start_store_parts`] could not be stored.
+    PartFailed {
+        /// Its place among the bodies, from 0.
+        index: usize,
+        /// How many bodies there were.
+        count: usize,
+        /// Why.
+        error: Box<ClientError>,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -482,6 +517,11 @@ impl fmt::Display for ClientError {
             Self::BodyTooLarge { len } => {
                 write!(f, "a {len}-byte body does not fit one request")
             }
+            Self::PartFailed {
+                index,
+                count,
+                error,
+            } => write!(f, "part {} of {count}: {error}", index + 1),
             Self::PowUnsolved { difficulty } => write!(
                 f,
                 "no proof of work of difficulty {difficulty} found within the configured tries"
@@ -628,6 +668,19 @@ fn redirect_problem(named: &[NodeId], swarm: &[NodeId]) -> Problem {
     }
 }
 
+/// A [`Client::start_store_parts`] operation: its bodies go out as ordinary store
+/// operations (its parts), at most `parts_in_flight` at once.
+struct PartsOp {
+    recipient: RecipientId,
+    ttl_ms: u64,
+    /// Bodies not started yet, with their index.
+    queued: VecDeque<(usize, Vec<u8>)>,
+    /// Part operations running, with their index.
+    running: BTreeMap<OpId, usize>,
+    deliveries: Vec<Option<Delivery>>,
+    failed: Option<ClientError>,
+}
+
 struct InFlight {
     op: OpId,
     keys: PathKeys,
@@ -665,6 +718,9 @@ pub struct Client {
     refresh: Option<Refresh>,
     suspects: BTreeMap<NodeId, Timestamp>,
     ops: BTreeMap<OpId, Op>,
+    parts_ops: BTreeMap<OpId, PartsOp>,
+    /// Which parts operation each running part belongs to.
+    part_of: BTreeMap<OpId, OpId>,
     in_flight: BTreeMap<TransmitId, InFlight>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -687,6 +743,8 @@ impl Client {
             refresh: None,
             suspects: BTreeMap::new(),
             ops: BTreeMap::new(),
+            parts_ops: BTreeMap::new(),
+            part_of: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -790,6 +848,136 @@ impl Client {
         rng: &mut R,
         spec: StoreSpec,
     ) -> OpId {
+        let op = self.begin_store(now, rng, spec);
+        self.run_parts(now, rng);
+        op
+    }
+
+    /// Starts storing every body of `spec` for `spec.recipient`, each as its own store on
+    /// its own path (with the same retries as [`Client::start_store`]), at most
+    /// `parts_in_flight` at once. It ends with one [`Event::StoredParts`]: delivered when
+    /// every body has its W receipts; failed, with the rest abandoned, as soon as one body
+    /// fails.
+    pub fn start_store_parts<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        spec: StorePartsSpec,
+    ) -> OpId {
+        self.next_id += 1;
+        let id = OpId(self.next_id);
+        self.parts_ops.insert(
+            id,
+            PartsOp {
+                recipient: spec.recipient,
+                ttl_ms: spec.ttl_ms,
+                deliveries: spec.bodies.iter().map(|_| None).collect(),
+                queued: spec.bodies.into_iter().enumerate().collect(),
+                running: BTreeMap::new(),
+                failed: None,
+            },
+        );
+        self.run_parts(now, rng);
+        id
+    }
+
+    /// Moves every parts operation on: takes its parts' ended stores out of the event
+    /// queue, starts queued bodies while fewer than `parts_in_flight` run, and ends it when
+    /// all are delivered or one failed. Runs after every call that can end a store, so a
+    /// part's own event never reaches the caller.
+    fn run_parts<R: CryptoRng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) {
+        if self.parts_ops.is_empty() {
+            return;
+        }
+        loop {
+            let mut kept = VecDeque::with_capacity(self.events.len());
+            while let Some(event) = self.events.pop_front() {
+                let parent = self.part_of.remove(&event.op());
+                match (parent, event) {
+                    (Some(parent), Event::Stored { op, result }) => {
+                        let parts = self.parts_ops.get_mut(&parent).expect("parts of a live op");
+                        let index = parts.running.remove(&op).expect("a running part");
+                        match result {
+                            Ok(delivery) => parts.deliveries[index] = Some(delivery),
+                            Err(error) => {
+                                parts.failed.get_or_insert(ClientError::PartFailed {
+                                    index,
+                                    count: parts.deliveries.len(),
+                                    error: Box::new(error),
+                                });
+                            }
+                        }
+                    }
+                    (_, event) => kept.push_back(event),
+                }
+            }
+            self.events = kept;
+            let mut started = false;
+            let ids: Vec<OpId> = self.parts_ops.keys().copied().collect();
+            for id in ids {
+                let parts = self.parts_ops.get_mut(&id).expect("listed above");
+                if parts.failed.is_none()
+                    && parts.running.len() < self.config.parts_in_flight.max(1)
+                    && let Some((index, body)) = parts.queued.pop_front()
+                {
+                    let spec = StoreSpec {
+                        recipient: parts.recipient,
+                        body,
+                        ttl_ms: parts.ttl_ms,
+                        first_member: None,
+                    };
+                    let part = self.begin_store(now, rng, spec);
+                    self.part_of.insert(part, id);
+                    let parts = self.parts_ops.get_mut(&id).expect("listed above");
+                    parts.running.insert(part, index);
+                    started = true;
+                    continue;
+                }
+                if parts.failed.is_some() || (parts.queued.is_empty() && parts.running.is_empty()) {
+                    self.end_parts(id);
+                }
+            }
+            if !started {
+                return;
+            }
+        }
+    }
+
+    /// Ends parts operation `id`: abandons its running parts and reports it.
+    fn end_parts(&mut self, id: OpId) {
+        let parts = self.parts_ops.remove(&id).expect("ending a live parts op");
+        for part in parts.running.keys() {
+            self.part_of.remove(part);
+            self.ops.remove(part);
+            let abandoned: Vec<TransmitId> = self
+                .in_flight
+                .iter()
+                .filter(|(_, f)| f.op == *part)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in abandoned {
+                self.in_flight.remove(&id);
+                // Not sent yet: nothing needs to go out for a store nobody waits for.
+                self.transmits.retain(|t| t.id != id);
+            }
+        }
+        let result = match parts.failed {
+            Some(error) => Err(error),
+            None => Ok(parts
+                .deliveries
+                .into_iter()
+                .map(|d| d.expect("every part delivered"))
+                .collect()),
+        };
+        self.events.push_back(Event::StoredParts { op: id, result });
+    }
+
+    fn begin_store<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        spec: StoreSpec,
+    ) -> OpId {
         let hash = message_hash(&spec.recipient, Namespace::DIRECT, &spec.body);
         let op = self.new_op(
             OpKind::Store(StoreOp {
@@ -822,6 +1010,7 @@ impl Client {
             spec.only_member,
         );
         self.advance(now, rng, op);
+        self.run_parts(now, rng);
         op
     }
 
@@ -896,6 +1085,17 @@ impl Client {
     /// The answer to a [`TransmitBody::Directory`] exchange. Answers to exchanges the
     /// client no longer waits for are ignored.
     pub fn handle_directory<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        id: TransmitId,
+        answer: Result<DirectoryAnswer, TransportError>,
+    ) {
+        self.take_directory(now, rng, id, answer);
+        self.run_parts(now, rng);
+    }
+
+    fn take_directory<R: CryptoRng + ?Sized>(
         &mut self,
         now: Timestamp,
         rng: &mut R,
@@ -1318,6 +1518,17 @@ impl Client {
     /// The answer to a [`TransmitBody::Onion`] exchange (the reply bytes, opened in
     /// place). Answers to exchanges the client no longer waits for are ignored.
     pub fn handle_onion_answer<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        id: TransmitId,
+        answer: Result<&mut [u8], TransportError>,
+    ) {
+        self.take_onion_answer(now, rng, id, answer);
+        self.run_parts(now, rng);
+    }
+
+    fn take_onion_answer<R: CryptoRng + ?Sized>(
         &mut self,
         now: Timestamp,
         rng: &mut R,

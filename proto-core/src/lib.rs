@@ -44,6 +44,8 @@ pub mod client;
 #[cfg(feature = "alloc")]
 pub mod directory;
 #[cfg(feature = "alloc")]
+pub mod fragment;
+#[cfg(feature = "alloc")]
 pub mod node;
 #[cfg(feature = "alloc")]
 pub mod peer;

@@ -38,6 +38,9 @@ use crate::types::RecipientId;
 
 /// HKDF-Expand label of the AEAD key of a sealed body (listed in `docs/PROTOCOL.md`).
 pub const LABEL_SEALED_BODY: &[u8] = b"ghostnodes/v1/sealed-body";
+/// HKDF-Expand label of the AEAD key of one fragment of a large message
+/// ([`crate::fragment`]): a fragment never opens as a message, nor a message as a fragment.
+pub const LABEL_SEALED_FRAGMENT: &[u8] = b"ghostnodes/v1/sealed-fragment";
 
 /// Length of the ephemeral X25519 public key that opens a sealed body.
 pub const SEAL_EPH_LEN: usize = 32;
@@ -293,6 +296,7 @@ fn body_cipher(
     eph_pk: &[u8; SEAL_EPH_LEN],
     enc_pk: &EncryptionPublicKey,
     recipient: &RecipientId,
+    label: &[u8],
 ) -> ChaCha20Poly1305 {
     let mut salt = [0u8; SEAL_EPH_LEN + 32 + RecipientId::LEN];
     salt[..SEAL_EPH_LEN].copy_from_slice(eph_pk);
@@ -301,7 +305,7 @@ fn body_cipher(
     let (mut prk, hkdf) = Hkdf::<Sha256>::extract(Some(&salt), shared);
     prk.as_mut_slice().zeroize();
     let mut key = Zeroizing::new([0u8; 32]);
-    hkdf.expand(LABEL_SEALED_BODY, key.as_mut_slice())
+    hkdf.expand(label, key.as_mut_slice())
         .expect("32 bytes are within HKDF-SHA256's 8160-byte limit");
     ChaCha20Poly1305::new(&(*key).into())
 }
@@ -319,6 +323,28 @@ pub fn seal<R: CryptoRng + ?Sized>(
     rng: &mut R,
     out: &mut [u8],
 ) -> Result<usize, SealError> {
+    seal_labelled(LABEL_SEALED_BODY, to, message, rng, out)
+}
+
+/// [`seal`] for one fragment of a large message ([`crate::fragment`]): the same format,
+/// with the key from [`LABEL_SEALED_FRAGMENT`], so only [`open_any`] opens it, as a
+/// [`OpenedBody::Fragment`].
+pub fn seal_fragment<R: CryptoRng + ?Sized>(
+    to: &Contact,
+    fragment: &[u8],
+    rng: &mut R,
+    out: &mut [u8],
+) -> Result<usize, SealError> {
+    seal_labelled(LABEL_SEALED_FRAGMENT, to, fragment, rng, out)
+}
+
+fn seal_labelled<R: CryptoRng + ?Sized>(
+    label: &[u8],
+    to: &Contact,
+    message: &[u8],
+    rng: &mut R,
+    out: &mut [u8],
+) -> Result<usize, SealError> {
     let required = sealed_len(message.len()).ok_or(SealError::PlaintextTooLong)?;
     if out.len() < required {
         return Err(SealError::BufferTooSmall { required });
@@ -331,7 +357,13 @@ pub fn seal<R: CryptoRng + ?Sized>(
     if !shared.was_contributory() {
         return Err(SealError::WeakRecipientKey);
     }
-    let cipher = body_cipher(shared.as_bytes(), &eph_pk, &to.encryption, &to.recipient);
+    let cipher = body_cipher(
+        shared.as_bytes(),
+        &eph_pk,
+        &to.encryption,
+        &to.recipient,
+        label,
+    );
     let (head, rest) = out[..required].split_at_mut(SEAL_EPH_LEN);
     let (plaintext, tag) = rest.split_at_mut(required - SEAL_OVERHEAD);
     // sealed_len refused lengths beyond 32 bits.
@@ -365,6 +397,45 @@ pub fn open<'a>(
     sealed: &[u8],
     out: &'a mut [u8],
 ) -> Result<&'a [u8], SealError> {
+    open_labelled(recipient, key, sealed, out, &[LABEL_SEALED_BODY]).map(|(_, message)| message)
+}
+
+/// What a sealed body turned out to be, once it opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenedBody<'a> {
+    /// A whole message, sealed with [`seal`].
+    Message(&'a [u8]),
+    /// One fragment of a large message, sealed with [`seal_fragment`]; what it holds is
+    /// read by [`crate::fragment`].
+    Fragment(&'a [u8]),
+}
+
+/// [`open`] for a body that may be a message or a fragment: one X25519, then the message
+/// key and, if its tag fails, the fragment key. The errors are [`open`]'s.
+pub fn open_any<'a>(
+    recipient: &RecipientId,
+    key: &EncryptionKey,
+    sealed: &[u8],
+    out: &'a mut [u8],
+) -> Result<OpenedBody<'a>, SealError> {
+    let labels = [LABEL_SEALED_BODY, LABEL_SEALED_FRAGMENT];
+    let (which, content) = open_labelled(recipient, key, sealed, out, &labels)?;
+    Ok(if which == 0 {
+        OpenedBody::Message(content)
+    } else {
+        OpenedBody::Fragment(content)
+    })
+}
+
+/// Opens `sealed` under the first of `labels` whose key verifies its tag, returning that
+/// label's index and the content.
+fn open_labelled<'a>(
+    recipient: &RecipientId,
+    key: &EncryptionKey,
+    sealed: &[u8],
+    out: &'a mut [u8],
+    labels: &[&[u8]],
+) -> Result<(usize, &'a [u8]), SealError> {
     let len = sealed
         .len()
         .checked_sub(SEAL_OVERHEAD)
@@ -381,25 +452,30 @@ pub fn open<'a>(
         // A small-order ephemeral key: only a forger sends one.
         return Err(SealError::Unauthentic);
     }
-    let cipher = body_cipher(shared.as_bytes(), &eph_pk, &key.public, recipient);
     let plaintext = &mut out[..len];
-    let buffer = InOutBuf::new(ciphertext, plaintext).expect("both slices are len");
-    // The AEAD checks the tag before it writes to `plaintext`.
-    cipher
-        .decrypt_inout_detached(
-            &SEAL_NONCE.into(),
-            recipient.as_bytes(),
-            buffer,
-            &Tag::from(fixed::<SEAL_TAG_LEN>(tag)),
-        )
-        .map_err(|_| SealError::Unauthentic)?;
+    let tag = Tag::from(fixed::<SEAL_TAG_LEN>(tag));
+    // The AEAD checks the tag before it writes to `plaintext`, so a failed label leaves
+    // it untouched for the next.
+    let which = labels
+        .iter()
+        .position(|label| {
+            let cipher = body_cipher(shared.as_bytes(), &eph_pk, &key.public, recipient, label);
+            let buffer = InOutBuf::new(ciphertext, &mut *plaintext).expect("both slices are len");
+            cipher
+                .decrypt_inout_detached(&SEAL_NONCE.into(), recipient.as_bytes(), buffer, &tag)
+                .is_ok()
+        })
+        .ok_or(SealError::Unauthentic)?;
     let (prefix, rest) = plaintext.split_at(SEAL_LEN_PREFIX);
     let message_len = u32::from_be_bytes(fixed(prefix)) as usize;
     if message_len > rest.len() || rest[message_len..].iter().any(|&b| b != 0) {
         // Only the sender could have written this: its own malformed body.
         return Err(SealError::Unauthentic);
     }
-    Ok(&plaintext[SEAL_LEN_PREFIX..SEAL_LEN_PREFIX + message_len])
+    Ok((
+        which,
+        &plaintext[SEAL_LEN_PREFIX..SEAL_LEN_PREFIX + message_len],
+    ))
 }
 
 #[cfg(test)]
@@ -537,7 +613,13 @@ mod tests {
             let eph_sk = EphemeralSecret::random_from_rng(rng);
             let eph_pk = PublicKey::from(&eph_sk).to_bytes();
             let shared = eph_sk.diffie_hellman(&PublicKey::from(bob.key.public().0));
-            let cipher = body_cipher(shared.as_bytes(), &eph_pk, &bob.key.public(), &bob.id);
+            let cipher = body_cipher(
+                shared.as_bytes(),
+                &eph_pk,
+                &bob.key.public(),
+                &bob.id,
+                LABEL_SEALED_BODY,
+            );
             let mut out = vec::Vec::from(eph_pk);
             let mut body = plain.to_vec();
             let tag = cipher
@@ -761,6 +843,34 @@ mod tests {
         assert_eq!(
             Contact::parse(&text),
             Err(SealError::ContactNotHex { position: 63 })
+        );
+    }
+
+    #[test]
+    fn a_fragment_never_opens_as_a_message_and_open_any_tells_them_apart() {
+        let mut rng = ChaCha20Rng::seed_from_u64(17);
+        let bob = Recipient::new(&mut rng);
+        let mut sealed = [0u8; MAX_BODY];
+        let mut out = [0u8; MAX_BODY];
+        let n = seal_fragment(&bob.contact(), b"part", &mut rng, &mut sealed).unwrap();
+        assert_eq!(n, 128, "fragments are padded like messages");
+        assert_eq!(
+            open(&bob.id, &bob.key, &sealed[..n], &mut out),
+            Err(SealError::Unauthentic)
+        );
+        assert_eq!(
+            open_any(&bob.id, &bob.key, &sealed[..n], &mut out),
+            Ok(OpenedBody::Fragment(&b"part"[..]))
+        );
+        let n = seal(&bob.contact(), b"whole", &mut rng, &mut sealed).unwrap();
+        assert_eq!(
+            open_any(&bob.id, &bob.key, &sealed[..n], &mut out),
+            Ok(OpenedBody::Message(&b"whole"[..]))
+        );
+        sealed[n / 2] ^= 1;
+        assert_eq!(
+            open_any(&bob.id, &bob.key, &sealed[..n], &mut out),
+            Err(SealError::Unauthentic)
         );
     }
 

@@ -8,7 +8,7 @@
 
 use proto_core::client::{
     Client, ClientConfig, ClientError, DirectoryAnswer, Event, FetchCursors, FetchSpec, Problem,
-    StoreSpec, TransmitBody, TransportError,
+    StorePartsSpec, StoreSpec, TransmitBody, TransportError,
 };
 use proto_core::keys::UnverifiedDescriptor;
 use proto_core::keys::{Address, Descriptor, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey};
@@ -16,7 +16,7 @@ use proto_core::packet::{self, PACKET_LEN, Peeled};
 use proto_core::replay::{BUCKETS, ReplayFilter};
 use proto_core::reply::{self, ReplyKey, ReplyStatus};
 use proto_core::request::{
-    AckError, MessageView, Receipt, Request, Response, SignedRequest, StoreAck,
+    AckError, MessageView, Receipt, Request, RequestError, Response, SignedRequest, StoreAck,
 };
 use proto_core::ring::Ring;
 use proto_core::store::message_hash;
@@ -686,4 +686,145 @@ fn every_plain_request_is_the_same_for_every_recipient() {
         plain.push((t.to, after));
     }
     assert_eq!(plain[0], plain[1]);
+}
+
+/// Bodies of a large message's parts (any bytes do: the client does not read them).
+fn part_bodies(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("part {i}").into_bytes()).collect()
+}
+
+/// Serves a parts operation with every exchange queued at once answered last first, and
+/// checks that no more than `limit` onions were ever waiting for an answer.
+fn run_parts(
+    net: &mut Net,
+    client: &mut Client,
+    limit: usize,
+    mut answer: impl FnMut(&Net, &Delivered) -> Response,
+) -> Event {
+    let mut waiting = Vec::new();
+    for _ in 0..1000 {
+        if let Some(event) = client.poll_event() {
+            assert!(
+                client.poll_event().is_none(),
+                "a part's own event never shows"
+            );
+            return event;
+        }
+        while let Some(t) = client.poll_transmit() {
+            waiting.push(t);
+        }
+        let onions = waiting
+            .iter()
+            .filter(|t| matches!(t.body, TransmitBody::Onion(_)))
+            .count();
+        assert!(onions <= limit, "{onions} parts in flight, limit {limit}");
+        let t = waiting
+            .pop()
+            .expect("an operation in progress sends something");
+        match t.body {
+            TransmitBody::Directory { .. } => {
+                let listing = net.listing();
+                client.handle_directory(NOW, &mut net.rng, t.id, Ok(listing));
+            }
+            TransmitBody::Onion(mut packet) => {
+                let first = net.index_of_address(&t.to);
+                let (delivered, keys) = net.peel_all(first, &mut packet);
+                let mut body = Vec::new();
+                answer(net, &delivered).encode(&mut body);
+                let mut out = vec![0u8; delivered.reply_len];
+                reply::seal(keys.last().unwrap(), ReplyStatus::Response, &body, &mut out).unwrap();
+                for k in keys[..keys.len() - 1].iter().rev() {
+                    reply::add_layer(k, &mut out, delivered.reply_len).unwrap();
+                }
+                client.handle_onion_answer(NOW, &mut net.rng, t.id, Ok(&mut out));
+            }
+        }
+    }
+    panic!("the parts did not finish within 1000 exchanges");
+}
+
+#[test]
+fn parts_are_stored_each_on_its_own_path_a_bounded_number_at_once_and_acknowledged_together() {
+    let mut net = Net::new();
+    let mut client = net.client();
+    let owner = recipient().recipient_id();
+    let bodies = part_bodies(20);
+    let spec = StorePartsSpec {
+        recipient: owner,
+        bodies: bodies.clone(),
+        ttl_ms: TTL_MS,
+    };
+    let _ = client.start_store_parts(NOW, &mut net.rng, spec);
+    let limit = ClientConfig::default().parts_in_flight;
+    let mut stored = Vec::new();
+    let event = run_parts(&mut net, &mut client, limit, |n, d| {
+        stored.push(store_of(d).1);
+        Response::Stored(honest_ack(n, d))
+    });
+    let Event::StoredParts { result, .. } = event else {
+        panic!("expected the parts' result, got {event:?}");
+    };
+    let deliveries = result.expect("every part acknowledged");
+    assert_eq!(deliveries.len(), bodies.len());
+    for (delivery, body) in deliveries.iter().zip(&bodies) {
+        assert_eq!(
+            delivery.ack.hash,
+            message_hash(&owner, Namespace::DIRECT, body),
+            "deliveries come back in the order of the bodies"
+        );
+        assert_eq!(delivery.path.len(), 3);
+    }
+    stored.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(stored, want, "each body stored exactly once");
+    let paths: std::collections::BTreeSet<Vec<NodeId>> = deliveries
+        .iter()
+        .map(|d| d.path.iter().map(Descriptor::node_id).collect())
+        .collect();
+    assert!(paths.len() > 1, "parts do not share one path");
+}
+
+#[test]
+fn a_part_that_cannot_be_stored_fails_the_whole_and_nothing_more_is_sent() {
+    let mut net = Net::new();
+    let mut client = net.client();
+    let owner = recipient().recipient_id();
+    let bodies = part_bodies(30);
+    let refused = bodies[3].clone();
+    let spec = StorePartsSpec {
+        recipient: owner,
+        bodies,
+        ttl_ms: TTL_MS,
+    };
+    let _ = client.start_store_parts(NOW, &mut net.rng, spec);
+    let mut answered = 0;
+    let event = run_parts(&mut net, &mut client, 8, |n, d| {
+        answered += 1;
+        if store_of(d).1 == refused {
+            Response::Refused(RequestError::QuotaExceeded)
+        } else {
+            Response::Stored(honest_ack(n, d))
+        }
+    });
+    let Event::StoredParts { result, .. } = event else {
+        panic!("expected the parts' result, got {event:?}");
+    };
+    match result {
+        Err(ClientError::PartFailed {
+            index: 3,
+            count: 30,
+            error,
+        }) => assert!(matches!(*error, ClientError::Refused { .. }), "{error}"),
+        other => panic!("expected part 4 of 30 refused, got {other:?}"),
+    }
+    assert!(
+        answered < 30,
+        "the bodies after the failure were not all sent"
+    );
+    assert!(
+        client.poll_transmit().is_none(),
+        "abandoned parts send nothing"
+    );
+    assert!(client.poll_timeout().is_none(), "and wait for nothing");
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 mod common;
 use common::{Runtime, run_ghost, run_ghost_with_input, wait_for};
 use ghost_cli::client;
+use proto_core::fragment::MAX_MESSAGE_LEN;
 use proto_core::sealed::Contact;
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,6 +192,97 @@ fn files_and_stdin_in_byte_identical_files_out() {
     assert_eq!(messages_in(&out), found);
 }
 
+#[test]
+fn large_messages_from_files_and_stdin_come_back_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let net = common::start_network(Runtime::Mixed, root.path(), 3);
+    let seed = net.nodes[0].address.clone();
+    let key_path = root.path().join("alice.key");
+    let key = key_path.to_str().unwrap();
+    let contact = keygen(&key_path);
+
+    let pattern = |len: usize, salt: usize| -> Vec<u8> {
+        (0..len).map(|i| ((i * 31 + salt) % 251) as u8).collect()
+    };
+    let mut sent = Vec::new();
+    for (n, len) in [1024, 16 * 1024, 64 * 1024, MAX_MESSAGE_LEN]
+        .into_iter()
+        .enumerate()
+    {
+        let message = pattern(len, n);
+        let file = root.path().join(format!("m{len}.bin"));
+        std::fs::write(&file, &message).unwrap();
+        let args = [
+            "send",
+            "--via",
+            &seed,
+            "--to",
+            &contact,
+            "--file",
+            file.to_str().unwrap(),
+        ];
+        let out = run_ghost(&args, CLI_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "send --file of {len} bytes failed: {out:?}"
+        );
+        let said = text(&out.stdout);
+        assert!(said.contains(&format!("delivered {len} bytes")), "{said}");
+        if len > 1340 {
+            assert!(
+                said.contains(" fragments, each through its own 3-hop path"),
+                "{said}"
+            );
+        }
+        sent.push(message);
+    }
+    for (n, len) in [64 * 1024, MAX_MESSAGE_LEN].into_iter().enumerate() {
+        let message = pattern(len, 10 + n);
+        let args = ["send", "--via", &seed, "--to", &contact, "-"];
+        let out = run_ghost_with_input(&args, Some(&message), CLI_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "send - of {len} bytes failed: {out:?}"
+        );
+        sent.push(message);
+    }
+
+    let out = root.path().join("inbox");
+    let (found, printed) = fetch_until(&seed, key, &out, sent.len(), 0);
+    assert!(!printed.contains("could not be opened"), "{printed}");
+    assert!(!printed.contains("incomplete"), "{printed}");
+    let mut got: Vec<&Vec<u8>> = found.values().collect();
+    got.sort();
+    let mut want: Vec<&Vec<u8>> = sent.iter().collect();
+    want.sort();
+    assert!(
+        got == want,
+        "the files hold exactly the messages sent, once each"
+    );
+    // Fragmented messages are named by their 32-digit message id, the 1 KiB one by its
+    // 64-digit store hash.
+    let mut name_lengths: Vec<usize> = found.keys().map(|n| n.len() - ".msg".len()).collect();
+    name_lengths.sort_unstable();
+    assert_eq!(name_lengths, [32, 32, 32, 32, 32, 64]);
+
+    // Everything was handed out: nothing waits, and a second fetch has nothing new.
+    let again = run_ghost(
+        &[
+            "fetch",
+            "--via",
+            &seed,
+            "--key",
+            key,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert!(again.status.success(), "{again:?}");
+    assert!(text(&again.stdout).contains("no new messages"), "{again:?}");
+    assert_eq!(messages_in(&out), found);
+}
+
 /// `ghost send --file PATH` with no node at the seed: what it says before any network.
 fn send_file_to_nowhere(contact: &str, path: &Path) -> Output {
     let path = path.to_str().unwrap();
@@ -221,13 +313,17 @@ fn bad_files_are_refused_with_what_to_fix() {
         "{out:?}"
     );
 
+    // One byte over the documented maximum.
     let large = root.path().join("large.bin");
-    std::fs::write(&large, vec![b'x'; 2000]).unwrap();
+    std::fs::write(&large, vec![b'x'; MAX_MESSAGE_LEN + 1]).unwrap();
     let out = send_file_to_nowhere(&contact, &large);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let said = text(&out.stderr);
     assert!(
-        said.contains("the message is 2000 bytes; at most") && said.contains("fit in one packet"),
+        said.contains(&format!(
+            "the message is {} bytes; at most {MAX_MESSAGE_LEN} (128 KiB) can be sent",
+            MAX_MESSAGE_LEN + 1
+        )),
         "{out:?}"
     );
 

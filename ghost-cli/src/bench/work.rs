@@ -15,7 +15,7 @@ use proto_core::sealed::{Contact, EncryptionKey};
 use proto_core::{MessageHash, NodeId};
 
 use super::load::{Choices, Plan, Recorder, Ticket, new_histogram, record_into};
-use crate::client::{Client, Http, Links, Listening, REQUEST_TIMEOUT, seal_for};
+use crate::client::{Client, Http, Links, Listening, REQUEST_TIMEOUT, seal_message};
 
 /// One recipient the bench writes to: keys made from the run's seed.
 pub struct Recipient {
@@ -138,18 +138,33 @@ fn store_one(
     let tag = format!("ghost-bench {} {}", shared.seed, ticket.index);
     let n = tag.len().min(text.len());
     text[..n].copy_from_slice(&tag.as_bytes()[..n]);
-    let body = seal_for(&recipient.contact, &text).map_err(|_| "cannot_seal".to_owned())?;
-    let delivery = client
-        .store_op(&recipient.contact.recipient, body)
-        .map_err(|e| failure_label(&e))?;
-    let acked = Acked {
-        recipient: who,
-        hash: delivery.ack.hash,
-        receipts: delivery.ack.receipts.iter().map(|r| r.node).collect(),
-        at: Instant::now(),
+    let mut bodies =
+        seal_message(&recipient.contact, &text).map_err(|_| "cannot_seal".to_owned())?;
+    // A message longer than one packet is stored as fragments, all acknowledged before
+    // the message is; each fragment is a store of its own to check afterwards.
+    let deliveries = if bodies.len() == 1 {
+        let body = bodies.pop().expect("one body");
+        vec![
+            client
+                .store_op(&recipient.contact.recipient, body)
+                .map_err(|e| failure_label(&e))?,
+        ]
+    } else {
+        client
+            .store_parts(&recipient.contact.recipient, bodies)
+            .map_err(|e| failure_label(&e))?
     };
-    if let Some(all) = &shared.acked {
-        let mut all = all.lock().expect("no panics while held");
+    let Some(all) = &shared.acked else {
+        return Ok(());
+    };
+    let mut all = all.lock().expect("no panics while held");
+    for delivery in deliveries {
+        let acked = Acked {
+            recipient: who,
+            hash: delivery.ack.hash,
+            receipts: delivery.ack.receipts.iter().map(|r| r.node).collect(),
+            at: Instant::now(),
+        };
         let count = all.len() as u64;
         let every = shared.probe_every.max(1);
         if count.is_multiple_of(every)
@@ -289,6 +304,8 @@ pub fn failure_label(e: &CoreError) -> String {
         CoreError::BodyTooLarge { .. } => "body_too_large".into(),
         CoreError::PowUnsolved { .. } => "pow_unsolved".into(),
         CoreError::BadConfig(_) => "bad_config".into(),
+        // The cause is what matters; which fragment it hit is not.
+        CoreError::PartFailed { error, .. } => failure_label(error),
         CoreError::Failed { attempts } => match attempts.last().map(|a| &a.problem) {
             None => "failed".into(),
             Some(Problem::FirstHopUnreachable { error, .. }) => {

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ghost_cli::bench::{self, BenchArgs};
-use ghost_cli::client::{self, Client, Cursors, Links, RecipientKeys};
+use ghost_cli::client::{self, Client, Cursors, InboxFile, Links, RecipientKeys};
 use ghost_cli::local::{LocalNetwork, NodeBinaries, Runtime};
 use ghost_host::now;
 use ghost_host::start::shutdown_signal;
-use proto_core::Descriptor;
 use proto_core::client::ClientConfig;
+use proto_core::fragment::{Received, StoredPart};
 use proto_core::sealed::Contact;
+use proto_core::{Descriptor, MessageHash, NodeId, Timestamp};
 use rand_core::UnwrapErr;
 
 const DEFAULT_SEED: &str = "127.0.0.1:7100";
@@ -266,11 +267,35 @@ fn send(
         Input::File(path) => std::fs::read(path)
             .map_err(|e| format!("cannot read --file {}: {e}", path.display()))?,
     };
-    let body = client::seal_for(&contact, &text).map_err(|e| e.0)?;
+    let mut bodies = client::seal_message(&contact, &text).map_err(|e| e.0)?;
     let net = Client::with_links(via, ClientConfig::default(), links)
         .map_err(|e| e.0)?
         .with_write_quorum(quorum)
         .with_ttl_ms(u64::from(ttl_hours) * 3_600_000);
+    if bodies.len() > 1 {
+        let count = bodies.len();
+        let deliveries = net
+            .store_parts(&contact.recipient, bodies)
+            .map_err(|e| format!("the message was not delivered: {e}"))?;
+        for d in &deliveries {
+            warn_misbehaviour(&d.problems);
+        }
+        let hops: std::collections::BTreeSet<NodeId> = deliveries
+            .iter()
+            .flat_map(|d| d.path.iter().map(Descriptor::node_id))
+            .collect();
+        println!(
+            "delivered {} bytes to {} in {count} fragments, each through its own 3-hop path ({} nodes used)",
+            text.len(),
+            contact.recipient,
+            hops.len()
+        );
+        println!(
+            "  every fragment durable on at least {quorum} swarm members (write quorum verified)"
+        );
+        return Ok(());
+    }
+    let body = bodies.pop().expect("one body");
     let delivery = net.store(&contact.recipient, &body).map_err(|e| e.0)?;
     warn_misbehaviour(&delivery.problems);
     println!(
@@ -312,26 +337,106 @@ fn fetch(key: &Path, via: &str, out: Option<&Path>, links: Links) -> Result<(), 
     cursor_path.push(".cursors");
     let cursor_path = PathBuf::from(cursor_path);
     let mut cursors = Cursors::load(&cursor_path)?;
+    let mut inbox_path = key.as_os_str().to_owned();
+    inbox_path.push(".inbox");
+    let inbox_path = PathBuf::from(inbox_path);
+    let mut inbox = InboxFile::load(&inbox_path)?.restore(&keys)?;
     let net = Client::with_links(via, ClientConfig::default(), links).map_err(|e| e.0)?;
     let fetched = net.fetch(&keys.identity, &mut cursors).map_err(|e| e.0)?;
     warn_misbehaviour(&fetched.problems);
     println!("path (3 hops): {}", hop_line(&fetched.path));
-    if fetched.messages.is_empty() {
-        println!("no new messages");
-    }
     let t = now();
+    let recipient = keys.identity.recipient_id();
+    let stored_at: std::collections::BTreeMap<MessageHash, Timestamp> = fetched
+        .messages
+        .iter()
+        .map(|m| (m.hash, m.stored_at))
+        .collect();
     for m in &fetched.messages {
-        let age = t.millis_since(m.stored_at) / 1000;
-        match (client::open_body(&keys, &m.body), out) {
-            (Ok(text), None) => println!("[{age}s ago] {}", String::from_utf8_lossy(&text)),
-            (Ok(text), Some(dir)) => {
-                let path = write_message(dir, &m.hash.to_string(), &text)?;
-                println!("[{age}s ago] {} bytes -> {}", text.len(), path.display());
+        let part = StoredPart {
+            hash: m.hash,
+            expiry: m.expiry,
+            body: m.body.clone(),
+        };
+        inbox.receive(&recipient, &keys.encryption, part, t);
+    }
+    inbox.expire(t);
+    let mut shown = 0;
+    while let Some(received) = inbox.poll_received() {
+        shown += 1;
+        let age = |parts: &[MessageHash]| {
+            let first = parts.iter().filter_map(|h| stored_at.get(h)).min();
+            first.map_or_else(String::new, |s| {
+                format!("[{}s ago] ", t.millis_since(*s) / 1000)
+            })
+        };
+        match received {
+            Received::Message {
+                id, message, parts, ..
+            } => {
+                let age = age(&parts);
+                let pieces = if parts.len() > 1 {
+                    format!(" (in {} fragments)", parts.len())
+                } else {
+                    String::new()
+                };
+                match out {
+                    None => println!("{age}{}", String::from_utf8_lossy(&message)),
+                    Some(dir) => {
+                        let path = write_message(dir, &id.to_string(), &message)?;
+                        println!("{age}{} bytes{pieces} -> {}", message.len(), path.display());
+                    }
+                }
             }
-            (Err(e), _) => println!("[{age}s ago] (message {} could not be opened: {e})", m.hash),
+            Received::Incomplete {
+                id,
+                count,
+                missing,
+                parts,
+            } => println!(
+                "{}(message {id} is incomplete: {} of {count} fragments never arrived ({}) before they expired; it is dropped)",
+                age(&parts),
+                missing.len(),
+                list_indexes(&missing)
+            ),
+            Received::Invalid { id, problem, parts } => {
+                let name = id.map_or_else(|| parts[0].to_string(), |id| id.to_string());
+                println!(
+                    "{}(message {name} could not be opened: {problem})",
+                    age(&parts)
+                );
+            }
         }
     }
+    for w in inbox.waiting() {
+        println!(
+            "(message {} is waiting for {} of {} fragments: {}; fetch again later)",
+            w.id,
+            w.missing.len(),
+            w.count,
+            list_indexes(&w.missing)
+        );
+    }
+    if shown == 0 && inbox.waiting().next().is_none() {
+        println!("no new messages");
+    }
+    // Messages are written before the inbox and the cursors move past them, and the inbox
+    // before the cursors: a fetch cut short repeats, it never loses.
+    InboxFile::of(&inbox).save(&inbox_path)?;
     cursors.save(&cursor_path)
+}
+
+/// Fragment indexes as people count them (from 1), the first few.
+fn list_indexes(indexes: &[u16]) -> String {
+    let mut text: Vec<String> = indexes
+        .iter()
+        .take(8)
+        .map(|i| format!("#{}", i + 1))
+        .collect();
+    if indexes.len() > 8 {
+        text.push(format!("and {} more", indexes.len() - 8));
+    }
+    text.join(", ")
 }
 
 /// Creates `dir` (readable by the owner only) unless it exists as a directory.
