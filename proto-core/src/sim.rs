@@ -20,7 +20,7 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::client::{
     self, Client, ClientConfig, ClientError, Delivery, DirectoryAnswer, FetchCursors, FetchSpec,
-    StoreSpec, TransmitBody, TransportError,
+    StorePartsSpec, StoreSpec, TransmitBody, TransportError,
 };
 use crate::keys::{
     Address, Descriptor, IdentityKey, MAX_DESCRIPTOR_LEN, OnionKey, UnverifiedDescriptor,
@@ -1388,6 +1388,29 @@ impl Sim {
         let op = self.client.start_store(now, &mut self.rng, spec);
         match self.run_client(op) {
             Some(client::Event::Stored { result, .. }) => result,
+            _ => Err(ClientError::Failed {
+                attempts: Vec::new(),
+            }),
+        }
+    }
+
+    /// Stores every body of one message (its fragments) for `recipient` with the real
+    /// client's [`Client::start_store_parts`]: each on its own path, several at once; every
+    /// delivery, or why one body failed.
+    pub fn store_parts(
+        &mut self,
+        recipient: &RecipientId,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let spec = StorePartsSpec {
+            recipient: *recipient,
+            bodies,
+            ttl_ms: 3_600_000,
+        };
+        let now = self.now;
+        let op = self.client.start_store_parts(now, &mut self.rng, spec);
+        match self.run_client(op) {
+            Some(client::Event::StoredParts { result, .. }) => result,
             _ => Err(ClientError::Failed {
                 attempts: Vec::new(),
             }),

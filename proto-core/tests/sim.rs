@@ -4,13 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use proto_core::fragment::{self, Inbox, InboxConfig, Received, StoredPart};
 use proto_core::keys::IdentityKey;
 use proto_core::packet::PeelError;
 use proto_core::peer::CopyRefusal;
 use proto_core::request::{Request, RequestError, Response, StoreRequest};
+use proto_core::sealed::{Contact, EncryptionKey};
 use proto_core::sim::{Adversary, ClientOutcome, FORGED_MARK, Sim, SimConfig};
 use proto_core::store::message_hash;
-use proto_core::{MessageHash, Namespace};
+use proto_core::{MessageHash, Namespace, Timestamp};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 
 /// Virtual time for the network to discover itself through the seed.
 const SETTLE_MS: u64 = 40_000;
@@ -688,4 +692,247 @@ fn random_mixed_workloads_lose_no_acknowledged_message() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A recipient of large messages: its identity and encryption key, from `i`.
+fn large_owner(i: u64) -> (IdentityKey, EncryptionKey) {
+    let seed = [(i as u8).wrapping_add(200); 32];
+    (
+        IdentityKey::from_seed(&seed),
+        EncryptionKey::from_secret_bytes([(i as u8).wrapping_add(7); 32]),
+    )
+}
+
+fn contact_of(owner: &(IdentityKey, EncryptionKey)) -> Contact {
+    Contact {
+        recipient: owner.0.recipient_id(),
+        encryption: owner.1.public(),
+    }
+}
+
+/// Feeds `bodies` (as a member returned them, or as an adversary rearranged them) to a
+/// fresh inbox, lets everything expire if `expire` says so, and returns what came out.
+fn inbox_of(
+    owner: &(IdentityKey, EncryptionKey),
+    bodies: &[Vec<u8>],
+    now: Timestamp,
+    expire: bool,
+) -> (Vec<Received>, usize) {
+    let mut inbox = Inbox::new(InboxConfig::default());
+    let recipient = owner.0.recipient_id();
+    let expiry = now.plus_millis(3_600_000);
+    for body in bodies {
+        let part = StoredPart {
+            hash: message_hash(&recipient, Namespace::DIRECT, body),
+            expiry,
+            body: body.clone(),
+        };
+        inbox.receive(&recipient, &owner.1, part, now);
+    }
+    if expire {
+        inbox.expire(expiry);
+    }
+    let waiting = inbox.waiting().count();
+    (
+        std::iter::from_fn(|| inbox.poll_received()).collect(),
+        waiting,
+    )
+}
+
+/// The messages among `received`, each checked to be one of `sent` (never another).
+fn messages_among<'a>(received: &'a [Received], sent: &[Vec<u8>]) -> Result<Vec<&'a [u8]>, String> {
+    let mut out = Vec::new();
+    for r in received {
+        if let Received::Message { message, .. } = r {
+            if !sent.contains(message) {
+                return Err(format!(
+                    "a {}-byte message nobody sent came out",
+                    message.len()
+                ));
+            }
+            out.push(&message[..]);
+        }
+    }
+    Ok(out)
+}
+
+/// One network with loss, a swarm member crashed during a send and restarted during
+/// another: every acknowledged large message is fetched whole, once, from every honest
+/// member and from all of them together.
+fn large_messages_run(seed: u64) -> Result<(), String> {
+    let mut sim = Sim::new(mixed_config(seed), seed);
+    sim.run_for(MIXED_SETTLE_MS);
+    let mut waited = 0;
+    while !sim.fully_joined() {
+        if waited >= MAX_FORMING_MS {
+            return Err(format!("the network did not form in {MAX_FORMING_MS} ms"));
+        }
+        sim.run_for(1_000);
+        waited += 1_000;
+    }
+    let owner = large_owner(seed);
+    let contact = contact_of(&owner);
+    let swarm = sim.swarm_of(&contact.recipient);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut acked: Vec<Vec<u8>> = Vec::new();
+    // Every message sent, acknowledged or not: a send that failed may still have stored
+    // every fragment (an acknowledgement lost on its way back), and then it comes out too.
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for step in 0..4u64 {
+        let len = 1_341 + (seed.wrapping_mul(7_919) + step * 104_729) as usize % 20_000;
+        let message: Vec<u8> = (0..len)
+            .map(|i| (i as u64 * 31 + seed + step) as u8)
+            .collect();
+        let bodies = fragment::seal_message(&contact, &message, &mut rng)
+            .map_err(|e| format!("step {step}: {e}"))?;
+        match step {
+            1 => sim.crash(swarm[1]),
+            3 => sim.restart(swarm[1]),
+            _ => {}
+        }
+        let count = bodies.len();
+        sent.push(message.clone());
+        if let Ok(deliveries) = sim.store_parts(&contact.recipient, bodies) {
+            if deliveries.len() != count {
+                return Err(format!(
+                    "step {step}: {} deliveries for {count} fragments",
+                    deliveries.len()
+                ));
+            }
+            acked.push(message);
+        }
+        sim.run_for(500);
+    }
+    if acked.is_empty() {
+        return Err("no large message was acknowledged".into());
+    }
+    // Long enough for the restarted node to rejoin and for two anti-entropy rounds.
+    sim.run_for(MIXED_SETTLE_MS + 2 * 30_000 + 5_000);
+    let now = sim.now();
+    let mut everything = Vec::new();
+    for member in swarm {
+        let got = sim
+            .retrieve_all(member, &owner.0)
+            .map_err(|e| format!("node {member} did not answer a retrieve: {e:?}"))?;
+        let bodies: Vec<Vec<u8>> = got.into_iter().map(|(_, _, b)| b).collect();
+        let (received, _) = inbox_of(&owner, &bodies, now, false);
+        let whole = messages_among(&received, &sent)?;
+        let mut unique = whole.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != whole.len() {
+            return Err(format!("node {member}: a message came out twice"));
+        }
+        if let Some(lost) = acked.iter().find(|m| !whole.contains(&m.as_slice())) {
+            return Err(format!(
+                "node {member}: an acknowledged {}-byte message did not come out whole",
+                lost.len()
+            ));
+        }
+        // Sends that failed half-way leave fragments that never make a message: they wait
+        // (and would expire), they are never given out.
+        if received.len() != whole.len() {
+            return Err(format!(
+                "node {member}: reported something other than messages: {received:?}"
+            ));
+        }
+        everything.extend(bodies);
+    }
+    let (received, _) = inbox_of(&owner, &everything, now, false);
+    let mut whole = messages_among(&received, &sent)?;
+    let given = whole.len();
+    whole.sort();
+    whole.dedup();
+    if whole.len() != given || acked.iter().any(|m| !whole.contains(&m.as_slice())) {
+        return Err(format!(
+            "all members together gave {given} messages ({} distinct) for {} acknowledged",
+            whole.len(),
+            acked.len()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn large_messages_through_loss_and_a_crashed_member_come_out_whole_exactly_once() {
+    let failures: Vec<String> = (0..100)
+        .filter_map(|seed| {
+            large_messages_run(seed)
+                .err()
+                .map(|e| format!("seed {seed}: {e}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn an_adversarial_member_rearranging_fragments_causes_reports_never_a_wrong_message() {
+    let mut sim = settled(5, 11);
+    let owner = large_owner(1);
+    let contact = contact_of(&owner);
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let sent: Vec<Vec<u8>> = [5_000usize, 7_000, 3_000]
+        .iter()
+        .enumerate()
+        .map(|(m, &len)| (0..len).map(|i| (i * 7 + m * 50) as u8).collect())
+        .collect();
+    let mut fragments: Vec<Vec<Vec<u8>>> = Vec::new();
+    for message in &sent {
+        let bodies = fragment::seal_message(&contact, message, &mut rng).unwrap();
+        sim.store_parts(&contact.recipient, bodies.clone())
+            .expect("an honest network stores every fragment");
+        fragments.push(bodies);
+    }
+    sim.run_for(5_000);
+    let member = sim.swarm_of(&contact.recipient)[0];
+    let genuine: Vec<Vec<u8>> = sim
+        .retrieve_all(member, &owner.0)
+        .expect("the member answers")
+        .into_iter()
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(genuine.len(), fragments.iter().map(Vec::len).sum::<usize>());
+    let now = sim.now();
+    let (a, b) = (&fragments[0], &fragments[1]);
+
+    // A member may answer any subset of the recipient's genuine bodies, in any order, any
+    // number of times: the client refuses altered bodies and cursors that go back.
+    let withheld: Vec<Vec<u8>> = genuine.iter().filter(|g| **g != a[2]).cloned().collect();
+    let mut doubled_reversed: Vec<Vec<u8>> = genuine.iter().chain(&genuine).cloned().collect();
+    doubled_reversed.reverse();
+    // Fragment 1 of A swapped for fragment 1 of B.
+    let swapped: Vec<Vec<u8>> = genuine
+        .iter()
+        .map(|g| if *g == a[1] { b[1].clone() } else { g.clone() })
+        .collect();
+    // (what the member did, what it answered, messages whole, fragments then missing)
+    type Case<'a> = (&'a str, &'a [Vec<u8>], usize, Option<Vec<u16>>);
+    let cases: [Case<'_>; 3] = [
+        ("withheld", &withheld, 2, Some(vec![2])),
+        ("doubled and reversed", &doubled_reversed, 3, None),
+        ("swapped", &swapped, 2, Some(vec![1])),
+    ];
+    for (name, bodies, whole, missing) in cases {
+        let (received, waiting) = inbox_of(&owner, bodies, now, false);
+        let got = messages_among(&received, &sent).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.len(), whole, "{name}: {received:?}");
+        let mut unique = got.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), got.len(), "{name}: a message came out twice");
+        if let Some(missing) = missing {
+            assert_eq!(waiting, 1, "{name}: the damaged message waits");
+            let (after, _) = inbox_of(&owner, bodies, now, true);
+            let reported: Vec<&Received> = after
+                .iter()
+                .filter(|r| matches!(r, Received::Incomplete { .. }))
+                .collect();
+            match reported[..] {
+                [Received::Incomplete { missing: m, .. }] => {
+                    assert_eq!(*m, missing, "{name}: names what is missing");
+                }
+                _ => panic!("{name}: expected one incomplete report, got {after:?}"),
+            }
+        }
+    }
 }
