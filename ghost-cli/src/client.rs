@@ -1084,3 +1084,73 @@ mod tests {
         assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
     }
 }
+
+#[cfg(test)]
+mod inbox_file_tests {
+    use super::*;
+    use proto_core::Namespace;
+    use proto_core::fragment::Received;
+    use proto_core::store::message_hash;
+
+    fn part(keys: &RecipientKeys, body: &[u8]) -> StoredPart {
+        StoredPart {
+            hash: message_hash(&keys.identity.recipient_id(), Namespace::DIRECT, body),
+            expiry: now().plus_millis(3_600_000),
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_message_split_over_two_fetches_comes_out_once_across_a_saved_inbox() {
+        let keys = RecipientKeys::generate(&mut rng());
+        let message: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let bodies = seal_message(&keys.contact(), &message).unwrap();
+        assert!(bodies.len() > 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice.key.inbox");
+        let recipient = keys.identity.recipient_id();
+
+        // First fetch: all fragments but the last, saved.
+        let mut inbox = InboxFile::load(&path).unwrap().restore(&keys).unwrap();
+        for body in &bodies[..bodies.len() - 1] {
+            inbox.receive(&recipient, &keys.encryption, part(&keys, body), now());
+        }
+        assert!(inbox.poll_received().is_none());
+        InboxFile::of(&inbox).save(&path).unwrap();
+
+        // Second fetch, in a new process: the last fragment completes the message.
+        let mut inbox = InboxFile::load(&path).unwrap().restore(&keys).unwrap();
+        assert_eq!(inbox.waiting().count(), 1, "the saved fragments are back");
+        inbox.receive(
+            &recipient,
+            &keys.encryption,
+            part(&keys, bodies.last().unwrap()),
+            now(),
+        );
+        match inbox.poll_received() {
+            Some(Received::Message { message: got, .. }) => assert_eq!(got, message),
+            other => panic!("expected the message, got {other:?}"),
+        }
+        InboxFile::of(&inbox).save(&path).unwrap();
+        let saved = InboxFile::load(&path).unwrap();
+        assert!(saved.waiting.is_empty());
+        assert_eq!(saved.finished.len(), 1);
+
+        // Third fetch from another member: the same fragments again give nothing.
+        let mut inbox = saved.restore(&keys).unwrap();
+        for body in &bodies {
+            inbox.receive(&recipient, &keys.encryption, part(&keys, body), now());
+        }
+        assert!(inbox.poll_received().is_none(), "given out once");
+        assert_eq!(inbox.waiting().count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_inbox_file_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.inbox");
+        std::fs::write(&path, b"{not json").unwrap();
+        let e = InboxFile::load(&path).unwrap_err();
+        assert!(e.contains("is damaged") && e.contains("delete it"), "{e}");
+    }
+}
