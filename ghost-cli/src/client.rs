@@ -35,7 +35,7 @@ use ghost_host::tls::TlsLinks;
 use ghost_host::tls::blocking::Agents;
 use proto_core::client::{
     self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StorePartsSpec, StoreSpec,
-    TransmitBody, TransportError,
+    TransmitBody, TransmitId, TransportError,
 };
 use proto_core::fragment::{self, Inbox, InboxConfig, MessageId, StoredPart};
 use proto_core::keys::{Address, Descriptor, IdentityKey};
@@ -432,53 +432,64 @@ impl Client {
         result.map_err(Into::into)
     }
 
-    /// Carries out the core's exchanges one at a time until operation `op` ends (or, with
-    /// `None`, until nothing is left to send); the str0m-style blocking loop.
+    /// Carries out the core's exchanges until operation `op` ends (or, with `None`, until
+    /// nothing is left to send); the str0m-style blocking loop. Exchanges the core wants
+    /// at the same time (the fragments of a large message) run on threads of their own,
+    /// each answer handed to the core as it comes; a lone store or fetch is one exchange
+    /// at a time, as before.
     fn drive(
         &self,
         op: Option<OpId>,
     ) -> Option<Result<core_client::Event, core_client::ClientError>> {
-        loop {
-            let transmit = {
+        std::thread::scope(|scope| {
+            let (answers, answered) = std::sync::mpsc::channel::<(TransmitId, Answer)>();
+            let mut running = 0usize;
+            loop {
                 let mut core = self.core.borrow_mut();
                 while let Some(event) = core.poll_event() {
                     if Some(event.op()) == op {
                         return Some(Ok(event));
                     }
                 }
-                core.poll_transmit()
-            };
-            let Some(t) = transmit else {
-                // Nothing in flight that an answer could move on: only a timeout can.
-                let deadline = self.core.borrow().poll_timeout()?;
-                let wait = deadline.millis_since(now());
-                std::thread::sleep(Duration::from_millis(wait));
-                self.core.borrow_mut().handle_timeout(now(), &mut rng());
-                continue;
-            };
-            let to = t.to.as_str().to_owned();
-            let pin = t.tls_key_hash;
-            match t.body {
-                TransmitBody::Onion(packet) => {
-                    let answer = self.http.send_onion(&to, pin, &packet[..]);
-                    let mut core = self.core.borrow_mut();
-                    match answer {
-                        Ok(mut bytes) => {
-                            core.handle_onion_answer(now(), &mut rng(), t.id, Ok(&mut bytes));
-                        }
-                        Err(error) => {
-                            core.handle_onion_answer(now(), &mut rng(), t.id, Err(error));
-                        }
-                    }
+                while let Some(t) = core.poll_transmit() {
+                    running += 1;
+                    let answers = answers.clone();
+                    let http = &self.http;
+                    scope.spawn(move || {
+                        let answer = exchange(http, t.to.as_str(), t.tls_key_hash, t.body);
+                        // After the operation ended nobody waits for it: dropping it is right.
+                        let _ = answers.send((t.id, answer));
+                    });
                 }
-                TransmitBody::Directory { after } => {
-                    let answer = self.http.directory_page(&to, pin, after);
-                    self.core
-                        .borrow_mut()
-                        .handle_directory(now(), &mut rng(), t.id, answer);
+                let deadline = core.poll_timeout();
+                drop(core);
+                if running == 0 {
+                    // Nothing in flight that an answer could move on: only a timeout can.
+                    let wait = deadline?.millis_since(now());
+                    std::thread::sleep(Duration::from_millis(wait));
+                    self.core.borrow_mut().handle_timeout(now(), &mut rng());
+                    continue;
+                }
+                let wait = deadline.map_or(REQUEST_TIMEOUT, |d| {
+                    Duration::from_millis(d.millis_since(now()))
+                });
+                let Ok((id, answer)) = answered.recv_timeout(wait) else {
+                    self.core.borrow_mut().handle_timeout(now(), &mut rng());
+                    continue;
+                };
+                running -= 1;
+                let mut core = self.core.borrow_mut();
+                match answer {
+                    Answer::Onion(Ok(mut bytes)) => {
+                        core.handle_onion_answer(now(), &mut rng(), id, Ok(&mut bytes));
+                    }
+                    Answer::Onion(Err(error)) => {
+                        core.handle_onion_answer(now(), &mut rng(), id, Err(error));
+                    }
+                    Answer::Directory(page) => core.handle_directory(now(), &mut rng(), id, page),
                 }
             }
-        }
+        })
     }
 
     /// A fresh path ending at `last`: two other nodes picked at random, all distinct (for
@@ -553,6 +564,20 @@ fn unfinished() -> core_client::ClientError {
 /// The path of the directory listing.
 const DIRECTORY_PATH: &str = "/v1/nodes/directory";
 /// Where onion packets go.
+/// What one exchange brought back, for the driver to hand to the core.
+enum Answer {
+    Onion(Result<Vec<u8>, TransportError>),
+    Directory(Result<core_client::DirectoryAnswer, TransportError>),
+}
+
+/// Carries out one exchange the core asked for.
+fn exchange(http: &Http, to: &str, pin: Option<TlsKeyHash>, body: TransmitBody) -> Answer {
+    match body {
+        TransmitBody::Onion(packet) => Answer::Onion(http.send_onion(to, pin, &packet[..])),
+        TransmitBody::Directory { after } => Answer::Directory(http.directory_page(to, pin, after)),
+    }
+}
+
 const ONION_PATH: &str = "/v1/onion";
 
 fn rng() -> UnwrapErr<getrandom::SysRng> {

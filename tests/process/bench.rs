@@ -301,11 +301,57 @@ fn a_bench_via_a_running_network_reads_each_admin_listener_as_its_node() {
 }
 
 #[test]
+fn a_flow_bench_of_large_messages_checks_every_fragment() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let out = dir.path().join("run");
+    let run = bench(&[
+        "--local",
+        "3",
+        "flow",
+        "--messages",
+        "6",
+        "--payload",
+        "20000",
+        "--concurrency",
+        "2",
+        "--warmup",
+        "0",
+        "--recipients",
+        "4",
+        "--seed",
+        "9",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = text(&run.stdout);
+    assert!(
+        run.status.success(),
+        "bench failed: {stdout}\n{}",
+        text(&run.stderr)
+    );
+    let report = read_report(&out);
+    assert_eq!(report["config"]["payload_bytes"], 20000);
+    let store = &report["operations"]["store"];
+    assert_eq!(store["completed"], 6, "{store}");
+    assert_eq!(store["succeeded"], 6, "{store}");
+    // 20,000 bytes seal to 20,480 and travel as 16 fragments of 1,316 bytes each: every
+    // fragment is a store of its own, acknowledged and checked on every member.
+    let flow = &report["flow"];
+    assert_eq!(flow["acknowledged"], 6 * 16, "{flow}");
+    assert_eq!(flow["retrieved_once"], 6 * 16, "{flow}");
+    assert_eq!(flow["on_all_members"], 6 * 16, "{flow}");
+}
+
+#[test]
 fn bad_bench_options_are_refused_with_what_to_fix() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["store"], "--local N"),
         (&["--local", "2", "store"], "at least 3"),
         (&["--local", "3", "store", "--payload", "0"], "--payload"),
+        (
+            &["--local", "3", "store", "--payload", "131073"],
+            "1 to 131072",
+        ),
         (&["--local", "3", "mixed", "--mix", "x"], "--mix"),
         (&["compare", "only-one.json"], "two reports"),
     ];
