@@ -236,7 +236,10 @@ fn large_messages_from_files_and_stdin_come_back_whole() {
         }
         sent.push(message);
     }
-    for (n, len) in [64 * 1024, MAX_MESSAGE_LEN].into_iter().enumerate() {
+    for (n, len) in [1024, 16 * 1024, 64 * 1024, MAX_MESSAGE_LEN]
+        .into_iter()
+        .enumerate()
+    {
         let message = pattern(len, 10 + n);
         let args = ["send", "--via", &seed, "--to", &contact, "-"];
         let out = run_ghost_with_input(&args, Some(&message), CLI_TIMEOUT);
@@ -259,11 +262,11 @@ fn large_messages_from_files_and_stdin_come_back_whole() {
         got == want,
         "the files hold exactly the messages sent, once each"
     );
-    // Fragmented messages are named by their 32-digit message id, the 1 KiB one by its
+    // Fragmented messages are named by their 32-digit message id, the 1 KiB ones by their
     // 64-digit store hash.
     let mut name_lengths: Vec<usize> = found.keys().map(|n| n.len() - ".msg".len()).collect();
     name_lengths.sort_unstable();
-    assert_eq!(name_lengths, [32, 32, 32, 32, 32, 64]);
+    assert_eq!(name_lengths, [32, 32, 32, 32, 32, 32, 64, 64]);
 
     // Everything was handed out: nothing waits, and a second fetch has nothing new.
     let again = run_ghost(
