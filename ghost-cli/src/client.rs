@@ -35,7 +35,7 @@ use ghost_host::tls::TlsLinks;
 use ghost_host::tls::blocking::Agents;
 use proto_core::client::{
     self as core_client, ClientConfig, FetchCursors, FetchSpec, OpId, StorePartsSpec, StoreSpec,
-    TransmitBody, TransmitId, TransportError,
+    Transmit, TransmitBody, TransmitId, TransportError,
 };
 use proto_core::fragment::{self, Inbox, InboxConfig, MessageId, StoredPart};
 use proto_core::keys::{Address, Descriptor, IdentityKey};
@@ -451,7 +451,17 @@ impl Client {
                         return Some(Ok(event));
                     }
                 }
-                while let Some(t) = core.poll_transmit() {
+                let due: Vec<Transmit> = std::iter::from_fn(|| core.poll_transmit()).collect();
+                let deadline = core.poll_timeout();
+                drop(core);
+                if running == 0 && due.len() == 1 {
+                    // A lone exchange (every plain store and fetch) needs no thread.
+                    let t = due.into_iter().next().expect("one");
+                    let answer = exchange(&self.http, t.to.as_str(), t.tls_key_hash, t.body);
+                    self.hand_over(t.id, answer);
+                    continue;
+                }
+                for t in due {
                     running += 1;
                     let answers = answers.clone();
                     let http = &self.http;
@@ -461,8 +471,6 @@ impl Client {
                         let _ = answers.send((t.id, answer));
                     });
                 }
-                let deadline = core.poll_timeout();
-                drop(core);
                 if running == 0 {
                     // Nothing in flight that an answer could move on: only a timeout can.
                     let wait = deadline?.millis_since(now());
@@ -478,18 +486,23 @@ impl Client {
                     continue;
                 };
                 running -= 1;
-                let mut core = self.core.borrow_mut();
-                match answer {
-                    Answer::Onion(Ok(mut bytes)) => {
-                        core.handle_onion_answer(now(), &mut rng(), id, Ok(&mut bytes));
-                    }
-                    Answer::Onion(Err(error)) => {
-                        core.handle_onion_answer(now(), &mut rng(), id, Err(error));
-                    }
-                    Answer::Directory(page) => core.handle_directory(now(), &mut rng(), id, page),
-                }
+                self.hand_over(id, answer);
             }
         })
+    }
+
+    /// Gives the core the answer to exchange `id`.
+    fn hand_over(&self, id: TransmitId, answer: Answer) {
+        let mut core = self.core.borrow_mut();
+        match answer {
+            Answer::Onion(Ok(mut bytes)) => {
+                core.handle_onion_answer(now(), &mut rng(), id, Ok(&mut bytes));
+            }
+            Answer::Onion(Err(error)) => {
+                core.handle_onion_answer(now(), &mut rng(), id, Err(error));
+            }
+            Answer::Directory(page) => core.handle_directory(now(), &mut rng(), id, page),
+        }
     }
 
     /// A fresh path ending at `last`: two other nodes picked at random, all distinct (for

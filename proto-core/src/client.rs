@@ -1050,7 +1050,13 @@ impl Client {
     /// The next operation that ended.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        // A part's own event is for its parts operation, which takes it in at the next
+        // call that can move it on; it never reaches the caller.
+        let at = self
+            .events
+            .iter()
+            .position(|e| !self.part_of.contains_key(&e.op()))?;
+        self.events.remove(at)
     }
 
     /// When [`Client::handle_timeout`] must be called next.

@@ -394,7 +394,7 @@ fn fetch(key: &Path, via: &str, out: Option<&Path>, links: Links) -> Result<(), 
                 missing,
                 parts,
             } => println!(
-                "{}(message {id} is incomplete: {} of {count} fragments never arrived ({}) before they expired; it is dropped)",
+                "{}(message {id} is incomplete and given up: {} of {count} fragments did not arrive before the others expired or too many incomplete messages waited ({}))",
                 age(&parts),
                 missing.len(),
                 list_indexes(&missing)
