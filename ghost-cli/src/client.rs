@@ -189,23 +189,13 @@ pub struct Cursors {
 impl Cursors {
     /// Loads cursors, or starts fresh when the file does not exist.
     pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "cursor file {} is damaged ({e}); delete it to start over",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        load_private_json(path, "cursor file", "start over")
     }
 
     /// Saves cursors atomically (a new private file, mode 0600 like the key file, then
     /// a rename): which messages a recipient read is nobody else's business.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_vec(self).expect("maps of strings and integers serialize");
-        replace_private(path, &text)
+        save_private_json(path, self)
     }
 
     fn to_core(&self) -> FetchCursors {
@@ -667,16 +657,7 @@ pub struct WaitingPart {
 impl InboxFile {
     /// Loads the file, or an empty inbox when there is none.
     pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "inbox file {} is damaged ({e}); delete it to drop incomplete messages",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        load_private_json(path, "inbox file", "drop incomplete messages")
     }
 
     /// An inbox holding what this file saved, for `keys`.
@@ -721,9 +702,33 @@ impl InboxFile {
 
     /// Saves the file atomically, private like the key file.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_vec(self).expect("strings and integers serialize");
-        replace_private(path, &text)
+        save_private_json(path, self)
     }
+}
+
+/// Reads a user's JSON state file (`what`, for messages), or the empty state when there is
+/// none; a damaged file is an error that says deleting it will `remedy`.
+fn load_private_json<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    what: &str,
+    remedy: &str,
+) -> Result<T, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{what} {} is damaged ({e}); delete it to {remedy}",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes a user's JSON state file atomically and private ([`replace_private`]).
+fn save_private_json<T: Serialize>(path: &Path, state: &T) -> Result<(), String> {
+    let text = serde_json::to_vec(state).expect("maps, lists, strings and integers serialize");
+    replace_private(path, &text)
 }
 
 /// Opens a sealed body with the recipient's keys.
