@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 mod common;
 
-use common::{CountingRngForTestVectorsOnly, hex};
+use common::{CountingRngForTestVectorsOnly, hex, matches_committed_file, unhex};
 
 use proto_core::IdentityKey;
 use proto_core::fragment::{
@@ -47,13 +47,6 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("three_fragments", pattern(3000)),
     ]
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect()
 }
 
 /// Renders every vector with the real sealing and splitting code.
@@ -123,17 +116,7 @@ fn render() -> String {
 
 #[test]
 fn vectors_match_the_committed_file() {
-    let rendered = render();
-    if std::env::var_os("GHOST_UPDATE_VECTORS").is_some() {
-        std::fs::write(VECTOR_FILE, &rendered).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(VECTOR_FILE)
-        .unwrap_or_else(|e| panic!("{VECTOR_FILE}: {e}; regenerate with GHOST_UPDATE_VECTORS=1"));
-    assert!(
-        committed == rendered,
-        "fragment format changed: the vectors in {VECTOR_FILE} no longer match"
-    );
+    matches_committed_file(VECTOR_FILE, &render(), "fragment format changed");
 }
 
 #[test]

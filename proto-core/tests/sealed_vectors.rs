@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 mod common;
 
-use common::{CountingRngForTestVectorsOnly, hex};
+use common::{CountingRngForTestVectorsOnly, hex, matches_committed_file, unhex};
 
 use proto_core::IdentityKey;
 use proto_core::sealed::{self, Contact, EncryptionKey};
@@ -41,13 +41,6 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
                 .collect(),
         ),
     ]
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect()
 }
 
 /// Renders every vector with the real sealing code.
@@ -99,17 +92,7 @@ fn render() -> String {
 
 #[test]
 fn vectors_match_the_committed_file() {
-    let rendered = render();
-    if std::env::var_os("GHOST_UPDATE_VECTORS").is_some() {
-        std::fs::write(VECTOR_FILE, &rendered).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(VECTOR_FILE)
-        .unwrap_or_else(|e| panic!("{VECTOR_FILE}: {e}; regenerate with GHOST_UPDATE_VECTORS=1"));
-    assert!(
-        committed == rendered,
-        "sealed-body format changed: the vectors in {VECTOR_FILE} no longer match"
-    );
+    matches_committed_file(VECTOR_FILE, &render(), "sealed-body format changed");
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 
 use std::fmt::Write as _;
 
-use common::{CountingRngForTestVectorsOnly, EXPIRY, NOW, hex, relays};
+use common::{CountingRngForTestVectorsOnly, EXPIRY, NOW, hex, matches_committed_file, relays};
 use proto_core::packet::{self, PACKET_LEN, Peeled};
 use proto_core::reply::{self, HopFailure, Opened, ReplyStatus};
 
@@ -130,16 +130,10 @@ fn render() -> String {
 
 #[test]
 fn vectors_match_the_committed_file() {
-    let rendered = render();
-    if std::env::var_os("GHOST_UPDATE_VECTORS").is_some() {
-        std::fs::write(VECTOR_FILE, &rendered).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(VECTOR_FILE)
-        .unwrap_or_else(|e| panic!("{VECTOR_FILE}: {e}; regenerate with GHOST_UPDATE_VECTORS=1"));
-    assert!(
-        committed == rendered,
-        "wire format or key schedule changed: the vectors in {VECTOR_FILE} no longer match"
+    matches_committed_file(
+        VECTOR_FILE,
+        &render(),
+        "wire format or key schedule changed",
     );
 }
 

@@ -89,3 +89,27 @@ pub fn hex(bytes: &[u8]) -> String {
             s
         })
 }
+
+/// Bytes of lowercase or uppercase hex (the vector files' own text, trusted to be hex).
+pub fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Compares `rendered` with the committed vector file at `path`, failing with
+/// `changed` when they differ; with `GHOST_UPDATE_VECTORS` set it rewrites the file
+/// instead (a deliberate protocol change).
+pub fn matches_committed_file(path: &str, rendered: &str, changed: &str) {
+    if std::env::var_os("GHOST_UPDATE_VECTORS").is_some() {
+        std::fs::write(path, rendered).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}; regenerate with GHOST_UPDATE_VECTORS=1"));
+    assert!(
+        committed == rendered,
+        "{changed}: the vectors in {path} no longer match"
+    );
+}
