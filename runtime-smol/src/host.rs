@@ -55,6 +55,9 @@ type PeerKey = (String, Option<TlsKeyHash>);
 /// Idle keep-alive connections to other nodes, by address and pinned key (a connection
 /// verified for one key is never reused for another that moved to the same address).
 struct Pool {
+    /// Where the connections' tasks run: the node's own executor, so a request and its
+    /// connection never wake each other across threads.
+    ex: Arc<Executor<'static>>,
     idle: Mutex<Idle>,
     http: HttpSection,
     links: Links,
@@ -70,8 +73,9 @@ impl SmolCarrier {
     #[must_use]
     pub fn new(ex: Arc<Executor<'static>>, http: HttpSection, links: Links) -> Arc<Self> {
         Arc::new(Self {
-            ex,
+            ex: ex.clone(),
             pool: Arc::new(Pool {
+                ex,
                 idle: Mutex::default(),
                 http,
                 links,
@@ -147,12 +151,11 @@ impl Pool {
                 },
                 None => req,
             };
-            let mut fresh = connect(address, self.links.dial(key.1))
-                .await
-                .map_err(|e| {
-                    tracing::debug!(%address, error = %e, "no link");
-                    TransmitFailure::Unreachable
-                })?;
+            let (mut fresh, task) = open(address, self.links.dial(key.1)).await.map_err(|e| {
+                tracing::debug!(%address, error = %e, "no link");
+                TransmitFailure::Unreachable
+            })?;
+            self.ex.spawn(task).detach();
             let bytes = post(&mut fresh, unsent).await.map_err(|(e, _)| e)?;
             self.keep_idle(key, generation, fresh);
             Ok(bytes)
@@ -459,9 +462,25 @@ async fn dial(address: &str) -> std::io::Result<Async<TcpStream>> {
     Err(last)
 }
 
+/// The task that drives one HTTP/1.1 client connection: whoever opens the connection
+/// spawns it, so it runs on the executor of the requests that use it.
+type ConnectionTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// An HTTP/1.1 connection to `address`, over TLS dialled with `tls` (else plain HTTP),
-/// ready for requests; the error says what failed (a refused TLS key among others).
+/// ready for requests once its task runs on smol's global executor; the error says what
+/// failed (a refused TLS key among others).
 pub async fn connect(address: &str, tls: Option<Dial>) -> Result<SendRequest<Full<Bytes>>, String> {
+    let (sender, task) = open(address, tls).await?;
+    smol::spawn(task).detach();
+    Ok(sender)
+}
+
+/// An HTTP/1.1 connection to `address` and the task that drives it, for the caller to
+/// spawn.
+async fn open(
+    address: &str,
+    tls: Option<Dial>,
+) -> Result<(SendRequest<Full<Bytes>>, ConnectionTask), String> {
     let stream = dial(address)
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
@@ -477,18 +496,22 @@ pub async fn connect(address: &str, tls: Option<Dial>) -> Result<SendRequest<Ful
     }
 }
 
-async fn http_over<S>(address: &str, stream: S) -> Result<SendRequest<Full<Bytes>>, String>
+async fn http_over<S>(
+    address: &str,
+    stream: S,
+) -> Result<(SendRequest<Full<Bytes>>, ConnectionTask), String>
 where
     S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
         .await
         .map_err(|e| format!("{address}: {e}"))?;
-    smol::spawn(async move {
-        let _ = conn.await;
-    })
-    .detach();
-    Ok(sender)
+    Ok((
+        sender,
+        Box::pin(async move {
+            let _ = conn.await;
+        }),
+    ))
 }
 
 fn build_request(address: &str, endpoint: Endpoint, body: Vec<u8>) -> Request<Body> {
