@@ -5,16 +5,20 @@
 //! HTTP requests handed over by a runtime, results of the node's own exchanges, reads for
 //! `/metrics` and the directory endpoints, and the stop. The thread sleeps until the next
 //! command or the core's [`Node::poll_timeout`], whichever comes first, so a new input
-//! re-arms the timer at once and a retry fires when the core asked for it. After **every**
-//! command it drains the node's outputs: answers go to the responder the runtime gave
-//! with the request, transmits go to the runtime's [`Carrier`].
+//! re-arms the timer at once and a retry fires when the core asked for it. It handles the
+//! commands waiting (up to a bound), then drains the node's outputs: answers go to the
+//! responder the runtime gave with the request, transmits go to the runtime's
+//! [`Carrier`]. Draining once for the commands handled together lets the core send
+//! together what fell due together (the copies several stores owe the same member);
+//! when one command waits, that is a drain after every command.
 //!
-//! Writes are group-committed off this thread ([`WriteBehind`]): the first write after a
-//! commit starts a `commit_interval` clock; then the writes since the last commit go to
-//! the database's writer thread as one group, which fsyncs while this thread goes on
-//! serving. When the writer is done it wakes the driver, which takes the new durable
-//! state in and releases the acks that waited for it ([`Node::handle_durable`]); what
-//! arrived meanwhile is the next group, sent at once.
+//! Writes are group-committed off this thread ([`WriteBehind`]): the writes since the last
+//! commit go to the database's writer thread as one group, which fsyncs while this
+//! thread goes on serving. Group commits start at least `commit_interval` apart: a write
+//! after a quiet spell goes at once, and under load each commit carries what arrived
+//! in the interval instead of a write or two (a commit costs far more CPU than the writes
+//! in it). When the writer is done it wakes the driver, which takes the new durable
+//! state in and releases the acks that waited for it ([`Node::handle_durable`]).
 //!
 //! Invariants: no lock is shared with the runtime's threads (they only hold a
 //! [`Driver`], a channel sender); an answer is sent exactly once, or its responder is
@@ -56,7 +60,8 @@ const PEERS_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest sleep when the core asks for no wake-up: a bound, not a schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// Commands handled in a row before timers and commits get their turn.
+/// Commands handled in a row before their outputs are carried and timers and commits
+/// get their turn.
 const BATCH: usize = 64;
 
 /// An outgoing exchange the node asked for: POST [`Exchange::body`] to
@@ -142,7 +147,8 @@ impl Status {
 /// Settings of the driver thread.
 #[derive(Debug)]
 pub struct DriverSettings {
-    /// Longest a write waits for the group commit that makes it durable.
+    /// Shortest time between the starts of two group commits: the longest a write waits
+    /// before its group goes to the writer (longer while the writer is still busy).
     pub commit_interval: Duration,
     /// Where the known nodes' addresses are written down, if anywhere.
     pub peers_file: Option<PathBuf>,
@@ -254,7 +260,6 @@ impl Driver {
     ) {
         let job: Job = Box::new(move |engine: &mut Engine| {
             let out = f(&mut engine.node, now());
-            engine.drain();
             done(out);
         });
         let _ = self.inbox.send(Command::Run(job));
@@ -287,7 +292,6 @@ impl Driver {
             let req = RequestId(engine.next_req);
             engine.waiting.insert(req, Box::new(respond));
             f(&mut engine.node, now(), req);
-            engine.drain();
         });
         let _ = self.inbox.send(Command::Run(job));
     }
@@ -308,14 +312,15 @@ struct Engine {
 
 impl Engine {
     fn run(mut self, commands: &Receiver<Command>) {
-        let mut commit_due: Option<Instant> = None;
+        // When the last group commit started; none yet, so the first write goes at once.
+        let mut last_commit: Option<Instant> = None;
         let mut save_peers_at = Instant::now() + PEERS_SAVE_INTERVAL;
         let mut check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
         loop {
             let wake = [
                 Some(self.until_node_timer()),
                 self.until_tls_rotation(),
-                commit_due.map(|at| at.saturating_duration_since(Instant::now())),
+                self.until_commit(last_commit),
                 Some(save_peers_at.saturating_duration_since(Instant::now())),
                 Some(check_health_at.saturating_duration_since(Instant::now())),
             ]
@@ -339,7 +344,6 @@ impl Engine {
                     Command::Run(job) => job(&mut self),
                     Command::Transmitted { id, result } => {
                         self.node.handle_transmit_result(now(), id, result);
-                        self.drain();
                     }
                     Command::Written => self.written(),
                 }
@@ -348,21 +352,15 @@ impl Engine {
                     next = commands.try_recv().ok();
                 }
             }
+            self.drain();
             let t = now();
             if self.node.poll_timeout().is_some_and(|w| w <= t) {
                 self.node.handle_timeout(t);
                 self.drain();
             }
             self.rotate_tls_key(t);
-            if self.node.store().has_pending_writes() {
-                let due = *commit_due
-                    .get_or_insert_with(|| Instant::now() + self.settings.commit_interval);
-                if due <= Instant::now() {
-                    self.commit();
-                    commit_due = None;
-                }
-            } else {
-                commit_due = None;
+            if self.until_commit(last_commit) == Some(Duration::ZERO) && self.commit() {
+                last_commit = Some(Instant::now());
             }
             if save_peers_at <= Instant::now() {
                 self.save_peers();
@@ -373,6 +371,19 @@ impl Engine {
                 check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
             }
         }
+    }
+
+    /// Time until the pending writes may go to the writer (zero when they may now), or
+    /// `None` when there are none or the writer is still busy (it wakes the driver when
+    /// done).
+    fn until_commit(&self, last_commit: Option<Instant>) -> Option<Duration> {
+        let backend = self.node.store().backend();
+        if !self.node.store().has_pending_writes() || backend.committing() {
+            return None;
+        }
+        Some(last_commit.map_or(Duration::ZERO, |at| {
+            (at + self.settings.commit_interval).saturating_duration_since(Instant::now())
+        }))
     }
 
     /// Time until the core's next timer (zero when it is due).
@@ -430,14 +441,14 @@ impl Engine {
         }
     }
 
-    /// Sends every write since the last commit to the writer thread as one group (a
-    /// no-op while it is busy: [`Engine::written`] sends the next group).
-    fn commit(&mut self) {
-        self.node.backend_mut().start_commit();
+    /// Sends every write since the last commit to the writer thread as one group;
+    /// `false` when there was nothing to send or the writer is still busy.
+    fn commit(&mut self) -> bool {
+        self.node.backend_mut().start_commit()
     }
 
-    /// A group commit finished: take the durable state in, release the acks waiting for
-    /// it, and send what accumulated meanwhile.
+    /// A group commit finished: take the durable state in and release the acks waiting
+    /// for it. What accumulated meanwhile goes when the interval allows (the run loop).
     fn written(&mut self) {
         let backend = self.node.backend_mut();
         let advanced = backend.absorb();
@@ -446,9 +457,7 @@ impl Engine {
             .store(backend.is_healthy(), Ordering::Relaxed);
         if advanced {
             self.node.handle_durable(now());
-            self.drain();
         }
-        self.commit();
     }
 
     fn refresh_status(&self) {

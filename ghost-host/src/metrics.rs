@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub db_file_bytes: u64,
     /// Whether the database answers.
     pub db_up: bool,
+    /// Group commits made durable.
+    pub db_commits: u64,
     /// Stores waiting for their write quorum.
     pub pending_stores: usize,
     /// Outbound exchanges in flight.
@@ -268,6 +270,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut e,
+            "replicas_sent",
+            "Copies sent in replication exchanges: several per exchange when stores fall due to the same member together.",
+            s.replicas_sent,
+        )?;
+        counter(
+            &mut e,
             "anti_entropy_rounds",
             "Anti-entropy rounds started.",
             s.anti_entropy_rounds,
@@ -341,6 +349,12 @@ impl Collector for Snapshot {
             "db_file_bytes",
             "Size of the message database file.",
             self.db_file_bytes,
+        )?;
+        counter(
+            &mut e,
+            "db_commits",
+            "Group commits made durable (one fsync each, for every write since the previous one).",
+            self.db_commits,
         )?;
         gauge_i(
             &mut e,

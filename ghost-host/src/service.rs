@@ -301,6 +301,7 @@ fn snapshot(
         message_bytes,
         db_file_bytes: backend.file_bytes(),
         db_up: backend.is_healthy(),
+        db_commits: backend.commits(),
         pending_stores: node.pending_stores(),
         pending_exchanges: node.pending_exchanges(),
         replay_fill: f64::from(node.replay_fill_ratio()),

@@ -115,6 +115,7 @@ pub struct WriteBehind {
     writer: Option<JoinHandle<RedbBackend>>,
     waker: Arc<std::sync::Mutex<Option<Waker>>>,
     failing: bool,
+    commits: u64,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -151,6 +152,7 @@ impl WriteBehind {
             writer: Some(writer),
             waker,
             failing: false,
+            commits: 0,
         })
     }
 
@@ -165,16 +167,19 @@ impl WriteBehind {
 
     /// Hands the writes since the last group commit to the writer thread, unless it is
     /// still busy with the previous group (then they go once it is done). Never blocks.
-    pub fn start_commit(&mut self) {
+    /// Returns whether a group went to the writer.
+    pub fn start_commit(&mut self) -> bool {
         if self.frozen.is_some() || self.active.writes == 0 {
-            return;
+            return false;
         }
         let batch = Arc::new(std::mem::take(&mut self.active));
         if self.to_writer.send(ToWriter::Commit(batch.clone())).is_ok() {
             self.frozen = Some(batch);
+            true
         } else {
             // The writer is gone (closed): nothing more becomes durable.
             self.active = Arc::try_unwrap(batch).unwrap_or_default();
+            false
         }
     }
 
@@ -191,6 +196,7 @@ impl WriteBehind {
                     self.frozen = None;
                     self.reader.pin(snapshot, durable_seq);
                     self.failing = false;
+                    self.commits += 1;
                     advanced = true;
                 }
                 Written::Abandoned => {
@@ -200,6 +206,12 @@ impl WriteBehind {
             }
         }
         advanced
+    }
+
+    /// Group commits made durable since the database was opened.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// Whether a group is being written now.
@@ -843,7 +855,9 @@ mod tests {
                     db.put_delete_range(r.clone()).unwrap();
                     model.put_delete_range(r).unwrap();
                 }
-                9 | 10 => db.start_commit(),
+                9 | 10 => {
+                    db.start_commit();
+                }
                 _ => settle(&mut db),
             }
             // Sometimes the writer finishes while the node works on.

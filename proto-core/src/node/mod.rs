@@ -454,6 +454,9 @@ pub struct NodeStats {
     pub messages_replicated_in: u64,
     /// Replication exchanges sent.
     pub replications_sent: u64,
+    /// Copies sent in replication exchanges (several per exchange when stores fall due
+    /// together).
+    pub replicas_sent: u64,
     /// Anti-entropy rounds started.
     pub anti_entropy_rounds: u64,
     /// Sum of store quorum latencies in ms (with `stores_acked`, the mean).
@@ -562,8 +565,9 @@ enum Pending {
         req: RequestId,
         reply: ReplyTo,
     },
+    /// Copies for the stores `ops`, in one request.
     Replicate {
-        op: u64,
+        ops: Vec<u64>,
         peer: NodeId,
     },
     Handoff,
@@ -903,6 +907,9 @@ impl<B: MessageBackend> Node<B> {
     /// The next output to carry out, or `None` when drained.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.outputs.is_empty() && !self.replication.due.is_empty() {
+            self.send_due_replications();
+        }
         self.outputs.pop_front()
     }
 
@@ -1365,7 +1372,7 @@ impl<B: MessageBackend> Node<B> {
         self.transmit_deadlines.remove(&(deadline, id));
         match pending {
             Pending::Forward { req, reply } => self.finish_forward(req, &reply, result),
-            Pending::Replicate { op, peer } => self.replica_answered(now, op, peer, result),
+            Pending::Replicate { ops, peer } => self.replica_answered(now, &ops, peer, result),
             Pending::Digest { peer, mine } => self.digest_answered(now, peer, &mine, result),
             Pending::Fetch { peer, asked } => self.fetch_answered(now, peer, &asked, result),
             Pending::Gossip => self.gossip_answered(now, result),

@@ -14,7 +14,15 @@ pub(super) struct Replication {
     pub(super) replica_acks: Vec<PendingReplicaAck>,
     /// Relayed changes to send again: (when, to whom, the signed change, until when).
     pub(super) relay_retries: Vec<(Timestamp, NodeId, Vec<u8>, Timestamp)>,
+    /// Copies due to go to a member, by member, with the store each is for: sent
+    /// together when the outputs are next polled ([`Node::send_due_replications`]).
+    pub(super) due: BTreeMap<NodeId, Vec<(u64, WireMessage)>>,
 }
+
+/// Most message bytes one replication request carries (with at most [`MAX_BATCH`]
+/// messages), so a batch stays far inside every node's `http.max_body_bytes` whatever
+/// the store's largest body.
+pub(super) const REPLICATE_BATCH_BYTES: usize = 256 * 1024;
 
 /// A store waiting for its write quorum.
 #[derive(Debug)]
@@ -72,35 +80,44 @@ impl<B: MessageBackend> Node<B> {
         }
     }
 
-    /// A member answered a replicate of store `op`: a receipt it signed counts toward the
-    /// quorum; anything else is asked again later.
+    /// A member answered a replicate of the stores `ops`: a receipt it signed for a
+    /// store's message counts toward that store's quorum; a store it gave none for is
+    /// asked again later.
     pub(super) fn replica_answered(
         &mut self,
         now: Timestamp,
-        op: u64,
+        ops: &[u64],
         peer: NodeId,
         result: Result<Vec<u8>, TransmitFailure>,
     ) {
-        let receipt = result.ok().and_then(|b| match PeerResponse::decode(&b) {
-            Ok(PeerResponse::Stored { receipts, .. }) => Some(receipts),
-            _ => None,
-        });
+        // Only the member's own receipts count, whatever else the answer holds.
+        let receipts: BTreeMap<MessageHash, Receipt> = result
+            .ok()
+            .and_then(|b| match PeerResponse::decode(&b) {
+                Ok(PeerResponse::Stored { receipts, .. }) => Some(receipts),
+                _ => None,
+            })
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| r.node == peer)
+            .collect();
         let retry = now.plus_millis(self.config.replication_retry_ms);
         let mut proved = false;
-        if let Some(s) = self.replication.stores.get_mut(&op) {
-            let valid = receipt.into_iter().flatten().find(|(h, r)| {
-                *h == s.hash
-                    && r.node == peer
-                    && r.verify(&s.hash, &s.message.recipient, s.message.expiry)
-            });
+        for op in ops {
+            let Some(s) = self.replication.stores.get_mut(op) else {
+                continue; // Answered or given up meanwhile.
+            };
+            let valid = receipts
+                .get(&s.hash)
+                .filter(|r| r.verify(&s.hash, &s.message.recipient, s.message.expiry));
             match valid {
-                Some((_, r)) => {
+                Some(r) => {
                     // A receipt signed by the peer, answered at its address: as good
                     // as a probe answer for its liveness. Anything less is not.
                     proved = true;
                     s.peers.remove(&peer);
                     if !s.receipts.iter().any(|x| x.node == r.node) {
-                        s.receipts.push(r);
+                        s.receipts.push(*r);
                     }
                 }
                 None => {
@@ -111,7 +128,9 @@ impl<B: MessageBackend> Node<B> {
         if proved {
             self.membership.record_contact(&peer, now);
         }
-        self.advance_store(now, op);
+        for op in ops {
+            self.advance_store(now, *op);
+        }
     }
 
     /// A member answered a relayed change: applied or refused for good, done; unreachable,
@@ -226,16 +245,71 @@ impl<B: MessageBackend> Node<B> {
             .filter(|(_, at)| at.is_some_and(|t| t <= now))
             .map(|(id, _)| *id)
             .collect();
-        let message = s.message.clone();
         for peer in due {
-            let request = PeerRequest::Replicate(vec![message.clone()]);
-            let sent = self.transmit_peer(now, peer, &request, Pending::Replicate { op, peer });
-            let retry = now.plus_millis(self.config.replication_retry_ms);
-            if let Some(s) = self.replication.stores.get_mut(&op) {
-                s.peers.insert(peer, if sent { None } else { Some(retry) });
+            // In flight from now on: queued, then sent with the other copies due to the
+            // same member.
+            s.peers.insert(peer, None);
+            self.replication
+                .due
+                .entry(peer)
+                .or_default()
+                .push((op, s.message.clone()));
+        }
+    }
+
+    /// Sends the copies made due since the outputs were last polled: one request per
+    /// member carrying every copy due to it (at most [`MAX_BATCH`] messages and
+    /// [`REPLICATE_BATCH_BYTES`] per request), so stores that fall due together (a burst
+    /// of stores, retries after a member's outage) cost an exchange per member, not one
+    /// per store and member. A copy goes even if its store was answered meanwhile: the
+    /// members beyond the quorum should hold it too.
+    pub(super) fn send_due_replications(&mut self) {
+        let now = self.clock;
+        for (peer, copies) in core::mem::take(&mut self.replication.due) {
+            let mut ops = Vec::new();
+            let mut messages = Vec::new();
+            let mut bytes = 0;
+            for (op, message) in copies {
+                let full = messages.len() == MAX_BATCH
+                    || bytes + message.body.len() > REPLICATE_BATCH_BYTES;
+                if full && !messages.is_empty() {
+                    let batch = (core::mem::take(&mut ops), core::mem::take(&mut messages));
+                    self.send_replicas(now, peer, batch);
+                    bytes = 0;
+                }
+                bytes += message.body.len();
+                ops.push(op);
+                messages.push(message);
             }
-            if sent {
-                self.stats.replications_sent += 1;
+            if !messages.is_empty() {
+                self.send_replicas(now, peer, (ops, messages));
+            }
+        }
+    }
+
+    /// One replication request to `peer`; when it cannot go (the member left the
+    /// directory), its stores ask again later.
+    fn send_replicas(
+        &mut self,
+        now: Timestamp,
+        peer: NodeId,
+        (ops, messages): (Vec<u64>, Vec<WireMessage>),
+    ) {
+        let count = messages.len() as u64;
+        let request = PeerRequest::Replicate(messages);
+        let pending = Pending::Replicate {
+            ops: ops.clone(),
+            peer,
+        };
+        if self.transmit_peer(now, peer, &request, pending) {
+            self.stats.replications_sent += 1;
+            self.stats.replicas_sent += count;
+            return;
+        }
+        let retry = now.plus_millis(self.config.replication_retry_ms);
+        for op in ops {
+            if let Some(s) = self.replication.stores.get_mut(&op) {
+                s.peers.insert(peer, Some(retry));
             }
         }
     }

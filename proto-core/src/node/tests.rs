@@ -1144,3 +1144,135 @@ fn settings_that_break_the_protocol_are_refused_by_name() {
         "write_quorum must be between 1 and swarm_size (3)"
     );
 }
+
+// ---- Copies due together travel together ------------------------------------------
+
+/// The replicates `n` sends when its outputs are polled: (exchange, member, the hashes
+/// of the copies it carries).
+fn replicates_sent(
+    n: &mut Node<MemoryBackend>,
+    now: Timestamp,
+) -> Vec<(TransmitId, NodeId, Vec<MessageHash>)> {
+    core::iter::from_fn(|| n.poll_output())
+        .filter_map(|o| match o {
+            Output::Transmit {
+                id,
+                to: Some(peer),
+                endpoint: Endpoint::Peer,
+                body,
+                ..
+            } => match peer::decode_request(&body, now, 60_000, peer::Session::None, |_| {
+                Some(crate::TlsKeyHash::default())
+            }) {
+                Ok(a) => match a.request {
+                    PeerRequest::Replicate(ms) => {
+                        Some((id, peer, ms.iter().map(WireMessage::hash).collect()))
+                    }
+                    _ => None,
+                },
+                Err(_) => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// The requests `n` answered with an acknowledgement.
+fn acknowledged(n: &mut Node<MemoryBackend>) -> Vec<RequestId> {
+    core::iter::from_fn(|| n.poll_output())
+        .filter_map(|o| match o {
+            Output::Respond {
+                req,
+                reply: Reply::Onion(mut bytes),
+            } => {
+                let opened = reply::open(&[ReplyKey::new([3; 32])], &mut bytes).ok()?;
+                let reply::Opened::Response { body } = opened else {
+                    return None;
+                };
+                matches!(Response::decode(body), Ok(Response::Stored(_))).then_some(req)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn copies_due_to_a_member_together_go_in_one_replicate_and_count_only_by_their_own_receipt() {
+    let mut rng = ChaCha20Rng::seed_from_u64(41);
+    let mut n = node_with_peers(&mut rng, 6);
+    let owner = owner_where(&n, 0, true);
+    let member = peer_key(0);
+    let recipient = owner.recipient_id();
+    // Three stores to one recipient arrive before the node's outputs are next carried.
+    let mut messages = Vec::new();
+    for i in 0..3u8 {
+        let m = stored_by_client(&owner, Namespace::DIRECT, &[i; 40]);
+        let request = Request::Store(StoreRequest {
+            recipient,
+            namespace: Namespace::DIRECT,
+            timestamp: NOW,
+            ttl_ms: 3_600_000,
+            pow_nonce: 0,
+            body: &m.body,
+        });
+        let mut buf = [0u8; packet::MAX_PAYLOAD];
+        let len = request.encode(None, &mut buf).expect("fits");
+        n.execute(NOW, RequestId(100 + u64::from(i)), &buf[..len], reply_to());
+        messages.push(m);
+    }
+    let hashes: Vec<MessageHash> = messages.iter().map(WireMessage::hash).collect();
+    let sent = replicates_sent(&mut n, NOW);
+    assert_eq!(sent.len(), 2, "one replicate per other member: {sent:?}");
+    for (_, _, carried) in &sent {
+        assert_eq!(carried, &hashes, "every store's copy, in order");
+    }
+    assert_eq!(n.stats().replications_sent, 2);
+    assert_eq!(n.stats().replicas_sent, 6);
+    let (to_member, _, _) = *sent
+        .iter()
+        .find(|(_, p, _)| *p == member.node_id())
+        .expect("the member is in the swarm");
+    let other = sent
+        .iter()
+        .map(|(_, p, _)| *p)
+        .find(|p| *p != member.node_id())
+        .expect("a third member");
+    // The member answers: a good receipt for the first copy, one over another expiry
+    // for the second, and for the third a receipt the *other* member signed.
+    let expiry = messages[0].expiry;
+    let other_key = (0..6u8)
+        .map(peer_key)
+        .find(|k| k.node_id() == other)
+        .expect("a peer of the test");
+    let receipts = vec![
+        (
+            hashes[0],
+            Receipt::sign(&member, &hashes[0], &recipient, expiry),
+        ),
+        (
+            hashes[1],
+            Receipt::sign(&member, &hashes[1], &recipient, expiry.plus_millis(1)),
+        ),
+        (
+            hashes[2],
+            Receipt::sign(&other_key, &hashes[2], &recipient, expiry),
+        ),
+    ];
+    let answer = PeerResponse::Stored {
+        receipts,
+        refused: Vec::new(),
+    };
+    n.handle_transmit_result(NOW, to_member, Ok(answer.encode()));
+    assert_eq!(
+        acknowledged(&mut n),
+        [RequestId(100)],
+        "only the store whose own receipt the member signed reached its quorum"
+    );
+    // The two others ask the member again, together.
+    let retry_at = NOW.plus_millis(n.config.replication_retry_ms);
+    n.handle_timeout(retry_at);
+    let again = replicates_sent(&mut n, retry_at);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].1, member.node_id());
+    assert_eq!(again[0].2, hashes[1..]);
+}
