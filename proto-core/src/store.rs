@@ -173,6 +173,19 @@ pub trait MessageBackend {
     ) -> Result<usize, StoreError>;
     /// Inserts `m` (whose hash is absent).
     fn insert(&mut self, m: StoredMessage) -> Result<(), StoreError>;
+    /// Inserts `m` unless a record with its hash is held, and then returns that record
+    /// (inserting nothing). The default asks [`MessageBackend::get`] first; a backend that
+    /// can look and insert in one search of its hash index does so.
+    fn insert_unless_held(
+        &mut self,
+        m: StoredMessage,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        if let Some(held) = self.get(&m.hash)? {
+            return Ok(Some(held));
+        }
+        self.insert(m)?;
+        Ok(None)
+    }
     /// Removes the record with this hash, returning it.
     fn remove(&mut self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError>;
     /// Changes a record's expiry (and its place in the expiry index).
@@ -406,30 +419,37 @@ impl<B: MessageBackend> MessageStore<B> {
         {
             return Err(StoreError::Deleted);
         }
-        if let Some(existing) = self.backend.get(&hash)? {
-            return Ok(Inserted {
-                hash,
-                seq: existing.seq,
-                new: false,
-                stored_at: existing.stored_at,
-                expiry: existing.expiry,
-                origin: existing.origin,
-            });
-        }
+        // A message held already is answered as stored whatever the limits say now.
+        let held = |existing: StoredMessage| Inserted {
+            hash,
+            seq: existing.seq,
+            new: false,
+            stored_at: existing.stored_at,
+            expiry: existing.expiry,
+            origin: existing.origin,
+        };
         let len = body.len() as u64;
         let (count, bytes) = self.backend.usage(&recipient);
-        if count >= self.config.recipient_max_messages
+        let (total, total_bytes) = self.backend.totals();
+        let refusal = if count >= self.config.recipient_max_messages
             || bytes + len > self.config.recipient_max_bytes
         {
-            return Err(StoreError::QuotaExceeded);
-        }
-        let (total, total_bytes) = self.backend.totals();
-        if total >= self.config.node_max_messages || total_bytes + len > self.config.node_max_bytes
+            Some(StoreError::QuotaExceeded)
+        } else if total >= self.config.node_max_messages
+            || total_bytes + len > self.config.node_max_bytes
         {
-            return Err(StoreError::NodeFull);
+            Some(StoreError::NodeFull)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return match self.backend.get(&hash)? {
+                Some(existing) => Ok(held(existing)),
+                None => Err(refusal),
+            };
         }
         let seq = self.next_seq;
-        self.backend.insert(StoredMessage {
+        let message = StoredMessage {
             seq,
             hash,
             recipient,
@@ -438,7 +458,11 @@ impl<B: MessageBackend> MessageStore<B> {
             expiry,
             body: body.to_vec(),
             origin,
-        })?;
+        };
+        // One search of the hash index both finds a duplicate and inserts.
+        if let Some(existing) = self.backend.insert_unless_held(message)? {
+            return Ok(held(existing));
+        }
         self.next_seq += 1;
         self.record(hash, recipient, true);
         Ok(Inserted {
@@ -822,9 +846,31 @@ impl Tables {
     }
 
     fn insert(&mut self, m: StoredMessage) {
+        self.key_of
+            .insert(m.hash, (m.recipient, m.namespace, m.seq));
+        self.index(m);
+    }
+
+    /// Inserts `m` unless its hash is held (then returns the held record), with one
+    /// search of the hash index.
+    fn insert_unless_held(&mut self, m: StoredMessage) -> Option<&StoredMessage> {
+        match self.key_of.entry(m.hash) {
+            alloc::collections::btree_map::Entry::Occupied(held) => {
+                let key = *held.get();
+                self.by_key.get(&key)
+            }
+            alloc::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((m.recipient, m.namespace, m.seq));
+                self.index(m);
+                None
+            }
+        }
+    }
+
+    /// Files `m`, already in the hash index, in every other index.
+    fn index(&mut self, m: StoredMessage) {
         let len = m.body.len() as u64;
         let key = (m.recipient, m.namespace, m.seq);
-        self.key_of.insert(m.hash, key);
         self.by_expiry.insert((m.expiry, m.hash));
         let u = self.usage.entry(m.recipient).or_default();
         u.0 += 1;
@@ -1040,6 +1086,20 @@ impl MessageBackend for MemoryBackend {
             self.log(Op::Insert(m));
         }
         Ok(())
+    }
+
+    fn insert_unless_held(
+        &mut self,
+        m: StoredMessage,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let logged = (!self.immediate).then(|| m.clone());
+        if let Some(held) = self.live.insert_unless_held(m) {
+            return Ok(Some(held.clone()));
+        }
+        if let Some(m) = logged {
+            self.log(Op::Insert(m));
+        }
+        Ok(None)
     }
 
     fn remove(&mut self, hash: &MessageHash) -> Result<Option<StoredMessage>, StoreError> {
@@ -1277,10 +1337,28 @@ mod tests {
             ..StoreConfig::default()
         };
         let mut s = MessageStore::open(MemoryBackend::immediate(), config).unwrap();
-        put(&mut s, 1, b"a").unwrap();
+        let a = put(&mut s, 1, b"a").unwrap();
         put(&mut s, 1, b"b").unwrap();
         assert_eq!(put(&mut s, 1, b"c"), Err(StoreError::QuotaExceeded));
         assert!(put(&mut s, 2, b"c").is_ok());
+        // A message held already is still answered as stored at a full quota.
+        let again = put(&mut s, 1, b"a").unwrap();
+        assert!(!again.new && again.seq == a.seq);
+    }
+
+    #[test]
+    fn a_duplicate_under_group_commit_is_written_once() {
+        let mut s = MessageStore::open(MemoryBackend::default(), StoreConfig::default()).unwrap();
+        let a = put(&mut s, 1, b"same").unwrap();
+        let b = put(&mut s, 1, b"same").unwrap();
+        assert!(a.new && !b.new && a.seq == b.seq);
+        s.backend_mut().commit();
+        assert_eq!(s.totals(), (1, 4));
+        assert_eq!(
+            s.backend().durable.totals,
+            (1, 4),
+            "one insert reached the commit"
+        );
     }
 
     #[test]
