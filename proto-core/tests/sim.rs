@@ -498,10 +498,9 @@ fn delete_everywhere(sim: &mut Sim, owner: &IdentityKey, hashes: Option<&[Messag
     confirmed
 }
 
-fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
-    // The workload starts on a formed network: stores acknowledged while rings are
-    // partial land in swarms the whole ring does not give, and a message whose holders
-    // all leave its swarm is not handed over (docs/ARCHITECTURE.md, "Simulation").
+/// Runs `sim` until every running node counts every other as live (the network formed),
+/// for at most [`MAX_FORMING_MS`] after the settling time.
+fn wait_until_formed(sim: &mut Sim) -> Result<(), String> {
     sim.run_for(MIXED_SETTLE_MS);
     let mut waited = 0;
     while !sim.fully_joined() {
@@ -511,6 +510,14 @@ fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
         sim.run_for(1_000);
         waited += 1_000;
     }
+    Ok(())
+}
+
+fn run_mixed(sim: &mut Sim, seed: u64) -> Result<(), String> {
+    // The workload starts on a formed network: stores acknowledged while rings are
+    // partial land in swarms the whole ring does not give, and a message whose holders
+    // all leave its swarm is not handed over (docs/ARCHITECTURE.md, "Simulation").
+    wait_until_formed(sim)?;
     let owners: Vec<IdentityKey> = (0..3).map(|i| owner(i + (seed % 50) as u8)).collect();
     let mut acked: Vec<(usize, MessageHash)> = Vec::new();
     let mut deleted: Vec<(usize, MessageHash)> = Vec::new();
@@ -761,15 +768,7 @@ fn messages_among<'a>(received: &'a [Received], sent: &[Vec<u8>]) -> Result<Vec<
 /// member and from all of them together.
 fn large_messages_run(seed: u64) -> Result<(), String> {
     let mut sim = Sim::new(mixed_config(seed), seed);
-    sim.run_for(MIXED_SETTLE_MS);
-    let mut waited = 0;
-    while !sim.fully_joined() {
-        if waited >= MAX_FORMING_MS {
-            return Err(format!("the network did not form in {MAX_FORMING_MS} ms"));
-        }
-        sim.run_for(1_000);
-        waited += 1_000;
-    }
+    wait_until_formed(&mut sim)?;
     let owner = large_owner(seed);
     let contact = contact_of(&owner);
     let swarm = sim.swarm_of(&contact.recipient);
