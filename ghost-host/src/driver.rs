@@ -359,7 +359,10 @@ impl Engine {
                 self.drain();
             }
             self.rotate_tls_key(t);
-            if self.until_commit(last_commit) == Some(Duration::ZERO) && self.commit() {
+            if self.until_commit(last_commit) == Some(Duration::ZERO) {
+                // Counted as a commit even when none could start (a closed database): the
+                // next attempt waits an interval instead of spinning.
+                self.commit();
                 last_commit = Some(Instant::now());
             }
             if save_peers_at <= Instant::now() {
@@ -441,10 +444,10 @@ impl Engine {
         }
     }
 
-    /// Sends every write since the last commit to the writer thread as one group;
-    /// `false` when there was nothing to send or the writer is still busy.
-    fn commit(&mut self) -> bool {
-        self.node.backend_mut().start_commit()
+    /// Sends every write since the last commit to the writer thread as one group (a
+    /// no-op while it is busy: the run loop sends the next group once it is done).
+    fn commit(&mut self) {
+        self.node.backend_mut().start_commit();
     }
 
     /// A group commit finished: take the durable state in and release the acks waiting

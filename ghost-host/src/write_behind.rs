@@ -167,19 +167,16 @@ impl WriteBehind {
 
     /// Hands the writes since the last group commit to the writer thread, unless it is
     /// still busy with the previous group (then they go once it is done). Never blocks.
-    /// Returns whether a group went to the writer.
-    pub fn start_commit(&mut self) -> bool {
+    pub fn start_commit(&mut self) {
         if self.frozen.is_some() || self.active.writes == 0 {
-            return false;
+            return;
         }
         let batch = Arc::new(std::mem::take(&mut self.active));
         if self.to_writer.send(ToWriter::Commit(batch.clone())).is_ok() {
             self.frozen = Some(batch);
-            true
         } else {
             // The writer is gone (closed): nothing more becomes durable.
             self.active = Arc::try_unwrap(batch).unwrap_or_default();
-            false
         }
     }
 
@@ -855,9 +852,7 @@ mod tests {
                     db.put_delete_range(r.clone()).unwrap();
                     model.put_delete_range(r).unwrap();
                 }
-                9 | 10 => {
-                    db.start_commit();
-                }
+                9 | 10 => db.start_commit(),
                 _ => settle(&mut db),
             }
             // Sometimes the writer finishes while the node works on.
