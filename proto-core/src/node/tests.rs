@@ -919,8 +919,12 @@ fn a_member_that_missed_a_delete_deletes_its_copy_only_on_the_owners_own_delete(
     assert_eq!(n.stats.deletes_learned, 1);
 }
 
-/// The relays of a signed change `n` has sent: (exchange, peer).
-fn relays_sent(n: &mut Node<MemoryBackend>, now: Timestamp) -> Vec<(TransmitId, NodeId)> {
+/// The peer requests `n` sends when its outputs are polled, decoded: (exchange, peer,
+/// request).
+fn peer_requests_sent(
+    n: &mut Node<MemoryBackend>,
+    now: Timestamp,
+) -> Vec<(TransmitId, NodeId, PeerRequest)> {
     core::iter::from_fn(|| n.poll_output())
         .filter_map(|o| match o {
             Output::Transmit {
@@ -929,13 +933,22 @@ fn relays_sent(n: &mut Node<MemoryBackend>, now: Timestamp) -> Vec<(TransmitId, 
                 endpoint: Endpoint::Peer,
                 body,
                 ..
-            } => match peer::decode_request(&body, now, 60_000, peer::Session::None, |_| {
+            } => peer::decode_request(&body, now, 60_000, peer::Session::None, |_| {
                 Some(crate::TlsKeyHash::default())
-            }) {
-                Ok(a) if matches!(a.request, PeerRequest::Relay(_)) => Some((id, peer)),
-                _ => None,
-            },
+            })
+            .ok()
+            .map(|a| (id, peer, a.request)),
             _ => None,
+        })
+        .collect()
+}
+
+/// The relays of a signed change `n` has sent: (exchange, peer).
+fn relays_sent(n: &mut Node<MemoryBackend>, now: Timestamp) -> Vec<(TransmitId, NodeId)> {
+    peer_requests_sent(n, now)
+        .into_iter()
+        .filter_map(|(id, peer, request)| {
+            matches!(request, PeerRequest::Relay(_)).then_some((id, peer))
         })
         .collect()
 }
@@ -1153,25 +1166,12 @@ fn replicates_sent(
     n: &mut Node<MemoryBackend>,
     now: Timestamp,
 ) -> Vec<(TransmitId, NodeId, Vec<MessageHash>)> {
-    core::iter::from_fn(|| n.poll_output())
-        .filter_map(|o| match o {
-            Output::Transmit {
-                id,
-                to: Some(peer),
-                endpoint: Endpoint::Peer,
-                body,
-                ..
-            } => match peer::decode_request(&body, now, 60_000, peer::Session::None, |_| {
-                Some(crate::TlsKeyHash::default())
-            }) {
-                Ok(a) => match a.request {
-                    PeerRequest::Replicate(ms) => {
-                        Some((id, peer, ms.iter().map(WireMessage::hash).collect()))
-                    }
-                    _ => None,
-                },
-                Err(_) => None,
-            },
+    peer_requests_sent(n, now)
+        .into_iter()
+        .filter_map(|(id, peer, request)| match request {
+            PeerRequest::Replicate(ms) => {
+                Some((id, peer, ms.iter().map(WireMessage::hash).collect()))
+            }
             _ => None,
         })
         .collect()
