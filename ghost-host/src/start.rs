@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::config::{AdminListen, Config, LogFormat};
 use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
 use crate::peers;
+use crate::redb_store::DatabaseOptions;
 use crate::service::Host;
 use crate::tls::{KeyFile, Links, TlsLinks, TlsRotation};
 use crate::write_behind::WriteBehind;
@@ -247,11 +248,12 @@ pub fn start(
         }
     }
     let started = std::time::Instant::now();
-    let backend = WriteBehind::open(
-        &data_dir.join("messages.redb"),
-        config.store.cache_mib << 20,
-    )
-    .map_err(|e| format!("cannot open the message database: {e}"))?;
+    let database = DatabaseOptions {
+        cache_bytes: config.store.cache_mib << 20,
+        quick_repair: config.store.quick_repair,
+    };
+    let backend = WriteBehind::open(&data_dir.join("messages.redb"), &database)
+        .map_err(|e| format!("cannot open the message database: {e}"))?;
     let mut rng = UnwrapErr(getrandom::SysRng);
     // A fresh onion key and epoch at every start: the replay filter does not survive a
     // restart.

@@ -27,7 +27,7 @@ use proto_core::store::{DeleteRange, MessageBackend, StoreError, StoredMessage, 
 use proto_core::{MessageHash, Namespace, RecipientId, Timestamp};
 use redb::ReadTransaction;
 
-use crate::redb_store::RedbBackend;
+use crate::redb_store::{DatabaseOptions, RedbBackend};
 
 type Waker = Box<dyn Fn() + Send>;
 
@@ -129,10 +129,9 @@ impl std::fmt::Debug for WriteBehind {
 }
 
 impl WriteBehind {
-    /// Opens (or creates) the database at `path` with a page cache of `cache_bytes` and
-    /// starts its writer thread.
-    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, String> {
-        let db = RedbBackend::open_with_cache(path, cache_bytes).map_err(|e| e.to_string())?;
+    /// Opens (or creates) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path, options: &DatabaseOptions) -> Result<Self, String> {
+        let db = RedbBackend::open_with(path, options).map_err(|e| e.to_string())?;
         let snapshot = db.snapshot_now().map_err(|e| e.to_string())?;
         let reader = db.reader(snapshot);
         let (to_writer, commands) = mpsc::channel();
@@ -698,7 +697,11 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> WriteBehind {
-        WriteBehind::open(&dir.join("messages.redb"), 1 << 20).unwrap()
+        let options = DatabaseOptions {
+            cache_bytes: 1 << 20,
+            ..DatabaseOptions::default()
+        };
+        WriteBehind::open(&dir.join("messages.redb"), &options).unwrap()
     }
 
     /// Polls until the writer finished the group in its hands.
