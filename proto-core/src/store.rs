@@ -824,14 +824,15 @@ pub fn delete_covers(d: &DeleteRequest<'_>, m: &StoredMessage) -> bool {
     }
 }
 
-/// The records and indexes of a memory backend. Records live in the recipient index, so
-/// a cursor retrieval reads them in one range scan.
+/// The records and indexes of a memory backend. Records live with their recipient's
+/// usage, in a small tree per recipient: a store reads the quota and files the record
+/// in one place (a new message appends to its recipient's tree), and a cursor retrieval
+/// reads them in one range scan.
 #[derive(Clone, Debug, Default)]
 struct Tables {
-    by_key: BTreeMap<(RecipientId, Namespace, u64), StoredMessage>,
+    by_recipient: BTreeMap<RecipientId, Held>,
     key_of: BTreeMap<MessageHash, (RecipientId, Namespace, u64)>,
     by_expiry: BTreeSet<(Timestamp, MessageHash)>,
-    usage: BTreeMap<RecipientId, (u64, u64)>,
     totals: (u64, u64),
     last_seq: u64,
     tombstones: BTreeMap<MessageHash, Tombstone>,
@@ -840,9 +841,29 @@ struct Tables {
     delete_ranges_by_until: BTreeSet<(Timestamp, RecipientId, Namespace)>,
 }
 
+/// What one recipient holds in a memory backend.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    count: u64,
+    bytes: u64,
+    messages: BTreeMap<(Namespace, u64), StoredMessage>,
+}
+
 impl Tables {
     fn get(&self, hash: &MessageHash) -> Option<&StoredMessage> {
-        self.key_of.get(hash).and_then(|k| self.by_key.get(k))
+        let (recipient, namespace, seq) = self.key_of.get(hash)?;
+        self.by_recipient
+            .get(recipient)?
+            .messages
+            .get(&(*namespace, *seq))
+    }
+
+    fn get_mut(&mut self, hash: &MessageHash) -> Option<&mut StoredMessage> {
+        let (recipient, namespace, seq) = self.key_of.get(hash)?;
+        self.by_recipient
+            .get_mut(recipient)?
+            .messages
+            .get_mut(&(*namespace, *seq))
     }
 
     fn insert(&mut self, m: StoredMessage) {
@@ -856,8 +877,11 @@ impl Tables {
     fn insert_unless_held(&mut self, m: StoredMessage) -> Option<&StoredMessage> {
         match self.key_of.entry(m.hash) {
             alloc::collections::btree_map::Entry::Occupied(held) => {
-                let key = *held.get();
-                self.by_key.get(&key)
+                let (recipient, namespace, seq) = *held.get();
+                self.by_recipient
+                    .get(&recipient)?
+                    .messages
+                    .get(&(namespace, seq))
             }
             alloc::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert((m.recipient, m.namespace, m.seq));
@@ -870,29 +894,27 @@ impl Tables {
     /// Files `m`, already in the hash index, in every other index.
     fn index(&mut self, m: StoredMessage) {
         let len = m.body.len() as u64;
-        let key = (m.recipient, m.namespace, m.seq);
         self.by_expiry.insert((m.expiry, m.hash));
-        let u = self.usage.entry(m.recipient).or_default();
-        u.0 += 1;
-        u.1 += len;
         self.totals.0 += 1;
         self.totals.1 += len;
         self.last_seq = self.last_seq.max(m.seq);
-        self.by_key.insert(key, m);
+        let held = self.by_recipient.entry(m.recipient).or_default();
+        held.count += 1;
+        held.bytes += len;
+        held.messages.insert((m.namespace, m.seq), m);
     }
 
     fn remove(&mut self, hash: &MessageHash) -> Option<StoredMessage> {
-        let key = self.key_of.remove(hash)?;
-        let m = self.by_key.remove(&key)?;
+        let (recipient, namespace, seq) = self.key_of.remove(hash)?;
+        let held = self.by_recipient.get_mut(&recipient)?;
+        let m = held.messages.remove(&(namespace, seq))?;
         let len = m.body.len() as u64;
-        self.by_expiry.remove(&(m.expiry, m.hash));
-        if let Some(u) = self.usage.get_mut(&m.recipient) {
-            u.0 -= 1;
-            u.1 -= len;
-            if u.0 == 0 {
-                self.usage.remove(&m.recipient);
-            }
+        held.count -= 1;
+        held.bytes -= len;
+        if held.count == 0 {
+            self.by_recipient.remove(&recipient);
         }
+        self.by_expiry.remove(&(m.expiry, m.hash));
         self.totals.0 -= 1;
         self.totals.1 -= len;
         Some(m)
@@ -929,11 +951,12 @@ impl Tables {
     }
 
     fn set_expiry(&mut self, hash: &MessageHash, expiry: Timestamp) -> bool {
-        let Some(m) = self.key_of.get(hash).and_then(|k| self.by_key.get_mut(k)) else {
+        let Some(m) = self.get_mut(hash) else {
             return false;
         };
-        self.by_expiry.remove(&(m.expiry, m.hash));
+        let old = m.expiry;
         m.expiry = expiry;
+        self.by_expiry.remove(&(old, *hash));
         self.by_expiry.insert((expiry, *hash));
         true
     }
@@ -1125,11 +1148,13 @@ impl MessageBackend for MemoryBackend {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let from = (*recipient, namespace, after.saturating_add(1));
-        let to = (*recipient, namespace, u64::MAX);
-        Ok(self
-            .live
-            .by_key
+        let Some(held) = self.live.by_recipient.get(recipient) else {
+            return Ok(Vec::new());
+        };
+        let from = (namespace, after.saturating_add(1));
+        let to = (namespace, u64::MAX);
+        Ok(held
+            .messages
             .range(from..=to)
             .take(limit)
             .map(|(_, m)| m.clone())
@@ -1151,7 +1176,12 @@ impl MessageBackend for MemoryBackend {
         &self,
         visit: &mut dyn FnMut(&MessageHash, &RecipientId),
     ) -> Result<(), StoreError> {
-        for m in self.live.by_key.values() {
+        for m in self
+            .live
+            .by_recipient
+            .values()
+            .flat_map(|h| h.messages.values())
+        {
             visit(&m.hash, &m.recipient);
         }
         Ok(())
@@ -1176,7 +1206,10 @@ impl MessageBackend for MemoryBackend {
     }
 
     fn usage(&self, recipient: &RecipientId) -> (u64, u64) {
-        self.live.usage.get(recipient).copied().unwrap_or((0, 0))
+        self.live
+            .by_recipient
+            .get(recipient)
+            .map_or((0, 0), |h| (h.count, h.bytes))
     }
 
     fn totals(&self) -> (u64, u64) {
