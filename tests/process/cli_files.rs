@@ -175,21 +175,7 @@ fn files_and_stdin_in_byte_identical_files_out() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     // The cursors moved past both: a second fetch writes nothing and removes nothing.
-    let again = run_ghost(
-        &[
-            "fetch",
-            "--via",
-            &seed,
-            "--key",
-            key,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        CLI_TIMEOUT,
-    );
-    assert!(again.status.success(), "{again:?}");
-    assert!(text(&again.stdout).contains("no new messages"), "{again:?}");
-    assert_eq!(messages_in(&out), found);
+    assert_a_second_fetch_finds_nothing(&seed, key, &out, &found);
 }
 
 #[test]
@@ -269,21 +255,22 @@ fn large_messages_from_files_and_stdin_come_back_whole() {
     assert_eq!(name_lengths, [32, 32, 32, 32, 32, 32, 64, 64]);
 
     // Everything was handed out: nothing waits, and a second fetch has nothing new.
-    let again = run_ghost(
-        &[
-            "fetch",
-            "--via",
-            &seed,
-            "--key",
-            key,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        CLI_TIMEOUT,
-    );
+    assert_a_second_fetch_finds_nothing(&seed, key, &out, &found);
+}
+
+/// `ghost fetch --out OUT` again finds nothing new, and `OUT` still holds exactly `found`.
+fn assert_a_second_fetch_finds_nothing(
+    seed: &str,
+    key: &str,
+    out: &Path,
+    found: &BTreeMap<String, Vec<u8>>,
+) {
+    let out_dir = out.to_str().unwrap();
+    let args = ["fetch", "--via", seed, "--key", key, "--out", out_dir];
+    let again = run_ghost(&args, CLI_TIMEOUT);
     assert!(again.status.success(), "{again:?}");
     assert!(text(&again.stdout).contains("no new messages"), "{again:?}");
-    assert_eq!(messages_in(&out), found);
+    assert_eq!(&messages_in(out), found);
 }
 
 /// `ghost send --file PATH` with no node at the seed: what it says before any network.
