@@ -955,6 +955,17 @@ mod tests {
         assert_eq!(page.messages[0].body, b"kept");
     }
 
+    /// Whether redb repairs the database at `path` when opening it.
+    fn opening_repairs(path: &Path) -> bool {
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::clone(&repaired);
+        redb::Builder::new()
+            .set_repair_callback(move |_| seen.store(true, std::sync::atomic::Ordering::SeqCst))
+            .create(path)
+            .unwrap();
+        repaired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// A crash as the disk sees it: the file as the last commit left it, never closed.
     /// Copying it while the database is open gives exactly that (a commit's pages are in
     /// the file before `commit` returns), without killing a process.
@@ -990,12 +1001,20 @@ mod tests {
                 s.backend_mut().commit().unwrap();
             }
             let lost = insert(&mut s, 1000).hash;
-            std::fs::copy(
-                dir.path().join("live.redb"),
-                dir.path().join("crashed.redb"),
-            )
-            .unwrap();
+            for copy in ["crashed.redb", "crashed-probe.redb"] {
+                std::fs::copy(dir.path().join("live.redb"), dir.path().join(copy)).unwrap();
+            }
+            s.backend_mut().close().unwrap();
             drop(s);
+            assert_eq!(
+                opening_repairs(&dir.path().join("crashed-probe.redb")),
+                !quick_repair,
+                "a file left by a crash needs a repair walk unless commits saved the allocator"
+            );
+            assert!(
+                !opening_repairs(&dir.path().join("live.redb")),
+                "a closed file needs no repair (quick_repair {quick_repair})"
+            );
 
             let mut s = open("crashed.redb");
             assert_eq!(s.totals().0, 100, "quick_repair {quick_repair}");
