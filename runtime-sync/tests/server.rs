@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ghost_host::config::HttpSection;
 use ghost_host::driver::now;
+use ghost_host::redb_store::DatabaseOptions;
 use ghost_host::write_behind::WriteBehind;
 use proto_core::Epoch;
 use proto_core::keys::{Address, IdentityKey, OnionKey};
@@ -48,7 +49,7 @@ fn serve_over(http: HttpSection, links: Links) -> Served {
         tls_key_hash: TlsKeyHash(tls_key().key_hash()),
         address: Address::new(&address).unwrap(),
     };
-    let backend = WriteBehind::open(&dir.path().join("messages.redb"), 1 << 20).unwrap();
+    let backend = WriteBehind::open(&dir.path().join("messages.redb"), &small_cache()).unwrap();
     let node = Node::new(
         NodeConfig::default(),
         keys,
@@ -292,4 +293,12 @@ fn plain_http_on_a_tls_listener_gets_a_json_400_naming_tls() {
     let answer = read_all(&mut s, Duration::from_secs(10));
     assert_eq!(statuses(&answer), ["400"], "{answer}");
     assert!(answer.contains(r#""error":"tls_required""#), "{answer}");
+}
+
+/// A 1 MiB page cache: test nodes hold a few messages each.
+fn small_cache() -> DatabaseOptions {
+    DatabaseOptions {
+        cache_bytes: 1 << 20,
+        ..DatabaseOptions::default()
+    }
 }
