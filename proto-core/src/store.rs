@@ -851,7 +851,14 @@ struct Held {
 
 impl Tables {
     fn get(&self, hash: &MessageHash) -> Option<&StoredMessage> {
-        let (recipient, namespace, seq) = self.key_of.get(hash)?;
+        self.key_of.get(hash).and_then(|key| self.at(key))
+    }
+
+    /// The record filed under `(recipient, namespace, seq)`, a value of the hash index.
+    fn at(
+        &self,
+        (recipient, namespace, seq): &(RecipientId, Namespace, u64),
+    ) -> Option<&StoredMessage> {
         self.by_recipient
             .get(recipient)?
             .messages
@@ -877,11 +884,8 @@ impl Tables {
     fn insert_unless_held(&mut self, m: StoredMessage) -> Option<&StoredMessage> {
         match self.key_of.entry(m.hash) {
             alloc::collections::btree_map::Entry::Occupied(held) => {
-                let (recipient, namespace, seq) = *held.get();
-                self.by_recipient
-                    .get(&recipient)?
-                    .messages
-                    .get(&(namespace, seq))
+                let key = *held.get();
+                self.at(&key)
             }
             alloc::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert((m.recipient, m.namespace, m.seq));
