@@ -252,6 +252,17 @@ pub struct DatabaseOptions {
     pub quick_repair: bool,
 }
 
+impl DatabaseOptions {
+    /// The defaults with a page cache of `cache_bytes`.
+    #[must_use]
+    pub fn with_cache_bytes(cache_bytes: usize) -> Self {
+        Self {
+            cache_bytes,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for DatabaseOptions {
     fn default() -> Self {
         Self {

@@ -697,10 +697,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> WriteBehind {
-        let options = DatabaseOptions {
-            cache_bytes: 1 << 20,
-            ..DatabaseOptions::default()
-        };
+        let options = DatabaseOptions::with_cache_bytes(1 << 20);
         WriteBehind::open(&dir.join("messages.redb"), &options).unwrap()
     }
 

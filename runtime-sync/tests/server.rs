@@ -49,7 +49,11 @@ fn serve_over(http: HttpSection, links: Links) -> Served {
         tls_key_hash: TlsKeyHash(tls_key().key_hash()),
         address: Address::new(&address).unwrap(),
     };
-    let backend = WriteBehind::open(&dir.path().join("messages.redb"), &small_cache()).unwrap();
+    let backend = WriteBehind::open(
+        &dir.path().join("messages.redb"),
+        &DatabaseOptions::with_cache_bytes(1 << 20),
+    )
+    .unwrap();
     let node = Node::new(
         NodeConfig::default(),
         keys,
@@ -293,12 +297,4 @@ fn plain_http_on_a_tls_listener_gets_a_json_400_naming_tls() {
     let answer = read_all(&mut s, Duration::from_secs(10));
     assert_eq!(statuses(&answer), ["400"], "{answer}");
     assert!(answer.contains(r#""error":"tls_required""#), "{answer}");
-}
-
-/// A 1 MiB page cache: test nodes hold a few messages each.
-fn small_cache() -> DatabaseOptions {
-    DatabaseOptions {
-        cache_bytes: 1 << 20,
-        ..DatabaseOptions::default()
-    }
 }

@@ -105,7 +105,11 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
     };
     for (i, listener) in listeners.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = WriteBehind::open(&dir.path().join("messages.redb"), &small_cache()).unwrap();
+        let backend = WriteBehind::open(
+            &dir.path().join("messages.redb"),
+            &DatabaseOptions::with_cache_bytes(1 << 20),
+        )
+        .unwrap();
         let tls_key = TlsKey::from_secret_bytes(&[u8::try_from(i).unwrap() + 0x80; 32]);
         let keys = NodeKeys {
             identity: IdentityKey::from_seed(&[u8::try_from(i).unwrap() + 1; 32]),
@@ -132,12 +136,4 @@ pub fn start(n: usize, config: &NodeConfig, http: &HttpSection) -> Network {
     let runner = ex.clone();
     std::thread::spawn(move || smol::block_on(runner.run(smol::future::pending::<()>())));
     net
-}
-
-/// A 1 MiB page cache: test nodes hold a few messages each.
-fn small_cache() -> DatabaseOptions {
-    DatabaseOptions {
-        cache_bytes: 1 << 20,
-        ..DatabaseOptions::default()
-    }
 }
