@@ -777,12 +777,16 @@ mod tests {
         seen.sort_unstable();
         expected.sort_unstable();
         assert_eq!(seen, expected, "for_each, step {step}");
+        let first_byte = hashes.first().map_or(0, |h| h.0[0]);
         let mut bucket = Vec::new();
-        db.for_each_in_bucket(hashes.first().map_or(0, |h| h.0[0]), &mut |h, _| {
-            bucket.push(*h)
-        })
-        .unwrap();
-        assert!(bucket.iter().all(|h| seen.iter().any(|(s, _)| s == h)));
+        db.for_each_in_bucket(first_byte, &mut |h, r| bucket.push((*h, *r)))
+            .unwrap();
+        let mut expected_bucket = Vec::new();
+        model
+            .for_each_in_bucket(first_byte, &mut |h, r| expected_bucket.push((*h, *r)))
+            .unwrap();
+        bucket.sort_unstable();
+        assert_eq!(bucket, expected_bucket, "bucket {first_byte}, step {step}");
     }
 
     #[test]

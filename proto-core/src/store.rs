@@ -18,6 +18,9 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
 use sha2::{Digest, Sha256};
 
 use crate::request::{DeleteRequest, DeleteSelector, Origin};
@@ -831,7 +834,7 @@ pub fn delete_covers(d: &DeleteRequest<'_>, m: &StoredMessage) -> bool {
 #[derive(Clone, Debug, Default)]
 struct Tables {
     by_recipient: BTreeMap<RecipientId, Held>,
-    key_of: BTreeMap<MessageHash, (RecipientId, Namespace, u64)>,
+    key_of: HashIndex,
     by_expiry: BTreeSet<(Timestamp, MessageHash)>,
     totals: (u64, u64),
     last_seq: u64,
@@ -839,6 +842,113 @@ struct Tables {
     tombstones_by_until: BTreeSet<(Timestamp, MessageHash)>,
     delete_ranges: BTreeMap<(RecipientId, Namespace), DeleteRange>,
     delete_ranges_by_until: BTreeSet<(Timestamp, RecipientId, Namespace)>,
+}
+
+/// Where a record is filed: `(recipient, namespace, seq)`, its key in [`Tables::by_recipient`].
+type Place = (RecipientId, Namespace, u64);
+
+/// The memory backend's hash index: each record's [`Place`] by its message hash, in one
+/// hash table per first byte of the hash (an anti-entropy bucket, listed without reading
+/// the others).
+///
+/// A hash table, not a tree, because every store looks up a hash at a random place:
+/// a tree of 100,000 hashes costs several cache misses per search, a table one or two
+/// (docs/PERFORMANCE.md, section "Store insert"). The slot hash mixes the message hash
+/// with a key, random per table with `std` (fixed without it), so that messages ground
+/// to collide in one table would need the key as well as SHA-256 preimage work; what
+/// the table's order would show, bucket listings sort.
+#[derive(Clone, Debug)]
+struct HashIndex {
+    buckets: Vec<HashTable<(MessageHash, Place)>>,
+    key: [u64; 2],
+}
+
+impl Default for HashIndex {
+    fn default() -> Self {
+        Self {
+            buckets: (0..=u8::MAX).map(|_| HashTable::new()).collect(),
+            key: hash_index_key(),
+        }
+    }
+}
+
+/// A fresh key for a [`HashIndex`]: random with `std`, a fixed constant without it.
+fn hash_index_key() -> [u64; 2] {
+    #[cfg(feature = "std")]
+    {
+        use core::hash::BuildHasher;
+        let random = std::hash::RandomState::new();
+        [random.hash_one(0u8), random.hash_one(1u8)]
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344]
+    }
+}
+
+/// The slot hash of `hash` in its bucket's table: a folded multiply of two of its words
+/// (the first byte chose the bucket) mixed with the index's `key`.
+fn slot_hash(key: [u64; 2], hash: &MessageHash) -> u64 {
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&hash.0[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let product = u128::from(word(8) ^ key[0]) * u128::from(word(16) ^ key[1]);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl HashIndex {
+    fn get(&self, hash: &MessageHash) -> Option<&Place> {
+        self.buckets[usize::from(hash.0[0])]
+            .find(slot_hash(self.key, hash), |(h, _)| h == hash)
+            .map(|(_, place)| place)
+    }
+
+    /// The entry of `hash`, found or to be filled, in one search.
+    fn entry(&mut self, hash: &MessageHash) -> Entry<'_, (MessageHash, Place)> {
+        let key = self.key;
+        self.buckets[usize::from(hash.0[0])].entry(
+            slot_hash(key, hash),
+            |(h, _)| h == hash,
+            move |(h, _)| slot_hash(key, h),
+        )
+    }
+
+    fn insert(&mut self, hash: MessageHash, place: Place) {
+        match self.entry(&hash) {
+            Entry::Occupied(mut held) => held.get_mut().1 = place,
+            Entry::Vacant(slot) => {
+                slot.insert((hash, place));
+            }
+        }
+    }
+
+    /// Files `place` under `hash` unless the hash is held: then returns the held place.
+    fn insert_unless_held(&mut self, hash: MessageHash, place: Place) -> Option<Place> {
+        match self.entry(&hash) {
+            Entry::Occupied(held) => Some(held.get().1),
+            Entry::Vacant(slot) => {
+                slot.insert((hash, place));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: &MessageHash) -> Option<Place> {
+        let held = self.buckets[usize::from(hash.0[0])]
+            .find_entry(slot_hash(self.key, hash), |(h, _)| h == hash)
+            .ok()?;
+        Some(held.remove().0.1)
+    }
+
+    /// The bucket of hashes starting with `first_byte`, in hash order (the order a
+    /// disk backend's index lists them in, and the same on every run).
+    fn bucket_in_order(&self, first_byte: u8) -> Vec<&(MessageHash, Place)> {
+        let mut listed: Vec<_> = self.buckets[usize::from(first_byte)].iter().collect();
+        listed.sort_unstable_by_key(|(hash, _)| *hash);
+        listed
+    }
 }
 
 /// What one recipient holds in a memory backend.
@@ -882,13 +992,12 @@ impl Tables {
     /// Inserts `m` unless its hash is held (then returns the held record), with one
     /// search of the hash index.
     fn insert_unless_held(&mut self, m: StoredMessage) -> Option<&StoredMessage> {
-        match self.key_of.entry(m.hash) {
-            alloc::collections::btree_map::Entry::Occupied(held) => {
-                let key = *held.get();
-                self.at(&key)
-            }
-            alloc::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert((m.recipient, m.namespace, m.seq));
+        match self
+            .key_of
+            .insert_unless_held(m.hash, (m.recipient, m.namespace, m.seq))
+        {
+            Some(place) => self.at(&place),
+            None => {
                 self.index(m);
                 None
             }
@@ -1196,14 +1305,7 @@ impl MessageBackend for MemoryBackend {
         first_byte: u8,
         visit: &mut dyn FnMut(&MessageHash, &RecipientId),
     ) -> Result<(), StoreError> {
-        let mut start = [0u8; 32];
-        start[0] = first_byte;
-        let in_bucket = self
-            .live
-            .key_of
-            .range(MessageHash(start)..)
-            .take_while(|(h, _)| h.0[0] == first_byte);
-        for (hash, (recipient, _, _)) in in_bucket {
+        for (hash, (recipient, _, _)) in self.live.key_of.bucket_in_order(first_byte) {
             visit(hash, recipient);
         }
         Ok(())
@@ -1267,6 +1369,47 @@ mod tests {
             NewMessage::unsigned(r(who), Namespace::DIRECT, body, NOW, NOW.plus_millis(1000)),
             NOW,
         )
+    }
+
+    #[test]
+    fn the_hash_index_finds_every_record_and_lists_each_bucket_in_hash_order() {
+        let config = StoreConfig {
+            recipient_max_messages: u64::MAX,
+            ..StoreConfig::default()
+        };
+        let mut s = MessageStore::open(MemoryBackend::default(), config).unwrap();
+        let mut held = BTreeMap::new();
+        // Enough messages that every bucket's table grows several times.
+        for i in 0..20_000u32 {
+            let stored = put(&mut s, (i % 7) as u8, &i.to_be_bytes()).unwrap();
+            held.insert(stored.hash, r((i % 7) as u8));
+        }
+        let removed: Vec<MessageHash> = held.keys().copied().step_by(3).collect();
+        s.delete_hashes(&r(0), Namespace::DIRECT, removed.iter().copied(), NOW)
+            .unwrap();
+        for hash in &removed {
+            if held[hash] == r(0) {
+                held.remove(hash);
+            }
+        }
+        for (hash, recipient) in &held {
+            let found = s.backend().get(hash).unwrap().expect("held");
+            assert_eq!((found.hash, found.recipient), (*hash, *recipient));
+        }
+        for bucket in 0..=u8::MAX {
+            let mut listed = Vec::new();
+            s.for_each_in_bucket(bucket, &mut |h, r| listed.push((*h, *r)))
+                .unwrap();
+            let expected: Vec<_> = held
+                .iter()
+                .filter(|(h, _)| h.0[0] == bucket)
+                .map(|(h, r)| (*h, *r))
+                .collect();
+            assert_eq!(listed, expected, "bucket {bucket}");
+        }
+        // A duplicate is found through the index after the table grew.
+        let again = put(&mut s, 3, &3u32.to_be_bytes()).unwrap();
+        assert!(!again.new);
     }
 
     #[test]
