@@ -2,8 +2,9 @@
 //! `ghost_host::write_behind::WriteBehind`, redb written behind by its own thread, as
 //! `ghostnode` runs it. Run: `cargo bench -p ghost-benches --bench disk`. The database
 //! lives under Cargo's target directory (a real disk, so fsync costs what it costs), not
-//! in `/tmp`, which may be memory. Not run in CI: wall time and fsync are noisy on shared
-//! machines.
+//! in `/tmp`, which may be memory; `GHOST_BENCH_DIR` puts it elsewhere (the disk a node
+//! will use, or `/dev/shm` to see the CPU without the disk). Not run in CI: wall time
+//! and fsync are noisy on shared machines.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -91,7 +92,11 @@ impl DiskStore {
 /// `timed_commits` says whether the commits are timed too: without, the figure is the
 /// node thread's part of a store; with, it is a store made durable, one group at a time.
 fn insert_holding(c: &mut Criterion, name: &str, timed_commits: bool) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let parent = std::env::var_os("GHOST_BENCH_DIR").map_or_else(
+        || env!("CARGO_TARGET_TMPDIR").into(),
+        std::path::PathBuf::from,
+    );
+    let dir = tempfile::tempdir_in(&parent).expect("a temporary directory in GHOST_BENCH_DIR");
     let recipients = HELD / 10;
     let mut s = DiskStore::open(dir.path());
     for i in 0..HELD {

@@ -12,6 +12,7 @@
 //! `by_hash` `hash → messages key`, `by_expiry` `expiry ‖ hash → ∅`,
 //! `usage` `recipient → count ‖ bytes`, `meta` `name → u64`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -592,32 +593,122 @@ impl RedbBackend {
 
     /// Inserts `m` (whose hash is absent) without taking it.
     pub(crate) fn put_message(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        self.put_messages(std::iter::once(m))
+    }
+
+    /// Inserts `messages` (none of whose hashes is held) without taking them. Each table
+    /// is opened once for all of them, and each recipient's usage and the totals are
+    /// read and written once: a group commit of several stores pays for one, not one
+    /// each (opening a table and its root update at the commit cost more than the
+    /// record's insert).
+    pub(crate) fn put_messages<'a>(
+        &mut self,
+        messages: impl IntoIterator<Item = &'a StoredMessage>,
+    ) -> Result<(), StoreError> {
         let txn = self.write()?;
-        let key = message_key(&m.recipient, m.namespace, m.seq);
-        txn.open_table(MESSAGES)
-            .map_err(backend_error)?
-            .insert(key.as_slice(), encode_value(m).as_slice())
-            .map_err(backend_error)?;
-        txn.open_table(BY_HASH)
-            .map_err(backend_error)?
-            .insert(m.hash.as_bytes().as_slice(), key.as_slice())
-            .map_err(backend_error)?;
-        txn.open_table(BY_EXPIRY)
-            .map_err(backend_error)?
-            .insert(expiry_key(m.expiry, &m.hash).as_slice(), ())
-            .map_err(backend_error)?;
-        let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
-        Self::add_usage(txn, &m.recipient, 1, len)?;
-        Self::add_meta(txn, TOTAL_COUNT, 1)?;
-        Self::add_meta(txn, TOTAL_BYTES, len)?;
+        let mut usage: BTreeMap<RecipientId, (i64, i64)> = BTreeMap::new();
+        let (mut count, mut bytes, mut last_seq) = (0i64, 0i64, None);
+        {
+            let mut records = txn.open_table(MESSAGES).map_err(backend_error)?;
+            let mut by_hash = txn.open_table(BY_HASH).map_err(backend_error)?;
+            let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(backend_error)?;
+            for m in messages {
+                let key = message_key(&m.recipient, m.namespace, m.seq);
+                records
+                    .insert(key.as_slice(), encode_value(m).as_slice())
+                    .map_err(backend_error)?;
+                by_hash
+                    .insert(m.hash.as_bytes().as_slice(), key.as_slice())
+                    .map_err(backend_error)?;
+                by_expiry
+                    .insert(expiry_key(m.expiry, &m.hash).as_slice(), ())
+                    .map_err(backend_error)?;
+                let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
+                let held = usage.entry(m.recipient).or_default();
+                held.0 += 1;
+                held.1 = held.1.saturating_add(len);
+                count += 1;
+                bytes = bytes.saturating_add(len);
+                last_seq = last_seq.max(Some(m.seq));
+            }
+        }
+        let Some(last_seq) = last_seq else {
+            return Ok(());
+        };
+        Self::add_counts(txn, &usage, count, bytes)?;
         let mut meta = txn.open_table(META).map_err(backend_error)?;
         let last = meta
             .get(LAST_SEQ)
             .map_err(backend_error)?
             .map_or(0, |v| v.value());
-        meta.insert(LAST_SEQ, last.max(m.seq))
+        meta.insert(LAST_SEQ, last.max(last_seq))
             .map_err(backend_error)?;
         Ok(())
+    }
+
+    /// Removes the messages of `hashes` that are held (the others are skipped), with each
+    /// table opened once and each recipient's usage and the totals written once, as
+    /// [`RedbBackend::put_messages`] does for inserts (an expiry sweep removes many).
+    pub(crate) fn remove_messages<'a>(
+        &mut self,
+        hashes: impl IntoIterator<Item = &'a MessageHash>,
+    ) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        let mut usage: BTreeMap<RecipientId, (i64, i64)> = BTreeMap::new();
+        let (mut count, mut bytes) = (0i64, 0i64);
+        {
+            let mut records = txn.open_table(MESSAGES).map_err(backend_error)?;
+            let mut by_hash = txn.open_table(BY_HASH).map_err(backend_error)?;
+            let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(backend_error)?;
+            for hash in hashes {
+                let Some(key) = by_hash
+                    .get(hash.as_bytes().as_slice())
+                    .map_err(backend_error)?
+                    .map(|v| v.value().to_vec())
+                else {
+                    continue;
+                };
+                let Some(m) = records
+                    .get(key.as_slice())
+                    .map_err(backend_error)?
+                    .and_then(|v| decode(&key, v.value()))
+                else {
+                    continue;
+                };
+                records.remove(key.as_slice()).map_err(backend_error)?;
+                by_hash
+                    .remove(hash.as_bytes().as_slice())
+                    .map_err(backend_error)?;
+                by_expiry
+                    .remove(expiry_key(m.expiry, hash).as_slice())
+                    .map_err(backend_error)?;
+                let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
+                let held = usage.entry(m.recipient).or_default();
+                held.0 -= 1;
+                held.1 = held.1.saturating_sub(len);
+                count -= 1;
+                bytes = bytes.saturating_sub(len);
+            }
+        }
+        Self::add_counts(txn, &usage, count, bytes)
+    }
+
+    /// Adds per-recipient `(messages, bytes)` deltas to the usage table and their sums to
+    /// the totals.
+    fn add_counts(
+        txn: &WriteTransaction,
+        usage: &BTreeMap<RecipientId, (i64, i64)>,
+        count: i64,
+        bytes: i64,
+    ) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        for (recipient, (c, b)) in usage {
+            Self::add_usage(txn, recipient, *c, *b)?;
+        }
+        Self::add_meta(txn, TOTAL_COUNT, count)?;
+        Self::add_meta(txn, TOTAL_BYTES, bytes)
     }
 
     /// Removes the tombstone of `hash`, if any.
@@ -691,24 +782,7 @@ impl MessageBackend for RedbBackend {
         let Some(m) = self.get(hash)? else {
             return Ok(None);
         };
-        let txn = self.write()?;
-        let key = message_key(&m.recipient, m.namespace, m.seq);
-        txn.open_table(MESSAGES)
-            .map_err(backend_error)?
-            .remove(key.as_slice())
-            .map_err(backend_error)?;
-        txn.open_table(BY_HASH)
-            .map_err(backend_error)?
-            .remove(hash.as_bytes().as_slice())
-            .map_err(backend_error)?;
-        txn.open_table(BY_EXPIRY)
-            .map_err(backend_error)?
-            .remove(expiry_key(m.expiry, hash).as_slice())
-            .map_err(backend_error)?;
-        let len = i64::try_from(m.body.len()).unwrap_or(i64::MAX);
-        Self::add_usage(txn, &m.recipient, -1, -len)?;
-        Self::add_meta(txn, TOTAL_COUNT, -1)?;
-        Self::add_meta(txn, TOTAL_BYTES, -len)?;
+        self.remove_messages(std::iter::once(hash))?;
         Ok(Some(m))
     }
 

@@ -63,15 +63,11 @@ impl Batch {
     /// Applies the batch to `db` in its open write transaction (older layers first:
     /// removals before inserts, so a message removed and stored again ends up stored).
     fn apply(&self, db: &mut RedbBackend) -> Result<(), StoreError> {
-        for hash in &self.removed {
-            db.remove(hash)?;
-        }
+        db.remove_messages(&self.removed)?;
         for (hash, expiry) in &self.expiry {
             db.set_expiry(hash, *expiry)?;
         }
-        for m in self.inserted.values() {
-            db.put_message(m)?;
-        }
+        db.put_messages(self.inserted.values())?;
         for (hash, t) in &self.tombstones {
             match t {
                 Some(t) => db.put_tombstone(t.clone())?,
