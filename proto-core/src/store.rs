@@ -855,8 +855,8 @@ type Place = (RecipientId, Namespace, u64);
 /// a tree of 100,000 hashes costs several cache misses per search, a table one or two
 /// (docs/PERFORMANCE.md, section "Store insert"). The slot hash mixes the message hash
 /// with a key, random per table with `std` (fixed without it), so that messages ground
-/// to collide in one table would need the key as well as SHA-256 preimage work; what
-/// the table's order would show, bucket listings sort.
+/// to collide in one table would need the key as well as SHA-256 preimage work. Bucket
+/// listings are sorted, so the tables' own order (which the key changes) never shows.
 #[derive(Clone, Debug)]
 struct HashIndex {
     buckets: Vec<HashTable<(MessageHash, Place)>>,
