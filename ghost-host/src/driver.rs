@@ -1,9 +1,12 @@
-//! The node driver: one thread that owns the [`Node`] and its database, fed by a
-//! channel.
+//! The node driver: the one owner of the [`Node`] and its database, fed by a channel.
+//! It runs on a thread of its own ([`spawn`], for runtimes of blocking threads) or as a
+//! task on the async runtime's executor ([`spawn_task`]): there a request, the exchanges
+//! it makes the node start and its answer stay on the executor's thread instead of
+//! crossing to a driver thread and back at every step.
 //!
 //! Everything that touches the node reaches it as a command on the driver's inbox:
 //! HTTP requests handed over by a runtime, results of the node's own exchanges, reads for
-//! `/metrics` and the directory endpoints, and the stop. The thread sleeps until the next
+//! `/metrics` and the directory endpoints, and the stop. The driver sleeps until the next
 //! command or the core's [`Node::poll_timeout`], whichever comes first, so a new input
 //! re-arms the timer at once and a retry fires when the core asked for it. It handles the
 //! commands waiting (up to a bound), then drains the node's outputs: answers go to the
@@ -12,9 +15,9 @@
 //! together what fell due together (the copies several stores owe the same member);
 //! when one command waits, that is a drain after every command.
 //!
-//! Writes are group-committed off this thread ([`WriteBehind`]): the writes since the last
-//! commit go to the database's writer thread as one group, which fsyncs while this
-//! thread goes on serving. Group commits start at least `commit_interval` apart: a write
+//! Writes are group-committed off the driver ([`WriteBehind`]): the writes since the last
+//! commit go to the database's writer thread as one group, which fsyncs while the
+//! driver goes on serving. Group commits start at least `commit_interval` apart: a write
 //! after a quiet spell goes at once, and under load each commit carries what arrived
 //! in the interval instead of a write or two (a commit costs far more CPU than the writes
 //! in it). When the writer is done it wakes the driver, which takes the new durable
@@ -23,7 +26,7 @@
 //! Invariants: no lock is shared with the runtime's threads (they only hold a
 //! [`Driver`], a channel sender); an answer is sent exactly once, or its responder is
 //! dropped (at a stop), which the runtime reads as "stopping"; at the stop the database
-//! is committed and closed and the known peers are written down before the thread ends.
+//! is committed and closed and the known peers are written down before the driver ends.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,7 +59,7 @@ pub fn now() -> Timestamp {
 
 /// How often the known nodes are written down (also at a stop).
 const PEERS_SAVE_INTERVAL: Duration = Duration::from_secs(60);
-/// How often the thread checks that the database still answers, for `/health`.
+/// How often the driver checks that the database still answers, for `/health`.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest sleep when the core asks for no wake-up: a bound, not a schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -85,16 +88,39 @@ pub struct Exchange {
 /// the core at its deadline.
 pub struct Completion {
     id: TransmitId,
-    inbox: Sender<Command>,
+    inbox: Inbox,
 }
 
 impl Completion {
     /// Reports the outcome (from any thread).
     pub fn finish(self, result: Result<Vec<u8>, TransmitFailure>) {
-        let _ = self.inbox.send(Command::Transmitted {
+        self.inbox.send(Command::Transmitted {
             id: self.id,
             result,
         });
+    }
+}
+
+/// The engine's command channel: a thread's blocking channel, or an async one for an
+/// engine run as a task (sends from the task's own executor thread then wake no other
+/// thread).
+#[derive(Clone)]
+enum Inbox {
+    Thread(Sender<Command>),
+    Task(async_channel::Sender<Command>),
+}
+
+impl Inbox {
+    /// Sends `command`; lost only when the engine has ended.
+    fn send(&self, command: Command) {
+        match self {
+            Self::Thread(inbox) => {
+                let _ = inbox.send(command);
+            }
+            Self::Task(inbox) => {
+                let _ = inbox.try_send(command);
+            }
+        }
     }
 }
 
@@ -144,6 +170,15 @@ impl Status {
     }
 }
 
+/// Where a node's driver runs: what a runtime asks [`crate::start::start`] for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverMode {
+    /// On a thread of its own ([`spawn`]): for runtimes of blocking threads.
+    Thread,
+    /// As a task the runtime runs on the executor serving the node ([`spawn_task`]).
+    Task,
+}
+
 /// Settings of the driver thread.
 #[derive(Debug)]
 pub struct DriverSettings {
@@ -167,17 +202,20 @@ impl Default for DriverSettings {
     }
 }
 
-/// A handle on the driver thread: cheap to clone, shared by every connection.
+/// A handle on the driver: cheap to clone, shared by every connection.
 #[derive(Clone)]
 pub struct Driver {
-    inbox: Sender<Command>,
+    inbox: Inbox,
     status: Arc<Status>,
 }
 
-/// The running driver thread; [`DriverThread::stop`] ends it.
+/// The running driver, on a thread of its own ([`spawn`]) or as a task the runtime runs
+/// ([`spawn_task`]); [`DriverThread::stop`] ends it.
 pub struct DriverThread {
     driver: Driver,
     thread: Option<JoinHandle<()>>,
+    /// For a driver run as a task: disconnected once its [`EngineTask`] is gone.
+    task_ended: Option<Receiver<()>>,
 }
 
 impl DriverThread {
@@ -188,18 +226,30 @@ impl DriverThread {
     }
 
     /// Commits and closes the database, writes the known peers down and waits for the
-    /// thread to end. Requests still waiting for the node get no answer (their
-    /// responders are dropped).
+    /// driver to end. Requests still waiting for the node get no answer (their
+    /// responders are dropped). A driver run as a task must be running on another
+    /// thread than the caller's (or call [`DriverThread::request_stop`] and await the
+    /// task instead).
     pub fn stop(mut self) {
         self.stop_and_join();
     }
 
+    /// Asks the driver to stop and returns at once: a driver run as a task ends its
+    /// [`EngineTask::run`] once it has stopped.
+    pub fn request_stop(&self) {
+        self.driver.inbox.send(Command::Stop);
+    }
+
     fn stop_and_join(&mut self) {
-        let _ = self.driver.inbox.send(Command::Stop);
+        self.request_stop();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
             tracing::error!("the node driver thread panicked");
+        }
+        if let Some(ended) = self.task_ended.take() {
+            // Returns when the task's sender is dropped: its engine is gone.
+            let _ = ended.recv();
         }
     }
 }
@@ -212,15 +262,58 @@ impl Drop for DriverThread {
 
 /// Starts the thread that owns `node`; `carrier` takes the node's outgoing exchanges.
 pub fn spawn(
-    mut node: HostedNode,
+    node: HostedNode,
     carrier: Arc<dyn Carrier>,
     settings: DriverSettings,
 ) -> std::io::Result<DriverThread> {
     let (inbox, commands) = mpsc::channel();
+    let (driver, engine) = engine(node, carrier, settings, Inbox::Thread(inbox));
+    let thread = std::thread::Builder::new()
+        .name("node".into())
+        .spawn(move || engine.run(&commands))?;
+    Ok(DriverThread {
+        driver,
+        thread: Some(thread),
+        task_ended: None,
+    })
+}
+
+/// The driver as a task for an async runtime to run ([`EngineTask::run`]) on the
+/// executor that serves the node's connections and carries its exchanges: a request,
+/// the exchanges it causes and its answer then stay on one thread, where a driver
+/// thread takes four hand-offs between threads per request (docs/PERFORMANCE.md).
+pub fn spawn_task(
+    node: HostedNode,
+    carrier: Arc<dyn Carrier>,
+    settings: DriverSettings,
+) -> (DriverThread, EngineTask) {
+    let (inbox, commands) = async_channel::unbounded();
+    let (driver, engine) = engine(node, carrier, settings, Inbox::Task(inbox));
+    let (ended, task_ended) = mpsc::channel();
+    (
+        DriverThread {
+            driver,
+            thread: None,
+            task_ended: Some(task_ended),
+        },
+        EngineTask {
+            engine,
+            commands,
+            _ended: ended,
+        },
+    )
+}
+
+/// The engine over `node`, and its handle, fed through `inbox`.
+fn engine(
+    mut node: HostedNode,
+    carrier: Arc<dyn Carrier>,
+    settings: DriverSettings,
+    inbox: Inbox,
+) -> (Driver, Engine) {
     let wake = inbox.clone();
-    node.backend_mut().set_waker(move || {
-        let _ = wake.send(Command::Written);
-    });
+    node.backend_mut()
+        .set_waker(move || wake.send(Command::Written));
     let status = Arc::new(Status {
         node_id: node.node_id(),
         database_open: AtomicBool::new(node.store().backend().is_healthy()),
@@ -234,14 +327,56 @@ pub fn spawn(
         inbox: inbox.clone(),
         status: status.clone(),
         settings,
+        last_commit: None,
+        save_peers_at: Instant::now() + PEERS_SAVE_INTERVAL,
+        check_health_at: Instant::now() + HEALTH_CHECK_INTERVAL,
     };
-    let thread = std::thread::Builder::new()
-        .name("node".into())
-        .spawn(move || engine.run(&commands))?;
-    Ok(DriverThread {
-        driver: Driver { inbox, status },
-        thread: Some(thread),
-    })
+    (Driver { inbox, status }, engine)
+}
+
+/// The driver's engine as an async task: run it with [`EngineTask::run`] on the node's
+/// executor. It ends at the stop ([`DriverThread::stop`]).
+pub struct EngineTask {
+    engine: Engine,
+    commands: async_channel::Receiver<Command>,
+    /// Dropped with the task (run to its end, or dropped unrun): tells
+    /// [`DriverThread::stop`] the engine is gone.
+    _ended: Sender<()>,
+}
+
+impl EngineTask {
+    /// Runs the engine until it is stopped; `sleep` is the runtime's timer.
+    pub async fn run<F: Future<Output = ()>>(self, sleep: impl Fn(Duration) -> F) {
+        let Self {
+            mut engine,
+            commands,
+            _ended,
+        } = self;
+        loop {
+            let wake = engine.next_wake();
+            let mut next = futures_lite::future::or(
+                async { Some(commands.recv().await.unwrap_or(Command::Stop)) },
+                async {
+                    sleep(wake).await;
+                    None
+                },
+            )
+            .await;
+            let mut handled = 0;
+            while let Some(command) = next.take() {
+                if !engine.handle(command) {
+                    return;
+                }
+                handled += 1;
+                if handled < BATCH {
+                    next = commands.try_recv().ok();
+                }
+            }
+            engine.after_commands();
+            // The executor's other tasks (this node's connections) get their turn.
+            futures_lite::future::yield_now().await;
+        }
+    }
 }
 
 impl Driver {
@@ -262,19 +397,20 @@ impl Driver {
             let out = f(&mut engine.node, now());
             done(out);
         });
-        let _ = self.inbox.send(Command::Run(job));
+        self.inbox.send(Command::Run(job));
     }
 
     /// Commits pending writes and closes the database while the node keeps running:
     /// later stores are refused and `/health` reports the node unavailable (what an
-    /// operator sees when the disk goes away). Returns once done.
+    /// operator sees when the disk goes away). Returns once done, so a driver run as a
+    /// task must be running on another thread than the caller's.
     pub fn close_database(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |engine: &mut Engine| {
             engine.close_database();
             let _ = tx.send(());
         });
-        let _ = self.inbox.send(Command::Run(job));
+        self.inbox.send(Command::Run(job));
         let _ = rx.recv();
     }
 
@@ -293,42 +429,31 @@ impl Driver {
             engine.waiting.insert(req, Box::new(respond));
             f(&mut engine.node, now(), req);
         });
-        let _ = self.inbox.send(Command::Run(job));
+        self.inbox.send(Command::Run(job));
     }
 }
 
 type Responder = Box<dyn FnOnce(Reply) + Send>;
 
-/// The driver thread's state.
+/// The driver's state.
 struct Engine {
     node: HostedNode,
     waiting: HashMap<RequestId, Responder>,
     next_req: u64,
     carrier: Arc<dyn Carrier>,
-    inbox: Sender<Command>,
+    inbox: Inbox,
     status: Arc<Status>,
     settings: DriverSettings,
+    /// When the last group commit started; none yet, so the first write goes at once.
+    last_commit: Option<Instant>,
+    save_peers_at: Instant,
+    check_health_at: Instant,
 }
 
 impl Engine {
     fn run(mut self, commands: &Receiver<Command>) {
-        // When the last group commit started; none yet, so the first write goes at once.
-        let mut last_commit: Option<Instant> = None;
-        let mut save_peers_at = Instant::now() + PEERS_SAVE_INTERVAL;
-        let mut check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
         loop {
-            let wake = [
-                Some(self.until_node_timer()),
-                self.until_tls_rotation(),
-                self.until_commit(last_commit),
-                Some(save_peers_at.saturating_duration_since(Instant::now())),
-                Some(check_health_at.saturating_duration_since(Instant::now())),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(MAX_SLEEP);
-            let mut next = match commands.recv_timeout(wake) {
+            let mut next = match commands.recv_timeout(self.next_wake()) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
                 // Every handle is gone: nobody can ask for anything any more.
@@ -336,43 +461,75 @@ impl Engine {
             };
             let mut handled = 0;
             while let Some(command) = next.take() {
-                match command {
-                    Command::Stop => {
-                        self.stop();
-                        return;
-                    }
-                    Command::Run(job) => job(&mut self),
-                    Command::Transmitted { id, result } => {
-                        self.node.handle_transmit_result(now(), id, result);
-                    }
-                    Command::Written => self.written(),
+                if !self.handle(command) {
+                    return;
                 }
                 handled += 1;
                 if handled < BATCH {
                     next = commands.try_recv().ok();
                 }
             }
+            self.after_commands();
+        }
+    }
+
+    /// How long the engine may sleep: until its next timer, commit or chore.
+    fn next_wake(&self) -> Duration {
+        [
+            Some(self.until_node_timer()),
+            self.until_tls_rotation(),
+            self.until_commit(self.last_commit),
+            Some(self.save_peers_at.saturating_duration_since(Instant::now())),
+            Some(
+                self.check_health_at
+                    .saturating_duration_since(Instant::now()),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(MAX_SLEEP)
+    }
+
+    /// Handles one command; `false` once it stopped the engine.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Stop => {
+                self.stop();
+                return false;
+            }
+            Command::Run(job) => job(self),
+            Command::Transmitted { id, result } => {
+                self.node.handle_transmit_result(now(), id, result);
+            }
+            Command::Written => self.written(),
+        }
+        true
+    }
+
+    /// After a batch of commands: their outputs, then the timers, commits and chores
+    /// that are due.
+    fn after_commands(&mut self) {
+        self.drain();
+        let t = now();
+        if self.node.poll_timeout().is_some_and(|w| w <= t) {
+            self.node.handle_timeout(t);
             self.drain();
-            let t = now();
-            if self.node.poll_timeout().is_some_and(|w| w <= t) {
-                self.node.handle_timeout(t);
-                self.drain();
-            }
-            self.rotate_tls_key(t);
-            if self.until_commit(last_commit) == Some(Duration::ZERO) {
-                // Counted as a commit even when none could start (a closed database): the
-                // next attempt waits an interval instead of spinning.
-                self.commit();
-                last_commit = Some(Instant::now());
-            }
-            if save_peers_at <= Instant::now() {
-                self.save_peers();
-                save_peers_at = Instant::now() + PEERS_SAVE_INTERVAL;
-            }
-            if check_health_at <= Instant::now() {
-                self.refresh_status();
-                check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
-            }
+        }
+        self.rotate_tls_key(t);
+        if self.until_commit(self.last_commit) == Some(Duration::ZERO) {
+            // Counted as a commit even when none could start (a closed database): the
+            // next attempt waits an interval instead of spinning.
+            self.commit();
+            self.last_commit = Some(Instant::now());
+        }
+        if self.save_peers_at <= Instant::now() {
+            self.save_peers();
+            self.save_peers_at = Instant::now() + PEERS_SAVE_INTERVAL;
+        }
+        if self.check_health_at <= Instant::now() {
+            self.refresh_status();
+            self.check_health_at = Instant::now() + HEALTH_CHECK_INTERVAL;
         }
     }
 

@@ -23,7 +23,7 @@ use rand_core::UnwrapErr;
 use zeroize::Zeroizing;
 
 use crate::config::{AdminListen, Config, LogFormat};
-use crate::driver::{self, Carrier, DriverSettings, DriverThread, now};
+use crate::driver::{self, Carrier, DriverMode, DriverSettings, DriverThread, EngineTask, now};
 use crate::peers;
 use crate::redb_store::DatabaseOptions;
 use crate::service::Host;
@@ -73,9 +73,12 @@ pub struct Started {
     pub listener: TcpListener,
     /// The admin listener, unless turned off.
     pub admin: Option<TcpListener>,
-    /// The node driver thread: [`DriverThread::stop`] it last, once no request is left
-    /// in flight (or the grace period ran out).
+    /// The node driver: [`DriverThread::stop`] it last, once no request is left in
+    /// flight (or the grace period ran out).
     pub driver: DriverThread,
+    /// The driver's engine, for the runtime to run, when it asked for the driver as a
+    /// task ([`DriverMode::Task`]).
+    pub engine: Option<EngineTask>,
     /// How the listener serves and the carrier calls: TLS with the node's key, or plain
     /// HTTP when configured so.
     pub links: Links,
@@ -89,6 +92,7 @@ pub struct Started {
 pub fn main(
     name: &'static str,
     about: &'static str,
+    mode: DriverMode,
     carrier: impl FnOnce(&Config, &Links) -> Arc<dyn Carrier>,
     serve: impl FnOnce(Started, std::sync::mpsc::Receiver<()>) -> Result<(), String>,
 ) -> ExitCode {
@@ -109,7 +113,7 @@ pub fn main(
     init_logs(&config);
     let run = || -> Result<(), String> {
         let shutdown = shutdown_signal()?;
-        let started = start(&config, |links| carrier(&config, links))?;
+        let started = start(&config, mode, |links| carrier(&config, links))?;
         serve(started, shutdown)
     };
     match run() {
@@ -172,6 +176,7 @@ pub fn init_logs(config: &Config) {
 /// `admin on ADDR` (or `admin off`).
 pub fn start(
     config: &Config,
+    mode: DriverMode,
     carrier: impl FnOnce(&Links) -> Arc<dyn Carrier>,
 ) -> Result<Started, String> {
     let data_dir = &config.data_dir;
@@ -276,16 +281,22 @@ pub fn start(
     }
     let node_id = node.node_id();
     let (messages, _) = node.store().totals();
-    let driver = driver::spawn(
-        node,
-        carrier(&links),
-        DriverSettings {
-            commit_interval: Duration::from_millis(config.store.commit_interval_ms),
-            peers_file: Some(peers_file),
-            tls_rotation,
-        },
-    )
-    .map_err(|e| format!("cannot start the node thread: {e}"))?;
+    let settings = DriverSettings {
+        commit_interval: Duration::from_millis(config.store.commit_interval_ms),
+        peers_file: Some(peers_file),
+        tls_rotation,
+    };
+    let (driver, engine) = match mode {
+        DriverMode::Thread => (
+            driver::spawn(node, carrier(&links), settings)
+                .map_err(|e| format!("cannot start the node thread: {e}"))?,
+            None,
+        ),
+        DriverMode::Task => {
+            let (driver, engine) = driver::spawn_task(node, carrier(&links), settings);
+            (driver, Some(engine))
+        }
+    };
     let host = Host::new(driver.driver(), config.http.clone());
     tracing::info!(
         %node_id,
@@ -305,6 +316,7 @@ pub fn start(
         listener,
         admin,
         driver,
+        engine,
         links,
     })
 }

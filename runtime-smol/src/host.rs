@@ -191,6 +191,7 @@ pub fn serve(
         listener,
         admin,
         driver,
+        engine,
         links,
     } = started;
     let listener =
@@ -205,10 +206,27 @@ pub fn serve(
         let _ = shutdown.recv();
     });
     let tls = links.server_config();
-    smol::block_on(ex.run(serve_until(host, ex.clone(), listener, tls, stop)));
+    let engine = engine.map(|engine| ex.spawn(run_engine(engine)));
+    smol::block_on(ex.run(async {
+        serve_until(host, ex.clone(), listener, tls, stop).await;
+        // The engine runs on this executor: it must go on running while it stops.
+        driver.request_stop();
+        if let Some(engine) = engine {
+            engine.await;
+        }
+    }));
     driver.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs a node's driver engine on the executor it is spawned on, with smol's timers.
+async fn run_engine(engine: ghost_host::driver::EngineTask) {
+    engine
+        .run(|wait| async move {
+            Timer::after(wait).await;
+        })
+        .await;
 }
 
 /// Serves the public listener (over TLS with `tls`, else plain HTTP) until `shutdown`
@@ -578,8 +596,12 @@ pub fn spawn_node(
 ) -> std::io::Result<(Host, ghost_host::driver::DriverThread)> {
     let tls = links.server_config();
     let carrier = SmolCarrier::new(ex.clone(), http.clone(), links);
-    let driver =
-        ghost_host::driver::spawn(node, carrier, ghost_host::driver::DriverSettings::default())?;
+    let (driver, engine) = ghost_host::driver::spawn_task(
+        node,
+        carrier,
+        ghost_host::driver::DriverSettings::default(),
+    );
+    ex.spawn(run_engine(engine)).detach();
     let host = Host::new(driver.driver(), http);
     ex.spawn(serve_until(
         host.clone(),

@@ -30,8 +30,14 @@ pub fn serve(started: Started, shutdown: &std::sync::mpsc::Receiver<()>) -> Resu
         listener,
         admin,
         driver,
+        engine,
         links,
     } = started;
+    if engine.is_some() {
+        return Err(
+            "the blocking runtime runs its node driver on a thread (DriverMode::Thread)".into(),
+        );
+    }
     let max = host.http().max_connections;
     let public = Acceptor::start(
         host.clone(),

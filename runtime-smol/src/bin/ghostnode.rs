@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ghost_host::driver::Carrier;
+use ghost_host::driver::{Carrier, DriverMode};
 use runtime_smol::host::{SmolCarrier, serve};
 use smol::Executor;
 
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     ghost_host::start::main(
         "ghostnode",
         "A GhostNodes node on smol: relays onion packets and stores its swarms' messages.",
+        DriverMode::Task,
         |config, links| -> Arc<dyn Carrier> {
             SmolCarrier::new(ex.clone(), config.http.clone(), links.clone())
         },

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     ghost_host::start::main(
         "ghostnode-sync",
         "A GhostNodes node on blocking threads: relays onion packets and stores its swarms' messages.",
+        ghost_host::driver::DriverMode::Thread,
         |config, links| -> Arc<dyn Carrier> { UreqCarrier::new(&config.http, links.clone()) },
         |started, shutdown| runtime_sync::serve(started, &shutdown),
     )
