@@ -354,7 +354,7 @@ impl EngineTask {
         } = self;
         loop {
             let wake = engine.next_wake();
-            let mut next = futures_lite::future::or(
+            let first = futures_lite::future::or(
                 async { Some(commands.recv().await.unwrap_or(Command::Stop)) },
                 async {
                     sleep(wake).await;
@@ -362,17 +362,9 @@ impl EngineTask {
                 },
             )
             .await;
-            let mut handled = 0;
-            while let Some(command) = next.take() {
-                if !engine.handle(command) {
-                    return;
-                }
-                handled += 1;
-                if handled < BATCH {
-                    next = commands.try_recv().ok();
-                }
+            if !engine.handle_batch(first, || commands.try_recv().ok()) {
+                return;
             }
-            engine.after_commands();
             // The executor's other tasks (this node's connections) get their turn.
             futures_lite::future::yield_now().await;
         }
@@ -453,24 +445,39 @@ struct Engine {
 impl Engine {
     fn run(mut self, commands: &Receiver<Command>) {
         loop {
-            let mut next = match commands.recv_timeout(self.next_wake()) {
+            let first = match commands.recv_timeout(self.next_wake()) {
                 Ok(command) => Some(command),
                 Err(RecvTimeoutError::Timeout) => None,
                 // Every handle is gone: nobody can ask for anything any more.
                 Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
             };
-            let mut handled = 0;
-            while let Some(command) = next.take() {
-                if !self.handle(command) {
-                    return;
-                }
-                handled += 1;
-                if handled < BATCH {
-                    next = commands.try_recv().ok();
-                }
+            if !self.handle_batch(first, || commands.try_recv().ok()) {
+                return;
             }
-            self.after_commands();
         }
+    }
+
+    /// Handles `first` and the commands `waiting` has ready, up to [`BATCH`], then what
+    /// falls due after them ([`Engine::after_commands`]); `false` once it stopped the
+    /// engine.
+    fn handle_batch(
+        &mut self,
+        first: Option<Command>,
+        mut waiting: impl FnMut() -> Option<Command>,
+    ) -> bool {
+        let mut next = first;
+        let mut handled = 0;
+        while let Some(command) = next.take() {
+            if !self.handle(command) {
+                return false;
+            }
+            handled += 1;
+            if handled < BATCH {
+                next = waiting();
+            }
+        }
+        self.after_commands();
+        true
     }
 
     /// How long the engine may sleep: until its next timer, commit or chore.

@@ -606,7 +606,7 @@ impl RedbBackend {
     ) -> Result<(), StoreError> {
         let txn = self.write()?;
         let mut usage: BTreeMap<RecipientId, (i64, i64)> = BTreeMap::new();
-        let (mut count, mut bytes, mut last_seq) = (0i64, 0i64, None);
+        let mut last_seq = None;
         {
             let mut records = txn.open_table(MESSAGES).map_err(backend_error)?;
             let mut by_hash = txn.open_table(BY_HASH).map_err(backend_error)?;
@@ -626,15 +626,13 @@ impl RedbBackend {
                 let held = usage.entry(m.recipient).or_default();
                 held.0 += 1;
                 held.1 = held.1.saturating_add(len);
-                count += 1;
-                bytes = bytes.saturating_add(len);
                 last_seq = last_seq.max(Some(m.seq));
             }
         }
         let Some(last_seq) = last_seq else {
             return Ok(());
         };
-        Self::add_counts(txn, &usage, count, bytes)?;
+        Self::add_counts(txn, &usage)?;
         let mut meta = txn.open_table(META).map_err(backend_error)?;
         let last = meta
             .get(LAST_SEQ)
@@ -654,7 +652,6 @@ impl RedbBackend {
     ) -> Result<(), StoreError> {
         let txn = self.write()?;
         let mut usage: BTreeMap<RecipientId, (i64, i64)> = BTreeMap::new();
-        let (mut count, mut bytes) = (0i64, 0i64);
         {
             let mut records = txn.open_table(MESSAGES).map_err(backend_error)?;
             let mut by_hash = txn.open_table(BY_HASH).map_err(backend_error)?;
@@ -685,11 +682,9 @@ impl RedbBackend {
                 let held = usage.entry(m.recipient).or_default();
                 held.0 -= 1;
                 held.1 = held.1.saturating_sub(len);
-                count -= 1;
-                bytes = bytes.saturating_sub(len);
             }
         }
-        Self::add_counts(txn, &usage, count, bytes)
+        Self::add_counts(txn, &usage)
     }
 
     /// Adds per-recipient `(messages, bytes)` deltas to the usage table and their sums to
@@ -697,14 +692,15 @@ impl RedbBackend {
     fn add_counts(
         txn: &WriteTransaction,
         usage: &BTreeMap<RecipientId, (i64, i64)>,
-        count: i64,
-        bytes: i64,
     ) -> Result<(), StoreError> {
         if usage.is_empty() {
             return Ok(());
         }
+        let (mut count, mut bytes) = (0i64, 0i64);
         for (recipient, (c, b)) in usage {
             Self::add_usage(txn, recipient, *c, *b)?;
+            count += c;
+            bytes = bytes.saturating_add(*b);
         }
         Self::add_meta(txn, TOTAL_COUNT, count)?;
         Self::add_meta(txn, TOTAL_BYTES, bytes)
