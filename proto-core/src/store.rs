@@ -1413,6 +1413,51 @@ mod tests {
     }
 
     #[test]
+    fn hashes_ground_to_share_one_slot_are_each_kept_found_and_removed_on_their_own() {
+        // What a stranger grinding SHA-256 for colliding messages could at best send:
+        // hashes equal in the first byte (the bucket) and in every word the slot hash
+        // reads, different only in the last eight bytes.
+        let ground = |i: u64| {
+            let mut h = [0x5au8; 32];
+            h[24..].copy_from_slice(&i.to_be_bytes());
+            MessageHash(h)
+        };
+        let mut backend = MemoryBackend::immediate();
+        for i in 0..500u64 {
+            let m = StoredMessage {
+                seq: i + 1,
+                hash: ground(i),
+                recipient: r((i % 3) as u8),
+                namespace: Namespace::DIRECT,
+                stored_at: NOW,
+                expiry: NOW.plus_millis(1000),
+                body: i.to_be_bytes().to_vec(),
+                origin: NewMessage::unsigned(r(0), Namespace::DIRECT, &[], NOW, NOW).origin,
+            };
+            assert_eq!(backend.insert_unless_held(m.clone()).unwrap(), None, "{i}");
+            let held = backend.insert_unless_held(m).unwrap().expect("a duplicate");
+            assert_eq!(held.seq, i + 1);
+        }
+        for i in (0..500u64).step_by(2) {
+            assert_eq!(
+                backend.remove(&ground(i)).unwrap().map(|m| m.seq),
+                Some(i + 1)
+            );
+        }
+        for i in 0..500u64 {
+            let found = backend.get(&ground(i)).unwrap().map(|m| m.body);
+            let expected = (i % 2 == 1).then(|| i.to_be_bytes().to_vec());
+            assert_eq!(found, expected, "{i}");
+        }
+        let mut listed = Vec::new();
+        backend
+            .for_each_in_bucket(0x5a, &mut |h, _| listed.push(*h))
+            .unwrap();
+        let odd: Vec<_> = (0..500u64).filter(|i| i % 2 == 1).map(ground).collect();
+        assert_eq!(listed, odd);
+    }
+
+    #[test]
     fn ttl_above_14_days_is_refused() {
         let mut s = store();
         let too_far = NOW.plus_millis(MAX_TTL_MS + EXPIRY_SLACK_MS + 1);
